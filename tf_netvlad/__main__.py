@@ -1,0 +1,5 @@
+import sys
+
+from tf_netvlad.cli import main
+
+sys.exit(main())
