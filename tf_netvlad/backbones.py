@@ -1,0 +1,164 @@
+"""Backbones by name: images (preprocessed) -> local feature map (batch, h, w, D)."""
+
+import os
+
+import keras
+from keras import layers
+
+
+def _vgg16(weights):
+    """VGG16 cut at conv5_3 *before* its ReLU (as every NetVLAD reference does).
+
+    keras.applications fuses the ReLU into `block5_conv3`; that conv is rebuilt linear and
+    its weights copied.
+    """
+    app = keras.applications.VGG16(include_top=False, weights=weights, input_shape=(None, None, 3))
+    x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
+    for layer in app.layers[1:]:
+        if layer.name == "block5_conv3":
+            break
+        x = layer(x)
+    last = app.get_layer("block5_conv3")
+    conv = layers.Conv2D(512, 3, padding="same", activation=None, name="block5_conv3")
+    x = conv(x)
+    conv.set_weights(last.get_weights())
+    return keras.Model(inputs, x, name="vgg16")
+
+
+def _alexnet(weights):
+    """AlexNet in torchvision's layout (64-192-384-256-256), cut at conv5 before its ReLU.
+
+    keras.applications has no AlexNet, so `weights="imagenet"` is not available: load converted
+    weights from a file (see `tf_netvlad convert`).
+    """
+    if weights == "imagenet":
+        raise ValueError(
+            "No ImageNet AlexNet ships with keras.applications. Pass weights=None, a Keras "
+            "weights file for this backbone, or convert official/PyTorch weights with "
+            "`tf_netvlad convert`."
+        )
+    x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
+    spec = [  # (name, filters, kernel, stride, pad, pool_after)
+        ("conv1", 64, 11, 4, 2, True),
+        ("conv2", 192, 5, 1, 2, True),
+        ("conv3", 384, 3, 1, 1, False),
+        ("conv4", 256, 3, 1, 1, False),
+        ("conv5", 256, 3, 1, 1, False),
+    ]
+    for name, filters, kernel, stride, pad, pool in spec:
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        x = layers.Conv2D(filters, kernel, strides=stride, name=name)(x)
+        if name != "conv5":
+            x = layers.ReLU(name=f"{name}_relu")(x)
+        if pool:
+            x = layers.MaxPooling2D(3, strides=2, name=f"{name}_pool")(x)
+    return keras.Model(inputs, x, name="alexnet")
+
+
+def _cut_application(app, layer_name, name):
+    return keras.Model(app.inputs, app.get_layer(layer_name).output, name=name)
+
+
+def _resnet50(weights):
+    """ResNet50 cut after conv4 (`conv4_block6_out`, D = 1024, stride 16), as VPR benchmarks do."""
+    app = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=(None, None, 3))
+    return _cut_application(app, "conv4_block6_out", "resnet50")
+
+
+def _mobilenetv2(weights):
+    """MobileNetV2 cut at `block_16_project` (linear bottleneck, D = 320, stride 32)."""
+    app = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=(None, None, 3))
+    return _cut_application(app, "block_16_project", "mobilenetv2")
+
+
+def _tiny(weights):
+    """A 4-conv CNN (D = 64, stride 8) for tests and CPU demos; last conv linear like conv5_3."""
+    if weights == "imagenet":
+        raise ValueError("The `tiny` backbone has no pretrained weights; use weights=None.")
+    x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
+    for i, filters in enumerate((16, 32, 64), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = layers.Conv2D(64, 3, padding="same", name="conv4")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+# name -> (builder, preprocessing preset, default first trainable layer, ImageNet via keras)
+BACKBONES = {
+    "vgg16": (_vgg16, "caffe", "block5_conv1", True),
+    "alexnet": (_alexnet, "torch", "conv5", False),
+    "resnet50": (_resnet50, "caffe", "conv4_block1_1_conv", True),
+    "mobilenetv2": (_mobilenetv2, "tf", "block_13_expand", True),
+    "tiny": (_tiny, "tf", None, False),
+}
+
+
+def default_preprocessing(name):
+    """The preprocessing preset a backbone's ImageNet weights expect (also used for weights=None)."""
+    _check_name(name)
+    return BACKBONES[name][1]
+
+
+def _check_name(name):
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}. Valid names: {sorted(BACKBONES)}")
+
+
+def set_trainable_from(backbone, first_trainable):
+    """Freezes every layer before `first_trainable` (a layer name); None trains all layers."""
+    if first_trainable is None:
+        for layer in backbone.layers:
+            layer.trainable = True
+        return backbone
+    names = [layer.name for layer in backbone.layers]
+    if first_trainable not in names:
+        raise ValueError(
+            f"`trainable_from`={first_trainable!r} is not a layer of backbone {backbone.name!r}. "
+            f"Layers: {names}"
+        )
+    start = names.index(first_trainable)
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start
+    return backbone
+
+
+def build_backbone(name, weights=None, trainable_from="default"):
+    """Builds a backbone that maps preprocessed images to local features `(batch, h, w, D)`.
+
+    Args:
+        name: one of `BACKBONES`: "vgg16" (conv5_3 before ReLU, D=512), "alexnet" (conv5 before
+            ReLU, D=256), "resnet50" (conv4, D=1024), "mobilenetv2" (block_16_project, D=320),
+            "tiny" (D=64).
+        weights: None (random), "imagenet" (keras.applications download; needs internet), or a
+            path to a weights file (`.h5`/`.weights.h5`). For keras.applications backbones the
+            file is the application's own no-top weights file; for the others, weights saved
+            from this backbone.
+        trainable_from: name of the first trainable layer (the paper trains conv5_1 and above
+            of VGG16), None to train everything, or "default" for the backbone's default.
+    """
+    _check_name(name)
+    builder, _, default_first, has_imagenet = BACKBONES[name]
+    path = None
+    if weights not in (None, "imagenet"):
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Weights file for backbone {name!r} not found: {path}")
+    app_weights = path if (path and has_imagenet) else weights
+    try:
+        backbone = builder(None if path and not has_imagenet else app_weights)
+    except Exception as err:  # keras.applications download or file mismatch
+        if weights == "imagenet" and has_imagenet:
+            raise RuntimeError(
+                f"Could not load ImageNet weights for {name!r} ({err}). The weights are "
+                "downloaded by keras.applications on first use into ~/.keras/models; on an "
+                "offline machine copy the no-top weights file there or pass weights=FILE."
+            ) from err
+        raise
+    if path and not has_imagenet:
+        backbone.load_weights(path)
+    return set_trainable_from(backbone, default_first if trainable_from == "default" else trainable_from)
+
+
+def feature_dim(backbone):
+    """Channels D of the local features, read from the backbone itself."""
+    return int(backbone.output_shape[-1])
