@@ -1,0 +1,215 @@
+"""`tf_netvlad` command line. Each subcommand maps its flags onto one library call.
+
+TensorFlow is imported only inside the subcommand handlers, so `tf_netvlad --help` is instant.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger("tf_netvlad")
+
+BACKBONE_NAMES = ("vgg16", "alexnet", "resnet50", "mobilenetv2", "tiny")  # = backbones.BACKBONES
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _weights(value):
+    return None if value in (None, "none", "None") else value
+
+
+def _recall_ns(value):
+    from tf_netvlad import evaluation
+
+    if value in (None, "default"):
+        return evaluation.DEFAULT_RECALL_NS
+    if value == "reference":
+        return evaluation.REFERENCE_RECALL_NS
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise CommandError(f"--recall-ns must be 'default', 'reference' or e.g. '1,5,10'. Received: {value!r}")
+
+
+def _image_size(value):
+    from tf_netvlad import data
+
+    return data.parse_image_size(value)
+
+
+def _refuse_existing(path, overwrite):
+    if path and os.path.exists(path) and not overwrite:
+        raise CommandError(f"{path} already exists; pass --overwrite to replace it.")
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def cmd_demo_data(args):
+    from tf_netvlad import demo_data
+
+    paths = demo_data.generate_demo_data(args.out, seed=args.seed)
+    for key, value in paths.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def cmd_init(args):
+    from tf_netvlad import workflows
+
+    _refuse_existing(args.out, args.overwrite)
+    split = workflows.load_split_checked(args.dataset, root=args.root)
+    model, stats = workflows.init_model(
+        split, root=args.root, backbone=args.backbone, weights=_weights(args.weights),
+        num_clusters=args.num_clusters, variant=args.variant, image_size=_image_size(args.image_size),
+        num_images=args.num_images, per_image=args.per_image, niter=args.niter, seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    workflows.save_model(model, args.out)
+    print(f"k-means init: {stats['num_descriptors']} descriptors, alpha={stats['alpha']:.2f}, "
+          f"top-1/top-2 assignment ratio {stats['assignment_ratio']:.1f}")
+    print(f"model: {args.out}")
+    return 0
+
+
+def cmd_evaluate(args):
+    from tf_netvlad import evaluation, workflows
+    from tf_netvlad.model import load_model
+
+    if bool(args.model) == bool(args.backbone):
+        raise CommandError("Pass exactly one of --model FILE.keras or --backbone NAME.")
+    ns = _recall_ns(args.recall_ns)
+    split = workflows.load_split_checked(args.dataset, root=args.root)
+    image_size = _image_size(args.image_size)
+    if args.model:
+        model = load_model(args.model, compile=False)
+    else:
+        model, stats = workflows.init_model(
+            split, root=args.root, backbone=args.backbone, weights=_weights(args.weights),
+            num_clusters=args.num_clusters, image_size=image_size, seed=args.seed,
+            batch_size=args.batch_size,
+        )
+        log.info("off-the-shelf NetVLAD: k-means init with alpha %.2f", stats["alpha"])
+    results = workflows.evaluate_model(
+        model, split, root=args.root, image_size=image_size, ns=ns, batch_size=args.batch_size,
+        json_path=args.json, plot_path=args.plot,
+    )
+    print(evaluation.format_recall_table(results, labels=[results["model"]]))
+    for flag, path in (("json", args.json), ("plot", args.plot)):
+        if path:
+            print(f"{flag}: {path}")
+    return 0
+
+
+def cmd_fit_whitening(args):
+    from tf_netvlad import workflows
+    from tf_netvlad.model import load_model
+
+    _refuse_existing(args.out, args.overwrite)
+    split = workflows.load_split_checked(args.dataset, root=args.root)
+    model = workflows.fit_whitening_model(
+        load_model(args.model, compile=False), split, root=args.root, num_components=args.dim,
+        image_size=_image_size(args.image_size), max_images=args.max_images, seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    workflows.save_model(model, args.out)
+    print(f"whitened model ({args.dim}-D): {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_data_flags(parser, dataset_help):
+    parser.add_argument("--dataset", required=True, help=dataset_help)
+    parser.add_argument("--root", default=None,
+                        help="image root the dataset's relative paths are joined to "
+                             "(default: the dataset file's folder)")
+    parser.add_argument("--image-size", default="keep",
+                        help="resize policy: 'keep' (full resolution, as MATLAB), a max side '640', "
+                             "or a fixed 'HxW' like '480x640'")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per extraction batch")
+    parser.add_argument("--seed", type=int, default=43, help="random seed (sampling, k-means)")
+
+
+def _add_model_flags(parser):
+    parser.add_argument("--backbone", choices=BACKBONE_NAMES, help="backbone name")
+    parser.add_argument("--weights", default="none",
+                        help="backbone weights: none, imagenet (keras.applications download) or a file")
+    parser.add_argument("--num-clusters", type=int, default=64, help="NetVLAD clusters K")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="tf_netvlad", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="NetVLAD place recognition with Keras 3 / TensorFlow.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, handler, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.set_defaults(func=handler)
+        return sub
+
+    p = add("demo-data", cmd_demo_data, "Generate the small street-like demo dataset.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+
+    p = add("init", cmd_init, "Build a model and initialise NetVLAD by k-means on database images.")
+    _add_data_flags(p, "dbStruct .mat, CSV manifest or @-named image folder")
+    _add_model_flags(p)
+    p.set_defaults(backbone="vgg16")
+    p.add_argument("--variant", choices=("v1", "v2"), default="v1",
+                   help="v1: official models (w = a*c_hat); v2: the paper (w = 2a*c, b = -a|c|^2)")
+    p.add_argument("--num-images", type=int, default=500, help="database images sampled for k-means")
+    p.add_argument("--per-image", type=int, default=100, help="local features sampled per image")
+    p.add_argument("--niter", type=int, default=100, help="k-means iterations")
+    p.add_argument("--out", required=True, help="output model file (.keras)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    p = add("evaluate", cmd_evaluate,
+            "recall@N of a model (or of an off-the-shelf k-means-initialised backbone) on a dataset.")
+    _add_data_flags(p, "dbStruct .mat, CSV manifest or @-named image folder")
+    p.add_argument("--model", help="a tf_netvlad .keras model")
+    _add_model_flags(p)
+    p.add_argument("--recall-ns", default="default",
+                   help="N values: 'default' (1,5,10,20), 'reference' (1-5, 10-100 step 5) or a list")
+    p.add_argument("--json", help="write results as JSON here")
+    p.add_argument("--plot", help="write a recall@N curve PNG here")
+
+    p = add("fit-whitening", cmd_fit_whitening,
+            "Fit PCA-whitening on database descriptors and append it to a model.")
+    _add_data_flags(p, "dataset whose database images are used (the training split, as the paper)")
+    p.add_argument("--model", required=True, help="input .keras model")
+    p.add_argument("--dim", type=int, default=256, help="whitened output dimension")
+    p.add_argument("--max-images", type=int, default=10_000, help="at most this many database images")
+    p.add_argument("--out", required=True, help="output model file (.keras)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return parser
+
+
+def _configure_logging(verbose):
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"tf_netvlad {args.command}: error: {err}", file=sys.stderr)
+        return 2

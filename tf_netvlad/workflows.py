@@ -1,0 +1,98 @@
+"""End-to-end jobs composed of library calls; the CLI and the notebooks call these."""
+
+import logging
+import os
+import tempfile
+
+log = logging.getLogger(__name__)
+
+
+def save_model(model, path):
+    """Saves a `.keras` file atomically: a failed save leaves no partial file behind."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"Model files must end in `.keras`. Received: {path}")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_split_checked(dataset, root=None):
+    """Loads a split and refuses one without database images or queries."""
+    from tf_netvlad import places
+
+    split = places.load_split(dataset, root=root)
+    if split.num_db == 0:
+        raise ValueError(f"Dataset {dataset} has no database images.")
+    if split.num_queries == 0:
+        raise ValueError(f"Dataset {dataset} has no queries: nothing to evaluate or train on.")
+    return split
+
+
+def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=64, variant="v1",
+               whitening_dim=None, image_size=None, num_images=500, per_image=100, niter=100,
+               seed=43, batch_size=8, progress=True):
+    """Builds a model and initialises its NetVLAD layer by k-means on `split`'s database images.
+
+    This is the paper's "off-the-shelf NetVLAD". Returns `(model, init_stats)`.
+    """
+    from tf_netvlad.initialization import initialize_netvlad
+    from tf_netvlad.model import build_model
+
+    if whitening_dim is not None:
+        raise ValueError("Whitening is fitted after initialisation: use `fit-whitening`.")
+    model = build_model(backbone, weights=weights, num_clusters=num_clusters, variant=variant)
+    stats = initialize_netvlad(
+        model, split.db_paths, root=root if root is not None else split.root,
+        image_size=image_size, num_images=num_images, per_image=per_image, niter=niter,
+        seed=seed, batch_size=batch_size, progress=progress,
+    )
+    return model, stats
+
+
+def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size=8,
+                   json_path=None, plot_path=None, label=None, progress=True):
+    """recall@N of `model` on `split`; optionally writes JSON and a recall@N curve PNG."""
+    from tf_netvlad import evaluation, plots
+
+    results = evaluation.evaluate(
+        model, split, root=root, image_size=image_size,
+        ns=ns or evaluation.DEFAULT_RECALL_NS, batch_size=batch_size, progress=progress,
+    )
+    results["model"] = label or model.name
+    if json_path:
+        evaluation.write_json(results, json_path)
+    if plot_path:
+        plots.plot_recall_curve(results, plot_path, labels=[results["model"]])
+    return results
+
+
+def fit_whitening_model(model, split, root=None, num_components=256, image_size=None,
+                        max_images=10_000, seed=43, batch_size=8, progress=True):
+    """Fits PCA-whitening on (up to `max_images` random) database descriptors and appends it."""
+    import numpy as np
+
+    from tf_netvlad import extract
+    from tf_netvlad.model import with_whitening
+    from tf_netvlad.whitening import fit_pca_whitening
+
+    if model.whitening_dim is not None:
+        raise ValueError(f"Model {model.name!r} is already whitened (dim {model.whitening_dim}).")
+    paths = list(split.db_paths)
+    if len(paths) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(paths), max_images, replace=False))
+        paths = [paths[i] for i in pick]
+    desc = extract.extract_descriptors(
+        model, paths, root=root if root is not None else split.root, image_size=image_size,
+        batch_size=batch_size, progress=progress,
+    )
+    kernel, bias = fit_pca_whitening(desc, num_components)
+    return with_whitening(model, kernel, bias)
