@@ -42,6 +42,17 @@ class ImageReadError(ValueError):
         self.index = index
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_batch_size(batch_size):
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
+        )
+
+
 # --------------------------------------------------------------------------- resize policy
 
 
@@ -70,13 +81,17 @@ def parse_image_size(value):
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`image_size` must be None, an int or (H, W). Received: image_size={original!r}")
+        raise ValueError(
+            f"`image_size` must be None, an int or (H, W). Received: image_size={original!r}"
+        )
     if isinstance(value, (int, np.integer)):
         if value < 1:
-            raise ValueError(f"`image_size` (max side) must be >= 1. Received: image_size={original!r}")
+            raise ValueError(
+                f"`image_size` (max side) must be >= 1. Received: image_size={original!r}"
+            )
         return int(value)
     if isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2:
-        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value):
+        if all(_is_int(v) and v >= 1 for v in value):
             return (int(value[0]), int(value[1]))
     raise ValueError(
         "`image_size` must be None ('keep'), a positive int (max side) or a pair of positive ints "
@@ -85,7 +100,7 @@ def parse_image_size(value):
 
 
 def format_image_size(image_size):
-    """Inverse of `parse_image_size` for logs and JSON: `None` -> 'keep', 640 -> '640', (H, W) -> 'HxW'."""
+    """Inverse of `parse_image_size` for logs/JSON: None -> 'keep', 640 -> '640', (H, W) -> 'HxW'."""
     image_size = parse_image_size(image_size)
     if image_size is None:
         return "keep"
@@ -169,7 +184,7 @@ def resize_image(image, image_size):
 
 
 def decode_and_resize(encoded, image_size=None):
-    """`decode_image` followed by `resize_image`: encoded bytes -> float32 `[H', W', 3]` in 0..255."""
+    """`decode_image` then `resize_image`: encoded bytes -> float32 `[H', W', 3]` in 0..255."""
     return resize_image(decode_image(encoded), image_size)
 
 
@@ -184,7 +199,9 @@ def load_image(path, image_size=None):
 def resolve_paths(paths, root=None):
     """Joins relative `paths` onto `root` (absolute paths are kept); returns a list of str."""
     if isinstance(paths, (str, os.PathLike)):
-        raise TypeError(f"`paths` must be a sequence of image paths, not one path. Received: {paths!r}")
+        raise TypeError(
+            f"`paths` must be a sequence of image paths, not one path. Received: {paths!r}"
+        )
     paths = [os.fspath(p) for p in paths]
     if root is None:
         return paths
@@ -194,7 +211,9 @@ def resolve_paths(paths, root=None):
 
 def check_on_error(on_error):
     if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"`on_error` must be one of {ON_ERROR_CHOICES}. Received: on_error={on_error!r}")
+        raise ValueError(
+            f"`on_error` must be one of {ON_ERROR_CHOICES}. Received: on_error={on_error!r}"
+        )
 
 
 def check_files_exist(paths, max_listed=5):
@@ -264,8 +283,7 @@ def image_dataset(
         `tf.data.Dataset` of `images` or `(indices, images)`.
     """
     check_on_error(on_error)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    check_batch_size(batch_size)
     image_size = parse_image_size(image_size)
     full_paths = resolve_paths(paths, root)
     if on_error == "raise":
@@ -344,8 +362,7 @@ class ImageBatches:
 
     def __init__(self, paths, root=None, image_size=None, batch_size=8, on_error="raise"):
         check_on_error(on_error)
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+        check_batch_size(batch_size)
         self.paths = resolve_paths(paths, root)
         self.image_size = parse_image_size(image_size)
         self.batch_size = int(batch_size)
@@ -396,4 +413,6 @@ class ImageBatches:
         if expected < len(self.paths):
             self._gap(expected, len(self.paths))
         if self.skipped:
-            logger.warning("Skipped %d of %d images that could not be loaded.", len(self.skipped), len(self))
+            logger.warning(
+                "Skipped %d of %d images that could not be loaded.", len(self.skipped), len(self)
+            )

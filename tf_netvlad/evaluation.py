@@ -29,7 +29,8 @@ REFERENCE_RECALL_NS = (1, 2, 3, 4, 5) + tuple(range(10, 101, 5))
 
 def _check_ns(ns):
     ns = tuple(ns)
-    if not ns or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in ns):
+    if not ns or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+                     for n in ns):
         raise ValueError(f"`ns` must be a non-empty sequence of ints >= 1. Received: ns={ns!r}")
     return tuple(sorted({int(n) for n in ns}))
 
@@ -43,7 +44,8 @@ def first_correct_rank(retrieved_ids, positives):
     retrieved_ids = np.asarray(retrieved_ids)
     if retrieved_ids.ndim != 2:
         raise ValueError(
-            f"`retrieved_ids` must be 2-D (num_queries, max_n). Received shape {retrieved_ids.shape}"
+            "`retrieved_ids` must be 2-D (num_queries, max_n). "
+            f"Received shape {retrieved_ids.shape}"
         )
     if len(positives) != len(retrieved_ids):
         raise ValueError(
@@ -132,7 +134,8 @@ def evaluate_descriptors(
         )
     if len(positives) != len(query_desc):
         raise ValueError(
-            f"`positives` has {len(positives)} entries but there are {len(query_desc)} query descriptors."
+            f"`positives` has {len(positives)} entries but there are {len(query_desc)} "
+            "query descriptors."
         )
     num_db = len(db_desc)
     index = faiss_index.build_index(db_desc, metric="ip")
@@ -218,13 +221,14 @@ def recall_ns(results):
 
 
 def format_recall_table(results, labels=None):
-    """Plain-text table of recall@N (in %) for one results dict or a list of them (one column each)."""
+    """Plain-text table of recall@N (%) for one results dict or a list of them (one column each)."""
     many = isinstance(results, (list, tuple))
     runs = list(results) if many else [results]
     if not runs:
         raise ValueError("`results` is empty: nothing to format.")
     if labels is None:
-        labels = [r.get("split") or f"run {i + 1}" for i, r in enumerate(runs)] if many else ["recall"]
+        labels = ([r.get("split") or f"run {i + 1}" for i, r in enumerate(runs)] if many
+                  else ["recall"])
     if len(labels) != len(runs):
         raise ValueError(f"`labels` has {len(labels)} entries for {len(runs)} results.")
     ns = sorted(set().union(*(recall_ns(r) for r in runs)))
@@ -232,9 +236,10 @@ def format_recall_table(results, labels=None):
     lines = []
     for label, run in zip(labels, runs):
         if "num_queries" in run:
+            excluded = run.get("num_queries_without_positives", 0)
             lines.append(
-                f"{label}: {run['num_queries']} queries ({run.get('num_queries_without_positives', 0)} "
-                f"without positives, excluded), {run.get('num_db', '?')} db images, "
+                f"{label}: {run['num_queries']} queries ({excluded} without positives, "
+                f"excluded), {run.get('num_db', '?')} db images, "
                 f"dim {run.get('descriptor_dim', '?')}"
             )
     lines.append("N".rjust(5) + "".join(str(label).rjust(width + 2) for label in labels))

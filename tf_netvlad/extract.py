@@ -182,7 +182,7 @@ def sample_local_features(
         `(min(num_images, n) * per_image, D)` whenever every map has >= `per_image` locations.
     """
     for name, value in (("num_images", num_images), ("per_image", per_image)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        if not data._is_int(value) or value < 1:
             raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
     full_paths = data.resolve_paths(paths, root)
     if not full_paths:
@@ -207,13 +207,15 @@ def sample_local_features(
             if result is None:
                 result = np.empty((count * int(per_image), features.shape[3]), np.float32)
             for row in flat:
-                picked = rng.choice(locations, size=take, replace=False) if take < locations else slice(None)
-                result[filled : filled + take] = row[picked]
+                if take < locations:
+                    row = row[rng.choice(locations, size=take, replace=False)]
+                result[filled : filled + take] = row
                 filled += take
             bar.update(len(indices))
     if filled < len(result):
         logger.warning(
-            "Feature maps have fewer than per_image=%d locations; sampled %d descriptors instead of %d.",
+            "Feature maps have fewer than per_image=%d locations; sampled %d descriptors "
+            "instead of %d.",
             per_image, filled, len(result),
         )
     return result[:filled]

@@ -54,13 +54,18 @@ def _chunks(x, chunk_size, name):
         yield start, _as_float32(x[start : start + chunk_size], name, start)
 
 
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
+
+
 def _check_metric(metric):
     if metric not in METRICS:
         raise ValueError(f"`metric` must be one of {METRICS}. Received: metric={metric!r}")
 
 
 def kmeans(x, k, niter=100, seed=43, max_points_per_centroid=None, verbose=False):
-    """k-means with faiss (`faiss.Kmeans`), as MATLAB NetVLAD's `yael_kmeans(descs, K, niter=100, seed=43)`.
+    """k-means with `faiss.Kmeans`, as MATLAB NetVLAD's `yael_kmeans(x, K, niter=100, seed=43)`.
 
     By default every point is used: faiss would otherwise subsample to 256 points per centroid
     (`max_points_per_centroid`), which pytorch-NetVlad silently does.
@@ -82,8 +87,7 @@ def kmeans(x, k, niter=100, seed=43, max_points_per_centroid=None, verbose=False
         raise ValueError(f"`k` (number of clusters) must be an int >= 1. Received: k={k!r}")
     if len(x) < k:
         raise ValueError(f"k-means needs at least k={k} descriptors, got n={len(x)}.")
-    if isinstance(niter, bool) or not isinstance(niter, (int, np.integer)) or niter < 1:
-        raise ValueError(f"`niter` must be an int >= 1. Received: niter={niter!r}")
+    _check_positive_int(niter, "niter")
     faiss = _faiss()
     points = x if x.dtype == np.float32 and x.flags.c_contiguous else None
     if points is None:
@@ -107,7 +111,10 @@ def kmeans(x, k, niter=100, seed=43, max_points_per_centroid=None, verbose=False
     return np.array(clustering.centroids, dtype=np.float32).reshape(int(k), points.shape[1])
 
 
-def build_index(db, kind="flat", metric="ip", chunk_size=DEFAULT_CHUNK_SIZE, nprobe=None, train_size=None, seed=43):
+def build_index(
+    db, kind="flat", metric="ip", chunk_size=DEFAULT_CHUNK_SIZE, nprobe=None, train_size=None,
+    seed=43,
+):
     """Builds a faiss index over database descriptors.
 
     Args:
@@ -135,17 +142,21 @@ def build_index(db, kind="flat", metric="ip", chunk_size=DEFAULT_CHUNK_SIZE, npr
             index = faiss.index_factory(dim, kind, faiss_metric)
         except RuntimeError as error:
             raise ValueError(
-                f"`kind` must be 'flat' or a valid faiss index_factory string. Received: kind={kind!r}"
+                "`kind` must be 'flat' or a valid faiss index_factory string. "
+                f"Received: kind={kind!r}"
             ) from error
         if hasattr(index, "do_polysemous_training"):
             index.do_polysemous_training = False  # useless without polysemous search, and 5x slower
         if not index.is_trained:
             rows = np.arange(len(db))
             if train_size is not None and train_size < len(db):
-                rows = np.sort(np.random.default_rng(seed).choice(len(db), int(train_size), replace=False))
+                rng = np.random.default_rng(seed)
+                rows = np.sort(rng.choice(len(db), int(train_size), replace=False))
             index.train(_as_float32(db[rows], "db"))
     else:
-        raise ValueError(f"`kind` must be 'flat' or a faiss index_factory string. Received: kind={kind!r}")
+        raise ValueError(
+            f"`kind` must be 'flat' or a faiss index_factory string. Received: kind={kind!r}"
+        )
     if nprobe is not None:
         faiss.extract_index_ivf(index).nprobe = int(nprobe)
     for _, chunk in _chunks(db, chunk_size, "db"):
@@ -167,10 +178,8 @@ def search(index_or_db, queries, k, chunk_size=DEFAULT_CHUNK_SIZE, metric="ip"):
     Returns:
         `(scores float32 (Q, k'), ids int64 (Q, k'))` with `k' = min(k, n)`, best first.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"`k` must be an int >= 1. Received: k={k!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be an int >= 1. Received: chunk_size={chunk_size!r}")
+    _check_positive_int(k, "k")
+    _check_positive_int(chunk_size, "chunk_size")
     index = index_or_db
     if hasattr(index_or_db, "ndim"):
         index = build_index(index_or_db, metric=metric)

@@ -51,7 +51,8 @@ def plot_recall_curve(results_or_list, path, labels=None, title="recall@N"):
     """
     from tf_netvlad.evaluation import recall_ns
 
-    runs = list(results_or_list) if isinstance(results_or_list, (list, tuple)) else [results_or_list]
+    many = isinstance(results_or_list, (list, tuple))
+    runs = list(results_or_list) if many else [results_or_list]
     if not runs:
         raise ValueError("`results_or_list` is empty: nothing to plot.")
     if labels is None:
@@ -63,7 +64,9 @@ def plot_recall_curve(results_or_list, path, labels=None, title="recall@N"):
     for run, label in zip(runs, labels):
         ns = recall_ns(run)
         if not ns:
-            raise ValueError(f"Results {label!r} have no 'recall@N' keys. Received keys {sorted(run)}")
+            raise ValueError(
+                f"Results {label!r} have no 'recall@N' keys. Received keys {sorted(run)}"
+            )
         values = [100.0 * run[f"recall@{n}"] for n in ns]
         axes.plot(ns, values, marker="o", markersize=4, label=str(label))
     axes.set_xlabel("N (number of top database candidates)")
@@ -112,8 +115,9 @@ def plot_retrievals(query_paths, retrieved_paths, correct, path, root=None, thum
         raise ValueError("`query_paths` is empty: nothing to plot.")
     if len(retrieved_paths) != num_queries or correct.ndim != 2 or len(correct) != num_queries:
         raise ValueError(
-            f"Need one row of retrieved paths and of correct flags per query: {num_queries} queries, "
-            f"{len(retrieved_paths)} rows of paths, correct shape {correct.shape}."
+            "Need one row of retrieved paths and of correct flags per query: "
+            f"{num_queries} queries, {len(retrieved_paths)} rows of paths, "
+            f"correct shape {correct.shape}."
         )
     k = correct.shape[1]
     if any(len(row) != k for row in retrieved_paths):
