@@ -5,6 +5,7 @@ import os
 import keras
 
 from tf_netvlad import backbones as backbones_lib
+from tf_netvlad import losses
 from tf_netvlad.netvlad import NetVLAD
 from tf_netvlad.preprocessing import ImagePreprocessing
 from tf_netvlad.whitening import PCAWhitening
@@ -48,6 +49,21 @@ class NetVLADModel(keras.Model):
 
     Returns:
         float32 `(batch, descriptor_dim)` with unit L2 norm.
+
+    Training (`fit` on tuples, TensorFlow backend): each element of the dataset is a dict
+    `{"query": (B, H, W, 3), "positives": (B, P, H, W, 3), "positive_mask": (B, P),
+    "negatives": (B, N, H, W, 3)}` (see `tf_netvlad.tuples`). `train_step` runs one forward pass
+    over the B·(1 + P + N) images, takes the best positive (min d² over the masked positive set)
+    in the graph and minimises the ranking loss of `tf_netvlad.losses` with margin `margin`,
+    reduced by `loss_reduction` ("sum": per-query sum over negatives, mean over queries;
+    "mean_violating": ÷ number of violating triplets, as MATLAB). Layer regularisation losses are
+    added; `weight_decay` > 0 adds the coupled L2 term ½·wd·Σ‖W‖² over trainable kernels (rank
+    >= 2; biases excluded), i.e. MATLAB/PyTorch SGD weight decay, to the optimised objective (not
+    to the reported `loss`). Loss scaling (`optimizer.scale_loss`) makes `mixed_float16` work;
+    under `tf.distribute` every normaliser is global, so the summed replica gradients equal the
+    single-device gradient. Metrics (epoch averages): `loss`, `violating_triplets` (fraction of
+    (query, negative) pairs with a positive hinge), `positive_d2` (mean d²(q, p*)) and
+    `negative_d2` (mean d²(q, n)). Set the options with `set_training_options` before `fit`.
     """
 
     def __init__(self, backbone, preprocessing="raw", num_clusters=64, variant="v1", pre_l2=True,
@@ -79,6 +95,13 @@ class NetVLADModel(keras.Model):
         self.whitening_dim = None if whitening_dim is None else int(whitening_dim)
         self.margin = float(margin)
         self.backbone_name = backbone_name or backbone.name
+        # === Training state (not config) ===
+        self.loss_reduction = "sum"
+        self.weight_decay = 0.0
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.violating_tracker = keras.metrics.Mean(name="violating_triplets")
+        self.positive_tracker = keras.metrics.Mean(name="positive_d2")
+        self.negative_tracker = keras.metrics.Mean(name="negative_d2")
 
     @property
     def netvlad(self):
@@ -95,6 +118,126 @@ class NetVLADModel(keras.Model):
     def local_features_model(self):
         """A model from images to the backbone's local features (before NetVLAD's preL2)."""
         return keras.Model(self.input, self.netvlad.input, name=f"{self.name}_local_features")
+
+    # ------------------------------------------------------------------ training
+    def set_training_options(self, loss_reduction=None, weight_decay=None):
+        """Sets the loss reduction ("sum" | "mean_violating") and the coupled L2 weight decay."""
+        if loss_reduction is not None:
+            self.loss_reduction = losses.check_reduction(loss_reduction)
+        if weight_decay is not None:
+            if not weight_decay >= 0:
+                raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
+            self.weight_decay = float(weight_decay)
+        self.train_function = None  # re-trace with the new options
+        self.test_function = None
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.violating_tracker, self.positive_tracker, self.negative_tracker]
+
+    def tuple_descriptors(self, x, training=False):
+        """One forward pass over a batch of tuples -> `(query (B, d), positives (B, P, d), negatives (B, N, d))`."""
+        import tensorflow as tf
+
+        for key in ("query", "positives", "negatives"):
+            if key not in x:
+                raise ValueError(
+                    "Training data must be dicts with keys 'query', 'positives', 'positive_mask' and "
+                    f"'negatives' (see tf_netvlad.tuples). Missing {key!r}; received keys {sorted(x)}"
+                )
+        query, positives, negatives = x["query"], x["positives"], x["negatives"]
+        batch = tf.shape(query)[0]
+        num_pos, num_neg = tf.shape(positives)[1], tf.shape(negatives)[1]
+        image_shape = tf.shape(query)[1:]
+        images = tf.concat(
+            [
+                query,
+                tf.reshape(positives, tf.concat([[-1], image_shape], 0)),
+                tf.reshape(negatives, tf.concat([[-1], image_shape], 0)),
+            ],
+            axis=0,
+        )
+        desc = tf.cast(self(images, training=training), tf.float32)
+        dim = tf.shape(desc)[1]
+        q = desc[:batch]
+        p = tf.reshape(desc[batch : batch + batch * num_pos], tf.stack([batch, num_pos, dim]))
+        n = tf.reshape(desc[batch + batch * num_pos :], tf.stack([batch, num_neg, dim]))
+        return q, p, n
+
+    def _loss_and_stats(self, x, y_pred):
+        """Replica loss (global normalisers, for the gradient) and global sums (for the metrics)."""
+        import tensorflow as tf
+
+        query, positives, negatives = y_pred
+        terms = losses.ranking_loss_terms(
+            query, positives, negatives, positive_mask=x.get("positive_mask"),
+            negative_mask=x.get("negative_mask"), margin=self.margin,
+        )
+        local = losses.ranking_loss_sums(terms)
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        total = local if replicas == 1 else context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+        normaliser = total["num_queries"] if self.loss_reduction == "sum" else total["num_violating"]
+        normaliser = tf.cast(normaliser, tf.float32)
+        loss = tf.math.divide_no_nan(local["hinge_sum"], normaliser)
+        report = tf.math.divide_no_nan(total["hinge_sum"], normaliser)
+        if self.losses:
+            regularisation = tf.cast(tf.add_n(self.losses), tf.float32)
+            loss += regularisation / replicas
+            report += regularisation
+        return loss, report, total, replicas
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss, _, _, _ = self._loss_and_stats(x, y_pred)
+        return loss
+
+    def _weight_decay_term(self, replicas):
+        import tensorflow as tf
+
+        kernels = [v for v in self.trainable_variables if len(v.shape) >= 2]
+        if not self.weight_decay or not kernels:
+            return None
+        squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels])
+        return 0.5 * self.weight_decay * squares / replicas
+
+    def _update_trackers(self, report, total):
+        import tensorflow as tf
+
+        queries = total["num_queries"]
+        self.loss_tracker.update_state(report, sample_weight=queries)
+        fraction = tf.math.divide_no_nan(total["num_violating"], total["num_negatives"])
+        self.violating_tracker.update_state(fraction, sample_weight=total["num_negatives"])
+        self.positive_tracker.update_state(
+            tf.math.divide_no_nan(total["positive_d2_sum"], queries), sample_weight=queries
+        )
+        self.negative_tracker.update_state(
+            tf.math.divide_no_nan(total["negative_d2_sum"], total["num_negatives"]),
+            sample_weight=total["num_negatives"],
+        )
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = self.tuple_descriptors(x, training=True)
+            loss, report, total, replicas = self._loss_and_stats(x, y_pred)
+            objective = loss
+            decay = self._weight_decay_term(replicas)
+            if decay is not None:
+                objective = objective + decay
+            scaled = self.optimizer.scale_loss(objective)
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        return self._update_trackers(report, total)
+
+    def test_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self.tuple_descriptors(x, training=False)
+        _, report, total, _ = self._loss_and_stats(x, y_pred)
+        return self._update_trackers(report, total)
 
     def get_config(self):
         return {
