@@ -1,0 +1,315 @@
+"""Converters: synthetic files of the official layouts vs independent forward passes.
+
+MatConvNet: files written with scipy in the exact struct-form layout (reference doc §2.2/§2.6),
+compared with a float64 NumPy re-implementation of the MatConvNet/MATLAB forward pass
+(correlation convs with [top bottom left right] pads, max-pool ignoring padded cells,
+cross-channel `normalize`, `layerVLAD` with negated centres, column-major flatten, WPCA).
+PyTorch: checkpoints with the pytorch-NetVlad / Patch-NetVLAD keys, compared with the torch
+forward of those modules (F.normalize, looped residuals, k·D + d flatten, WPCA conv).
+"""
+
+import os
+import struct
+
+import numpy as np
+import pytest
+import scipy.io
+
+from tf_netvlad.convert import convert_matconvnet, convert_pytorch
+
+EPS = 1e-12
+
+
+# ----------------------------------------------------------------------------- MatConvNet
+
+
+def _conv(type_name, name, rng, kh, kw, cin, cout, stride=1, pad=0):
+    return {"type": type_name, "name": name,
+            "weights": np.array([rng.normal(0, 0.3, (kh, kw, cin, cout)).astype("float32"),
+                                 rng.normal(0, 0.1, (cout, 1)).astype("float32")], dtype=object),
+            "stride": np.array([stride, stride], dtype="float64"), "pad": np.asarray(pad, dtype="float64"),
+            "dilate": np.array([1.0, 1.0]), "opts": np.zeros((0, 0))}
+
+
+def _normalize(name, param):
+    return {"type": "normalize", "name": name, "param": np.asarray(param, dtype="float64"), "weights": np.zeros((0, 0))}
+
+
+def _pool(name, size, stride, pad=0):
+    return {"type": "pool", "name": name, "method": "max", "pool": np.array([size, size], dtype="float64"),
+            "stride": np.array([stride, stride], dtype="float64"), "pad": np.asarray(pad, dtype="float64")}
+
+
+def _relu(name):
+    return {"type": "relu", "name": name, "leak": 0.0}
+
+
+def _vlad_head(rng, dim, k, intra=True, wpca_dim=None):
+    centres = rng.normal(0, 0.5, (dim, k)).astype("float32")
+    assign = (8.0 * centres / np.linalg.norm(centres, axis=0)).astype("float32")
+    head = [{"type": "custom", "name": "vlad:core", "K": float(k), "D": float(dim), "vladDim": float(k * dim),
+             "weights": np.array([assign[None, None], -centres[None, None]], dtype=object),
+             "momentum": np.ones(2), "learningRate": np.ones(2), "weightDecay": np.zeros(2), "precious": 0}]
+    if intra:
+        head.append(_normalize("vlad:intranorm", [2 * dim, 1e-12, 1, 0.5]))
+    head.append({"type": "custom", "name": "postL2"})
+    if wpca_dim:
+        head.append({"type": "conv", "name": "WPCA",
+                     "weights": np.array([rng.normal(0, 1, (1, 1, k * dim, wpca_dim)).astype("float32"),
+                                          rng.normal(0, 0.1, (wpca_dim, 1)).astype("float32")], dtype=object),
+                     "stride": np.array([1.0, 1.0]), "pad": np.zeros(4)})
+        head.append({"type": "custom", "name": "finalL2"})
+    return head
+
+
+def vgg_like_layers(rng, dim=6, k=4, wpca_dim=5):
+    """conv/relu/pool(→relu swapped)/conv5_3 without ReLU, preL2, v1 head (D != K)."""
+    body = [_conv("conv", "conv1_1", rng, 3, 3, 3, 4, pad=1), _relu("relu1_1"),
+            _conv("conv", "conv1_2", rng, 3, 3, 4, 5, pad=[1, 1, 1, 1]), _pool("pool1", 2, 2), _relu("relu1_2"),
+            _conv("conv", "conv5_3", rng, 3, 3, 5, dim, pad=1), _normalize("preL2", [1024, 1e-12, 1, 0.5])]
+    return body + _vlad_head(rng, dim, k, wpca_dim=wpca_dim)
+
+
+def caffe_like_layers(rng, dim=7, k=3):
+    """Asymmetric pads, stride 2, LRN, padded pool after ReLU, grouped conv; no intra, no WPCA."""
+    body = [_conv("conv", "conv1", rng, 5, 5, 3, 6, stride=2, pad=[1, 2, 0, 1]), _relu("relu1"),
+            _normalize("norm1", [5, 1.0, 0.05, 0.75]), _pool("pool1", 3, 2, pad=[0, 1, 0, 1]),
+            _conv("conv", "conv2", rng, 3, 3, 3, 8, pad=1), _relu("relu2"),  # 2 groups of 3 -> 8
+            _conv("conv", "conv5", rng, 3, 3, 8, dim, pad=1), _normalize("preL2", [1024, 1e-12, 1, 0.5])]
+    return body + _vlad_head(rng, dim, k, intra=False)
+
+
+def write_mat(path, layer_dicts, rng, **savemat_kwargs):
+    layers = np.empty((1, len(layer_dicts)), dtype=object)
+    for i, layer in enumerate(layer_dicts):
+        layers[0, i] = layer
+    average = rng.uniform(90, 130, (4, 5, 3)).astype("float32")
+    net = {"layers": layers, "meta": {"normalization": {"averageImage": average, "imageSize": np.array([4.0, 5.0, 3.0])}}}
+    scipy.io.savemat(path, {"net": net}, **savemat_kwargs)
+    return path
+
+
+# NumPy MatConvNet forward, images H×W×C (float64).
+def _np_conv(x, kernel, bias, stride, pad):
+    top, bottom, left, right = np.broadcast_to(np.asarray(pad, dtype=int).ravel(), (4,)) if np.size(pad) in (1, 4) else pad
+    x = np.pad(x, ((top, bottom), (left, right), (0, 0)))
+    kh, kw, cin_g, cout = kernel.shape
+    groups = x.shape[2] // cin_g
+    oh, ow = (x.shape[0] - kh) // stride + 1, (x.shape[1] - kw) // stride + 1
+    out = np.empty((oh, ow, cout))
+    per_group = cout // groups
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[i * stride:i * stride + kh, j * stride:j * stride + kw]
+            for o in range(cout):
+                g = o // per_group
+                out[i, j, o] = np.sum(patch[:, :, g * cin_g:(g + 1) * cin_g] * kernel[:, :, :, o]) + bias[o]
+    return out
+
+
+def _np_pool(x, size, stride, pad):
+    top, bottom, left, right = np.broadcast_to(np.asarray(pad, dtype=int).ravel(), (4,)) if np.size(pad) in (1, 4) else pad
+    x = np.pad(x, ((top, bottom), (left, right), (0, 0)), constant_values=-np.inf)
+    oh, ow = (x.shape[0] - size) // stride + 1, (x.shape[1] - size) // stride + 1
+    return np.array([[x[i * stride:i * stride + size, j * stride:j * stride + size].max(axis=(0, 1))
+                      for j in range(ow)] for i in range(oh)])
+
+
+def _np_normalize(x, param):
+    n, kappa, alpha, beta = param
+    c = x.shape[-1]
+    out = np.empty_like(x)
+    for k in range(c):
+        lo, hi = max(0, k - int((n - 1) // 2)), min(c - 1, k + int(np.ceil((n - 1) / 2)))
+        out[..., k] = x[..., k] * (kappa + alpha * np.sum(x[..., lo:hi + 1] ** 2, axis=-1)) ** -beta
+    return out
+
+
+def matconvnet_forward(layer_dicts, average_rgb, image):
+    """MATLAB semantics of the official network on one H×W×3 RGB 0..255 image."""
+    x = image.astype("float64") - average_rgb
+    vec = None
+    for layer in layer_dicts:
+        kind, name = layer["type"], layer["name"]
+        if name == "vlad:core":
+            assign, neg_c = (w[0, 0].astype("float64") for w in layer["weights"])
+            feats = x.reshape(-1, x.shape[-1], order="F")  # column-major over H×W, as MATLAB
+            logits = feats @ assign
+            a = np.exp(logits - logits.max(1, keepdims=True))
+            a /= a.sum(1, keepdims=True)
+            x = np.stack([(a[:, [kk]] * (feats + neg_c[:, kk])).sum(0) for kk in range(assign.shape[1])])  # K×D
+        elif name == "vlad:intranorm":
+            x = x / np.sqrt(np.sum(x ** 2, axis=1, keepdims=True) + EPS)
+        elif name == "postL2":
+            vec = x.ravel(order="F")  # 1×K×D column-major: index k + K·d
+            vec = vec / (np.linalg.norm(vec) + EPS)
+        elif name == "WPCA":
+            w, b = (a.astype("float64") for a in layer["weights"])
+            vec = w[0, 0].T @ vec + b.ravel()
+        elif name == "finalL2":
+            vec = vec / (np.linalg.norm(vec) + EPS)
+        elif kind == "conv":
+            w, b = layer["weights"]
+            x = _np_conv(x, w.astype("float64"), b.ravel(), int(layer["stride"][0]), layer["pad"])
+        elif kind == "relu":
+            x = np.maximum(x, 0)
+        elif kind == "pool":
+            x = _np_pool(x, int(layer["pool"][0]), int(layer["stride"][0]), layer["pad"])
+        elif kind == "normalize":
+            x = _np_normalize(x, layer["param"])
+    return vec
+
+
+def _by_name(layer_dicts, name):
+    return next(layer for layer in layer_dicts if isinstance(layer, dict) and layer["name"] == name)
+
+
+def _average_rgb(path):
+    return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)["net"].meta.normalization.averageImage[0, 0]
+
+
+@pytest.mark.parametrize("builder, size, expected_dim", [
+    (vgg_like_layers, (13, 10), 5),     # WPCA -> P = 5
+    (caffe_like_layers, (23, 19), 21),  # no WPCA -> K·D = 3·7
+])
+def test_matconvnet_matches_numpy_reference(tmp_path, rng, builder, size, expected_dim):
+    layer_dicts = builder(rng)
+    path = write_mat(str(tmp_path / "net.mat"), layer_dicts, rng)
+    model = convert_matconvnet(path)
+    assert model.descriptor_dim == expected_dim
+    images = rng.uniform(0, 255, (3, *size, 3)).astype("float32")
+    got = model.predict(images, verbose=0)
+    avg = _average_rgb(path)
+    want = np.stack([matconvnet_forward(layer_dicts, avg, im) for im in images])
+    assert np.abs(want).max() > 0.05  # descriptor scale (unit norm)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_matconvnet_config_read_from_file(tmp_path, rng):
+    layer_dicts = vgg_like_layers(rng)
+    path = write_mat(str(tmp_path / "net.mat"), layer_dicts, rng)
+    model = convert_matconvnet(path)
+    assert (model.num_clusters, model.variant, model.pre_l2, model.intra_normalize) == (4, "v1", True, True)
+    assert model.preprocessing.mean == tuple(float(v) for v in _average_rgb(path))
+    assert model.preprocessing.std == (1.0, 1.0, 1.0) and model.preprocessing.scale == 1.0
+    np.testing.assert_array_equal(model.netvlad.centroids.numpy(), -_by_name(layer_dicts, "vlad:core")["weights"][1][0, 0].T)
+    # conv5_3 is the backbone output and has no ReLU: negative features survive.
+    feats = model.local_features_model().predict(rng.uniform(0, 255, (1, 8, 8, 3)).astype("float32"), verbose=0)
+    assert feats.shape[-1] == 6 and feats.min() < 0
+
+
+def test_matconvnet_without_wpca_gives_kd_descriptor_in_matlab_order(tmp_path, rng):
+    layer_dicts = vgg_like_layers(rng, wpca_dim=None)
+    path = write_mat(str(tmp_path / "net.mat"), layer_dicts, rng)
+    model = convert_matconvnet(path)
+    assert model.whitening is None and model.descriptor_dim == 24
+    image = rng.uniform(0, 255, (9, 11, 3)).astype("float32")
+    want = matconvnet_forward(layer_dicts, _average_rgb(path), image)
+    np.testing.assert_allclose(model.predict(image[None], verbose=0)[0], want, atol=1e-5)
+
+
+def test_matconvnet_keras_and_savedmodel_round_trip(tmp_path, rng):
+    import keras
+
+    path = write_mat(str(tmp_path / "net.mat"), vgg_like_layers(rng), rng)
+    out = str(tmp_path / "converted.keras")
+    model = convert_matconvnet(path, out_path=out)
+    images = rng.uniform(0, 255, (2, 12, 10, 3)).astype("float32")
+    want = model.predict(images, verbose=0)
+    reloaded = keras.saving.load_model(out)
+    np.testing.assert_array_equal(reloaded.predict(images, verbose=0), want)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".converting-")]
+    export = pytest.importorskip("tf_netvlad.export")
+    import tensorflow as tf
+
+    export.export_saved_model(reloaded, str(tmp_path / "served"), warmup=False)
+    fn = tf.saved_model.load(str(tmp_path / "served" / "1")).signatures["serving_default"]
+    np.testing.assert_allclose(fn(images=tf.constant(images))["descriptor"].numpy(), want, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad MAT input
+
+
+def _raises(match, path, exc=ValueError):
+    with pytest.raises(exc, match=match):
+        convert_matconvnet(path)
+
+
+def test_matconvnet_rejects_v73_file(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = str(tmp_path / "v73.mat")
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f["net"] = np.zeros(3)
+    with open(path, "r+b") as f:
+        f.write(header.ljust(116) + b"\0" * 8 + b"\x00\x02" + b"IM")
+    _raises(r"v7\.3.*net_class2struct", path)
+
+
+def _element(dtype, data):
+    return struct.pack("<II", dtype, len(data)) + data + b"\0" * (-len(data) % 8)
+
+
+def _matrix(mclass, *parts, dims=(1, 1)):
+    flags = _element(6, struct.pack("<II", mclass, 0))  # miUINT32 array flags
+    dims = b"" if dims is None else _element(5, struct.pack(f"<{len(dims)}i", *dims))  # miINT32
+    return _element(14, flags + dims + b"".join(parts))  # miMATRIX
+
+
+def write_mcos_mat(path, classnames):
+    """A MAT v5 file as MATLAB writes classdef objects: `net.layers` = cell of MCOS opaque objects."""
+    text = lambda s: _element(1, s.encode())  # miINT8
+    objects = [_matrix(17, text(""), text("MCOS"), text(name),  # mxOPAQUE: no dims
+                       _matrix(13, text(""), _element(6, struct.pack("<I", i + 1))), dims=None)
+               for i, name in enumerate(classnames)]
+    cell = _matrix(1, text(""), *objects, dims=(1, len(objects)))
+    net = _matrix(2, text("net"), _element(5, struct.pack("<i", 8)), _element(1, b"layers\0\0"), cell)
+    header = b"MATLAB 5.0 MAT-file, written by tests".ljust(116) + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM"
+    with open(path, "wb") as f:
+        f.write(header + net)
+    return path
+
+
+def test_matconvnet_rejects_class_objects(tmp_path):
+    path = write_mcos_mat(str(tmp_path / "original.mat"), ["layerVLAD", "layerWholeL2Normalize"])
+    assert isinstance(scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)["net"].layers[0],
+                      scipy.io.matlab.MatlabOpaque)
+    _raises(r"net\.layers\{1\} is a MatlabOpaque.*classdef \(MCOS\).*net_class2struct", path)
+
+
+def test_matconvnet_rejects_other_network(tmp_path, rng):
+    layer_dicts = vgg_like_layers(rng)[:6] + [{"type": "softmax", "name": "prob"}]
+    _raises(r"not a NetVLAD network.*'vlad:core'.*conv5_3", write_mat(str(tmp_path / "vgg.mat"), layer_dicts, rng))
+
+
+def test_matconvnet_rejects_truncated_file(tmp_path, rng):
+    path = write_mat(str(tmp_path / "net.mat"), vgg_like_layers(rng), rng, do_compression=False)
+    data = open(path, "rb").read()
+    cut = str(tmp_path / "cut.mat")
+    open(cut, "wb").write(data[: len(data) // 2])
+    _raises(r"truncated", cut)
+    open(cut, "wb").write(b"")
+    _raises(r"not a MATLAB \.mat file", cut)
+
+
+def test_matconvnet_rejects_mismatched_shapes(tmp_path, rng):
+    layer_dicts = vgg_like_layers(rng)  # D = 6
+    core = _by_name(layer_dicts, "vlad:core")
+    core["weights"] = np.array([w[:, :, :5] for w in core["weights"]], dtype=object)
+    _raises(r"expected shape \(D, K\) = \(6, 4\).*Found shape \(5, 4\)", write_mat(str(tmp_path / "a.mat"), layer_dicts, rng))
+    layer_dicts = vgg_like_layers(rng)
+    wpca = _by_name(layer_dicts, "WPCA")
+    wpca["weights"] = np.array([wpca["weights"][0][:, :, :20], wpca["weights"][1]], dtype=object)
+    _raises(r"WPCA.*\(24, P\).*\(20, 5\)", write_mat(str(tmp_path / "b.mat"), layer_dicts, rng))
+    layer_dicts = vgg_like_layers(rng)
+    layer_dicts[2]["weights"][0] = layer_dicts[2]["weights"][0][:, :, :3]  # Cin 3 does not divide 4
+    _raises(r"conv1_2.*Cin divides the 4 input channels.*\(3, 3, 3, 5\)", write_mat(str(tmp_path / "c.mat"), layer_dicts, rng))
+
+
+def test_matconvnet_rejects_missing_file_and_bad_out_path(tmp_path, rng):
+    with pytest.raises(FileNotFoundError, match="mat_path"):
+        convert_matconvnet(str(tmp_path / "nope.mat"))
+    path = write_mat(str(tmp_path / "net.mat"), vgg_like_layers(rng), rng)
+    with pytest.raises(ValueError, match=r"out_path.*\.keras"):
+        convert_matconvnet(path, out_path=str(tmp_path / "model.h5"))
+    assert sorted(os.listdir(tmp_path)) == ["net.mat"]
