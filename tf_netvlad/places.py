@@ -9,6 +9,7 @@ Positives are radius searches on UTM coordinates with a KD-tree.
 import csv
 import dataclasses
 import functools
+import io
 import math
 import os
 import re
@@ -433,8 +434,12 @@ def write_mat(split, path, which_set=None):
         values["qTimeStamp"] = split.query_timestamps.astype(np.float64).reshape(1, -1)
         order = _MAT_FIELDS_TM
     struct = {key: values[key] for key in order}
-    _atomic_write(path, lambda f: scipy.io.savemat(f, {"dbStruct": struct}, format="5",
-                                                  do_compression=False), binary=True)
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"dbStruct": struct}, format="5", do_compression=False)
+    data = bytearray(buf.getvalue())
+    # the 116-byte descriptive header text carries a creation time; make the bytes reproducible
+    data[:116] = b"MATLAB 5.0 MAT-file, written by tf_netvlad.places".ljust(116, b" ")
+    _atomic_write(path, lambda f: f.write(bytes(data)), binary=True)
     return Path(path)
 
 
