@@ -95,10 +95,10 @@ def cmd_evaluate(args):
         log.info("off-the-shelf NetVLAD: k-means init with alpha %.2f", stats["alpha"])
     results = workflows.evaluate_model(
         model, split, root=args.root, image_size=image_size, ns=ns, batch_size=args.batch_size,
-        json_path=args.json, plot_path=args.plot,
+        json_path=args.json, plot_path=args.plot, retrievals_path=args.retrievals,
     )
     print(evaluation.format_recall_table(results, labels=[results["model"]]))
-    for flag, path in (("json", args.json), ("plot", args.plot)):
+    for flag, path in (("json", args.json), ("plot", args.plot), ("retrievals", args.retrievals)):
         if path:
             print(f"{flag}: {path}")
     return 0
@@ -181,6 +181,7 @@ def build_parser():
                    help="N values: 'default' (1,5,10,20), 'reference' (1-5, 10-100 step 5) or a list")
     p.add_argument("--json", help="write results as JSON here")
     p.add_argument("--plot", help="write a recall@N curve PNG here")
+    p.add_argument("--retrievals", help="write a PNG grid of queries and their top-5 retrievals here")
 
     p = add("fit-whitening", cmd_fit_whitening,
             "Fit PCA-whitening on database descriptors and append it to a model.")

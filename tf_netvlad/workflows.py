@@ -59,19 +59,38 @@ def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=64
 
 
 def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size=8,
-                   json_path=None, plot_path=None, label=None, progress=True):
-    """recall@N of `model` on `split`; optionally writes JSON and a recall@N curve PNG."""
+                   json_path=None, plot_path=None, retrievals_path=None, num_examples=8,
+                   top_k=5, label=None, progress=True):
+    """recall@N of `model` on `split`.
+
+    Optionally writes the results as JSON, a recall@N curve PNG, and a PNG grid of the first
+    `num_examples` queries with their top `top_k` retrieved images (green: within the positive
+    radius, red: not).
+    """
+    import numpy as np
+
     from tf_netvlad import evaluation, plots
 
-    results = evaluation.evaluate(
+    results, ids = evaluation.evaluate(
         model, split, root=root, image_size=image_size,
         ns=ns or evaluation.DEFAULT_RECALL_NS, batch_size=batch_size, progress=progress,
+        return_ids=True,
     )
     results["model"] = label or model.name
     if json_path:
         evaluation.write_json(results, json_path)
     if plot_path:
         plots.plot_recall_curve(results, plot_path, labels=[results["model"]])
+    if retrievals_path:
+        positives = split.positives()
+        shown = range(min(num_examples, split.num_queries))
+        top = [ids[q, :top_k] for q in shown]
+        plots.plot_retrievals(
+            [split.query_paths[q] for q in shown],
+            [[split.db_paths[j] for j in row] for row in top],
+            [np.isin(row, positives[q]) for q, row in zip(shown, top)],
+            retrievals_path, root=root if root is not None else split.root,
+        )
     return results
 
 
