@@ -24,3 +24,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A tiny generated demo dataset shared by the CLI / workflow tests (dict of paths)."""
+    from tf_netvlad import demo_data
+
+    out = tmp_path_factory.mktemp("tiny_demo") / "data"
+    return demo_data.generate_demo_data(out, seed=0, scale=0.01, progress=False)

@@ -1,0 +1,86 @@
+"""The command line: fast --help without TensorFlow, init/evaluate/fit-whitening end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tf_netvlad import cli
+from tf_netvlad.model import load_model
+
+
+def test_help_is_fast_and_does_not_import_tensorflow():
+    code = (
+        "import sys, tf_netvlad.cli as c\n"
+        "try:\n    c.main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False"
+    assert "evaluate" in out.stdout and "demo-data" in out.stdout
+
+
+def test_init_then_evaluate_then_whiten(tiny_demo, tmp_path, capsys):
+    model_path = tmp_path / "init.keras"
+    test_mat = str(tiny_demo["test_mat"])
+    assert cli.main(["init", "--dataset", test_mat, "--backbone", "tiny", "--num-clusters", "4",
+                     "--num-images", "20", "--per-image", "30", "--niter", "10",
+                     "--out", str(model_path)]) == 0
+    assert "assignment ratio 100.0" in capsys.readouterr().out
+    model = load_model(model_path)
+    assert model.output_shape == (None, 4 * 64)
+
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    assert cli.main(["evaluate", "--dataset", test_mat, "--model", str(model_path), "--json",
+                     str(out_json), "--plot", str(out_png), "--recall-ns", "1,5"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out_json.read_text())
+    assert set(results) >= {"recall@1", "recall@5", "num_queries", "num_db"}
+    assert 0.0 <= results["recall@1"] <= results["recall@5"] <= 1.0
+    assert f"{100 * results['recall@1']:.2f}%" in printed
+    assert out_png.stat().st_size > 1000
+
+    whitened = tmp_path / "white.keras"
+    assert cli.main(["fit-whitening", "--dataset", test_mat, "--model", str(model_path), "--dim", "16",
+                     "--out", str(whitened)]) == 0
+    white = load_model(whitened)
+    assert white.output_shape == (None, 16)
+    image = np.random.default_rng(0).random((1, 96, 128, 3)).astype("float32") * 255
+    np.testing.assert_allclose(np.linalg.norm(white(image), axis=1), 1.0, atol=1e-5)
+
+
+def test_evaluate_off_the_shelf_with_backbone(tiny_demo, tmp_path):
+    out_json = tmp_path / "r.json"
+    assert cli.main(["evaluate", "--dataset", str(tiny_demo["test_mat"]), "--backbone", "tiny",
+                     "--num-clusters", "4", "--json", str(out_json)]) == 0
+    assert 0.0 <= json.loads(out_json.read_text())["recall@1"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "--dataset", "missing.mat", "--backbone", "tiny"], "missing.mat"),
+        (["init", "--dataset", "{test_mat}", "--backbone", "tiny", "--num-clusters", "4096",
+          "--num-images", "2", "--per-image", "2", "--out", "{tmp}/m.keras"], "num_clusters=4096"),
+        (["evaluate", "--dataset", "{test_mat}"], "exactly one of --model"),
+        (["evaluate", "--dataset", "{test_mat}", "--model", "{tmp}/nope.keras"], "not found"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_no_output(tiny_demo, tmp_path, capsys, argv, message):
+    argv = [a.format(test_mat=tiny_demo["test_mat"], tmp=tmp_path) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "m.keras").exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_existing_output_is_not_overwritten(tiny_demo, tmp_path, capsys):
+    target = tmp_path / "m.keras"
+    target.write_text("keep me")
+    assert cli.main(["init", "--dataset", str(tiny_demo["test_mat"]), "--backbone", "tiny",
+                     "--out", str(target)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
