@@ -313,3 +313,181 @@ def test_matconvnet_rejects_missing_file_and_bad_out_path(tmp_path, rng):
     with pytest.raises(ValueError, match=r"out_path.*\.keras"):
         convert_matconvnet(path, out_path=str(tmp_path / "model.h5"))
     assert sorted(os.listdir(tmp_path)) == ["net.mat"]
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+VGG16_CHANNELS = (4, 4, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 7)  # D = 7 at conv5_3
+ALEXNET_SPEC = ((0, 11, 4, 2, 4), (3, 5, 1, 2, 6), (6, 3, 1, 1, 8), (8, 3, 1, 1, 8), (10, 3, 1, 1, 5))  # D = 5
+
+
+def _vgg16_layout():
+    """torchvision vgg16.features[:-2] as (index, kind, param) with conv params (out, kernel, stride, pad)."""
+    layout, index, convs = [], 0, iter(VGG16_CHANNELS)
+    for block, count in enumerate((2, 2, 3, 3, 3)):
+        for _ in range(count):
+            layout += [(index, "conv", (next(convs), 3, 1, 1)), (index + 1, "relu", None)]
+            index += 2
+        layout.append((index, "pool", (2, 2)))
+        index += 1
+    return layout[:-2]  # drop relu5_3 and pool5
+
+
+def _alexnet_layout():
+    layout = []
+    for index, kernel, stride, pad, out in ALEXNET_SPEC:
+        layout += [(index, "conv", (out, kernel, stride, pad)), (index + 1, "relu", None)]
+        if index in (0, 3):
+            layout.append((index + 2, "pool", (3, 2)))
+    return layout[:-1]  # drop relu5
+
+
+def torch_state_dict(torch, rng, layout, k, vladv2=False, wpca_dim=None, prefix="encoder."):
+    state, cin = {}, 3
+    for index, kind, param in layout:
+        if kind == "conv":
+            out, kernel = param[:2]
+            state[f"{prefix}{index}.weight"] = torch.tensor(rng.normal(0, 0.3, (out, cin, kernel, kernel)), dtype=torch.float32)
+            state[f"{prefix}{index}.bias"] = torch.tensor(rng.normal(0, 0.1, out), dtype=torch.float32)
+            cin = out
+    centroids = rng.normal(0, 0.3, (k, cin))
+    state["pool.conv.weight"] = torch.tensor(5 * centroids[:, :, None, None], dtype=torch.float32)
+    state["pool.centroids"] = torch.tensor(centroids, dtype=torch.float32)
+    if vladv2:
+        state["pool.conv.bias"] = torch.tensor(rng.normal(0, 1, k), dtype=torch.float32)
+    if wpca_dim:  # Patch-NetVLAD add_pca.py stores float64 weights
+        state["WPCA.0.weight"] = torch.tensor(rng.normal(0, 1, (wpca_dim, k * cin, 1, 1)))
+        state["WPCA.0.bias"] = torch.tensor(rng.normal(0, 0.1, wpca_dim))
+    return state
+
+
+def torch_forward(torch, state, layout, images):
+    """pytorch-NetVlad / Patch-NetVLAD forward (ToTensor + ImageNet Normalize, encoder, pool, WPCA)."""
+    F = torch.nn.functional
+    x = torch.tensor(images).permute(0, 3, 1, 2) / 255.0
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    for index, kind, param in layout:
+        if kind == "conv":
+            x = F.conv2d(x, state[f"encoder.{index}.weight"], state[f"encoder.{index}.bias"], stride=param[2], padding=param[3])
+        elif kind == "relu":
+            x = F.relu(x)
+        else:
+            x = F.max_pool2d(x, param[0], param[1])
+    n, c = x.shape[:2]
+    k = state["pool.centroids"].shape[0]
+    x = F.normalize(x, p=2, dim=1)
+    soft_assign = F.softmax(F.conv2d(x, state["pool.conv.weight"], state.get("pool.conv.bias")).view(n, k, -1), dim=1)
+    x_flat = x.view(n, c, -1)
+    vlad = torch.zeros(n, k, c)
+    for j in range(k):  # the reference's per-cluster loop
+        residual = x_flat - state["pool.centroids"][j].view(1, c, 1)
+        vlad[:, j] = (residual * soft_assign[:, j:j + 1]).sum(-1)
+    vlad = F.normalize(F.normalize(vlad, p=2, dim=2).view(n, -1), p=2, dim=1)
+    if "WPCA.0.weight" in state:
+        w = state["WPCA.0.weight"].float()
+        vlad = F.normalize(F.conv2d(vlad[:, :, None, None], w, state["WPCA.0.bias"].float()).view(n, -1), p=2, dim=-1)
+    return vlad.numpy()
+
+
+def _save_pt_checkpoint(torch, path, state, patch_netvlad=False):
+    if patch_netvlad:  # add_pca.py
+        payload = {"num_pcs": int(state["WPCA.0.bias"].shape[0]), "state_dict": state}
+    else:  # pytorch-NetVlad main.py save_checkpoint
+        payload = {"epoch": 3, "state_dict": state, "recalls": {1: np.float64(0.8), 5: np.float64(0.9)},
+                   "best_score": np.float64(0.9), "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+                   "parallel": False}
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("arch, k, vladv2, wpca_dim, size", [
+    ("vgg16", 3, False, None, (37, 45)),   # pytorch-NetVlad v1, 21-D
+    ("vgg16", 4, False, 6, (33, 40)),      # Patch-NetVLAD *_WPCA6
+    ("vgg16", 3, True, None, (32, 32)),    # --vladv2 (pool.conv.bias)
+    ("alexnet", 4, False, None, (67, 75)),
+])
+def test_pytorch_matches_torch_forward(tmp_path, rng, arch, k, vladv2, wpca_dim, size):
+    torch = pytest.importorskip("torch")
+    layout = _vgg16_layout() if arch == "vgg16" else _alexnet_layout()
+    state = torch_state_dict(torch, rng, layout, k, vladv2=vladv2, wpca_dim=wpca_dim)
+    path = _save_pt_checkpoint(torch, str(tmp_path / "checkpoint.pth.tar"), state, patch_netvlad=bool(wpca_dim))
+    model = convert_pytorch(path)
+    assert (model.backbone_name, model.variant, model.num_clusters) == (arch, "v2" if vladv2 else "v1", k)
+    images = rng.uniform(0, 255, (2, *size, 3)).astype("float32")
+    want = torch_forward(torch, state, layout, images)
+    got = model.predict(images, verbose=0)
+    if wpca_dim is None:  # theirs k·D + d, ours d·K + k: the same numbers, permuted
+        dim = want.shape[1] // k
+        want = want.reshape(-1, k, dim).transpose(0, 2, 1).reshape(len(images), -1)
+    assert got.shape == want.shape and np.abs(want).max() > 0.05
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_pytorch_dataparallel_keys_and_keras_round_trip(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    import keras
+
+    layout = _vgg16_layout()
+    state = torch_state_dict(torch, rng, layout, 3, prefix="encoder.module.")
+    state = {k.replace("pool.", "pool.module."): v for k, v in state.items()}
+    path = _save_pt_checkpoint(torch, str(tmp_path / "dp.pth.tar"), state)
+    out = str(tmp_path / "dp.keras")
+    model = convert_pytorch(path, out_path=out, arch="vgg16")
+    images = rng.uniform(0, 255, (1, 32, 36, 3)).astype("float32")
+    clean = {k.replace(".module.", "."): v for k, v in state.items()}
+    want = torch_forward(torch, clean, layout, images).reshape(1, 3, 7).transpose(0, 2, 1).reshape(1, -1)
+    got = model.predict(images, verbose=0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_array_equal(keras.saving.load_model(out).predict(images, verbose=0), got)
+
+
+def test_pytorch_bad_checkpoints(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    layout = _vgg16_layout()
+    state = torch_state_dict(torch, rng, layout, 3)
+
+    def convert(name, st, **kwargs):
+        return convert_pytorch(_save_pt_checkpoint(torch, str(tmp_path / name), st), **kwargs)
+
+    with pytest.raises(ValueError, match=r"missing key 'pool.centroids' \(expected shape \(3, 7\)\)"):
+        convert("a.pth.tar", {k: v for k, v in state.items() if k != "pool.centroids"})
+    bad = dict(state, **{"pool.centroids": state["pool.centroids"][:, :6]})
+    with pytest.raises(ValueError, match=r"'pool.centroids' must be \(3, 7\)\. Found \(3, 6\)"):
+        convert("b.pth.tar", bad)
+    bad = dict(state, **{"encoder.5.weight": state["encoder.5.weight"][:, :3]})
+    with pytest.raises(ValueError, match=r"'encoder.5.weight' must be \(Cout, 4, 3, 3\)\. Found shape \(5, 3, 3, 3\)"):
+        convert("c.pth.tar", bad)
+    with pytest.raises(ValueError, match=r"encoder conv indices .* do not match alexnet \[0, 3, 6, 8, 10\]"):
+        convert("d.pth.tar", state, arch="alexnet")
+    with pytest.raises(ValueError, match=r"expected a pytorch-NetVlad checkpoint.*Found: \['model_state_dict'\]"):
+        convert_pytorch(_save_raw(torch, tmp_path / "e.pth", {"model_state_dict": {"backbone.0.weight": torch.zeros(1)}}))
+    path = _save_pt_checkpoint(torch, str(tmp_path / "f.pth.tar"), state)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"Could not read `checkpoint_path`.*truncated"):
+        convert_pytorch(path)
+    with pytest.raises(FileNotFoundError, match="checkpoint_path"):
+        convert_pytorch(str(tmp_path / "missing.pth.tar"))
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".keras")]
+
+
+def _save_raw(torch, path, payload):
+    torch.save(payload, str(path))
+    return str(path)
+
+
+def test_pytorch_missing_torch_names_the_install(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    path = tmp_path / "x.pth.tar"
+    path.write_bytes(b"\0")
+    with pytest.raises(ImportError, match=r"pip install torch"):
+        convert_pytorch(str(path))
