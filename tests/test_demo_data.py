@@ -72,6 +72,7 @@ def test_splits_are_far_apart(demo):
 
 
 def test_same_seed_identical_other_seed_differs_and_rerun_is_noop(tmp_path):
+    (tmp_path / ".again.tmp-4999999").mkdir()  # left by an interrupted run (dead pid)
     demo = demo_data.generate_demo_data(tmp_path / "first", seed=0, scale=TINY, progress=False)
     again = demo_data.generate_demo_data(tmp_path / "again", seed=0, scale=TINY, progress=False)
     files = _tree_files(demo["root"])

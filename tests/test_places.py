@@ -36,7 +36,6 @@ def _brute_force(split, radius, exclude_m2=None, timestamps=False):
 
 
 def test_pure_numpy_module_does_not_import_tensorflow():
-    assert "tensorflow" not in sys.modules or "tf_netvlad.places" in sys.modules
     import subprocess
     code = "import sys, tf_netvlad.places; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -646,6 +646,23 @@ def _looks_like_ours(out_dir):
     return all(p.name in ours for p in out_dir.iterdir())
 
 
+def _remove_stale_temp_dirs(out_dir):
+    """Delete `.<name>.tmp-<pid>` / `.<name>.old-<pid>` left by interrupted runs (dead pids)."""
+    for p in out_dir.parent.glob(f".{out_dir.name}.*-*"):
+        kind, _, pid = p.name[len(out_dir.name) + 2:].partition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or not p.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            alive = int(pid) != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def generate_demo_data(out_dir, seed=0, image_size=(96, 128), scale=1.0, db_spacing_m=3.0,
                        jpeg_quality=75, progress=True):
     """Generate the demo dataset into `out_dir` (a no-op when it is already complete).
@@ -681,6 +698,7 @@ def generate_demo_data(out_dir, seed=0, image_size=(96, 128), scale=1.0, db_spac
         raise FileExistsError(f"`out_dir` {str(out_dir)!r} exists and is not a tf_netvlad demo "
                               "dataset; choose a new or empty directory.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
