@@ -1,0 +1,317 @@
+"""Hard-negative mining with a refreshed descriptor cache and a persistent negative memory.
+
+The reference recipe (MATLAB `trainWeakly.m`), per refresh cycle of `cache_refresh_queries`
+training queries:
+
+1. Cache: descriptors of the cycle's queries and of the whole training database are computed with
+   the *current* model (float32, `extract.extract_descriptors`).
+2. Positives: the query's non-trivial potential positives (db images within 10 m, same time stamp
+   excluded) are ranked by cached d²; the `num_positives` nearest form the positive set (the first
+   is MATLAB's best positive; the train step takes the min again with fresh descriptors).
+3. Negatives: a pool of `pool_size` (1000) random db images beyond `pos_dist_thr` (25 m), plus the
+   query's `num_negatives` remembered negatives, is ranked by cached d² (faiss search through
+   `tf_netvlad.index`), keeping the `keep_factor · num_negatives` (10 · 10) nearest.
+4. Memory: the `num_negatives` nearest of those become the query's remembered negatives for the
+   next time it is mined (violating or not, as MATLAB's `negCache`).
+5. The tuple takes the `num_negatives` hardest negatives. Those violating the margin under the cached
+   descriptors (d² < d²(q, p*) + m) are exactly MATLAB's "≤ 10 hardest violating"; when fewer
+   violate, the slots are **filled with the next-hardest non-violating negatives** (a fixed tuple
+   size keeps batches static). A filler adds 0 to the loss and gets no gradient unless it violates
+   with the fresh descriptors of the train step, which re-checks every triplet as MATLAB does.
+   `stats["violating_fraction"]` reports the cached violation rate.
+
+The memory (`neg_cache`, int64 `(num_queries, num_negatives)`, -1 = empty) lives in the main
+process in NumPy, owned by `HardNegativeMiner`; `state_dict()`/`load_state_dict()` put it into
+checkpoints. The pipeline only reads the mined rows from a `tf.Variable` table, so parallel input
+workers never hold training state.
+
+Query order: the training queries with a positive are visited in passes; pass k is the permutation
+`default_rng([seed, k])`, cycle e takes the next `cache_refresh_queries` queries of that stream (MATLAB
+permutes per epoch with `rng(43 - 1 + iEpoch)`). The negative pools of cycle e are drawn from
+`default_rng([seed, e, 1])`. Both depend only on (seed, cycle), so a resumed run mines exactly what
+an uninterrupted one would.
+"""
+
+import logging
+
+import keras
+import numpy as np
+
+from tf_netvlad import index as faiss_index
+
+logger = logging.getLogger(__name__)
+
+
+def _sq_dists(desc, rows):
+    """Squared distances from one float32 vector to db rows (float32, no float64 copies)."""
+    diff = rows - desc
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def rank_negatives(query_desc, db_desc, candidates, keep):
+    """The `keep` nearest candidates by squared L2 (exact faiss search on the candidate rows).
+
+    Returns `(ids int64 (k,), d2 float32 (k,))`, nearest first, `k = min(keep, len(candidates))`.
+    """
+    candidates = np.asarray(candidates, np.int64)
+    d2, order = faiss_index.search(db_desc[candidates], query_desc[None, :], int(keep), metric="l2")
+    return candidates[order[0]], d2[0]
+
+
+def sample_pool(rng, num_db, excluded, pool_size):
+    """`pool_size` distinct random db ids not in `excluded` (all of them if fewer exist)."""
+    excluded = np.asarray(excluded, np.int64)
+    available = num_db - len(excluded)
+    if available <= pool_size:
+        mask = np.ones(num_db, bool)
+        mask[excluded] = False
+        return np.flatnonzero(mask)
+    draw = min(num_db, pool_size + len(excluded))
+    ids = rng.choice(num_db, size=draw, replace=False)
+    ids = ids[~np.isin(ids, excluded)]
+    while len(ids) < pool_size:  # only when many excluded ids were drawn; rare
+        extra = rng.choice(num_db, size=pool_size, replace=False)
+        ids = np.unique(np.concatenate([ids, extra[~np.isin(extra, excluded)]]))
+    return ids[:pool_size]
+
+
+def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_cache, rng, *,
+                num_positives=1, num_negatives=10, pool_size=1000, keep_factor=10, margin=0.1,
+                bad_db=None):
+    """Mines one tuple per query from cached descriptors (pure; updates nothing in place).
+
+    Args:
+        query_ids: int `(Q,)` query indices of the split.
+        query_desc: float32 `(Q, d)` cached descriptors of those queries (same order).
+        db_desc: float32 `(num_db, d)` cached database descriptors.
+        positives: per split query, int array of its potential positives (non-trivial, ≤ 10 m).
+        non_negatives: per split query, int array of db ids that must not be negatives (≤ 25 m).
+        neg_cache: int `(num_split_queries, N)` remembered negatives (-1 = empty).
+        rng: `np.random.Generator` for the random pools.
+        num_positives, num_negatives, pool_size, keep_factor, margin: see the module docstring.
+        bad_db: optional int array of db ids whose images failed (excluded everywhere).
+
+    Returns:
+        `(rows, new_cache, stats)`: rows int64 `(Q, 1 + P + N)` = [query, positives (-1 padded),
+        negatives]; new_cache int64 `(Q, N)` to store for these queries; stats dict with
+        `violating_fraction` (under the cached descriptors) and `mean_positive_d2`.
+    """
+    num_db = len(db_desc)
+    bad_db = np.zeros(0, np.int64) if bad_db is None else np.asarray(bad_db, np.int64)
+    rows = np.full((len(query_ids), 1 + num_positives + num_negatives), -1, np.int64)
+    new_cache = np.full((len(query_ids), num_negatives), -1, np.int64)
+    violating, best_d2 = 0, []
+    for r, (q, desc) in enumerate(zip(query_ids, query_desc)):
+        pos = np.setdiff1d(np.asarray(positives[q], np.int64), bad_db)
+        if len(pos) == 0:
+            raise ValueError(f"query {q} has no usable positive; drop it before mining.")
+        pos_d2 = _sq_dists(desc, db_desc[pos])
+        order = np.argsort(pos_d2, kind="stable")[:num_positives]
+        best = float(pos_d2[order[0]])
+        excluded = np.union1d(np.asarray(non_negatives[q], np.int64), bad_db)
+        pool = sample_pool(rng, num_db, excluded, pool_size)
+        cached = neg_cache[q][neg_cache[q] >= 0]
+        cached = cached[~np.isin(cached, excluded)]
+        candidates = np.union1d(pool, cached)
+        if len(candidates) < num_negatives:
+            raise ValueError(
+                f"query {q} has only {len(candidates)} database images beyond the positive radius; "
+                f"num_negatives={num_negatives} are needed. Lower num_negatives or add database images."
+            )
+        ranked, ranked_d2 = rank_negatives(desc, db_desc, candidates, keep_factor * num_negatives)
+        rows[r, 0] = q
+        rows[r, 1 : 1 + len(order)] = pos[order]
+        rows[r, 1 + num_positives :] = ranked[:num_negatives]
+        new_cache[r] = ranked[:num_negatives]
+        violating += int(np.sum(ranked_d2[:num_negatives] < best + margin))
+        best_d2.append(best)
+    stats = {
+        "violating_fraction": violating / max(1, len(query_ids) * num_negatives),
+        "mean_positive_d2": float(np.mean(best_d2)) if best_d2 else 0.0,
+    }
+    return rows, new_cache, stats
+
+
+class HardNegativeMiner:
+    """Mining state and schedule: the query stream, the negative memory and the cache refresh.
+
+    Args:
+        split: training `places.PlaceSplit`.
+        root: image root (default `split.root`).
+        image_size: resize policy of the descriptor cache (use the training size).
+        num_positives, num_negatives, pool_size, keep_factor, margin: mining recipe.
+        cache_refresh_queries: queries per refresh cycle (one Keras epoch).
+        seed: seeds the query order and the pools.
+        batch_size: images per batch when computing the cache.
+        on_bad_image: "stop" (raise naming the file) or "skip" (drop the image everywhere).
+        progress: tqdm bars while computing the cache.
+
+    Attributes:
+        valid_queries: int64 ids of the queries that have at least one non-trivial positive.
+        dropped_queries: number of queries without one (skipped, as every reference does).
+        neg_cache: int64 `(num_queries, num_negatives)` remembered negatives (-1 = empty).
+    """
+
+    def __init__(self, split, root=None, image_size=None, num_positives=1, num_negatives=10,
+                 pool_size=1000, keep_factor=10, margin=0.1, cache_refresh_queries=1000, seed=43,
+                 batch_size=8, on_bad_image="stop", progress=True):
+        self.split = split
+        self.root = split.root if root is None else root
+        self.image_size = image_size
+        self.num_positives = int(num_positives)
+        self.num_negatives = int(num_negatives)
+        self.pool_size = int(pool_size)
+        self.keep_factor = int(keep_factor)
+        self.margin = float(margin)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.on_bad_image = on_bad_image
+        self.progress = progress
+        self.positives = split.non_trivial_positives()
+        self.non_negatives = split.positives()
+        counts = np.array([len(p) for p in self.positives], np.int64)
+        self.valid_queries = np.flatnonzero(counts > 0).astype(np.int64)
+        self.dropped_queries = int(split.num_queries - len(self.valid_queries))
+        if len(self.valid_queries) == 0:
+            raise ValueError(
+                f"No training query of split {split.name!r} has a database image within "
+                f"sqrt(non_triv_pos_dist_sq_thr) = {np.sqrt(split.non_triv_pos_dist_sq_thr):g} m "
+                f"({split.num_queries} queries, {split.num_db} db images). Check the UTM coordinates "
+                "and radii of the split; training needs positives."
+            )
+        if self.dropped_queries:
+            logger.warning("%d of %d training queries have no positive within %.3g m and are skipped.",
+                           self.dropped_queries, split.num_queries, np.sqrt(split.non_triv_pos_dist_sq_thr))
+        available = np.array([split.num_db - len(n) for n in self.non_negatives])[self.valid_queries]
+        if available.min() < self.num_negatives:
+            worst = int(self.valid_queries[np.argmin(available)])
+            raise ValueError(
+                f"num_negatives={self.num_negatives} negatives per query are needed but query {worst} "
+                f"has only {int(available.min())} database images beyond {split.pos_dist_thr:g} m "
+                f"({int(np.sum(available < self.num_negatives))} queries are short). Lower "
+                "num_negatives or use a larger database."
+            )
+        self.cycle_size = int(min(int(cache_refresh_queries), len(self.valid_queries)))
+        self.neg_cache = np.full((split.num_queries, self.num_negatives), -1, np.int64)
+        self.bad_db = np.zeros(0, np.int64)
+        self.bad_queries = np.zeros(0, np.int64)
+        self.last_stats = {}
+
+    # ------------------------------------------------------------------ schedule
+    def queries_for_cycle(self, cycle):
+        """The query ids trained in refresh cycle `cycle` (a deterministic function of seed, cycle)."""
+        count = len(self.valid_queries)
+        start = int(cycle) * self.cycle_size
+        ids = []
+        while len(ids) < self.cycle_size:
+            pass_index, offset = divmod(start + len(ids), count)
+            perm = np.random.default_rng([self.seed, pass_index]).permutation(self.valid_queries)
+            ids.extend(perm[offset : offset + self.cycle_size - len(ids)].tolist())
+        return np.asarray(ids, np.int64)
+
+    # ------------------------------------------------------------------ mining
+    def _extract(self, model, paths, what):
+        from tf_netvlad import extract
+
+        on_error = "raise" if self.on_bad_image == "stop" else "skip"
+        result = extract.extract_descriptors(model, paths, root=self.root, image_size=self.image_size,
+                                             batch_size=self.batch_size, progress=self.progress,
+                                             on_error=on_error)
+        if on_error == "raise":
+            return result, np.zeros(0, np.int64)
+        desc, skipped = result
+        if len(skipped):
+            logger.warning("Mining: skipped %d %s images that could not be loaded.", len(skipped), what)
+        return desc, skipped
+
+    def compute_cache(self, model, query_ids):
+        """Float32 descriptors of `query_ids` and of the whole training database with `model`."""
+        db_desc, bad_db = self._extract(model, self.split.db_paths, "database")
+        self.bad_db = np.union1d(self.bad_db, bad_db)
+        q_desc, bad_q = self._extract(model, [self.split.query_paths[i] for i in query_ids], "query")
+        self.bad_queries = np.union1d(self.bad_queries, np.asarray(query_ids)[bad_q])
+        return q_desc, db_desc
+
+    def mine(self, model, cycle):
+        """Refreshes the cache with `model` and mines the tuples of `cycle`; updates the memory.
+
+        Returns int64 rows `(n, 1 + P + N)` for `TuplePipeline.assign` (queries whose image or whose
+        every positive failed to load are left out in "skip" mode).
+        """
+        query_ids = self.queries_for_cycle(cycle)
+        q_desc, db_desc = self.compute_cache(model, query_ids)
+        keep = ~np.isin(query_ids, self.bad_queries)
+        if len(self.bad_db):
+            keep &= np.array([len(np.setdiff1d(self.positives[q], self.bad_db)) > 0 for q in query_ids])
+        if not keep.any():
+            raise ValueError(f"Cycle {cycle}: no training query with loadable images is left.")
+        rng = np.random.default_rng([self.seed, int(cycle), 1])
+        rows, new_cache, stats = mine_tuples(
+            query_ids[keep], q_desc[keep], db_desc, self.positives, self.non_negatives,
+            self.neg_cache, rng, num_positives=self.num_positives, num_negatives=self.num_negatives,
+            pool_size=self.pool_size, keep_factor=self.keep_factor, margin=self.margin,
+            bad_db=self.bad_db,
+        )
+        self.neg_cache[query_ids[keep]] = new_cache
+        stats.update(cycle=int(cycle), num_tuples=int(len(rows)))
+        self.last_stats = stats
+        logger.info("Mined cycle %d: %s", cycle, stats)
+        return rows
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self):
+        """NumPy arrays of the mining state (the negative memory and the failed images)."""
+        return {"neg_cache": self.neg_cache.copy(), "bad_db": self.bad_db.copy(),
+                "bad_queries": self.bad_queries.copy()}
+
+    def load_state_dict(self, state):
+        neg_cache = np.asarray(state["neg_cache"], np.int64)
+        if neg_cache.shape != self.neg_cache.shape:
+            raise ValueError(
+                f"The saved negative memory has shape {neg_cache.shape}, this run needs "
+                f"{self.neg_cache.shape} (queries, num_negatives): incompatible split or num_negatives."
+            )
+        if neg_cache.max(initial=-1) >= self.split.num_db:
+            raise ValueError("The saved negative memory refers to database images beyond this split.")
+        self.neg_cache = neg_cache.copy()
+        self.bad_db = np.asarray(state.get("bad_db", []), np.int64)
+        self.bad_queries = np.asarray(state.get("bad_queries", []), np.int64)
+
+
+class MiningCallback(keras.callbacks.Callback):
+    """Re-mines the tuple table at the start of every Keras epoch (= one refresh cycle).
+
+    `on_epoch_begin(epoch)` refreshes the cache with `self.model`, mines cycle `epoch` and writes
+    the rows into the `TuplePipeline`; Keras then builds the epoch's iterator, which reads them.
+    `resume_rows(epoch, rows, start_row)` makes the next `on_epoch_begin(epoch)` reuse saved rows
+    from a mid-epoch checkpoint instead of mining (the memory was already updated for them).
+    `skip_when` is an optional callable; when it returns True the refresh is skipped (e.g. the time
+    limit is over and the run is about to stop).
+
+    Args:
+        miner: `HardNegativeMiner`.
+        pipeline: `tuples.TuplePipeline` fed by the mined rows.
+    """
+
+    def __init__(self, miner, pipeline, skip_when=None):
+        super().__init__()
+        self.miner = miner
+        self.pipeline = pipeline
+        self.skip_when = skip_when
+        self._resume = None
+        self.current_epoch = None
+
+    def resume_rows(self, epoch, rows, start_row):
+        self._resume = (int(epoch), np.asarray(rows, np.int64), int(start_row))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch
+        if self._resume is not None and self._resume[0] == epoch:
+            _, rows, start = self._resume
+            self._resume = None
+            self.pipeline.assign(rows, start_row=start)
+            logger.info("Resumed cycle %d at tuple %d of %d.", epoch, start, len(rows))
+            return
+        if self.skip_when is not None and self.skip_when() and int(self.pipeline.end_row.numpy()) > 0:
+            return
+        self.pipeline.assign(self.miner.mine(self.model, epoch))
