@@ -51,7 +51,8 @@ def _refuse_existing(path, overwrite):
 def cmd_demo_data(args):
     from tf_netvlad import demo_data
 
-    paths = demo_data.generate_demo_data(args.out, seed=args.seed)
+    paths = demo_data.generate_demo_data(args.out, seed=args.seed, scale=args.scale,
+                                         image_size=tuple(args.image_size))
     for key, value in paths.items():
         print(f"{key}: {value}")
     return 0
@@ -159,6 +160,10 @@ def build_parser():
     p = add("demo-data", cmd_demo_data, "Generate the small street-like demo dataset.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiplies street lengths and query counts (e.g. 0.1 for a quick test)")
+    p.add_argument("--image-size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"),
+                   help="image height and width in pixels")
 
     p = add("init", cmd_init, "Build a model and initialise NetVLAD by k-means on database images.")
     _add_data_flags(p, "dbStruct .mat, CSV manifest or @-named image folder")
