@@ -491,3 +491,15 @@ def test_pytorch_missing_torch_names_the_install(monkeypatch, tmp_path):
     path.write_bytes(b"\0")
     with pytest.raises(ImportError, match=r"pip install torch"):
         convert_pytorch(str(path))
+
+
+def test_matconvnet_lrn_model_keras_round_trip(tmp_path, rng):
+    import keras
+
+    path = write_mat(str(tmp_path / "caffe.mat"), caffe_like_layers(rng), rng)
+    out = str(tmp_path / "caffe.keras")
+    model = convert_matconvnet(path, out_path=out)
+    images = rng.uniform(0, 255, (2, 21, 18, 3)).astype("float32")
+    reloaded = keras.saving.load_model(out)
+    assert reloaded.backbone.get_layer("norm1").get_config()["alpha"] == 0.05
+    np.testing.assert_array_equal(reloaded.predict(images, verbose=0), model.predict(images, verbose=0))
