@@ -114,12 +114,16 @@ def serving_functions(model, image_size=DEFAULT_IMAGE_SIZE, descriptor_dim=None)
             out = out / (tf.sqrt(tf.reduce_sum(tf.square(out), axis=-1, keepdims=True)) + _L2_EPSILON)
         return out
 
+    # Loaded signatures (and TF Serving) do not check feeds against the placeholder shape: a
+    # rank-3 tensor would reach Conv2D and abort the whole process (oneDNN CHECK failure), a
+    # rank-5 one would return garbage. EnsureShape turns both into a clean InvalidArgumentError.
     def serve_images(images):
-        return {OUTPUT_KEY: describe(images)}
+        return {OUTPUT_KEY: describe(tf.ensure_shape(images, [None, None, None, 3]))}
 
     if isinstance(image_size, tuple):
 
         def serve_bytes(image_bytes):
+            image_bytes = tf.ensure_shape(image_bytes, [None])
             images = tf.map_fn(
                 lambda encoded: data.decode_and_resize(encoded, image_size),
                 image_bytes,
@@ -131,6 +135,7 @@ def serving_functions(model, image_size=DEFAULT_IMAGE_SIZE, descriptor_dim=None)
 
         def serve_bytes(image_bytes):
             # Shapes differ per image under "keep" / max side: one forward pass per image.
+            image_bytes = tf.ensure_shape(image_bytes, [None])
             return {
                 OUTPUT_KEY: tf.map_fn(
                     lambda encoded: describe(data.decode_and_resize(encoded, image_size)[None])[0],
@@ -394,25 +399,28 @@ def read_metadata(version_dir):
 
 
 def op_inventory(saved_model_dir):
-    """Op types used by a SavedModel: top-level graph plus every library function body.
+    """What a SavedModel's graph uses: top-level graph plus every library function body.
 
-    Returns `(ops, xla_must_compile)`: a sorted list of op type names (function-call names of
-    library functions removed) and whether any node sets `_XlaMustCompile=True`.
+    Returns a dict: `ops` (sorted op type names, calls of library functions removed),
+    `xla_must_compile` (any node with `_XlaMustCompile=True`) and `devices` (sorted non-empty
+    device strings pinned on nodes).
     """
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
-    ops, must_compile = set(), False
+    ops, devices, must_compile = set(), set(), False
     for graph in (meta.graph_def for meta in saved.meta_graphs):
         functions = {f.signature.name for f in graph.library.function}
         nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
         for node in nodes:
             if node.op not in functions:
                 ops.add(node.op)
+            if node.device:
+                devices.add(node.device)
             attr = node.attr.get("_XlaMustCompile")
             must_compile |= bool(attr is not None and attr.b)
-    return sorted(ops), must_compile
+    return {"ops": sorted(ops), "xla_must_compile": must_compile, "devices": sorted(devices)}
 
 
 def export_onnx(model_or_path, path, opset=17, descriptor_dim=None):
