@@ -29,6 +29,8 @@ _LAZY = {
     "extract_descriptors": "tf_netvlad.extract",
     "recall_at_n": "tf_netvlad.evaluation",
     "evaluate": "tf_netvlad.evaluation",
+    "convert_matconvnet": "tf_netvlad.convert",
+    "convert_pytorch": "tf_netvlad.convert",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -121,6 +121,22 @@ def cmd_fit_whitening(args):
     return 0
 
 
+def cmd_convert(args):
+    from tf_netvlad import convert
+
+    if bool(args.matconvnet) == bool(args.pytorch):
+        raise CommandError("Pass exactly one of --matconvnet FILE.mat or --pytorch CHECKPOINT.")
+    _refuse_existing(args.out, args.overwrite)
+    if args.matconvnet:
+        model = convert.convert_matconvnet(args.matconvnet, out_path=args.out)
+    else:
+        model = convert.convert_pytorch(args.pytorch, out_path=args.out, arch=args.arch,
+                                        weights_only=not args.unsafe_load)
+    print(f"converted {model.backbone_name} NetVLAD (K={model.num_clusters}, "
+          f"{model.descriptor_dim}-D descriptors): {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -194,6 +210,16 @@ def build_parser():
     p.add_argument("--model", required=True, help="input .keras model")
     p.add_argument("--dim", type=int, default=256, help="whitened output dimension")
     p.add_argument("--max-images", type=int, default=10_000, help="at most this many database images")
+    p.add_argument("--out", required=True, help="output model file (.keras)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    p = add("convert", cmd_convert, "Convert official MatConvNet or PyTorch NetVLAD weights.")
+    p.add_argument("--matconvnet", help="struct-form MatConvNet .mat (e.g. Pitts30K_struct.mat)")
+    p.add_argument("--pytorch", help="pytorch-NetVlad / Patch-NetVLAD checkpoint (.pth.tar)")
+    p.add_argument("--arch", choices=("vgg16", "alexnet"), help="encoder of a PyTorch checkpoint "
+                   "(default: detected from its keys)")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="load the checkpoint with torch's full pickle loader (only for trusted files)")
     p.add_argument("--out", required=True, help="output model file (.keras)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser

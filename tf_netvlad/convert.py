@@ -8,7 +8,8 @@ the converters are imported when called.
 """
 
 import os
-import tempfile
+
+from tf_netvlad.workflows import save_model as save_model_atomic  # noqa: F401  (re-export)
 
 
 def convert_matconvnet(mat_path, out_path=None):
@@ -43,18 +44,4 @@ def check_out_path(out_path):
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"Folder of `out_path` does not exist: {folder}")
-    return out_path
-
-
-def save_model_atomic(model, out_path):
-    """Saves `model` to `out_path` via a temporary file, so a failure leaves no partial file."""
-    folder = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=".converting-", dir=folder)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out_path

@@ -10,8 +10,9 @@ import os
 
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import layers
 
+from tf_netvlad.backbones import MatConvNetLRN
 from tf_netvlad.convert import check_input_file, check_out_path, save_model_atomic
 
 _HOW_TO_STRUCT = (
@@ -23,44 +24,6 @@ _HOW_TO_STRUCT = (
 )
 _HEAD_NAMES = ("vlad:core", "vlad:intranorm", "postL2", "WPCA", "finalL2")
 _EPSILON = 1e-12  # the NetVLAD / PCAWhitening layers' ε
-
-
-@keras.saving.register_keras_serializable(package="tf_netvlad")
-class MatConvNetLRN(keras.layers.Layer):
-    """MatConvNet `normalize` (cross-channel local response normalisation).
-
-    y_k = x_k (κ + α Σ_{t ∈ G(k)} x_t²)^(−β) with G(k) = [k − ⌊(N−1)/2⌋, k + ⌈(N−1)/2⌉] clipped
-    to the channels; used by the Caffe-reference (AlexNet) backbones of the official models.
-
-    Args:
-        depth: N, the window size in channels.
-        kappa, alpha, beta: floats of the formula above.
-    """
-
-    def __init__(self, depth, kappa, alpha, beta, **kwargs):
-        super().__init__(**kwargs)
-        self.depth = int(depth)
-        self.kappa = float(kappa)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-
-    def build(self, input_shape):
-        channels = int(input_shape[-1])
-        below, above = (self.depth - 1) // 2, self.depth // 2  # ⌊(N−1)/2⌋, ⌈(N−1)/2⌉
-        t, k = np.meshgrid(np.arange(channels), np.arange(channels), indexing="ij")
-        self._band = ((t >= k - below) & (t <= k + above)).astype("float32")  # (C_t, C_k)
-
-    def call(self, inputs):
-        window = ops.matmul(ops.square(inputs), ops.convert_to_tensor(self._band, inputs.dtype))
-        return inputs * ops.power(self.kappa + self.alpha * window, -self.beta)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"depth": self.depth, "kappa": self.kappa, "alpha": self.alpha, "beta": self.beta})
-        return config
 
 
 def _read_net(path):
