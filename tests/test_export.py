@@ -533,3 +533,10 @@ def test_mixed_precision_model_exports_float32(tmp_path):
         signatures["serving_default"](images=tf.constant(images))["descriptor"].numpy(),
         model(images).numpy().astype("float32"), atol=1e-5,
     )
+
+
+def test_weights_are_stored_once(models, fresh):
+    reader = tf.train.load_checkpoint(os.fspath(fresh["exports"]["plain"] / "variables" / "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    stored = sum(int(np.prod(s)) for k, s in shapes.items() if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert stored == models["plain"].count_params()

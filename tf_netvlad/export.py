@@ -151,8 +151,9 @@ def serving_functions(model, image_size=DEFAULT_IMAGE_SIZE, descriptor_dim=None)
 
 
 def _write_archive(model, functions, path):
+    # No `archive.track(model)`: add_endpoint already tracks the variables the endpoints use, and
+    # tracking the model as well stores every weight twice (2x the SavedModel size).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     for name in SIGNATURES:  # serving_default first, so it is not aliased twice
         fn, spec = functions[name]
         archive.add_endpoint(name, fn, input_signature=spec)
