@@ -243,8 +243,9 @@ def _metadata(model, image_size, descriptor_dim, source, version):
 
 
 _MODELS_CONFIG = """\
-# Example TF Serving model config, written by tf_netvlad. Mount this directory at {base_path}:
-#   --model_config_file={base_path}/../models.config   (or copy this file next to the model dirs)
+# Example TF Serving model config, written by tf_netvlad. base_path is the path INSIDE the server
+# (container): mount this directory at {base_path} and pass
+#   --model_config_file={base_path}/models.config
 model_config_list {{
   config {{
     name: "{name}"
