@@ -309,10 +309,12 @@ def _target_version(base_dir, version, overwrite):
     return int(version)
 
 
-def _move_into_place(tmp, target):
+def _move_into_place(tmp, target, overwrite):
     """Renames `tmp` to `target`; an existing `target` is swapped out first and then deleted."""
     old = None
     if target.exists():
+        if not overwrite:  # another export took this version meanwhile
+            raise FileExistsError(f"Version directory appeared during the export: {target}")
         old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
         os.rename(target, old)
     try:
@@ -381,7 +383,7 @@ def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
         (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if warmup:
             _write_warmup(extra / WARMUP_FILE, model_name, image_size)
-        _move_into_place(tmp, target)
+        _move_into_place(tmp, target, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
