@@ -84,3 +84,20 @@ def test_existing_output_is_not_overwritten(tiny_demo, tmp_path, capsys):
                      "--out", str(target)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert target.read_text() == "keep me"
+
+
+def test_export_command_writes_versions_and_onnx(tiny_demo, tmp_path, capsys):
+    model_path = tmp_path / "m.keras"
+    assert cli.main(["init", "--dataset", str(tiny_demo["test_mat"]), "--backbone", "tiny",
+                     "--num-clusters", "4", "--num-images", "10", "--per-image", "30",
+                     "--out", str(model_path)]) == 0
+    base = tmp_path / "saved" / "demo"
+    argv = ["export", "--model", str(model_path), "--saved-model", str(base), "--image-size", "48x64",
+            "--no-warmup"]
+    assert cli.main(argv + ["--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in base.iterdir() if p.is_dir()) == ["1", "2"]
+    assert (base / "1" / "saved_model.pb").exists() and (tmp_path / "m.onnx").stat().st_size > 0
+    capsys.readouterr()
+    assert cli.main(argv + ["--version", "1"]) == 2
+    assert "exists" in capsys.readouterr().err

@@ -121,6 +121,26 @@ def cmd_fit_whitening(args):
     return 0
 
 
+def cmd_export(args):
+    from tf_netvlad import export
+
+    if not (args.saved_model or args.onnx):
+        raise CommandError("Pass --saved-model DIR and/or --onnx FILE.onnx.")
+    if args.onnx:
+        _refuse_existing(args.onnx, args.overwrite)
+    if args.saved_model:
+        path = export.export_saved_model(
+            args.model, args.saved_model, version=args.version, overwrite=args.overwrite,
+            image_size=_image_size(args.image_size), descriptor_dim=args.dim,
+            model_name=args.model_name, warmup=not args.no_warmup,
+        )
+        print(f"SavedModel: {path}")
+    if args.onnx:
+        export.export_onnx(args.model, args.onnx, descriptor_dim=args.dim)
+        print(f"ONNX: {args.onnx}")
+    return 0
+
+
 def cmd_convert(args):
     from tf_netvlad import convert
 
@@ -213,6 +233,20 @@ def build_parser():
     p.add_argument("--out", required=True, help="output model file (.keras)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
+    p = add("export", cmd_export,
+            "Export a .keras model as a versioned SavedModel for TensorFlow Serving and/or ONNX.")
+    p.add_argument("--model", required=True, help="a tf_netvlad .keras model")
+    p.add_argument("--saved-model", help="base directory; the export goes to <DIR>/<version>/")
+    p.add_argument("--version", type=int, help="version number (default: next free integer)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version / ONNX file")
+    p.add_argument("--image-size", default="480x640",
+                   help="resize policy of the serve_bytes signature: 'HxW', a max side, or 'keep'")
+    p.add_argument("--dim", type=int, help="keep the first DIM whitened outputs (+ re-L2)")
+    p.add_argument("--model-name", help="model name in models.config and warmup requests "
+                   "(default: the directory name)")
+    p.add_argument("--no-warmup", action="store_true", help="do not write the warmup requests")
+    p.add_argument("--onnx", help="also write an ONNX file (float image input) here")
+
     p = add("convert", cmd_convert, "Convert official MatConvNet or PyTorch NetVLAD weights.")
     p.add_argument("--matconvnet", help="struct-form MatConvNet .mat (e.g. Pitts30K_struct.mat)")
     p.add_argument("--pytorch", help="pytorch-NetVlad / Patch-NetVLAD checkpoint (.pth.tar)")
@@ -240,7 +274,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CommandError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+    except (CommandError, ValueError, RuntimeError, OSError, ImportError) as err:
         if args.debug:
             raise
         print(f"tf_netvlad {args.command}: error: {err}", file=sys.stderr)
