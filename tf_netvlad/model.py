@@ -230,7 +230,11 @@ class NetVLADModel(keras.Model):
                 objective = objective + decay
             scaled = self.optimizer.scale_loss(objective)
         gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply(gradients, variables)
+        # Keras runs one more step call at the end of a dataset of unknown length; without this
+        # dependency the optimizer's iteration counter could be incremented before the failing
+        # `get_next` stops it (a race), so the counter would drift from the real number of updates.
+        with tf.control_dependencies([objective]):
+            self.optimizer.apply(gradients, variables)
         return self._update_trackers(report, total)
 
     def test_step(self, data):
