@@ -157,6 +157,104 @@ def cmd_convert(args):
     return 0
 
 
+# Help for every TrainConfig field; the defaults shown come from the recipes themselves.
+TRAIN_HELP = {
+    "backbone": "backbone name", "weights": "backbone weights: none, imagenet or a file",
+    "trainable_from": "first trainable backbone layer ('default': conv5_1 on VGG16; 'none': all)",
+    "num_clusters": "NetVLAD clusters K", "variant": "NetVLAD variant v1 | v2",
+    "margin": "ranking-loss margin m (squared distances)",
+    "init_images": "database images sampled for the k-means init",
+    "init_per_image": "local features per image for the k-means init",
+    "image_size": "training image size HxW", "batch_size": "tuples per step",
+    "num_positives": "positive-set size P (best positive = min in the graph)",
+    "num_negatives": "mined negatives N per query", "negative_pool_size": "random negatives per query",
+    "keep_factor": "hardest N*keep_factor candidates are checked for margin violation",
+    "cache_refresh_queries": "queries per descriptor-cache refresh (= one Keras epoch)",
+    "cache_batch_size": "images per batch when caching descriptors",
+    "epochs": "refresh cycles to train", "optimizer": "sgd | adam", "lr": "learning rate",
+    "momentum": "SGD momentum", "weight_decay": "L2 weight decay",
+    "lr_decay_every": "halve the LR every this many passes over the training queries",
+    "lr_decay_factor": "LR multiplier at each decay", "loss_reduction": "sum | mean_violating",
+    "mixed_precision": "mixed_float16 (NetVLAD, whitening and the loss stay float32)",
+    "recall_ns": "validation recall@N values (must include 5)",
+    "val_max_queries": "validation queries per epoch (MATLAB nTestSample)",
+    "checkpoint_every_steps": "also checkpoint every this many steps (0: epoch ends only)",
+    "time_limit_s": "stop cleanly after this many seconds", "on_bad_image": "stop | skip",
+    "whiten": "fit PCA-whitening with this many dims on the best model at the end",
+    "whiten_max_images": "database images used for the whitening fit", "seed": "random seed",
+    "deterministic": "TensorFlow op determinism (slower)",
+}
+
+
+def _train_value(field, text):
+    """Parses a CLI string for TrainConfig `field` (the dataclass validates the value)."""
+    if field in ("weights", "trainable_from", "time_limit_s", "whiten") and text.lower() in ("none", "null"):
+        return None
+    if field == "recall_ns":
+        return tuple(int(v) for v in text.split(","))
+    if field == "image_size":
+        return _image_size(text)
+    if field in ("time_limit_s",):
+        return float(text)
+    if field in ("whiten",):
+        return int(text)
+    return text
+
+
+def _add_train_flags(parser):
+    """One flag per TrainConfig field, typed from the paper-recipe default (needs TensorFlow)."""
+    import dataclasses
+
+    from tf_netvlad import training
+
+    paper, cpu = training.TrainConfig(), dict(training.CPU_RECIPE)
+    for field in dataclasses.fields(training.TrainConfig):
+        name, default = field.name, getattr(paper, field.name)
+        flag = "--" + name.replace("_", "-")
+        text = f"{TRAIN_HELP.get(name, name)} (paper: {default}"
+        text += f"; cpu: {cpu[name]})" if name in cpu else ")"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            parser.add_argument(flag, dest=name, type=type(default), default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text)
+
+
+def cmd_train(args):
+    import dataclasses
+
+    from tf_netvlad import training
+
+    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    given = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    given = {k: (_train_value(k, v) if isinstance(v, str) else v) for k, v in given.items()}
+    recipe = dict(training.CPU_RECIPE) if args.recipe == "cpu" else {}
+    config = dataclasses.replace(training.TrainConfig(), **{**recipe, **given})
+    summary = training.train(args.dataset, args.val, root=args.root, val_root=args.val_root,
+                             out_dir=args.out, config=config, resume=args.resume)
+    best = summary.get("best") or {}
+    print(f"training {summary['status']}: {summary['epochs_done']} epochs in "
+          f"{summary['wall_time_s'] / 60:.1f} min")
+    if best:
+        print("best: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in best.items()))
+    for key, path in summary["files"].items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def cmd_demo(args):
+    from tf_netvlad import demo
+
+    report = demo.run_demo(data_dir=args.data, run_dir=args.run_dir, saved_model_dir=args.saved_model,
+                           minutes=args.minutes, seed=args.seed, data_scale=args.scale,
+                           epochs=args.epochs, fresh=args.fresh)
+    print(demo.format_report(report))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -179,7 +277,7 @@ def _add_model_flags(parser):
     parser.add_argument("--num-clusters", type=int, default=64, help="NetVLAD clusters K")
 
 
-def build_parser():
+def build_parser(argv=None):
     parser = argparse.ArgumentParser(
         prog="tf_netvlad", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="NetVLAD place recognition with Keras 3 / TensorFlow.")
@@ -192,6 +290,33 @@ def build_parser():
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         sub.set_defaults(func=handler)
         return sub
+
+    p = add("demo", cmd_demo, "The main job: demo data, k-means init, train (bounded time), evaluate, "
+            "export; prints a before/after recall@N table.")
+    p.add_argument("--data", default="demo_data", help="demo dataset folder (generated if absent)")
+    p.add_argument("--run-dir", default="runs/demo", help="training run folder")
+    p.add_argument("--saved-model", default="saved_models/tiny_netvlad_demo",
+                   help="SavedModel base directory (the next version is written)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training time limit")
+    p.add_argument("--epochs", type=int, help="refresh cycles (default: the CPU recipe's)")
+    p.add_argument("--scale", type=float, default=1.0, help="demo dataset scale")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed")
+    p.add_argument("--fresh", action="store_true", help="discard an earlier run in --run-dir")
+
+    p = add("train", cmd_train, "Weakly supervised training with hard-negative mining.")
+    p.add_argument("--dataset", required=True, help="training split (.mat, CSV or @-folder)")
+    p.add_argument("--val", help="validation split: recall@N each epoch, best model by recall@5")
+    p.add_argument("--root", help="image root of the training split (default: its folder)")
+    p.add_argument("--val-root", help="image root of the validation split")
+    p.add_argument("--out", required=True, help="run directory (init.keras, best.keras, logs, last/)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--recipe", choices=("cpu", "paper"), default="cpu",
+                   help="base recipe; every flag below overrides one of its numbers")
+    argv = sys.argv[1:] if argv is None else argv
+    if "train" in [a for a in argv if not a.startswith("-")][:1]:
+        _add_train_flags(p)
+    else:
+        p.epilog = "Run `tf_netvlad train --help` for the flag of every recipe number."
 
     p = add("demo-data", cmd_demo_data, "Generate the small street-like demo dataset.")
     p.add_argument("--out", required=True, help="output folder")
@@ -266,7 +391,7 @@ def _configure_logging(verbose):
 
 
 def main(argv=None):
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
