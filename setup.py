@@ -1,4 +1,4 @@
-"""Packaging for tf_netvlad. Runtime requirements are read from requirements.txt."""
+"""Packaging for tf_netvlad. Runtime requirements are read from requirements-base.txt."""
 
 import pathlib
 import re
@@ -9,10 +9,12 @@ HERE = pathlib.Path(__file__).parent
 VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "tf_netvlad" / "__init__.py").read_text(), re.M
 ).group(1)
+# TensorFlow is not in install_requires: choose the build with an extra ([cpu] or [gpu]) or
+# install requirements.txt / requirements-gpu.txt first (see README).
 REQUIREMENTS = [
     line.strip()
-    for line in (HERE / "requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
+    for line in (HERE / "requirements-base.txt").read_text().splitlines()
+    if line.strip() and not line.startswith(("#", "-"))
 ]
 
 setup(
@@ -26,6 +28,8 @@ setup(
     packages=find_packages(exclude=("tests*", "benchmarks*")),
     install_requires=REQUIREMENTS,
     extras_require={
+        "cpu": ["tensorflow-cpu==2.21.*"],
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
         "serving": ["tensorflow-serving-api"],  # install with --no-deps, see README
         "torch": ["torch"],
