@@ -66,7 +66,7 @@ class TrainConfig:
     `weight_decay` (coupled L2), `lr_decay_every` (passes over the queries), `lr_decay_factor`,
     `loss_reduction` ("sum" | "mean_violating"), `mixed_precision`.
     Validation and run control: `recall_ns`, `val_max_queries` (MATLAB `nTestSample`),
-    `checkpoint_every_steps` (0 = epoch ends only), `time_limit_s`, `on_bad_image`
+    `checkpoint_every_steps` (also checkpoint every k steps within an epoch; 0 = epoch ends only), `time_limit_s`, `on_bad_image`
     ("stop" | "skip"), `whiten` (None or number of PCA-whitening components fitted at the end),
     `whiten_max_images`, `seed`, `deterministic` (TF op determinism).
     """
@@ -98,7 +98,7 @@ class TrainConfig:
     mixed_precision: bool = False
     recall_ns: tuple = (1, 5, 10)
     val_max_queries: int = 1000
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: int = 50
     time_limit_s: float = None
     on_bad_image: str = "stop"
     whiten: int = None
@@ -522,6 +522,7 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    tf.random.set_global_generator(tf.random.Generator.from_seed(cfg.seed))
     fingerprint = {"config": {k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()},
                    "train_split": split_fingerprint(train_split)}
     resuming = resume and checkpointer.exists()
@@ -603,7 +604,8 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
     if val_eval is not None:
         callbacks.append(ValidationRecall(val_eval, val_root, cfg.image_size, cfg.recall_ns,
                                           cfg.cache_batch_size, progress, control))
-    callbacks.append(keras.callbacks.CSVLogger(str(out_dir / "logs" / "train.csv"), append=resuming))
+    csv_logger = keras.callbacks.CSVLogger(str(out_dir / "logs" / "train.csv"), append=resuming)
+    callbacks.append(csv_logger)
     if _tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / "tensorboard"),
                                                      write_graph=False, profile_batch=0))
@@ -611,15 +613,24 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
     callbacks.remove(checkpoint_cb)
     callbacks.append(checkpoint_cb)
     status = "completed"
-    if initial_epoch < cfg.epochs and not control.time_over():
-        try:
-            model.fit(pipeline.dataset(), epochs=cfg.epochs, initial_epoch=initial_epoch, shuffle=False,
-                      callbacks=callbacks, verbose=verbose)
-        except tf.errors.InvalidArgumentError as error:
-            message = pipeline.describe_failure(error)
-            if message is None:
-                raise
-            raise data.ImageReadError(message) from None
+    dataset = pipeline.dataset()
+    try:
+        # One `fit` call per epoch: Keras learns the number of batches of a dataset of unknown
+        # length from the first epoch of a `fit` call and caps later epochs at it, which would
+        # truncate the epochs after a partial (resumed, or skip-mode) epoch.
+        for epoch in range(initial_epoch, cfg.epochs):
+            if control.time_over() and epoch > initial_epoch:
+                break
+            model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, callbacks=callbacks,
+                      verbose=verbose)
+            csv_logger.append = True
+            if model.stop_training:
+                break
+    except tf.errors.InvalidArgumentError as error:
+        message = pipeline.describe_failure(error)
+        if message is None:
+            raise
+        raise data.ImageReadError(message) from None
     if control.nan_at is not None:
         last = checkpointer.last if checkpointer.exists() else "none written yet"
         raise FloatingPointError(
