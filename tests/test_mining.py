@@ -136,3 +136,21 @@ def test_bad_splits_give_clear_errors():
     few = _line_split(num_db=8)  # 8 db images over 35 m: query 0 has only 2 beyond 25 m
     with pytest.raises(ValueError, match="num_negatives=10 .* only"):
         mining.HardNegativeMiner(few, num_negatives=10)
+
+
+def test_exclude_very_hard_keeps_semi_hard_negatives_first():
+    split = _line_split()
+    d2 = np.full(40, 1.9)
+    d2[[8, 9, 10, 11, 12]] = [0.3, 0.5, 0.5, 0.5, 0.5]  # best positive of query 1: 0.3
+    d2[[20, 21, 22, 23]] = [0.1, 0.2, 0.35, 0.45]  # 20, 21 are "very hard" (nearer than 0.3)
+    args = (np.array([1]), np.zeros((1, 4), np.float32), _cache_with_d2(d2), split.non_trivial_positives(),
+            split.positives(), np.full((4, 3), -1, np.int64), np.random.default_rng(0))
+    rows, cache, _ = mining.mine_tuples(*args, num_negatives=3)
+    assert list(rows[0, 2:]) == [20, 21, 22]
+    rows, cache, stats = mining.mine_tuples(*args, num_negatives=3, exclude_very_hard=True)
+    assert list(rows[0, 2:4]) == [22, 23] and d2[rows[0, 4]] == 1.9 and list(cache[0]) == [20, 21, 22]
+    assert stats["violating_fraction"] == pytest.approx(1 / 3)  # only 0.35 violates (< 0.3 + 0.1)
+    few = split.positives()
+    few = [np.setdiff1d(np.arange(40), [20, 21, 22]) if i == 1 else p for i, p in enumerate(few)]
+    rows, _, _ = mining.mine_tuples(*args[:4], few, *args[5:], num_negatives=3, exclude_very_hard=True)
+    assert list(rows[0, 2:]) == [22, 21, 20]  # fewer than N semi-hard: filled with the least hard

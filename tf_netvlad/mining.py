@@ -77,7 +77,7 @@ def sample_pool(rng, num_db, excluded, pool_size):
 
 def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_cache, rng, *,
                 num_positives=1, num_negatives=10, pool_size=1000, keep_factor=10, margin=0.1,
-                bad_db=None):
+                bad_db=None, exclude_very_hard=False):
     """Mines one tuple per query from cached descriptors (pure; updates nothing in place).
 
     Args:
@@ -90,6 +90,11 @@ def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_ca
         rng: `np.random.Generator` for the random pools.
         num_positives, num_negatives, pool_size, keep_factor, margin: see the module docstring.
         bad_db: optional int array of db ids whose images failed (excluded everywhere).
+        exclude_very_hard: MATLAB's `excludeVeryHard` option: negatives nearer than the best
+            positive (cached d²_n < d²_p) are not used (semi-hard mining); slots left empty are
+            filled with the least-hard of them. Off in the paper recipe; it prevents the collapse
+            of a backbone trained from scratch, whose hardest negatives are mostly nearer than the
+            positive.
 
     Returns:
         `(rows, new_cache, stats)`: rows int64 `(Q, 1 + P + N)` = [query, positives (-1 padded),
@@ -118,12 +123,17 @@ def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_ca
                 f"query {q} has only {len(candidates)} database images beyond the positive radius; "
                 f"num_negatives={num_negatives} are needed. Lower num_negatives or add database images."
             )
-        ranked, ranked_d2 = rank_negatives(desc, db_desc, candidates, keep_factor * num_negatives)
+        keep = len(candidates) if exclude_very_hard else keep_factor * num_negatives
+        ranked, ranked_d2 = rank_negatives(desc, db_desc, candidates, keep)
+        chosen, chosen_d2 = ranked[:num_negatives], ranked_d2[:num_negatives]
+        if exclude_very_hard:
+            order_vh = np.concatenate([np.flatnonzero(ranked_d2 >= best), np.flatnonzero(ranked_d2 < best)[::-1]])
+            chosen, chosen_d2 = ranked[order_vh[:num_negatives]], ranked_d2[order_vh[:num_negatives]]
         rows[r, 0] = q
         rows[r, 1 : 1 + len(order)] = pos[order]
-        rows[r, 1 + num_positives :] = ranked[:num_negatives]
+        rows[r, 1 + num_positives :] = chosen
         new_cache[r] = ranked[:num_negatives]
-        violating += int(np.sum(ranked_d2[:num_negatives] < best + margin))
+        violating += int(np.sum(chosen_d2 < best + margin))
         best_d2.append(best)
     stats = {
         "violating_fraction": violating / max(1, len(query_ids) * num_negatives),
@@ -154,7 +164,7 @@ class HardNegativeMiner:
 
     def __init__(self, split, root=None, image_size=None, num_positives=1, num_negatives=10,
                  pool_size=1000, keep_factor=10, margin=0.1, cache_refresh_queries=1000, seed=43,
-                 batch_size=8, on_bad_image="stop", progress=True):
+                 batch_size=8, on_bad_image="stop", progress=True, exclude_very_hard=False):
         self.split = split
         self.root = split.root if root is None else root
         self.image_size = image_size
@@ -167,6 +177,7 @@ class HardNegativeMiner:
         self.batch_size = int(batch_size)
         self.on_bad_image = on_bad_image
         self.progress = progress
+        self.exclude_very_hard = bool(exclude_very_hard)
         self.positives = split.non_trivial_positives()
         self.non_negatives = split.positives()
         counts = np.array([len(p) for p in self.positives], np.int64)
@@ -250,7 +261,7 @@ class HardNegativeMiner:
             query_ids[keep], q_desc[keep], db_desc, self.positives, self.non_negatives,
             self.neg_cache, rng, num_positives=self.num_positives, num_negatives=self.num_negatives,
             pool_size=self.pool_size, keep_factor=self.keep_factor, margin=self.margin,
-            bad_db=self.bad_db,
+            bad_db=self.bad_db, exclude_very_hard=self.exclude_very_hard,
         )
         self.neg_cache[query_ids[keep]] = new_cache
         stats.update(cycle=int(cycle), num_tuples=int(len(rows)))

@@ -60,7 +60,7 @@ class TrainConfig:
     `trainable_from` ("default" = conv5_1 upward for VGG16), `num_clusters`, `variant`, `margin`,
     and the k-means initialisation `init_images` × `init_per_image` local features.
     Tuples and mining: `image_size` (H, W), `batch_size` tuples per step, `num_positives` P (the
-    positive set, min taken in the graph), `num_negatives` N, `negative_pool_size`, `keep_factor`,
+    positive set, min taken in the graph), `num_negatives` N, `negative_pool_size`, `keep_factor`, `exclude_very_hard` (semi-hard mining),
     `cache_refresh_queries` (one Keras epoch), `cache_batch_size` (images per cache batch).
     Optimisation: `epochs` (refresh cycles), `optimizer` ("sgd" | "adam"), `lr`, `momentum`,
     `weight_decay` (coupled L2), `lr_decay_every` (passes over the queries), `lr_decay_factor`,
@@ -85,6 +85,7 @@ class TrainConfig:
     num_negatives: int = 10
     negative_pool_size: int = 1000
     keep_factor: int = 10
+    exclude_very_hard: bool = False
     cache_refresh_queries: int = 1000
     cache_batch_size: int = 8
     epochs: int = 30
@@ -142,7 +143,7 @@ class TrainConfig:
 
 # Fields that define the training state; a resume with other values is refused.
 RESUME_KEYS = ("backbone", "num_clusters", "variant", "margin", "image_size", "batch_size",
-               "num_positives", "num_negatives", "negative_pool_size", "keep_factor",
+               "num_positives", "num_negatives", "negative_pool_size", "keep_factor", "exclude_very_hard",
                "cache_refresh_queries", "optimizer", "loss_reduction", "mixed_precision", "seed")
 
 # A recipe that trains a useful model on 2 CPU cores in minutes (demo data: 700 db, 350 queries).
@@ -533,7 +534,8 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
         train_split, root=root, image_size=cfg.image_size, num_positives=cfg.num_positives,
         num_negatives=cfg.num_negatives, pool_size=cfg.negative_pool_size, keep_factor=cfg.keep_factor,
         margin=cfg.margin, cache_refresh_queries=cfg.cache_refresh_queries, seed=cfg.seed,
-        batch_size=cfg.cache_batch_size, on_bad_image=cfg.on_bad_image, progress=progress)
+        batch_size=cfg.cache_batch_size, on_bad_image=cfg.on_bad_image, progress=progress,
+        exclude_very_hard=cfg.exclude_very_hard)
     previous_policy = keras.config.dtype_policy()
     if cfg.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
