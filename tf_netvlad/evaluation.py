@@ -14,11 +14,11 @@ Importing this module does not import TensorFlow; `evaluate` imports `extract` l
 import json
 import logging
 import os
-import tempfile
 
 import numpy as np
 
 from tf_netvlad import index as faiss_index
+from tf_netvlad.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -266,17 +266,8 @@ def _jsonable(value):
 
 def write_json(results, path):
     """Writes `results` as JSON atomically (temp file in the same directory, then rename)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     text = json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
+    with atomic_path(path, ".json") as tmp:
+        with open(tmp, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return os.fspath(path)

@@ -13,10 +13,11 @@ import io
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from tf_netvlad.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -444,17 +445,9 @@ def write_mat(split, path, which_set=None):
 
 
 def _atomic_write(path, write_fn, binary):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+    with atomic_path(path, Path(path).suffix) as tmp:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
             write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------- CSV

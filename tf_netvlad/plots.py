@@ -6,9 +6,10 @@ atomically (temp file + rename). Importing this module does not import TensorFlo
 """
 
 import os
-import tempfile
 
 import numpy as np
+
+from tf_netvlad.fileio import atomic_path
 
 
 def _figure(width, height):
@@ -21,19 +22,9 @@ def _figure(width, height):
 
 
 def _save(figure, path):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".png") as tmp:
         figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return os.fspath(path)
 
 
 def plot_recall_curve(results_or_list, path, labels=None, title="recall@N"):

@@ -2,7 +2,8 @@
 
 import logging
 import os
-import tempfile
+
+from tf_netvlad.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -12,16 +13,8 @@ def save_model(model, path):
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"Model files must end in `.keras`. Received: {path}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -1,0 +1,29 @@
+"""Atomic file output shared by every writer: a failed write never leaves a partial file."""
+
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """Yields a temporary path beside `path`; renames it onto `path` if the block succeeds.
+
+    The temporary file is hidden (`.tmp-…`) and lives in the destination folder (created if
+    needed), so the final `os.replace` is atomic. On any error it is removed.
+
+    Example:
+    >>> with atomic_path("results.json", ".json") as tmp:
+    ...     Path(tmp).write_text("{}")
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
