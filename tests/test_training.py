@@ -270,7 +270,8 @@ def test_short_training_raises_recall_on_tiny_demo_data(demo, tmp_path):
 
     summary = training.train(demo["train_mat"], demo["val_mat"], out_dir=tmp_path / "run", epochs=8,
                              progress=False, verbose=0,
-                             **dict(TINY, cache_refresh_queries=35, optimizer="adam", lr=1e-3, weight_decay=0.0))
+                             **dict(TINY, cache_refresh_queries=35, optimizer="adam", lr=1e-4,
+                                    weight_decay=0.0, exclude_very_hard=True, num_positives=4))
     test = load_split(demo["test_mat"])
     before = evaluate(load_model(tmp_path / "run" / "init.keras"), test, image_size=(48, 64), ns=(1, 5),
                       progress=False)
