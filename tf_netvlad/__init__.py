@@ -29,6 +29,12 @@ _LAZY = {
     "extract_descriptors": "tf_netvlad.extract",
     "recall_at_n": "tf_netvlad.evaluation",
     "evaluate": "tf_netvlad.evaluation",
+    "train": "tf_netvlad.training",
+    "TrainConfig": "tf_netvlad.training",
+    "fit_whitening": "tf_netvlad.workflows",
+    "ranking_loss": "tf_netvlad.losses",
+    "export_saved_model": "tf_netvlad.export",
+    "export_onnx": "tf_netvlad.export",
     "convert_matconvnet": "tf_netvlad.convert",
     "convert_pytorch": "tf_netvlad.convert",
 }

@@ -111,10 +111,10 @@ def cmd_fit_whitening(args):
 
     _refuse_existing(args.out, args.overwrite)
     split = workflows.load_split_checked(args.dataset, root=args.root)
-    model = workflows.fit_whitening_model(
-        load_model(args.model, compile=False), split, root=args.root, num_components=args.dim,
-        image_size=_image_size(args.image_size), max_images=args.max_images, seed=args.seed,
-        batch_size=args.batch_size,
+    model = workflows.fit_whitening(
+        load_model(args.model, compile=False), split.db_paths, root=split.root,
+        image_size=_image_size(args.image_size), num_components=args.dim,
+        max_images=args.max_images, seed=args.seed, batch_size=args.batch_size,
     )
     workflows.save_model(model, args.out)
     print(f"whitened model ({args.dim}-D): {args.out}")

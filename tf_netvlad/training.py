@@ -44,10 +44,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_netvlad import data, evaluation, extract, losses, mining, places, tuples
+from tf_netvlad import data, evaluation, losses, mining, places, tuples
 from tf_netvlad.initialization import initialize_netvlad
-from tf_netvlad.model import build_model, load_model, with_whitening
-from tf_netvlad.whitening import fit_pca_whitening
+from tf_netvlad.model import build_model, load_model
+from tf_netvlad.workflows import fit_whitening
 
 logger = logging.getLogger(__name__)
 
@@ -396,26 +396,6 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def fit_whitening(model, paths, root=None, image_size=None, num_components=4096, max_images=10000,
-                  seed=43, batch_size=8, progress=True):
-    """Fits PCA-whitening on database descriptors and returns the model with it appended.
-
-    As MATLAB `addPCA.m`: NetVLAD descriptors of at most `max_images` random database images
-    (seeded), `whitening.fit_pca_whitening` (mean-centred, 1/sqrt(λ + 1e-9)), then a
-    `PCAWhitening` layer (+ L2) on a copy of `model` (`model.with_whitening`). `num_components`
-    must be <= min(descriptor dim, number of images − 1).
-    """
-    paths = list(paths)
-    if not paths:
-        raise ValueError("`paths` is empty: PCA-whitening needs database images.")
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(paths), size=min(int(max_images), len(paths)), replace=False))
-    desc = extract.extract_descriptors(model, [paths[i] for i in chosen], root=root, image_size=image_size,
-                                       batch_size=batch_size, progress=progress)
-    kernel, bias = fit_pca_whitening(desc, int(num_components))
-    return with_whitening(model, kernel, bias)
 
 
 def _as_split(split, root, what):

@@ -87,9 +87,15 @@ def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size
     return results
 
 
-def fit_whitening_model(model, split, root=None, num_components=256, image_size=None,
-                        max_images=10_000, seed=43, batch_size=8, progress=True):
-    """Fits PCA-whitening on (up to `max_images` random) database descriptors and appends it."""
+def fit_whitening(model, paths, root=None, image_size=None, num_components=4096, max_images=10000,
+                  seed=43, batch_size=8, progress=True):
+    """Fits PCA-whitening on database descriptors and returns the model with it appended.
+
+    As MATLAB `addPCA.m`: NetVLAD descriptors of at most `max_images` random database images
+    (seeded), `whitening.fit_pca_whitening` (mean-centred, 1/sqrt(λ + 1e-9)), then a
+    `PCAWhitening` layer (+ L2) on a copy of `model` (`model.with_whitening`). `num_components`
+    must be <= min(descriptor dim, number of images − 1).
+    """
     import numpy as np
 
     from tf_netvlad import extract
@@ -98,13 +104,12 @@ def fit_whitening_model(model, split, root=None, num_components=256, image_size=
 
     if model.whitening_dim is not None:
         raise ValueError(f"Model {model.name!r} is already whitened (dim {model.whitening_dim}).")
-    paths = list(split.db_paths)
-    if len(paths) > max_images:
-        pick = np.sort(np.random.default_rng(seed).choice(len(paths), max_images, replace=False))
-        paths = [paths[i] for i in pick]
-    desc = extract.extract_descriptors(
-        model, paths, root=root if root is not None else split.root, image_size=image_size,
-        batch_size=batch_size, progress=progress,
-    )
-    kernel, bias = fit_pca_whitening(desc, num_components)
+    paths = list(paths)
+    if not paths:
+        raise ValueError("`paths` is empty: PCA-whitening needs database images.")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(paths), size=min(int(max_images), len(paths)), replace=False))
+    desc = extract.extract_descriptors(model, [paths[i] for i in chosen], root=root, image_size=image_size,
+                                       batch_size=batch_size, progress=progress)
+    kernel, bias = fit_pca_whitening(desc, int(num_components))
     return with_whitening(model, kernel, bias)
