@@ -139,3 +139,19 @@ def test_sample_local_features_validates(tmp_path):
         extract.sample_local_features(_position_model(2), ["a.png"], per_image=0)
     with pytest.raises(ValueError, match="empty"):
         extract.sample_local_features(_position_model(2), [])
+
+
+def test_predict_fn_is_traced_once_per_model_and_policy():
+    import keras
+
+    from tf_netvlad.extract import make_predict_fn
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    first = make_predict_fn(model, (8, 8))
+    assert make_predict_fn(model, "8x8") is first
+    assert make_predict_fn(model, None) is not first
+    images = np.ones((2, 8, 8, 3), np.float32)
+    first(images)
+    first(images * 2)
+    assert first.experimental_get_tracing_count() == 1

@@ -8,6 +8,7 @@ the file). Outputs are float32 and never go through float64.
 """
 
 import logging
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -31,21 +32,31 @@ def _single_output(outputs):
     return outputs
 
 
+# model -> {(H, W): tf.function}; weak keys so cached functions do not keep models alive.
+_PREDICT_FNS = weakref.WeakKeyDictionary()
+
+
 def make_predict_fn(model, image_size=None):
     """Wraps `model(images, training=False)` in one `tf.function` traced once per policy.
 
     The input signature is `[None, H, W, 3]` for a fixed `(H, W)` policy and `[None, None, None, 3]`
-    otherwise, so "keep" does not retrace for every new image shape.
+    otherwise, so "keep" does not retrace for every new image shape. The function is cached per
+    model and policy, so repeated extractions (cache refreshes, per-epoch validation) reuse
+    one trace.
     """
     size = data.parse_image_size(image_size)
     height, width = size if isinstance(size, tuple) else (None, None)
-    spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+    cache = _PREDICT_FNS.setdefault(model, {})
+    if (height, width) not in cache:
+        model_ref = weakref.ref(model)
+        spec = tf.TensorSpec([None, height, width, 3], tf.float32)
 
-    @tf.function(input_signature=[spec])
-    def predict(images):
-        return _single_output(model(images, training=False))
+        @tf.function(input_signature=[spec])
+        def predict(images):
+            return _single_output(model_ref()(images, training=False))
 
-    return predict
+        cache[(height, width)] = predict
+    return cache[(height, width)]
 
 
 def _tqdm(total, desc, progress):
