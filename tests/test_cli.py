@@ -101,3 +101,13 @@ def test_export_command_writes_versions_and_onnx(tiny_demo, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(argv + ["--version", "1"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_dataset_without_queries_is_refused(tmp_path, capsys):
+    from tf_netvlad.places import PlaceSplit, write_mat
+
+    split = PlaceSplit(name="empty", db_paths=["a.jpg", "b.jpg"], db_utm=np.zeros((2, 2)),
+                       query_paths=[], query_utm=np.zeros((0, 2)))
+    write_mat(split, tmp_path / "empty.mat")
+    assert cli.main(["evaluate", "--dataset", str(tmp_path / "empty.mat"), "--backbone", "tiny"]) == 2
+    assert "has no queries" in capsys.readouterr().err
