@@ -73,6 +73,10 @@ def test_localize_database_images_top1_and_estimate(setup, model):
     assert results[0]["top"][0]["path"] == str(folder / "db5.png")
     assert results[0]["gt_position"] == [503.0, 7004.0]
     json.loads(json.dumps(results, allow_nan=False))  # JSON-serialisable, no NaN
+    text = loc.format_results(results[:1]).splitlines()
+    assert text[0] == f"{queries[0]}: estimated position (500.0, 7000.0), 5.0 m from the ground truth"
+    assert text[1].startswith("  #1 1.0000 (500.0, 7000.0) ") and text[1].endswith("db5.png correct")
+    assert len(text) == 4
 
 
 def test_localize_uses_the_index_resize_policy_by_default(setup, model):

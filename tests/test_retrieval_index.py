@@ -84,11 +84,18 @@ def test_round_trip_search_equals_brute_force_on_stored_memmap(tmp_path, model, 
 def test_float16_storage(tmp_path, model, images, reference):
     index = _build(model, tmp_path / "idx16", images, float16=True)
     assert index.descriptors.dtype == np.float16 and index.metadata["dtype"] == "float16"
+    assert index.metadata["factory"] == "SQfp16"  # the faiss index stores float16 too
     assert os.path.getsize(tmp_path / "idx16" / "descriptors.f16") == 12 * 256 * 2
     np.testing.assert_allclose(index.descriptors.astype(np.float32), reference, atol=2e-3)
     scores, ids = index.search(reference, k=1)
     np.testing.assert_array_equal(ids[:, 0], np.arange(12))
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=3e-3)
+    # Exact search over the stored float16 values.
+    stored = np.asarray(index.descriptors, np.float64)
+    scores, ids = index.search(reference[:3], k=4)
+    brute = reference[:3].astype(np.float64) @ stored.T
+    np.testing.assert_array_equal(ids, np.argsort(-brute, axis=1)[:, :4])
+    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :4], atol=1e-5)
 
 
 def test_resume_after_interruption_matches_uninterrupted_build(tmp_path, model, images,
@@ -282,6 +289,7 @@ def test_approximate_kinds_recall_vs_exact_on_neardup_queries(kind):
 
 def test_resolve_kind_sizes():
     assert ri.resolve_kind("flat", 10, 256) == ("flat", {})
+    assert ri.resolve_kind("flat", 10, 256, float16=True) == ("SQfp16", {})
     assert ri.resolve_kind("ivfpq", 100_000, 4096) == ("IVF1265,PQ64x8", {"nprobe": 32})
     assert ri.resolve_kind("ivfpq", 2000, 256) == ("IVF51,PQ64x5", {"nprobe": 32})
     assert ri.resolve_kind("hnsw", 5, 256) == ("HNSW32", {"efSearch": 128})

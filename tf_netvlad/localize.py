@@ -185,6 +185,23 @@ def write_results(results, path):
     return os.fspath(path)
 
 
+def format_results(results):
+    """Human-readable summary, one block per query (for the CLI)."""
+    lines = []
+    for result in results:
+        estimate = result.get("estimated_position")
+        where = "unknown" if estimate is None else f"({estimate[0]:.1f}, {estimate[1]:.1f})"
+        error = result.get("error_m")
+        lines.append(f"{result['query']}: estimated position {where}"
+                     + ("" if error is None else f", {error:.1f} m from the ground truth"))
+        for entry in result["top"]:
+            position = entry["position"]
+            place = "?" if position is None else f"({position[0]:.1f}, {position[1]:.1f})"
+            mark = {True: " correct", False: " wrong"}.get(entry.get("correct"), "")
+            lines.append(f"  #{entry['rank']} {entry['score']:.4f} {place} {entry['path']}{mark}")
+    return "\n".join(lines)
+
+
 def plot_localization(results, path, gt=None, radius=DEFAULT_RADIUS, thumb_size=160):
     """PNG grid: each row a query then its retrieved images, best first.
 

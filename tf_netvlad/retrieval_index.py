@@ -51,6 +51,7 @@ HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
 IVF_MAX_NPROBE = 32
 IVF_TRAIN_SIZE = 100_000
+TRAIN_BYTES = 1 << 30  # float32 training sample cap (65k rows at 4096-D)
 _NAME_KEYS = ("name", "keras_history", "backbone_name", "trainable")
 
 
@@ -202,16 +203,18 @@ def _largest_divisor(n, at_most):
     return max(d for d in range(1, max(1, at_most) + 1) if n % d == 0)
 
 
-def resolve_kind(kind, count, dim):
+def resolve_kind(kind, count, dim, float16=False):
     """Maps "flat" | "ivfpq" | "hnsw" | factory string to `(factory, search_params)`.
 
+    "flat": exact inner product (`IndexFlatIP`); with `float16` storage "SQfp16", an exact search
+    over the float16 values that holds half the memory.
     "ivfpq": `IVF{nlist},PQ{m}x{nbits}` with nlist ~ 4·sqrt(count) (at least 39 training points
     per cell), m the largest divisor of dim <= min(64, dim/4), nbits 8 (fewer below 9984 images,
     keeping 39 training points per PQ centroid);
     searched with nprobe = min(nlist, 32). "hnsw": `HNSW32`, efSearch 128.
     """
     if kind == "flat":
-        return "flat", {}
+        return ("SQfp16" if float16 else "flat"), {}
     if kind == "ivfpq":
         nlist = int(max(1, min(round(4 * math.sqrt(count)), count // 39)))
         nbits = int(max(1, min(8, math.floor(math.log2(max(count, 39) / 39)))))
@@ -388,8 +391,10 @@ def build_retrieval_index(
         image_size: resize policy (None/"keep", max side, or (H, W)); stored and reused by
             `localize`.
         kind: "flat" (exact inner product, default), "ivfpq", "hnsw" or a faiss factory string;
-            see `resolve_kind`. Approximate kinds are trained on up to 100k stored descriptors.
-        float16: store descriptors as float16 (half the disk; search converts chunks to float32).
+            see `resolve_kind`. Approximate kinds are trained on a seeded random sample of up
+            to 100k stored descriptors (and at most 1 GiB as float32).
+        float16: store descriptors as float16 (half the disk; a "flat" index then stores
+            float16 too and searches them exactly).
         batch_size: images per model call.
         chunk_size: images per streamed chunk (memory holds one float32 chunk of descriptors).
         on_error: "skip" (default) logs, records and leaves out unreadable images; "raise" stops
@@ -468,8 +473,8 @@ def build_retrieval_index(
         "generation": -1,
     }
     db = _open_descriptors(directory, metadata)
-    factory, params = resolve_kind(kind, len(db), dim)
-    train_size = None if factory == "flat" else min(len(db), IVF_TRAIN_SIZE)
+    factory, params = resolve_kind(kind, len(db), dim, float16)
+    train_size = min(len(db), IVF_TRAIN_SIZE, max(1, TRAIN_BYTES // (4 * dim)))
     try:
         faiss_index = faiss_lib.build_index(db, kind=factory, train_size=train_size, seed=seed)
     except RuntimeError as error:
