@@ -181,6 +181,45 @@ def test_add_appends_and_search_finds_new_images(tmp_path, model, images, refere
                                                     "metadata.json"]
 
 
+def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, model, images, reference,
+                                                          monkeypatch):
+    folder, names, positions = images
+    index = ri.build_retrieval_index(model, tmp_path / "idx", names[:4], positions=positions[:4],
+                                     root=folder, progress=False)
+    real, calls = extract.extract_descriptors, []
+
+    def crash_on_second_chunk(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "extract_descriptors", crash_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        index.add(model, names[4:10], positions=positions[4:10], root=folder, chunk_size=3,
+                  progress=False)
+    during = ri.RetrievalIndex.load(tmp_path / "idx")  # still the old, consistent index
+    assert during.count == 4 and during.search(reference[:4], 1)[1][:, 0].tolist() == [0, 1, 2, 3]
+    calls.clear()
+    during.add(model, names[4:10], positions=positions[4:10], root=folder, chunk_size=3,
+               progress=False)
+    assert calls == [3]  # the first chunk of the add was kept
+    after = ri.RetrievalIndex.load(tmp_path / "idx")
+    assert after.count == 10 and after.paths == names[:10]
+    np.testing.assert_allclose(after.descriptors, reference[:10], atol=1e-5)
+    assert os.path.getsize(tmp_path / "idx" / "descriptors.f32") == 10 * 256 * 4
+
+
+def test_damaged_index_is_reported(tmp_path, model, images):
+    folder, names, _ = images
+    ri.build_retrieval_index(model, tmp_path / "idx", names[:3], root=folder, progress=False)
+    meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
+    meta["count"] = 4
+    (tmp_path / "idx" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="faiss index holds 3 vectors.*says 4.*damaged"):
+        ri.RetrievalIndex.load(tmp_path / "idx")
+
+
 def test_corrupt_and_missing_images_are_skipped_and_reported(tmp_path, model, images, reference):
     folder, names, positions = images
     bad = tmp_path / "bad"

@@ -408,33 +408,20 @@ def build_retrieval_index(
     Returns:
         the loaded `RetrievalIndex`.
     """
+    from tf_netvlad import data
+
     image_size = _check_options(image_size, batch_size, chunk_size, on_error)
     resolve_kind(kind, 1, 4)
     paths, positions, root = _resolve_images(images, positions, root)
     full_paths = [_full_path(p, root) for p in paths]
     if on_error == "raise":
-        from tf_netvlad import data
-
         data.check_files_exist(full_paths)
     model, label = _load_model(model_or_path)
     fingerprint = model_fingerprint(model)
     dim = fingerprint["descriptor_dim"]
     if kind not in KINDS:
         _check_factory(kind, dim)
-    directory = Path(out_dir)
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"`out_dir` {os.fspath(out_dir)!r} is a file, not a directory.")
-    if (directory / METADATA_FILE).exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{os.fspath(out_dir)!r} already holds a complete retrieval index. Use "
-                "RetrievalIndex.load(...).add(...) (CLI: --add) to append images, "
-                "overwrite=True to replace it, or another directory."
-            )
-        _remove(directory, [METADATA_FILE, PROGRESS_FILE, "descriptors.f32", "descriptors.f16",
-                            *_index_files(directory)])
-    from tf_netvlad import data
-
+    directory = _prepare_directory(out_dir, overwrite)
     dtype = "float16" if float16 else "float32"
     expected = {
         "operation": "build", "inputs_sha256": _inputs_sha256(paths, positions, root),
@@ -454,20 +441,48 @@ def build_retrieval_index(
                     state["images_done"], len(paths))
     state = _extract_into(directory, state, model, full_paths, image_size, batch_size, chunk_size,
                           on_error, progress)
+    metadata = _finish_build(directory, state, paths, positions, root, kind, dict(
+        fingerprint, source=label), seed)
+    logger.info("Indexed %d of %d images in %s (%s, %s); %d skipped.", metadata["count"],
+                len(paths), directory, metadata["factory"], dtype, len(metadata["skipped"]))
+    return RetrievalIndex.load(directory)
+
+
+def _prepare_directory(out_dir, overwrite):
+    directory = Path(out_dir)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"`out_dir` {os.fspath(out_dir)!r} is a file, not a directory.")
+    if (directory / METADATA_FILE).exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{os.fspath(out_dir)!r} already holds a complete retrieval index. Use "
+                "RetrievalIndex.load(...).add(...) (CLI: --add) to append images, "
+                "overwrite=True to replace it, or another directory."
+            )
+        _remove(directory, [METADATA_FILE, PROGRESS_FILE, "descriptors.f32", "descriptors.f16",
+                            *_index_files(directory)])
+    return directory
+
+
+def _finish_build(directory, state, paths, positions, root, kind, model_info, seed):
+    """Metadata and faiss index for a completed extraction; removes the progress marker."""
+    from tf_netvlad import data
+
     kept = _kept_input_indices(len(paths), state["skipped"])
     if not len(kept):
-        _remove(directory, [PROGRESS_FILE, descriptors_file])
+        _remove(directory, [PROGRESS_FILE, state["descriptors_file"]])
         reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in state["skipped"][:3])
         raise data.ImageReadError(
             f"None of the {len(paths)} images could be read, nothing was indexed ({reasons}).",
             path=state["skipped"][0]["path"],
         )
+    dim, float16 = state["dim"], state["dtype"] == "float16"
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "count": int(len(kept)), "dim": dim,
-        "dtype": dtype, "descriptors_file": descriptors_file, "metric": "ip", "kind": kind,
-        "image_size": expected["image_size"], "root": root,
+        "dtype": state["dtype"], "descriptors_file": state["descriptors_file"], "metric": "ip",
+        "kind": kind, "image_size": state["image_size"], "root": root,
         "paths": [paths[i] for i in kept], "positions": _positions_json(positions[kept]),
-        "model": dict(fingerprint, source=label),
+        "model": model_info,
         "skipped": [{"path": paths[s["input_index"]], "reason": s["reason"]}
                     for s in state["skipped"]],
         "generation": -1,
@@ -488,9 +503,7 @@ def build_retrieval_index(
     del db
     _commit(directory, metadata, faiss_index)
     _remove(directory, [PROGRESS_FILE])
-    logger.info("Indexed %d of %d images in %s (%s, %s); %d skipped.", metadata["count"],
-                len(paths), directory, factory, dtype, len(metadata["skipped"]))
-    return RetrievalIndex.load(directory)
+    return metadata
 
 
 def _check_factory(kind, dim):
@@ -708,7 +721,6 @@ class RetrievalIndex:
                          descriptors_file=self.metadata["descriptors_file"], images_done=0,
                          rows_done=self.count, skipped=[])
             _write_json(state, self.directory / PROGRESS_FILE)
-        self.descriptors = None  # the file is appended to; reopened below
         state = _extract_into(self.directory, state, model, full_paths, self.image_size,
                               batch_size, chunk_size, on_error, progress)
         kept = _kept_input_indices(len(paths), state["skipped"])
