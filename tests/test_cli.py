@@ -1,6 +1,7 @@
 """The command line: fast --help without TensorFlow, init/evaluate/fit-whitening end to end."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -111,3 +112,27 @@ def test_dataset_without_queries_is_refused(tmp_path, capsys):
     write_mat(split, tmp_path / "empty.mat")
     assert cli.main(["evaluate", "--dataset", str(tmp_path / "empty.mat"), "--backbone", "tiny"]) == 2
     assert "has no queries" in capsys.readouterr().err
+
+
+def test_index_then_localize_database_images(tiny_demo, tmp_path, capsys):
+    from tf_netvlad import places
+
+    model_path = tmp_path / "m.keras"
+    test_mat = str(tiny_demo["test_mat"])
+    assert cli.main(["init", "--dataset", test_mat, "--backbone", "tiny", "--num-clusters", "4",
+                     "--num-images", "10", "--per-image", "30", "--out", str(model_path)]) == 0
+    index_dir = tmp_path / "index"
+    assert cli.main(["index", "--model", str(model_path), "--dataset", test_mat, "--out", str(index_dir)]) == 0
+    split = places.load_split(test_mat)
+    assert f"({split.num_db} images" in capsys.readouterr().out
+    queries = [str(tmp_path / "q0.jpg"), str(tmp_path / "q1.jpg")]
+    for i, q in enumerate(queries):  # database images as queries: their own top-1
+        Path(q).write_bytes((Path(split.root) / split.db_paths[i]).read_bytes())
+    out_json, out_png = tmp_path / "loc.json", tmp_path / "loc.png"
+    assert cli.main(["localize", "--index", str(index_dir), "--model", str(model_path), *queries,
+                     "--top-k", "3", "--json", str(out_json), "--plot", str(out_png)]) == 0
+    results = json.loads(out_json.read_text())
+    for i, result in enumerate(results):
+        assert result["top"][0]["path"].endswith(split.db_paths[i])
+        np.testing.assert_allclose(result["estimated_position"], split.db_utm[i], atol=25)
+    assert out_png.stat().st_size > 1000

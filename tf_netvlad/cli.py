@@ -141,6 +141,49 @@ def cmd_export(args):
     return 0
 
 
+def cmd_index(args):
+    from tf_netvlad import places, retrieval_index
+
+    if bool(args.dataset) == bool(args.images):
+        raise CommandError("Pass exactly one of --dataset FILE or --images DIR.")
+    images = places.load_split(args.dataset, root=args.root) if args.dataset else args.images
+    on_error = "raise" if args.strict else "skip"
+    if args.add:
+        if args.image_size is not None:
+            raise CommandError("--add uses the index's own --image-size; do not pass it.")
+        index = retrieval_index.RetrievalIndex.load(args.out)
+        index.add(args.model, images, root=args.root, batch_size=args.batch_size,
+                  chunk_size=args.chunk_size, on_error=on_error)
+    else:
+        index = retrieval_index.build_retrieval_index(
+            args.model, args.out, images, root=args.root, image_size=_image_size(args.image_size or "keep"),
+            kind=args.kind, float16=args.float16, batch_size=args.batch_size, chunk_size=args.chunk_size,
+            on_error=on_error, resume=not args.restart, overwrite=args.overwrite,
+        )
+    print(f"index: {args.out} ({index.count} images, {index.dim}-D)")
+    return 0
+
+
+def cmd_localize(args):
+    from tf_netvlad import localize, places
+
+    gt = None
+    if args.gt_dataset:
+        gt = localize.positions_from_split(places.load_split(args.gt_dataset), args.images)
+    results = localize.localize(
+        args.index, args.model, args.images, k=args.top_k,
+        image_size=None if args.image_size is None else _image_size(args.image_size), gt_positions=gt,
+    )
+    print(localize.format_results(results))
+    if args.json:
+        localize.write_results(results, args.json)
+        print(f"json: {args.json}")
+    if args.plot:
+        localize.plot_localization(results, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def cmd_convert(args):
     from tf_netvlad import convert
 
@@ -371,6 +414,35 @@ def build_parser(argv=None):
                    "(default: the directory name)")
     p.add_argument("--no-warmup", action="store_true", help="do not write the warmup requests")
     p.add_argument("--onnx", help="also write an ONNX file (float image input) here")
+
+    p = add("index", cmd_index, "Index database images for search: streaming, resumable extraction "
+            "and a faiss index with paths and positions.")
+    p.add_argument("--model", required=True, help="a tf_netvlad .keras model")
+    p.add_argument("--dataset", help="database images of a split (.mat, CSV or @-folder)")
+    p.add_argument("--images", help="a folder of images (positions from @-file names when present)")
+    p.add_argument("--root", help="image root of the dataset (default: its folder)")
+    p.add_argument("--out", required=True, help="index directory")
+    p.add_argument("--kind", default="flat",
+                   help="flat (exact inner product), ivfpq, hnsw or a faiss factory string")
+    p.add_argument("--float16", action="store_true", help="store descriptors as float16")
+    p.add_argument("--image-size", help="resize policy (default keep); with --add the index's is used")
+    p.add_argument("--batch-size", type=int, default=8, help="images per extraction batch")
+    p.add_argument("--chunk-size", type=int, default=256, help="images per on-disk chunk (resume unit)")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
+    p.add_argument("--restart", action="store_true", help="ignore an interrupted build and start over")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    p.add_argument("--add", action="store_true", help="add the images to an existing index")
+
+    p = add("localize", cmd_localize, "Localise photos: top-N database images, scores, positions "
+            "and an estimated position.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files")
+    p.add_argument("--index", required=True, help="index directory from `tf_netvlad index`")
+    p.add_argument("--model", required=True, help="the .keras model the index was built with")
+    p.add_argument("--top-k", type=int, default=5, help="retrieved database images per query")
+    p.add_argument("--image-size", help="resize policy (default: the index's)")
+    p.add_argument("--gt-dataset", help="split with the queries' true positions (marks results correct)")
+    p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--plot", help="write a PNG grid of queries and retrievals here")
 
     p = add("convert", cmd_convert, "Convert official MatConvNet or PyTorch NetVLAD weights.")
     p.add_argument("--matconvnet", help="struct-form MatConvNet .mat (e.g. Pitts30K_struct.mat)")
