@@ -13,8 +13,8 @@ from PIL import Image
 
 from tf_netvlad import demo_data, places
 
-SCALE = 0.15  # 5 + 2 + 3 streets of 63 / 45 / 45 m: 195 db images, 90 queries
-TINY = 0.01  # streets of 30 m: 100 db images, 15 queries
+SCALE = 0.15  # 5 + 2 + 3 streets of 63 / 45 / 45 m: 180 db images, 375 + 45 + 22 queries
+TINY = 0.01  # streets of 30 m: 100 db images, 25 + 5 + 5 queries
 
 
 @pytest.fixture(scope="module")

@@ -111,13 +111,22 @@ def _mobilenetv2(weights):
 
 
 def _tiny(weights):
-    """A 4-conv CNN (D = 64, stride 8) for tests and CPU demos; last conv linear like conv5_3."""
+    """A 4-conv CNN (D = 64, stride 8) for tests and CPU demos; last conv linear like conv5_3.
+
+    conv1-3 are each followed by 2x2 max pooling, a GroupNormalization (8 groups, no learnt
+    scale/offset, so the layers with weights are only conv1..conv4) and a ReLU. Trained from
+    scratch without the normalisation, the ranking loss collapses the descriptors (every d² -> 0)
+    at learning rates that learn anything; normalising after the pooling costs a quarter of
+    normalising at full resolution.
+    """
     if weights == "imagenet":
         raise ValueError("The `tiny` backbone has no pretrained weights; use weights=None.")
     x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
     for i, filters in enumerate((16, 32, 64), start=1):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        x = layers.GroupNormalization(8, center=False, scale=False, name=f"norm{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
     x = layers.Conv2D(64, 3, padding="same", name="conv4")(x)
     return keras.Model(inputs, x, name="tiny")
 
