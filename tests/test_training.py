@@ -178,7 +178,7 @@ def test_train_writes_artifacts_and_checkpoint_state(demo, tmp_path):
     assert state["epoch"] == 2 and state["step"] == 0
     assert state["iterations"] == summary["iterations"] == 2 * 5  # 20 tuples / batch 4, 2 cycles
     memory = np.load(run / "last" / "mining.npz")["neg_cache"]
-    assert memory.shape == (35, 4) and (memory >= 0).sum(axis=1).max() == 4
+    assert memory.shape == (250, 4) and (memory >= 0).sum(axis=1).max() == 4  # all training queries
     assert summary["status"] == "completed" and summary["epochs_done"] == 2
     assert set(summary["best"]) >= {"val_recall@1", "val_recall@5", "val_recall@10", "loss", "lr"}
     assert summary["init_val"]["recall@1"] >= 0
