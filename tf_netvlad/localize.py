@@ -217,8 +217,7 @@ def plot_localization(results, path, gt=None, radius=DEFAULT_RADIUS, thumb_size=
     if not results:
         raise ValueError("`results` is empty: nothing to plot.")
     gt = _as_gt(gt, len(results))
-    k = max(len(r["top"]) for r in results)
-    figure = plots._figure(1.9 * (k + 1), 1.8 * len(results) + 0.3)
+    rows = []
     for q, result in enumerate(results):
         truth = gt[q] if gt is not None else np.asarray(
             result.get("gt_position") or [np.nan, np.nan], np.float64)
@@ -238,20 +237,5 @@ def plot_localization(results, path, gt=None, radius=DEFAULT_RADIUS, thumb_size=
             else:
                 color = "#7f7f7f"
             cells.append((entry["path"], text, color))
-        for col, (image_path, text, color) in enumerate(cells):
-            axes = figure.add_subplot(len(results), k + 1, q * (k + 1) + col + 1)
-            image = plots._thumbnail(image_path, thumb_size)
-            if image is None:
-                axes.set_facecolor("#bbbbbb")
-                axes.text(0.5, 0.5, "missing", ha="center", va="center", transform=axes.transAxes)
-            else:
-                axes.imshow(image)
-            axes.set_xticks([])
-            axes.set_yticks([])
-            axes.set_xlabel(os.path.basename(os.fspath(image_path))[-28:], fontsize=6)
-            for spine in axes.spines.values():
-                spine.set_edgecolor(color)
-                spine.set_linewidth(4)
-            axes.set_title(text, fontsize=7, color=color)
-    figure.tight_layout()
-    return plots._save(figure, path)
+        rows.append(cells)
+    return plots.draw_grid(rows, path, thumb_size=thumb_size, fontsize=7, row_height=1.8)

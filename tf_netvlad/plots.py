@@ -118,17 +118,29 @@ def plot_retrievals(query_paths, retrieved_paths, correct, path, root=None, thum
         p = os.fspath(p)
         return p if root is None or os.path.isabs(p) else os.path.join(os.fspath(root), p)
 
-    figure = _figure(1.9 * (k + 1), 1.7 * num_queries + 0.3)
+    rows = []
     for q in range(num_queries):
-        cells = [(query_paths[q], "query", "#1f77b4")]
+        cells = [(full(query_paths[q]), "query", "#1f77b4")]
         cells += [
-            (retrieved_paths[q][j], f"#{j + 1} {'correct' if correct[q, j] else 'wrong'}",
+            (full(retrieved_paths[q][j]), f"#{j + 1} {'correct' if correct[q, j] else 'wrong'}",
              "#2ca02c" if correct[q, j] else "#d62728")
             for j in range(k)
         ]
+        rows.append(cells)
+    return draw_grid(rows, path, thumb_size=thumb_size)
+
+
+def draw_grid(rows, path, thumb_size=160, fontsize=8, row_height=1.7):
+    """Writes a PNG grid of framed thumbnails, one row per list of `(image_path, title, colour)`.
+
+    A file that cannot be read becomes a grey "missing" cell. Returns `path`.
+    """
+    columns = max(len(row) for row in rows)
+    figure = _figure(1.9 * columns, row_height * len(rows) + 0.3)
+    for r, cells in enumerate(rows):
         for col, (image_path, text, color) in enumerate(cells):
-            axes = figure.add_subplot(num_queries, k + 1, q * (k + 1) + col + 1)
-            image = _thumbnail(full(image_path), thumb_size)
+            axes = figure.add_subplot(len(rows), columns, r * columns + col + 1)
+            image = _thumbnail(image_path, thumb_size)
             if image is None:
                 axes.set_facecolor("#bbbbbb")
                 axes.text(0.5, 0.5, "missing", ha="center", va="center", transform=axes.transAxes)
@@ -140,6 +152,6 @@ def plot_retrievals(query_paths, retrieved_paths, correct, path, root=None, thum
             for spine in axes.spines.values():
                 spine.set_edgecolor(color)
                 spine.set_linewidth(4)
-            axes.set_title(text, fontsize=8, color=color)
+            axes.set_title(text, fontsize=fontsize, color=color)
     figure.tight_layout()
     return _save(figure, path)
