@@ -38,6 +38,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -610,8 +611,12 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
         for epoch in range(initial_epoch, cfg.epochs):
             if control.time_over() and epoch > initial_epoch:
                 break
-            model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, callbacks=callbacks,
-                      verbose=verbose)
+            with warnings.catch_warnings():
+                # One refresh cycle per fit(): the tuple dataset is finite by design (its length is
+                # only known after mining), which Keras reports as "input ran out of data".
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                          callbacks=callbacks, verbose=verbose)
             csv_logger.append = True
             if model.stop_training:
                 break
