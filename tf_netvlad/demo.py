@@ -66,9 +66,14 @@ def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_m
     plots.plot_recall_curve([results["before"], results["after"]], artefacts["recall_curve"],
                             labels=["k-means init", "trained"], title="demo test split: recall@N")
     _plot_retrievals(test_split, ids["after"], artefacts["retrievals"])
-    artefacts["saved_model"] = str(export.export_saved_model(
-        run_dir / "best.keras", saved_model_dir, image_size=image_size,
-        model_name=Path(saved_model_dir).name))
+    try:
+        saved = export.export_saved_model(run_dir / "best.keras", saved_model_dir, image_size=image_size,
+                                          model_name=Path(saved_model_dir).name)
+    except ImportError as err:  # tensorflow-serving-api missing: export without the warmup file
+        log.warning("%s Exporting without TF Serving warmup requests.", err)
+        saved = export.export_saved_model(run_dir / "best.keras", saved_model_dir, image_size=image_size,
+                                          model_name=Path(saved_model_dir).name, warmup=False)
+    artefacts["saved_model"] = str(saved)
     report = {"before": results["before"], "after": results["after"], "artefacts": artefacts,
               "training": {k: summary.get(k) for k in ("status", "epochs_done", "wall_time_s", "best")}}
     artefacts["summary"] = str(evaluation.write_json(report, run_dir / "demo_summary.json"))
