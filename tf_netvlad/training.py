@@ -48,7 +48,7 @@ import tensorflow as tf
 from tf_netvlad import data, evaluation, losses, mining, places, tuples
 from tf_netvlad.initialization import initialize_netvlad
 from tf_netvlad.model import build_model, load_model
-from tf_netvlad.workflows import fit_whitening
+from tf_netvlad.workflows import fit_whitening, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -165,22 +165,6 @@ CPU_RECIPE = dict(backbone="tiny", weights=None, trainable_from=None, num_cluste
 # --------------------------------------------------------------------------- atomic files
 
 
-def _atomic_save_model(model, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _write_json(obj, path):
-    return evaluation.write_json(obj, path)
-
-
 def split_fingerprint(split):
     """A short hash of a split's image lists and positions (resume compatibility check)."""
     digest = hashlib.sha256()
@@ -215,7 +199,7 @@ class Checkpointer:
                    "tf": tf.random.get_global_generator().state.numpy()}
             with open(tmp / "rng.pkl", "wb") as handle:
                 pickle.dump(rng, handle)
-            _write_json(state, tmp / "state.json")
+            evaluation.write_json(state, tmp / "state.json")
             final = self.dir / name
             if final.exists():
                 shutil.rmtree(final)
@@ -395,7 +379,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.history.append(record)
         if "val_recall@5" in logs and (self.best is None or _selection_key(logs) > _selection_key(self.best)):
             self.best = record
-            _atomic_save_model(self.model, self.out_dir / "best.keras")
+            save_model(self.model, self.out_dir / "best.keras")
             logger.info("New best model (epoch %d): val recall@5 = %.4f", epoch, logs["val_recall@5"])
         self.save(epoch, self.control.step, complete=not self.control.partial_epoch)
 
@@ -468,7 +452,7 @@ def _build_initial_model(cfg, model, train_split, root, out_dir, progress):
                                    seed=cfg.seed, batch_size=cfg.cache_batch_size, progress=progress)
     else:
         stats = {"note": "model given by the caller; no k-means initialisation"}
-    _atomic_save_model(model, out_dir / "init.keras")
+    save_model(model, out_dir / "init.keras")
     return model, stats
 
 
@@ -641,7 +625,7 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
 def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, status, init_val,
             init_stats, miner, pipeline, start_time, progress):
     if val_split is None or not (out_dir / "best.keras").exists():
-        _atomic_save_model(model, out_dir / "best.keras")
+        save_model(model, out_dir / "best.keras")
     files = {"init": str(out_dir / "init.keras"), "best": str(out_dir / "best.keras"),
              "last": str(out_dir / "last"), "csv_log": str(out_dir / "logs" / "train.csv"),
              "tensorboard": str(out_dir / "logs" / "tensorboard")}
@@ -651,7 +635,7 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
         white = fit_whitening(best, train_split.db_paths, root=root, image_size=cfg.image_size,
                               num_components=cfg.whiten, max_images=cfg.whiten_max_images, seed=cfg.seed,
                               batch_size=cfg.cache_batch_size, progress=progress)
-        path = _atomic_save_model(white, out_dir / f"best_white{cfg.whiten}.keras")
+        path = save_model(white, out_dir / f"best_white{cfg.whiten}.keras")
         files["best_whitened"] = str(path)
         whitened = str(path)
     history = checkpoint_cb.history
@@ -674,5 +658,5 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
         "wall_time_s": time.monotonic() - start_time,
         "config": {k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()},
     }
-    _write_json(summary, out_dir / "summary.json")
+    evaluation.write_json(summary, out_dir / "summary.json")
     return summary
