@@ -31,6 +31,7 @@ _LAZY = {
     "evaluate": "tf_netvlad.evaluation",
     "train": "tf_netvlad.training",
     "TrainConfig": "tf_netvlad.training",
+    "CPU_RECIPE": "tf_netvlad.training",
     "fit_whitening": "tf_netvlad.workflows",
     "ranking_loss": "tf_netvlad.losses",
     "export_saved_model": "tf_netvlad.export",
