@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad import data
+from tf_netvlad.model import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +58,6 @@ _SERVING_API_HINT = (
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def _resolve_model(model_or_path):
-    from tf_netvlad.model import NetVLADModel, load_model
-
-    if isinstance(model_or_path, (str, os.PathLike)):
-        return load_model(model_or_path, compile=False), os.fspath(model_or_path)
-    if not isinstance(model_or_path, NetVLADModel):
-        raise ValueError(
-            "`model_or_path` must be a tf_netvlad NetVLADModel or the path of a `.keras` file "
-            f"holding one. Received: {type(model_or_path).__name__}"
-        )
-    return model_or_path, None
 
 
 def _check_descriptor_dim(model, descriptor_dim):
@@ -358,7 +346,7 @@ def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
     place only when it is complete, so TF Serving never sees a half-written version and a failed
     export leaves nothing behind.
     """
-    model, source = _resolve_model(model_or_path)
+    model, source = resolve_model(model_or_path)
     image_size = data.parse_image_size(image_size)
     functions = serving_functions(model, image_size, descriptor_dim)
     crop = _check_descriptor_dim(model, descriptor_dim)
@@ -438,7 +426,7 @@ def export_onnx(model_or_path, path, opset=17, descriptor_dim=None):
         import tf2onnx
     except ImportError as err:
         raise ImportError("ONNX export needs tf2onnx: `pip install tf2onnx onnx`.") from err
-    model, _ = _resolve_model(model_or_path)
+    model, _ = resolve_model(model_or_path)
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"ONNX output `path` must end with .onnx. Received: {path}")

@@ -312,6 +312,29 @@ def with_whitening(model, kernel, bias, num_components=None):
     return new
 
 
+def resolve_model(model_or_path, any_keras_model=False):
+    """`(model, path)`: a `.keras` path is loaded with `load_model` (uncompiled); a model passes.
+
+    `path` is None for a model object. Only `NetVLADModel`s are accepted (ValueError otherwise)
+    unless `any_keras_model=True`, which accepts any object with Keras weights (TypeError
+    otherwise).
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load_model(model_or_path, compile=False), os.fspath(model_or_path)
+    if any_keras_model:
+        if not hasattr(model_or_path, "get_weights"):
+            raise TypeError(
+                "`model_or_path` must be a Keras model or a .keras file path. "
+                f"Received: {type(model_or_path).__name__}"
+            )
+    elif not isinstance(model_or_path, NetVLADModel):
+        raise ValueError(
+            "`model_or_path` must be a tf_netvlad NetVLADModel or the path of a `.keras` file "
+            f"holding one. Received: {type(model_or_path).__name__}"
+        )
+    return model_or_path, None
+
+
 def load_model(path, compile=True):
     """Loads a tf_netvlad `.keras` model; clear errors for a missing file or a foreign model."""
     path = os.fspath(path)

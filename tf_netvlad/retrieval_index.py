@@ -59,17 +59,11 @@ _NAME_KEYS = ("name", "keras_history", "backbone_name", "trainable")
 
 
 def _load_model(model_or_path):
-    """Returns `(model, label)`; a path is loaded with `tf_netvlad.model.load_model`."""
-    if isinstance(model_or_path, (str, os.PathLike)):
-        from tf_netvlad.model import load_model
+    """Returns `(model, label)`: the `.keras` path, or the model's name for a model object."""
+    from tf_netvlad.model import resolve_model
 
-        return load_model(model_or_path, compile=False), os.fspath(model_or_path)
-    if not hasattr(model_or_path, "get_weights"):
-        raise TypeError(
-            "`model_or_path` must be a Keras model or a .keras file path. "
-            f"Received: {type(model_or_path).__name__}"
-        )
-    return model_or_path, f"model {model_or_path.name!r}"
+    model, path = resolve_model(model_or_path, any_keras_model=True)
+    return model, path or f"model {model.name!r}"
 
 
 def _descriptor_dim(model):
