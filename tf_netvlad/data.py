@@ -27,6 +27,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from tf_netvlad.fileio import resolve_paths
+
 logger = logging.getLogger(__name__)
 
 ON_ERROR_CHOICES = ("raise", "skip")
@@ -194,19 +196,6 @@ def load_image(path, image_size=None):
 
 
 # --------------------------------------------------------------------------- datasets
-
-
-def resolve_paths(paths, root=None):
-    """Joins relative `paths` onto `root` (absolute paths are kept); returns a list of str."""
-    if isinstance(paths, (str, os.PathLike)):
-        raise TypeError(
-            f"`paths` must be a sequence of image paths, not one path. Received: {paths!r}"
-        )
-    paths = [os.fspath(p) for p in paths]
-    if root is None:
-        return paths
-    root = os.fspath(root)
-    return [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]
 
 
 def check_on_error(on_error):

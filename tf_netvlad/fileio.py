@@ -30,3 +30,16 @@ def atomic_path(path, suffix=""):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def resolve_paths(paths, root=None):
+    """Joins relative `paths` onto `root` (absolute paths are kept); returns a list of str."""
+    if isinstance(paths, (str, os.PathLike)):
+        raise TypeError(
+            f"`paths` must be a sequence of image paths, not one path. Received: {paths!r}"
+        )
+    paths = [os.fspath(p) for p in paths]
+    if root is None:
+        return paths
+    root = os.fspath(root)
+    return [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from tf_netvlad.fileio import atomic_path
+from tf_netvlad.fileio import atomic_path, resolve_paths
 
 
 def _figure(width, height):
@@ -114,15 +114,12 @@ def plot_retrievals(query_paths, retrieved_paths, correct, path, root=None, thum
     if any(len(row) != k for row in retrieved_paths):
         raise ValueError(f"Every row of `retrieved_paths` must have k={k} entries (as `correct`).")
 
-    def full(p):
-        p = os.fspath(p)
-        return p if root is None or os.path.isabs(p) else os.path.join(os.fspath(root), p)
-
     rows = []
     for q in range(num_queries):
-        cells = [(full(query_paths[q]), "query", "#1f77b4")]
+        cells = [(resolve_paths([query_paths[q]], root)[0], "query", "#1f77b4")]
+        retrieved = resolve_paths(retrieved_paths[q], root)
         cells += [
-            (full(retrieved_paths[q][j]), f"#{j + 1} {'correct' if correct[q, j] else 'wrong'}",
+            (retrieved[j], f"#{j + 1} {'correct' if correct[q, j] else 'wrong'}",
              "#2ca02c" if correct[q, j] else "#d62728")
             for j in range(k)
         ]

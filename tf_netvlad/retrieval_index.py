@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from tf_netvlad import index as faiss_lib
-from tf_netvlad.fileio import atomic_path
+from tf_netvlad.fileio import atomic_path, resolve_paths
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +178,6 @@ def _resolve_images(images, positions, root):
         raise ValueError("`images` is empty: need at least one image to index.")
     return paths, _as_positions(positions, len(paths)), (
         None if root is None else os.path.abspath(root))
-
-
-def _full_path(path, root):
-    return path if root is None or os.path.isabs(path) else os.path.join(root, path)
 
 
 def _inputs_sha256(paths, positions, root):
@@ -407,7 +403,7 @@ def build_retrieval_index(
     image_size = _check_options(image_size, batch_size, chunk_size, on_error)
     resolve_kind(kind, 1, 4)
     paths, positions, root = _resolve_images(images, positions, root)
-    full_paths = [_full_path(p, root) for p in paths]
+    full_paths = resolve_paths(paths, root)
     if on_error == "raise":
         data.check_files_exist(full_paths)
     model, label = _load_model(model_or_path)
@@ -635,7 +631,7 @@ class RetrievalIndex:
 
     def full_path(self, i):
         """Path of indexed image `i`, joined onto the index root when relative."""
-        return _full_path(self.paths[int(i)], self.root)
+        return resolve_paths([self.paths[int(i)]], self.root)[0]
 
     def __len__(self):
         return self.count
@@ -697,7 +693,7 @@ class RetrievalIndex:
         model, label = _load_model(model_or_path)
         self.check_model(model, label)
         paths, positions, root = _resolve_images(images, positions, root)
-        full_paths = [os.path.abspath(_full_path(p, root)) for p in paths]
+        full_paths = [os.path.abspath(p) for p in resolve_paths(paths, root)]
         if on_error == "raise":
             from tf_netvlad import data
 
