@@ -112,6 +112,33 @@ def test_localize_refuses_other_model_and_bad_input(setup, model):
         loc.localize(index, model, [])
 
 
+def test_localize_skips_unreadable_queries_and_keeps_the_rest(tmp_path, setup, model):
+    folder, _, positions, index = setup
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    queries = [str(folder / "db4.png"), str(tmp_path / "missing.png"), str(corrupt),
+               str(folder / "db6.png")]
+    gt = positions[[4, 0, 0, 6]]
+    results = loc.localize(index, model, queries, k=2, gt_positions=gt, on_error="skip")
+    assert [r["query"] for r in results] == queries
+    # The readable queries get exactly what they get alone.
+    alone = loc.localize(index, model, [queries[0], queries[3]], k=2, gt_positions=gt[[0, 3]])
+    assert [results[0], results[3]] == alone
+    assert [r["top"][0]["id"] for r in alone] == [4, 6]
+    assert results[1] == {"query": queries[1], "error": "file does not exist", "top": [],
+                          "estimated_position": None}
+    assert results[2]["error"].startswith("cannot be decoded") and results[2]["top"] == []
+    text = loc.format_results(results)
+    assert f"{queries[1]}: not localised, file does not exist" in text.splitlines()
+    json.loads(json.dumps(results, allow_nan=False))
+    png = loc.plot_localization(results, tmp_path / "grid.png")  # unreadable: a grey cell
+    assert Image.open(png).format == "PNG"
+    only_bad = loc.localize(index, model, [queries[1]], on_error="skip")
+    assert only_bad[0]["error"] == "file does not exist"
+    with pytest.raises(ValueError, match="`on_error` must be 'raise' or 'skip'"):
+        loc.localize(index, model, queries[:1], on_error="ignore")
+
+
 def test_results_json_and_plot_png(tmp_path, setup, model):
     folder, _, positions, index = setup
     queries = [str(folder / "db4.png"), str(folder / "db6.png")]

@@ -63,15 +63,14 @@ def _position(p):
 
 
 def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positions=None,
-             root=None, batch_size=8, radius=DEFAULT_RADIUS, progress=False):
+             root=None, batch_size=8, radius=DEFAULT_RADIUS, progress=False, on_error="raise"):
     """Retrieves the top-k database images for each query and estimates its position.
 
     Args:
         index: a `RetrievalIndex` or an index directory.
         model_or_path: the index's model (a `keras.Model` or `.keras` path); another model is
             refused with `ModelMismatchError`.
-        image_paths: query image paths (relative to `root` unless absolute). An unreadable image
-            raises `ImageReadError` naming it.
+        image_paths: query image paths (relative to `root` unless absolute).
         k: number of retrieved database images per query.
         image_size: resize policy for the queries; None uses the index's policy.
         gt_positions: optional `(Q, 2)` ground-truth positions (NaN rows = unknown).
@@ -79,12 +78,16 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
         batch_size: images per model call.
         radius: metres, for the position estimate and for correctness.
         progress: show a tqdm bar while extracting.
+        on_error: "raise" stops at the first unreadable query with `ImageReadError` naming it;
+            "skip" localises the other queries and gives the unreadable one a result with an
+            `error` (why it could not be read) and an empty `top`.
 
     Returns:
         a list (one per query) of JSON-serialisable dicts: `query`, `top` (list of `rank`, `id`,
         `path`, `position` or None, `score`, and `correct`/`distance_m` with ground truth),
         `estimated_position` ([easting, northing] or None), and with ground truth
-        `gt_position`, `error_m` (estimate vs truth) and `top1_correct`.
+        `gt_position`, `error_m` (estimate vs truth) and `top1_correct`. A skipped query's dict
+        has `query`, `error`, `top: []` and `estimated_position: None`.
     """
     from tf_netvlad import data, extract
     from tf_netvlad.retrieval_index import RetrievalIndex, _load_model
@@ -100,13 +103,21 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
     model, label = _load_model(model_or_path)
     index.check_model(model, label)
     policy = index.image_size if image_size is None else data.parse_image_size(image_size)
-    descriptors = extract.extract_descriptors(model, queries, image_size=policy,
-                                              batch_size=batch_size, progress=progress)
-    scores, ids = index.search(descriptors, k)
-    return [
-        _result(index, query, scores[q], ids[q], None if gt is None else gt[q], radius)
-        for q, query in enumerate(queries)
-    ]
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"`on_error` must be 'raise' or 'skip'. Received: {on_error!r}")
+    extracted = extract.extract_descriptors(model, queries, image_size=policy, batch_size=batch_size,
+                                            progress=progress, on_error=on_error)
+    descriptors, skipped = extracted if on_error == "skip" else (extracted, ())
+    readable = np.setdiff1d(np.arange(len(queries)), skipped)
+    results = [None] * len(queries)
+    scores, ids = index.search(descriptors[readable], k) if len(readable) else ((), ())
+    for row, q in enumerate(readable):
+        results[q] = _result(index, queries[q], scores[row], ids[row],
+                             None if gt is None else gt[q], radius)
+    for q in skipped:
+        reason = data.diagnose_image(queries[q]) or "could not be read or decoded"
+        results[q] = {"query": queries[q], "error": reason, "top": [], "estimated_position": None}
+    return results
 
 
 def _result(index, query, scores, ids, gt, radius):
@@ -189,6 +200,9 @@ def format_results(results):
     """Human-readable summary, one block per query (for the CLI)."""
     lines = []
     for result in results:
+        if "error" in result:
+            lines.append(f"{result['query']}: not localised, {result['error']}")
+            continue
         estimate = result.get("estimated_position")
         where = "unknown" if estimate is None else f"({estimate[0]:.1f}, {estimate[1]:.1f})"
         error = result.get("error_m")
@@ -221,7 +235,7 @@ def plot_localization(results, path, gt=None, radius=DEFAULT_RADIUS, thumb_size=
     for q, result in enumerate(results):
         truth = gt[q] if gt is not None else np.asarray(
             result.get("gt_position") or [np.nan, np.nan], np.float64)
-        query_title = "query"
+        query_title = "query, unreadable" if "error" in result else "query"
         if np.isfinite(truth).all() and result.get("estimated_position") is not None:
             error = np.linalg.norm(np.asarray(result["estimated_position"]) - truth)
             query_title = f"query, est. {error:.0f} m off"
