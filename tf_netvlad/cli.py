@@ -173,6 +173,7 @@ def cmd_localize(args):
     results = localize.localize(
         args.index, args.model, args.images, k=args.top_k,
         image_size=None if args.image_size is None else _image_size(args.image_size), gt_positions=gt,
+        on_error="raise" if args.strict else "skip",
     )
     print(localize.format_results(results))
     if args.json:
@@ -181,6 +182,11 @@ def cmd_localize(args):
     if args.plot:
         localize.plot_localization(results, args.plot)
         print(f"plot: {args.plot}")
+    failed = sum("error" in r for r in results)
+    if failed:
+        log.error("%d of %d query images could not be read and were not localised (see above).",
+                  failed, len(results))
+        return 1
     return 0
 
 
@@ -444,6 +450,8 @@ def build_parser(argv=None):
     p.add_argument("--gt-dataset", help="split with the queries' true positions (marks results correct)")
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG grid of queries and retrievals here")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at an unreadable query image (default: report it, localise the rest, exit 1)")
 
     p = add("convert", cmd_convert, "Convert official MatConvNet or PyTorch NetVLAD weights.")
     p.add_argument("--matconvnet", help="struct-form MatConvNet .mat (e.g. Pitts30K_struct.mat)")
