@@ -90,7 +90,8 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
         has `query`, `error`, `top: []` and `estimated_position: None`.
     """
     from tf_netvlad import data, extract
-    from tf_netvlad.retrieval_index import RetrievalIndex, _load_model
+    from tf_netvlad.model_identity import load_descriptor_model
+    from tf_netvlad.retrieval_index import RetrievalIndex
 
     if not isinstance(index, RetrievalIndex):
         index = RetrievalIndex.load(index)
@@ -100,7 +101,7 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
     if not queries:
         raise ValueError("`image_paths` is empty: give at least one query image.")
     gt = _as_gt(gt_positions, len(queries))
-    model, label = _load_model(model_or_path)
+    model, label = load_descriptor_model(model_or_path)
     index.check_model(model, label)
     policy = index.image_size if image_size is None else data.parse_image_size(image_size)
     if on_error not in ("raise", "skip"):
