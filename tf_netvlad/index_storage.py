@@ -168,7 +168,7 @@ def index_files(directory):
     return [p.name for p in directory.glob("index-*.faiss")]
 
 
-# ------------------------------------------------------------------ resumable streaming extraction
+# --------------------------------------------------------------------------- resumable streaming extraction
 
 
 def check_options(image_size, batch_size, chunk_size, on_error):
