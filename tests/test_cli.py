@@ -1,6 +1,7 @@
 """The command line: fast --help without TensorFlow, init/evaluate/fit-whitening end to end."""
 
 import json
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -148,3 +149,37 @@ def test_index_then_localize_database_images(tiny_demo, tmp_path, capsys):
         assert result["top"][0]["path"].endswith(split.db_paths[i])
         np.testing.assert_allclose(result["estimated_position"], split.db_utm[i], atol=25)
     assert out_png.stat().st_size > 1000
+
+
+def _run_quiet_import(tmp_path, module_body):
+    """Runs cli.import_tensorflow_quietly() in a fresh process against a stand-in `tensorflow`."""
+    fake = tmp_path / "fake"
+    fake.mkdir(exist_ok=True)
+    (fake / "tensorflow.py").write_text(module_body)
+    code = ("import sys; from tf_netvlad import cli\n"
+            "try:\n    cli.import_tensorflow_quietly()\n"
+            "except ImportError as e:\n    print('raised', e)\n"
+            "print('imported', 'tensorflow' in sys.modules)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), os.getcwd()]))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def test_tensorflow_startup_notices_are_filtered_but_real_messages_kept(tmp_path):
+    noisy = (
+        "import os\n"
+        "for line in ('WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR', 'I0000 port.cc:153] oneDNN custom operations are on.', "
+        "'I0000 cpu_feature_guard.cc:227] This TensorFlow binary is optimized', "
+        "'To enable the following instructions: AVX2 FMA, in other operations', "
+        "'W0000 some_op.cc:1] a real warning'):\n"
+        "    os.write(2, (line + '\\n').encode())\n"
+    )
+    done = _run_quiet_import(tmp_path, noisy)
+    assert done.stdout.strip() == "imported True"
+    assert done.stderr == "W0000 some_op.cc:1] a real warning\n"
+    # A failing import keeps everything it printed and raises.
+    failing = noisy + "raise ImportError('libcudart.so.12: cannot open shared object file')\n"
+    done = _run_quiet_import(tmp_path, failing)
+    assert "raised libcudart.so.12" in done.stdout
+    assert "oneDNN custom operations" in done.stderr and "a real warning" in done.stderr
