@@ -1,4 +1,4 @@
-"""Place-recognition evaluation: recall@N over GPS ground truth, plus reporting helpers.
+"""Place-recognition evaluation: recall@N over GPS ground truth under the reference protocols.
 
 recall@N is the fraction of queries with at least one true positive (a database image within the
 split's positive radius, 25 m by default) among their top N retrieved database images, retrieval
@@ -8,17 +8,26 @@ Queries without any positive cannot be scored: they are **excluded** from the de
 their count is reported (`num_queries_without_positives`, plus a log warning), instead of being
 counted as failures (which would make a perfect model score below 1).
 
+Protocols (`tf_netvlad.protocols`): Pittsburgh (plain ranking), TokyoTM (same-time-stamp database
+images dropped), Tokyo 24/7 (panorama non-max suppression, day/sunset/night recall, queries at
+640x480). Memory: database descriptors stay float32 (or float16, or an `np.memmap`) and are
+searched block by block (`tf_netvlad.ranking`), never copied whole or converted to float64; the
+positives come from a KD-tree over the UTM positions. An approximate IVF-PQ index can be scored
+beside the exact search (`approximate=`). Tables and JSON: `tf_netvlad.reporting` (re-exported).
+
 Importing this module does not import TensorFlow; `evaluate` imports `extract` lazily.
 """
 
-import json
 import logging
 import os
 
 import numpy as np
 
 from tf_netvlad import index as faiss_index
-from tf_netvlad.fileio import atomic_path
+from tf_netvlad import protocols, ranking
+from tf_netvlad.reporting import (  # noqa: F401  (re-exported: evaluation.format_recall_table)
+    format_recall_table, recall_ns, recall_variants, write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +100,7 @@ def recall_at_n(retrieved_ids, positives, ns=DEFAULT_RECALL_NS):
     return _recalls_from_ranks(ranks, ns)
 
 
-def _recalls_from_ranks(ranks, ns):
+def _recalls_from_ranks(ranks, ns, log=True):
     valid = ranks >= 0
     excluded = int((~valid).sum())
     if not valid.any():
@@ -99,7 +108,7 @@ def _recalls_from_ranks(ranks, ns):
             f"None of the {len(ranks)} queries has a positive database image, so recall is "
             "undefined. Check the split (UTM coordinates, positive radius, image lists)."
         )
-    if excluded:
+    if excluded and log:
         logger.warning(
             "%d of %d queries have no positive database image and are excluded from recall@N.",
             excluded, len(ranks),
@@ -108,23 +117,76 @@ def _recalls_from_ranks(ranks, ns):
     return {n: float(np.mean((found >= 1) & (found <= n))) for n in ns}
 
 
+def _score(ids, positives, ns, protocol, conditions, num_db, prefix, warn):
+    """Protocol post-processing (panorama NMS) and recall@N, overall and per condition."""
+    if protocol == "tokyo247":
+        cutouts = protocols.TOKYO247_CUTOUTS_PER_PANORAMA
+        ids = protocols.panorama_nms(ids, min(ns[-1], num_db // cutouts), cutouts)
+    else:
+        ids = ids[:, : ns[-1]]
+    ranks = first_correct_rank(ids, positives)
+    recalls = _recalls_from_ranks(ranks, ns, log=warn)
+    results = {f"{prefix}recall@{n}": recalls[n] for n in ns}
+    if conditions is not None:
+        for name in dict.fromkeys(conditions):  # first-seen order
+            subset = ranks[conditions == name]
+            if prefix == "":
+                results[f"num_queries/{name}"] = int(len(subset))
+            if (subset >= 0).any():
+                sub = _recalls_from_ranks(subset, ns, log=False)
+                results.update({f"{prefix}recall@{n}/{name}": sub[n] for n in ns})
+    return results, ids, ranks
+
+
+def _check_conditions(conditions, num_queries):
+    if conditions is None:
+        return None
+    conditions = np.asarray([str(c) for c in conditions])
+    if conditions.shape != (num_queries,):
+        raise ValueError(
+            f"`conditions` must hold one label per query: got {conditions.size} for "
+            f"{num_queries} queries."
+        )
+    return conditions
+
+
 def evaluate_descriptors(
     db_desc, query_desc, positives, ns=DEFAULT_RECALL_NS, chunk_size=faiss_index.DEFAULT_CHUNK_SIZE,
-    return_ids=False, exclude=None,
+    return_ids=False, exclude=None, protocol="pitts", conditions=None, approximate=None,
+    approx_train_size=None, approx_nprobe=None, seed=43, db_chunk_rows=None,
 ):
-    """recall@N from precomputed descriptors (exact faiss inner-product search, chunked).
+    """recall@N from precomputed descriptors (exact faiss inner-product search, streamed).
 
     N larger than the database is allowed: every database image is then retrieved, so
     recall@N equals recall@num_db.
 
-    `exclude` (optional, one int array per query) removes database images from that query's
-    ranking and from its positives, e.g. TokyoTM's same-time-stamp images
-    (`split.same_timestamp_db()`); excluded slots at the end of a row are filled with -1.
+    Args:
+        db_desc: `(num_db, D)` float32 or float16 array or `np.memmap`; read block by block,
+            never converted as a whole.
+        query_desc: `(Q, D)` float array.
+        positives: Q int arrays of database ids within the positive radius (`split.positives()`).
+        ns: N values of recall@N.
+        exclude: optional, one int array per query, removed from that query's ranking and
+            positives, e.g. TokyoTM's same-time-stamp images (`split.same_timestamp_db()`).
+        protocol: "pitts" (plain ranking), "tokyotm" (needs `exclude`) or "tokyo247" (panorama
+            NMS over 12 cutouts, per-condition recall); see `tf_netvlad.protocols`.
+        conditions: optional per-query labels; adds `recall@N/<label>`. Tokyo 24/7 defaults to
+            day/sunset/night by query index.
+        approximate: None (exact only), "auto" (or True) for `protocols.default_approx_factory`,
+            or a faiss factory string such as "IVF1024,PQ64": recall with that index is added as
+            `approx/recall@N` beside the exact recall.
+        approx_train_size: rows (random, `seed`) the approximate index is trained on (default
+            `protocols.approx_train_size`); approx_nprobe: IVF cells visited per query.
+        chunk_size: queries (and rows converted to float32) per faiss call; db_chunk_rows:
+            database rows per exact-search block.
 
     Returns:
         dict with `"recall@N"` for each N (fractions), `num_queries`,
-        `num_queries_without_positives`, `num_db`, `descriptor_dim`. With `return_ids=True`, a
-        tuple `(results, ids)` where `ids` is int64 `(Q, min(max(ns), num_db))`.
+        `num_queries_without_positives`, `num_db`, `descriptor_dim`, `protocol`; with conditions
+        `recall@N/<label>` and `num_queries/<label>`; with `approximate` the `approx/...` keys
+        plus `approx_index`, `approx_train_size`, `approx_nprobe`. With `return_ids=True`, a tuple
+        `(results, ids)`: int64 `(Q, min(max(ns), num_db))` ids after exclusion (and panorama NMS
+        for Tokyo 24/7, ids then up to the number of panoramas), -1 in empty slots.
     """
     ns = _check_ns(ns)
     if db_desc.ndim != 2 or query_desc.ndim != 2 or db_desc.shape[1] != query_desc.shape[1]:
@@ -132,49 +194,88 @@ def evaluate_descriptors(
             "`db_desc` and `query_desc` must be 2-D with the same dim. Received shapes "
             f"{tuple(db_desc.shape)} and {tuple(query_desc.shape)}"
         )
-    if len(positives) != len(query_desc):
+    num_queries, num_db = len(query_desc), len(db_desc)
+    if len(positives) != num_queries:
         raise ValueError(
-            f"`positives` has {len(positives)} entries but there are {len(query_desc)} "
+            f"`positives` has {len(positives)} entries but there are {num_queries} "
             "query descriptors."
         )
-    num_db = len(db_desc)
-    index = faiss_index.build_index(db_desc, metric="ip")
-    if exclude is None:
-        _, ids = faiss_index.search(index, query_desc, ns[-1], chunk_size=chunk_size)
-    else:
-        if len(exclude) != len(query_desc):
-            raise ValueError(f"`exclude` has {len(exclude)} entries for {len(query_desc)} queries.")
+    protocol = protocols.resolve_protocol(protocol)
+    if protocol == "tokyotm" and exclude is None:
+        raise ValueError("protocol='tokyotm' needs `exclude` (e.g. `split.same_timestamp_db()`).")
+    conditions = _check_conditions(conditions, num_queries)
+    k = ns[-1]
+    if protocol == "tokyo247":
+        protocols.check_panorama_layout(num_db)
+        k *= protocols.TOKYO247_CUTOUTS_PER_PANORAMA
+        if conditions is None:
+            conditions = protocols.tokyo247_conditions(num_queries)
+    if exclude is not None:
+        if len(exclude) != num_queries:
+            raise ValueError(f"`exclude` has {len(exclude)} entries for {num_queries} queries.")
         positives = [np.setdiff1d(p, e) for p, e in zip(positives, exclude)]
-        ids = _search_excluding(index, query_desc, ns[-1], exclude, chunk_size)
-    ranks = first_correct_rank(ids, positives)
-    recalls = _recalls_from_ranks(ranks, ns)
-    results = {f"recall@{n}": recalls[n] for n in ns}
+    ids = ranking.ranked_ids(
+        lambda kk: ranking.exact_topk(db_desc, query_desc, kk, chunk_size, db_chunk_rows),
+        k, exclude,
+    )
+    results, ids, ranks = _score(ids, positives, ns, protocol, conditions, num_db, "", True)
     results.update(
-        num_queries=int(len(query_desc)),
+        num_queries=int(num_queries),
         num_queries_without_positives=int((ranks < 0).sum()),
         num_db=int(num_db),
         descriptor_dim=int(db_desc.shape[1]),
+        protocol=protocol,
     )
+    if approximate:
+        results.update(_approximate_recall(
+            db_desc, query_desc, positives, ns, k, exclude, protocol, conditions, approximate,
+            approx_train_size, approx_nprobe, seed, chunk_size,
+        ))
     return (results, ids) if return_ids else results
 
 
-def _search_excluding(index, queries, k, exclude, chunk_size):
-    """Top-k ids per query with `exclude[q]` removed, chunked so memory stays bounded."""
-    k = min(int(k), int(index.ntotal))
-    ids = np.full((len(queries), k), -1, np.int64)
-    for start in range(0, len(queries), chunk_size):
-        stop = min(start + chunk_size, len(queries))
-        extra = max((len(exclude[q]) for q in range(start, stop)), default=0)
-        _, found = faiss_index.search(index, queries[start:stop], k + extra, chunk_size=chunk_size)
-        for row, q in enumerate(range(start, stop)):
-            kept = found[row][~np.isin(found[row], exclude[q])][:k]
-            ids[q, : len(kept)] = kept
-    return ids
+def _approximate_recall(db_desc, query_desc, positives, ns, k, exclude, protocol, conditions,
+                        factory, train_size, nprobe, seed, chunk_size):
+    index, info = ranking.approximate_index(db_desc, factory, train_size, nprobe, seed, chunk_size)
+    ids = ranking.ranked_ids(
+        lambda kk: faiss_index.search(index, query_desc, kk, chunk_size=chunk_size)[1],
+        k, exclude,
+    )
+    results, _, _ = _score(ids, positives, ns, protocol, conditions, len(db_desc), "approx/",
+                           False)
+    results.update(info)
+    return results
+
+
+def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
+    """None (extract returns float32 in RAM), or a float16 array / `.npy` memmap to fill."""
+    import tempfile
+
+    from tf_netvlad import extract
+
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"`descriptor_dtype` must be 'float32' or 'float16'. Received: {dtype!r}")
+    if dtype == "float32" and memmap_dir is None:
+        return None
+    dim = extract._static_dim(model)
+    if dim is None:
+        raise ValueError(
+            f"Model {model.name!r} has no static output dim, so descriptor_dtype={dtype!r} / "
+            "memmap_dir cannot preallocate the database descriptors."
+        )
+    if memmap_dir is None:
+        return np.empty((count, dim), dtype)
+    os.makedirs(memmap_dir, exist_ok=True)
+    handle, path = tempfile.mkstemp(prefix=f"{tag}_", suffix=".npy", dir=memmap_dir)
+    os.close(handle)
+    stack.callback(os.remove, path)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, dim))
 
 
 def evaluate(
     model, split, root=None, image_size=None, ns=DEFAULT_RECALL_NS, batch_size=8, progress=True,
-    return_ids=False,
+    return_ids=False, protocol="auto", query_image_size="auto", approximate=None,
+    approx_train_size=None, approx_nprobe=None, descriptor_dtype="float32", memmap_dir=None,
 ):
     """Extracts database and query descriptors with `model` and computes recall@N on `split`.
 
@@ -182,92 +283,55 @@ def evaluate(
         model: `keras.Model`, float32 images `[B, H, W, 3]` (0..255 RGB) -> descriptors `[B, D]`.
         split: a `places.PlaceSplit` (`db_paths`, `query_paths`, `positives()`, `root`, `name`).
         root: image root; defaults to `split.root`.
-        image_size: resize policy for both sides (`None` = full resolution, as MATLAB).
+        image_size: resize policy of the database images, and of the queries unless
+            `query_image_size` says otherwise (`None` = full resolution, as MATLAB).
         ns: N values; `REFERENCE_RECALL_NS` gives MATLAB's [1:5, 10:5:100].
         batch_size, progress: passed to `extract.extract_descriptors`.
-        return_ids: also return the retrieved db ids `(Q, max N)`.
+        return_ids: also return the retrieved db ids `(Q, max N)` (-1 in empty slots).
+        protocol: "auto" (from the split: Tokyo 24/7 by name, TokyoTM by time stamps, else
+            Pittsburgh), "pitts", "tokyo247" or "tokyotm"; see `tf_netvlad.protocols`.
+        query_image_size: "auto" (= `image_size`, but at most 640 on the longer side for Tokyo
+            24/7, see `protocols.query_image_size`) or an explicit policy.
+        approximate, approx_train_size, approx_nprobe: IVF-PQ recall beside the exact one, see
+            `evaluate_descriptors`.
+        descriptor_dtype: "float32" (default) or "float16" (half the memory) for the database
+            descriptors; memmap_dir: if set, they are written to a temporary `.npy` memmap there
+            (removed afterwards) instead of RAM. Queries stay float32 in RAM.
 
     Returns:
-        dict with `"recall@N"` fractions, `num_queries`, `num_queries_without_positives`, `num_db`,
-        `descriptor_dim`, `split` and `image_size` (or `(results, ids)` with `return_ids=True`).
+        `evaluate_descriptors`' dict plus `split`, `image_size` and `query_image_size` (or
+        `(results, ids)` with `return_ids=True`).
     """
+    import contextlib
+
     from tf_netvlad import data, extract
 
     ns = _check_ns(ns)
+    protocol = protocols.resolve_protocol(protocol, split)
+    query_size = protocols.query_image_size(protocol, image_size, query_image_size)
     root = getattr(split, "root", None) if root is None else root
     positives = split.positives()
-    db_desc = extract.extract_descriptors(
-        model, split.db_paths, root=root, image_size=image_size, batch_size=batch_size,
-        progress=progress,
-    )
-    query_desc = extract.extract_descriptors(
-        model, split.query_paths, root=root, image_size=image_size, batch_size=batch_size,
-        progress=progress,
-    )
-    exclude = None
-    if getattr(split, "has_timestamps", False):
-        exclude = split.same_timestamp_db()  # TokyoTM protocol: same-capture db images dropped
-    results, ids = evaluate_descriptors(
-        db_desc, query_desc, positives, ns, return_ids=True, exclude=exclude
-    )
+    exclude = split.same_timestamp_db() if protocol == "tokyotm" else None
+    if protocol == "tokyo247":
+        protocols.check_panorama_layout(len(split.db_paths))
+    with contextlib.ExitStack() as stack:
+        out = _descriptor_buffer(model, len(split.db_paths), descriptor_dtype, memmap_dir, stack,
+                                 "db_descriptors")
+        db_desc = extract.extract_descriptors(
+            model, split.db_paths, root=root, image_size=image_size, batch_size=batch_size,
+            progress=progress, out=out,
+        )
+        query_desc = extract.extract_descriptors(
+            model, split.query_paths, root=root, image_size=query_size, batch_size=batch_size,
+            progress=progress,
+        )
+        results, ids = evaluate_descriptors(
+            db_desc, query_desc, positives, ns, return_ids=True, exclude=exclude,
+            protocol=protocol, approximate=approximate, approx_train_size=approx_train_size,
+            approx_nprobe=approx_nprobe,
+        )
+        del db_desc, out
     results["split"] = str(getattr(split, "name", ""))
     results["image_size"] = data.format_image_size(image_size)
+    results["query_image_size"] = data.format_image_size(query_size)
     return (results, ids) if return_ids else results
-
-
-def recall_ns(results):
-    """The N values present in a results dict, sorted."""
-    return sorted(int(key.split("@", 1)[1]) for key in results if key.startswith("recall@"))
-
-
-def format_recall_table(results, labels=None):
-    """Plain-text table of recall@N (%) for one results dict or a list of them (one column each)."""
-    many = isinstance(results, (list, tuple))
-    runs = list(results) if many else [results]
-    if not runs:
-        raise ValueError("`results` is empty: nothing to format.")
-    if labels is None:
-        labels = ([r.get("split") or f"run {i + 1}" for i, r in enumerate(runs)] if many
-                  else ["recall"])
-    if len(labels) != len(runs):
-        raise ValueError(f"`labels` has {len(labels)} entries for {len(runs)} results.")
-    ns = sorted(set().union(*(recall_ns(r) for r in runs)))
-    width = max(9, *(len(str(label)) for label in labels))
-    lines = []
-    for label, run in zip(labels, runs):
-        if "num_queries" in run:
-            excluded = run.get("num_queries_without_positives", 0)
-            lines.append(
-                f"{label}: {run['num_queries']} queries ({excluded} without positives, "
-                f"excluded), {run.get('num_db', '?')} db images, "
-                f"dim {run.get('descriptor_dim', '?')}"
-            )
-    lines.append("N".rjust(5) + "".join(str(label).rjust(width + 2) for label in labels))
-    for n in ns:
-        cells = []
-        for run in runs:
-            value = run.get(f"recall@{n}")
-            cells.append(("-" if value is None else f"{100 * value:.2f}%").rjust(width + 2))
-        lines.append(f"{n:5d}" + "".join(cells))
-    return "\n".join(lines)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def write_json(results, path):
-    """Writes `results` as JSON atomically (temp file in the same directory, then rename)."""
-    text = json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n"
-    with atomic_path(path, ".json") as tmp:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-    return os.fspath(path)
