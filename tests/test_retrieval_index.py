@@ -79,6 +79,24 @@ def test_round_trip_search_equals_brute_force_on_stored_memmap(tmp_path, model, 
     meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
     assert meta["model"]["fingerprint"] == ri.model_fingerprint(model)["fingerprint"]
     assert meta["image_size"] == "keep" and meta["kind"] == "flat" and meta["count"] == 12
+    assert meta["index_file"] is None and meta["format_version"] == 2
+    assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
+
+
+def test_format_1_index_with_a_stored_flat_file_still_loads(tmp_path, model, images, reference):
+    """Indexes written before format 2 kept an `index-0.faiss` beside the descriptors."""
+    from tf_netvlad.index_storage import write_faiss
+
+    built = _build(model, tmp_path / "idx", images)
+    stored = faiss_lib.build_index(reference[::-1].copy())  # distinguishable from a rebuild
+    write_faiss(stored, tmp_path / "idx" / "index-0.faiss")
+    meta = dict(built.metadata, format_version=1, index_file="index-0.faiss")
+    (tmp_path / "idx" / "metadata.json").write_text(json.dumps(meta))
+    old = ri.RetrievalIndex.load(tmp_path / "idx")
+    assert old.search(reference[:1], k=1)[1][0, 0] == 11  # the stored file was read
+    old.add(model, [images[1][0]], root=images[0], progress=False)  # rewrites as format 2
+    assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
+    assert ri.RetrievalIndex.load(tmp_path / "idx").metadata["format_version"] == 2
 
 
 def test_float16_storage(tmp_path, model, images, reference):
@@ -177,8 +195,8 @@ def test_add_appends_and_search_finds_new_images(tmp_path, model, images, refere
     np.testing.assert_allclose(reloaded.descriptors[:12], reference, atol=1e-5)
     scores, ids = reloaded.search(reloaded.descriptors[8:], k=1)
     np.testing.assert_array_equal(ids[:, 0], np.arange(8, 14))
-    assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "index-2.faiss",
-                                                    "metadata.json"]
+    # Exact kinds store the descriptors once: no faiss file next to them.
+    assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
 
 
 def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, model, images, reference,
@@ -210,13 +228,18 @@ def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, model, ima
     assert os.path.getsize(tmp_path / "idx" / "descriptors.f32") == 10 * 256 * 4
 
 
-def test_damaged_index_is_reported(tmp_path, model, images):
+@pytest.mark.parametrize("kind, message", [
+    ("flat", r"Descriptor file .* has 3072 bytes but the metadata needs 4096 .*damaged"),
+    ("IVF1,Flat", "faiss index holds 3 vectors.*says 4.*damaged"),
+])
+def test_damaged_index_is_reported(tmp_path, model, images, kind, message):
     folder, names, _ = images
-    ri.build_retrieval_index(model, tmp_path / "idx", names[:3], root=folder, progress=False)
+    ri.build_retrieval_index(model, tmp_path / "idx", names[:3], root=folder, progress=False,
+                             kind=kind)
     meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
     meta["count"] = 4
     (tmp_path / "idx" / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="faiss index holds 3 vectors.*says 4.*damaged"):
+    with pytest.raises(ValueError, match=message):
         ri.RetrievalIndex.load(tmp_path / "idx")
 
 
@@ -303,6 +326,8 @@ def test_approximate_kinds_build_end_to_end(tmp_path, model, images, reference, 
     index = _build(model, tmp_path / "idx", images, kind=kind)
     reloaded = ri.RetrievalIndex.load(tmp_path / "idx")
     assert reloaded.metadata["kind"] == kind and reloaded.faiss_index.ntotal == 12
+    assert reloaded.metadata["index_file"] == "index-0.faiss"  # trained kinds are stored
+    assert (tmp_path / "idx" / "index-0.faiss").exists()
     _, ids = reloaded.search(reference, k=1)
     np.testing.assert_array_equal(ids[:, 0], np.arange(12))
     assert index.search(reference, 1)[1].tolist() == ids.tolist()

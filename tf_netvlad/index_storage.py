@@ -22,9 +22,12 @@ from tf_netvlad.fileio import atomic_path
 logger = logging.getLogger("tf_netvlad.retrieval_index")
 
 FORMAT = "tf_netvlad-retrieval-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: exact kinds keep no faiss file (rebuilt from the descriptors at load)
 METADATA_FILE = "metadata.json"
 PROGRESS_FILE = "progress.json"
+# Exact kinds whose faiss index is nothing but the descriptors: rebuilt from the descriptor file
+# when the index is loaded instead of being stored a second time.
+REBUILT_FACTORIES = ("flat", "SQfp16")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -145,16 +148,20 @@ def open_descriptors(directory, metadata):
 
 
 def commit(directory, metadata, faiss_index):
-    """Writes the next index generation, then the metadata pointing to it, then drops the old."""
-    old = metadata.get("index_file")
+    """Writes the next index generation, then the metadata pointing to it, then drops the old.
+
+    An exact kind (`REBUILT_FACTORIES`) writes no faiss file: `index_file` is None and the index
+    is rebuilt from the descriptor file at load, so the descriptors are on disk once.
+    """
     metadata["generation"] = int(metadata["generation"]) + 1
-    metadata["index_file"] = f"index-{metadata['generation']}.faiss"
-    write_faiss(faiss_index, directory / metadata["index_file"])
+    metadata["format_version"] = FORMAT_VERSION
+    if metadata["factory"] in REBUILT_FACTORIES:
+        metadata["index_file"] = None
+    else:
+        metadata["index_file"] = f"index-{metadata['generation']}.faiss"
+        write_faiss(faiss_index, directory / metadata["index_file"])
     write_json(metadata, directory / METADATA_FILE)
-    stale = [name for name in index_files(directory) if name != metadata["index_file"]]
-    if old and old not in stale and old != metadata["index_file"]:
-        stale.append(old)
-    remove(directory, stale)
+    remove(directory, [name for name in index_files(directory) if name != metadata["index_file"]])
 
 
 def remove(directory, names):

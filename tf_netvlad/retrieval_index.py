@@ -4,9 +4,11 @@ An index directory holds:
 
 * `descriptors.f32` (or `descriptors.f16` with `float16=True`): the raw row-major `(count, dim)`
   descriptor matrix, read back as a read-only `np.memmap`. Row `i` is faiss id `i`.
-* `index-<generation>.faiss`: the faiss index ("flat" exact inner product by default, "ivfpq",
-  "hnsw" or any faiss factory string). `add()` writes a new generation, then switches
-  `metadata.json` to it, so an interruption never leaves the metadata pointing at a wrong file.
+* `index-<generation>.faiss`: the trained faiss index of an approximate kind ("ivfpq", "hnsw" or
+  a faiss factory string). `add()` writes a new generation, then switches `metadata.json` to it,
+  so an interruption never leaves the metadata pointing at a wrong file. The exact kinds ("flat"
+  inner product, the default, and its float16 form) store no faiss file: their index is rebuilt
+  from the descriptor file at load, so the descriptors are on disk only once.
 * `metadata.json`: image paths (relative to `root` unless absolute), positions (UTM metres, `null`
   when unknown), the model fingerprint, the resize policy, the index kind, the storage dtype, the
   count and the skipped images with the reason each could not be read.
@@ -302,8 +304,13 @@ class RetrievalIndex:
                 f"{os.fspath(directory)!r} uses index format version "
                 f"{metadata['format_version']}; this tf_netvlad reads up to {FORMAT_VERSION}."
             )
-        faiss = faiss_lib._faiss()
-        faiss_index = faiss.read_index(os.fspath(directory / metadata["index_file"]))
+        if metadata.get("index_file") is None:  # exact kind: the descriptors are the index
+            descriptors = storage.open_descriptors(directory, metadata)
+            faiss_index = faiss_lib.build_index(descriptors, kind=metadata["factory"])
+            del descriptors
+        else:
+            faiss = faiss_lib._faiss()
+            faiss_index = faiss.read_index(os.fspath(directory / metadata["index_file"]))
         if faiss_index.ntotal != metadata["count"] or faiss_index.d != metadata["dim"]:
             raise ValueError(
                 f"{os.fspath(directory)!r}: the faiss index holds {faiss_index.ntotal} vectors "
