@@ -97,6 +97,11 @@ def cmd_evaluate(args):
     results = workflows.evaluate_model(
         model, split, root=args.root, image_size=image_size, ns=ns, batch_size=args.batch_size,
         json_path=args.json, plot_path=args.plot, retrievals_path=args.retrievals,
+        protocol=args.protocol, approximate=args.approx_index,
+        query_image_size=("auto" if args.query_image_size == "auto"
+                          else _image_size(args.query_image_size)),
+        approx_train_size=args.approx_train_size, approx_nprobe=args.approx_nprobe,
+        descriptor_dtype=args.descriptor_dtype, memmap_dir=args.memmap_dir,
     )
     print(evaluation.format_recall_table(results, labels=[results["model"]]))
     for flag, path in (("json", args.json), ("plot", args.plot), ("retrievals", args.retrievals)):
@@ -398,6 +403,25 @@ def build_parser(argv=None):
     p.add_argument("--json", help="write results as JSON here")
     p.add_argument("--plot", help="write a recall@N curve PNG here")
     p.add_argument("--retrievals", help="write a PNG grid of queries and their top-5 retrievals here")
+    p.add_argument("--protocol", choices=("auto", "pitts", "tokyo247", "tokyotm"), default="auto",
+                   help="auto: Tokyo 24/7 if the dataset name contains tokyo247 (panorama NMS over 12 "
+                        "cutouts, day/sunset/night recall, queries at most 640 px), TokyoTM if it has "
+                        "time stamps (same-time db images dropped), else Pittsburgh")
+    p.add_argument("--query-image-size", default="auto",
+                   help="resize policy of the queries: 'auto' (= --image-size; max side 640 for "
+                        "tokyo247) or a policy as --image-size")
+    p.add_argument("--approx-index", nargs="?", const="auto", default=None, metavar="FACTORY",
+                   help="also report recall with an approximate faiss index: a factory string such "
+                        "as 'IVF1024,PQ64', or no value for IVF(~4 sqrt n),PQ(<=64)")
+    p.add_argument("--approx-train-size", type=int, default=None,
+                   help="training vectors of the approximate index; None: 40 per IVF cell")
+    p.add_argument("--approx-nprobe", type=int, default=None,
+                   help="IVF cells visited per query; None: nlist/16, at least 8")
+    p.add_argument("--descriptor-dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of the database descriptors held during evaluation")
+    p.add_argument("--memmap-dir", default=None,
+                   help="keep the database descriptors in a temporary .npy memmap in this folder "
+                        "(removed afterwards) instead of RAM")
 
     p = add("fit-whitening", cmd_fit_whitening,
             "Fit PCA-whitening on database descriptors and append it to a model.")

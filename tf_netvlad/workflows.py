@@ -53,12 +53,14 @@ def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=64
 
 def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size=8,
                    json_path=None, plot_path=None, retrievals_path=None, num_examples=8,
-                   top_k=5, label=None, progress=True):
+                   top_k=5, label=None, progress=True, **protocol_options):
     """recall@N of `model` on `split`.
 
+    `protocol_options` go to `evaluation.evaluate` (`protocol`, `query_image_size`,
+    `approximate`, `approx_train_size`, `approx_nprobe`, `descriptor_dtype`, `memmap_dir`).
     Optionally writes the results as JSON, a recall@N curve PNG, and a PNG grid of the first
     `num_examples` queries with their top `top_k` retrieved images (green: within the positive
-    radius, red: not).
+    radius, red: not; after panorama NMS for Tokyo 24/7).
     """
     import numpy as np
 
@@ -67,7 +69,7 @@ def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size
     results, ids = evaluation.evaluate(
         model, split, root=root, image_size=image_size,
         ns=ns or evaluation.DEFAULT_RECALL_NS, batch_size=batch_size, progress=progress,
-        return_ids=True,
+        return_ids=True, **protocol_options,
     )
     results["model"] = label or model.name
     if json_path:
@@ -77,7 +79,8 @@ def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size
     if retrievals_path:
         positives = split.positives()
         shown = range(min(num_examples, split.num_queries))
-        top = [ids[q, :top_k] for q in shown]
+        top = ids[: len(shown), :top_k]
+        top = top[:, : int(np.argmin(np.append((top >= 0).all(axis=0), False)))]  # no -1 slots
         plots.plot_retrievals(
             [split.query_paths[q] for q in shown],
             [[split.db_paths[j] for j in row] for row in top],
