@@ -73,6 +73,31 @@ def test_ivf_with_all_cells_probed_is_exact(rng):
     np.testing.assert_array_equal(index.search(ivf, queries, 5)[1], numpy_search(db, queries, 5)[1])
 
 
+def test_set_nprobe_changes_the_cells_searched(rng):
+    db, queries = _unit(rng, 400, 16), _unit(rng, 20, 16)
+    ivf = index.build_index(db, kind="IVF4,Flat", nprobe=1)
+    import faiss
+
+    quantizer = faiss.extract_index_ivf(ivf).quantizer
+    _, cell_of_db = quantizer.search(db, 1)
+    _, cell_of_query = quantizer.search(queries, 1)
+    ids = index.search(ivf, queries, 5)[1]
+    # nprobe=1: every hit lies in the query's own (nearest-centroid) cell.
+    np.testing.assert_array_equal(cell_of_db[ids, 0], np.repeat(cell_of_query, 5, axis=1))
+    assert index.set_nprobe(ivf, 4) is ivf
+    assert faiss.extract_index_ivf(ivf).nprobe == 4
+    np.testing.assert_array_equal(index.search(ivf, queries, 5)[1], numpy_search(db, queries, 5)[1])
+
+
+def test_set_nprobe_errors(rng):
+    flat = index.build_index(_unit(rng, 10, 8))
+    with pytest.raises(ValueError, match="IVF indexes only; this index is a IndexFlatIP"):
+        index.set_nprobe(flat, 4)
+    ivf = index.build_index(_unit(rng, 100, 8), kind="IVF2,Flat")
+    with pytest.raises(ValueError, match="nprobe"):
+        index.set_nprobe(ivf, 0)
+
+
 def test_search_errors_are_actionable(rng):
     db = _unit(rng, 10, 8)
     with pytest.raises(ValueError, match="dim 4 but the index holds dim 8"):

@@ -158,9 +158,26 @@ def build_index(
             f"`kind` must be 'flat' or a faiss index_factory string. Received: kind={kind!r}"
         )
     if nprobe is not None:
-        faiss.extract_index_ivf(index).nprobe = int(nprobe)
+        set_nprobe(index, nprobe)
     for _, chunk in _chunks(db, chunk_size, "db"):
         index.add(chunk)
+    return index
+
+
+def set_nprobe(index, nprobe):
+    """Sets the IVF cells visited per query of an IVF index (e.g. "IVF1024,PQ64") in place.
+
+    Raises `ValueError` for an index without an IVF part (such as the exact "flat" one).
+    """
+    _check_positive_int(nprobe, "nprobe")
+    faiss = _faiss()
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError as error:
+        raise ValueError(
+            f"`nprobe` applies to IVF indexes only; this index is a {type(index).__name__}."
+        ) from error
+    ivf.nprobe = int(nprobe)
     return index
 
 
