@@ -155,13 +155,16 @@ def default_approx_factory(num_db, dim):
     """faiss factory string "IVF{nlist},PQ{m}[x{bits}]" for `num_db` vectors of dimension `dim`.
 
     nlist is the power of two nearest 4·sqrt(num_db), capped so every cell gets >= 39 training
-    vectors (faiss' own warning threshold); m is the largest divisor of `dim` <= 64 (64-byte
-    codes for D = 4096); 8 bits per sub-quantiser, fewer (down to 4) when the database has fewer
-    than 39 vectors per PQ centroid. Raises `ValueError` below 39 * 16 = 624 vectors.
+    vectors (faiss' own warning threshold); m is the largest divisor of `dim` not above
+    max(8, D/16) (16-D sub-vectors) and 256: 256-byte codes for D = 4096 and 32768, 16 for 256.
+    (64-byte codes lose most of the recall on whitened 4096-D descriptors, whose variance is spread
+    evenly over all dimensions: see benchmarks/RESULTS.md.) 8 bits per sub-quantiser, fewer (down
+    to 4) when the database has fewer than 39 vectors per PQ centroid. Raises `ValueError` below
+    39 * 16 = 624 vectors.
 
     Example:
     >>> default_approx_factory(75984, 4096), default_approx_factory(1200, 100)
-    ('IVF1024,PQ64', 'IVF30,PQ50x4')
+    ('IVF1024,PQ256', 'IVF30,PQ5x4')
     """
     num_db, dim = int(num_db), int(dim)
     bits = min(8, int(math.floor(math.log2(max(num_db, 1) / 39)))) if num_db >= 39 else 0
@@ -173,7 +176,7 @@ def default_approx_factory(num_db, dim):
         )
     nlist = 2 ** round(math.log2(4 * math.sqrt(num_db)))
     nlist = max(1, min(nlist, num_db // 39))
-    m = max(d for d in range(1, min(64, dim) + 1) if dim % d == 0)
+    m = max(d for d in range(1, min(dim, 256, max(8, dim // 16)) + 1) if dim % d == 0)
     return f"IVF{nlist},PQ{m}" + ("" if bits == 8 else f"x{bits}")
 
 
