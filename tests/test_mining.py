@@ -154,3 +154,180 @@ def test_exclude_very_hard_keeps_semi_hard_negatives_first():
     few = [np.setdiff1d(np.arange(40), [20, 21, 22]) if i == 1 else p for i, p in enumerate(few)]
     rows, _, _ = mining.mine_tuples(*args[:4], few, *args[5:], num_negatives=3, exclude_very_hard=True)
     assert list(rows[0, 2:]) == [22, 21, 20]  # fewer than N semi-hard: filled with the least hard
+
+
+# --------------------------------------------------------------------------- sharded (multi-worker) mining
+
+
+class _ThreadGroup:
+    """W simulated workers in threads of one process: an exact all-reduce SUM through a barrier."""
+
+    def __init__(self, num_workers):
+        import threading
+
+        self.num_workers = num_workers
+        self.barrier = threading.Barrier(num_workers)
+        self.slots = [None] * num_workers
+        self.calls = 0
+
+    def member(self, index):
+        group = self
+
+        class Member:
+            num_workers, is_chief = group.num_workers, index == 0
+
+            def all_reduce_sum(self, array):
+                group.slots[index] = np.asarray(array)
+                group.barrier.wait()
+                total = np.sum(np.stack(group.slots), axis=0).astype(np.asarray(array).dtype)
+                group.barrier.wait()  # nobody overwrites a slot before all have summed
+                if index == 0:
+                    group.calls += 1
+                return total
+
+        member = Member()
+        member.index = index
+        return member
+
+    def run(self, fn):
+        """`[fn(member_0), ..., fn(member_{W-1})]`, run concurrently; re-raises a worker's error."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.num_workers) as pool:
+            futures = [pool.submit(fn, self.member(i)) for i in range(self.num_workers)]
+            return [f.result(timeout=60) for f in futures]
+
+
+def test_shard_range_and_replica_slices_cover_everything_once():
+    from tf_netvlad.distributed import replica_slices, shard_range
+
+    for count in (0, 1, 5, 70, 71):
+        for workers in (1, 2, 3, 4):
+            blocks = [shard_range(count, workers, i) for i in range(workers)]
+            assert blocks[0][0] == 0 and blocks[-1][1] == count
+            assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+            sizes = [hi - lo for lo, hi in blocks]
+            assert max(sizes) - min(sizes) <= 1
+    assert shard_range(7, 3, 0) == (0, 3) and shard_range(7, 3, 2) == (5, 7)
+    assert replica_slices(4, 4, 2) == [(0, 2), (2, 4)]
+    assert replica_slices(3, 4, 2) == [(0, 2), (2, 3)]  # a short last batch: replica 1 gets 1 row
+    assert replica_slices(1, 4, 2) == [(0, 1), (1, 1)]  # ... or none (padding only)
+    assert replica_slices(5, 5, 2) == [(0, 3), (3, 5)]
+    with pytest.raises(ValueError, match="index"):
+        shard_range(5, 2, 2)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("exclude_very_hard", [False, True])
+def test_sharded_mining_equals_whole_database_mining(workers, exclude_very_hard):
+    from tf_netvlad.distributed import shard_range
+
+    split = _line_split(num_db=200, query_x=np.linspace(0, 990, 30))
+    rng = np.random.default_rng(4)
+    db = rng.normal(size=(200, 16)).astype(np.float32)
+    q = rng.normal(size=(30, 16)).astype(np.float32)
+    cache = np.full((30, 5), -1, np.int64)
+    cache[::3] = rng.choice(200, size=(10, 5))  # some remembered negatives, some inside the radius
+    bad_db = np.array([7, 150])
+    options = dict(num_positives=3, num_negatives=5, pool_size=40, keep_factor=4, margin=0.5, bad_db=bad_db,
+                   exclude_very_hard=exclude_very_hard)
+    args = (split.non_trivial_positives(), split.positives(), cache)
+    want_rows, want_cache, want_stats = mining.mine_tuples(np.arange(30), q, db, *args,
+                                                           np.random.default_rng(9), **options)
+    group = _ThreadGroup(workers)
+
+    def worker(member):
+        lo, hi = shard_range(200, workers, member.index)
+        return mining.mine_tuples_sharded(np.arange(30), q, db[lo:hi].copy(), lo, 200, *args,
+                                          np.random.default_rng(9), member.all_reduce_sum, **options)
+
+    results = group.run(worker)
+    assert group.calls == 1  # one exchange of the distance table
+    for rows, new_cache, stats in results:
+        np.testing.assert_array_equal(rows, want_rows)
+        np.testing.assert_array_equal(new_cache, want_cache)
+        assert stats == pytest.approx(want_stats)
+    assert not np.isin(want_rows[:, 1:], bad_db).any() and (want_rows[:, 1] >= 0).all()
+
+
+class _TableMiner(mining.HardNegativeMiner):
+    """A miner whose "extraction" looks descriptors up by file name and records what it extracted."""
+
+    descriptors = None  # {path: float32 vector}; None marks an unreadable image
+
+    def _lookup(self, paths):
+        self.extracted.extend(paths)
+        bad = np.array([i for i, p in enumerate(paths) if self.descriptors[p] is None], np.int64)
+        desc = np.stack([np.full(6, np.nan, np.float32) if self.descriptors[p] is None else self.descriptors[p]
+                         for p in paths])
+        return desc, bad
+
+    def _extract(self, model, paths, what):  # the whole-database path (compute_cache)
+        if self.on_bad_image == "stop":
+            raise AssertionError("not used in these tests")
+        return self._lookup(paths)
+
+    def _extract_block(self, model, paths, what):  # the multi-worker path
+        return self._lookup(paths)
+
+
+class _FakeModel:
+    output_shape = (None, 6)
+
+
+def _table_miner(split, descriptors, group=None, on_bad_image="skip"):
+    miner = _TableMiner(split, num_positives=2, num_negatives=4, pool_size=12, cache_refresh_queries=11,
+                        seed=5, on_bad_image=on_bad_image, progress=False, group=group)
+    miner.descriptors, miner.extracted = descriptors, []
+    return miner
+
+
+def test_multi_worker_miner_extracts_its_shard_and_mines_the_same_rows():
+    split = _line_split(num_db=90, query_x=np.arange(0, 440, 20.0))
+    rng = np.random.default_rng(6)
+    paths = list(split.db_paths) + list(split.query_paths)
+    descriptors = {p: rng.normal(size=6).astype(np.float32) for p in paths}
+    descriptors["db13.jpg"] = None  # an unreadable database image, excluded everywhere
+    single = _table_miner(split, descriptors)
+    want = [single.mine(None, cycle) for cycle in range(3)]
+    group = _ThreadGroup(2)
+
+    def worker(member):
+        miner = _table_miner(split, descriptors, group=member)
+        rows = [miner.mine(_FakeModel(), cycle) for cycle in range(3)]
+        return miner, rows
+
+    (m0, rows0), (m1, rows1) = group.run(worker)
+    for cycle in range(3):
+        np.testing.assert_array_equal(rows0[cycle], want[cycle])
+        np.testing.assert_array_equal(rows1[cycle], want[cycle])
+    for miner in (m0, m1):
+        np.testing.assert_array_equal(miner.neg_cache, single.neg_cache)
+        np.testing.assert_array_equal(miner.bad_db, [13])
+    assert 13 not in np.concatenate(want)[:, 1:]
+    # each worker read only its half of the database (and of each cycle's 11 queries), once per cycle
+    db0 = {p for p in m0.extracted if p.startswith("db")}
+    db1 = {p for p in m1.extracted if p.startswith("db")}
+    assert db0 == {f"db{i}.jpg" for i in range(45)} and db1 == {f"db{i}.jpg" for i in range(45, 90)}
+    assert sum(p.startswith("db") for p in m0.extracted) == 3 * 45
+    assert m0.last_stats["extracted_db_images"] == 45 and m0.last_stats["extracted_query_images"] == 6
+    assert m1.last_stats["extracted_query_images"] == 5 and single.last_stats["extracted_db_images"] == 90
+    assert sum(p.startswith("q") for p in m0.extracted + m1.extracted) == 3 * 11
+
+
+def test_multi_worker_miner_stop_mode_raises_on_every_worker():
+    from tf_netvlad.data import ImageReadError
+
+    split = _line_split(num_db=90, query_x=np.arange(0, 440, 20.0))
+    rng = np.random.default_rng(6)
+    descriptors = {p: rng.normal(size=6).astype(np.float32) for p in split.db_paths + split.query_paths}
+    descriptors["db80.jpg"] = None  # held by worker 1 only
+    group = _ThreadGroup(2)
+
+    def worker(member):
+        miner = _table_miner(split, descriptors, group=member, on_bad_image="stop")
+        with pytest.raises(ImageReadError, match="db80.jpg"):
+            miner.mine(_FakeModel(), 0)
+        return True
+
+    assert group.run(worker) == [True, True]

@@ -75,6 +75,58 @@ def sample_pool(rng, num_db, excluded, pool_size):
     return ids[:pool_size]
 
 
+def _plan_query(q, positives, non_negatives, neg_cache, rng, num_db, pool_size, num_negatives, bad_db):
+    """`(positive ids, candidate negative ids)` of query `q`; draws its random pool from `rng`."""
+    pos = np.setdiff1d(np.asarray(positives[q], np.int64), bad_db)
+    if len(pos) == 0:
+        raise ValueError(f"query {q} has no usable positive; drop it before mining.")
+    excluded = np.union1d(np.asarray(non_negatives[q], np.int64), bad_db)
+    pool = sample_pool(rng, num_db, excluded, pool_size)
+    cached = neg_cache[q][neg_cache[q] >= 0]
+    cached = cached[~np.isin(cached, excluded)]
+    candidates = np.union1d(pool, cached)
+    if len(candidates) < num_negatives:
+        raise ValueError(
+            f"query {q} has only {len(candidates)} database images beyond the positive radius; "
+            f"num_negatives={num_negatives} are needed. Lower num_negatives or add database images."
+        )
+    return pos, candidates
+
+
+def _choose_negatives(ranked, ranked_d2, best, num_negatives, exclude_very_hard):
+    """The tuple's negatives from candidates ranked nearest first (see `mine_tuples`)."""
+    if not exclude_very_hard:
+        return ranked[:num_negatives], ranked_d2[:num_negatives]
+    order = np.concatenate([np.flatnonzero(ranked_d2 >= best), np.flatnonzero(ranked_d2 < best)[::-1]])
+    return ranked[order[:num_negatives]], ranked_d2[order[:num_negatives]]
+
+
+class _Rows:
+    """Accumulates tuple rows, the new negative memory and the statistics of one mining call."""
+
+    def __init__(self, count, num_positives, num_negatives, margin):
+        self.rows = np.full((count, 1 + num_positives + num_negatives), -1, np.int64)
+        self.new_cache = np.full((count, num_negatives), -1, np.int64)
+        self.num_positives, self.num_negatives, self.margin = num_positives, num_negatives, margin
+        self.violating, self.best_d2 = 0, []
+
+    def add(self, r, q, positives_ranked, best, ranked, ranked_d2, exclude_very_hard):
+        chosen, chosen_d2 = _choose_negatives(ranked, ranked_d2, best, self.num_negatives, exclude_very_hard)
+        self.rows[r, 0] = q
+        self.rows[r, 1 : 1 + len(positives_ranked)] = positives_ranked
+        self.rows[r, 1 + self.num_positives :] = chosen
+        self.new_cache[r] = ranked[: self.num_negatives]
+        self.violating += int(np.sum(chosen_d2 < best + self.margin))
+        self.best_d2.append(best)
+
+    def result(self):
+        stats = {
+            "violating_fraction": self.violating / max(1, len(self.rows) * self.num_negatives),
+            "mean_positive_d2": float(np.mean(self.best_d2)) if self.best_d2 else 0.0,
+        }
+        return self.rows, self.new_cache, stats
+
+
 def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_cache, rng, *,
                 num_positives=1, num_negatives=10, pool_size=1000, keep_factor=10, margin=0.1,
                 bad_db=None, exclude_very_hard=False):
@@ -103,43 +155,68 @@ def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_ca
     """
     num_db = len(db_desc)
     bad_db = np.zeros(0, np.int64) if bad_db is None else np.asarray(bad_db, np.int64)
-    rows = np.full((len(query_ids), 1 + num_positives + num_negatives), -1, np.int64)
-    new_cache = np.full((len(query_ids), num_negatives), -1, np.int64)
-    violating, best_d2 = 0, []
+    out = _Rows(len(query_ids), num_positives, num_negatives, margin)
     for r, (q, desc) in enumerate(zip(query_ids, query_desc)):
-        pos = np.setdiff1d(np.asarray(positives[q], np.int64), bad_db)
-        if len(pos) == 0:
-            raise ValueError(f"query {q} has no usable positive; drop it before mining.")
+        pos, candidates = _plan_query(q, positives, non_negatives, neg_cache, rng, num_db, pool_size,
+                                      num_negatives, bad_db)
         pos_d2 = _sq_dists(desc, db_desc[pos])
         order = np.argsort(pos_d2, kind="stable")[:num_positives]
-        best = float(pos_d2[order[0]])
-        excluded = np.union1d(np.asarray(non_negatives[q], np.int64), bad_db)
-        pool = sample_pool(rng, num_db, excluded, pool_size)
-        cached = neg_cache[q][neg_cache[q] >= 0]
-        cached = cached[~np.isin(cached, excluded)]
-        candidates = np.union1d(pool, cached)
-        if len(candidates) < num_negatives:
-            raise ValueError(
-                f"query {q} has only {len(candidates)} database images beyond the positive radius; "
-                f"num_negatives={num_negatives} are needed. Lower num_negatives or add database images."
-            )
         keep = len(candidates) if exclude_very_hard else keep_factor * num_negatives
         ranked, ranked_d2 = rank_negatives(desc, db_desc, candidates, keep)
-        chosen, chosen_d2 = ranked[:num_negatives], ranked_d2[:num_negatives]
-        if exclude_very_hard:
-            order_vh = np.concatenate([np.flatnonzero(ranked_d2 >= best), np.flatnonzero(ranked_d2 < best)[::-1]])
-            chosen, chosen_d2 = ranked[order_vh[:num_negatives]], ranked_d2[order_vh[:num_negatives]]
-        rows[r, 0] = q
-        rows[r, 1 : 1 + len(order)] = pos[order]
-        rows[r, 1 + num_positives :] = chosen
-        new_cache[r] = ranked[:num_negatives]
-        violating += int(np.sum(chosen_d2 < best + margin))
-        best_d2.append(best)
-    stats = {
-        "violating_fraction": violating / max(1, len(query_ids) * num_negatives),
-        "mean_positive_d2": float(np.mean(best_d2)) if best_d2 else 0.0,
-    }
-    return rows, new_cache, stats
+        out.add(r, q, pos[order], float(pos_d2[order[0]]), ranked, ranked_d2, exclude_very_hard)
+    return out.result()
+
+
+def mine_tuples_sharded(query_ids, query_desc, db_shard, db_lo, num_db, positives, non_negatives,
+                        neg_cache, rng, all_reduce_sum, *, num_positives=1, num_negatives=10,
+                        pool_size=1000, keep_factor=10, margin=0.1, bad_db=None, exclude_very_hard=False):
+    """`mine_tuples` when each worker holds only a block of the database descriptors.
+
+    Every worker calls this with the same queries, query descriptors, memory and `rng` state and its
+    own block `db_shard` = descriptors of db ids `db_lo .. db_lo + len(db_shard)`. The random pools
+    depend on `rng` only, so every worker draws the same candidates; each computes the squared
+    distances of the (query, positive) and (query, candidate) pairs whose db image it holds, and
+    `all_reduce_sum` (a sum over the workers of a float32 vector, zeros elsewhere: exact) completes
+    the table of Σ_q (|positives| + |candidates|) distances. Selection then runs on identical inputs,
+    so every worker mines identical rows. Compared with `mine_tuples` on the whole database, the
+    result is the same tuples and memory, except that candidates whose d² ties to the last bit may be
+    ordered differently (here: by (d², id); there: faiss's order).
+
+    Args:
+        query_ids, query_desc, positives, non_negatives, neg_cache, rng, and the keyword arguments:
+            as in `mine_tuples`.
+        db_shard: float32 `(n_w, d)` this worker's database descriptors.
+        db_lo: db id of the first row of `db_shard`.
+        num_db: database size of the split.
+        all_reduce_sum: callable, float32 array -> its sum over the workers.
+
+    Returns:
+        `(rows, new_cache, stats)` as `mine_tuples`.
+    """
+    bad_db = np.zeros(0, np.int64) if bad_db is None else np.asarray(bad_db, np.int64)
+    db_hi = db_lo + len(db_shard)
+    plans = [_plan_query(q, positives, non_negatives, neg_cache, rng, num_db, pool_size, num_negatives,
+                         bad_db) for q in query_ids]
+    sizes = np.array([len(ids) for plan in plans for ids in plan], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    partial = np.zeros(int(offsets[-1]), np.float32)
+    for i, (desc, plan) in enumerate(zip(query_desc, plans)):
+        for j, ids in enumerate(plan):
+            mine = np.flatnonzero((ids >= db_lo) & (ids < db_hi))
+            if len(mine):
+                start = offsets[2 * i + j]
+                partial[start + mine] = _sq_dists(desc, db_shard[ids[mine] - db_lo])
+    table = np.asarray(all_reduce_sum(partial), np.float32)
+    out = _Rows(len(query_ids), num_positives, num_negatives, margin)
+    for r, (q, (pos, candidates)) in enumerate(zip(query_ids, plans)):
+        pos_d2 = table[offsets[2 * r] : offsets[2 * r + 1]]
+        cand_d2 = table[offsets[2 * r + 1] : offsets[2 * r + 2]]
+        order = np.argsort(pos_d2, kind="stable")[:num_positives]
+        keep = len(candidates) if exclude_very_hard else keep_factor * num_negatives
+        ranking = np.lexsort((candidates, cand_d2))[:keep]
+        out.add(r, q, pos[order], float(pos_d2[order[0]]), candidates[ranking], cand_d2[ranking],
+                exclude_very_hard)
+    return out.result()
 
 
 class HardNegativeMiner:
@@ -155,6 +232,11 @@ class HardNegativeMiner:
         batch_size: images per batch when computing the cache.
         on_bad_image: "stop" (raise naming the file) or "skip" (drop the image everywhere).
         progress: tqdm bars while computing the cache.
+        group: optional `distributed.WorkerGroup` (multi-worker training). Then each worker
+            extracts only its block of the database and of the cycle's queries
+            (`distributed.shard_range`), the query descriptors and failed images are exchanged and
+            tuples are mined with `mine_tuples_sharded`: every worker gets the same rows, and no
+            worker holds the whole database cache. None (default): the whole cache in this process.
 
     Attributes:
         valid_queries: int64 ids of the queries that have at least one non-trivial positive.
@@ -164,8 +246,9 @@ class HardNegativeMiner:
 
     def __init__(self, split, root=None, image_size=None, num_positives=1, num_negatives=10,
                  pool_size=1000, keep_factor=10, margin=0.1, cache_refresh_queries=1000, seed=43,
-                 batch_size=8, on_bad_image="stop", progress=True, exclude_very_hard=False):
+                 batch_size=8, on_bad_image="stop", progress=True, exclude_very_hard=False, group=None):
         self.split = split
+        self.group = group
         self.root = split.root if root is None else root
         self.image_size = image_size
         self.num_positives = int(num_positives)
@@ -207,6 +290,7 @@ class HardNegativeMiner:
         self.bad_db = np.zeros(0, np.int64)
         self.bad_queries = np.zeros(0, np.int64)
         self.last_stats = {}
+        self.last_extracted = {}
 
     # ------------------------------------------------------------------ schedule
     def queries_for_cycle(self, cycle):
@@ -243,28 +327,100 @@ class HardNegativeMiner:
         self.bad_queries = np.union1d(self.bad_queries, np.asarray(query_ids)[bad_q])
         return q_desc, db_desc
 
+    def compute_shard_cache(self, model, query_ids):
+        """Multi-worker cache: this worker's block of the db, and every query descriptor of the cycle.
+
+        Each worker extracts db ids `shard_range(num_db, W, index)` and the same block of
+        `query_ids`; the query descriptors and the failed images are exchanged (all-reduce), so
+        `self.bad_db` / `self.bad_queries` are the same on every worker.
+
+        Returns `(q_desc (Q, d), db_shard (n_w, d), db_lo)`.
+        """
+        from tf_netvlad.distributed import shard_range
+
+        group = self.group
+        db_lo, db_hi = shard_range(self.split.num_db, group.num_workers, group.index)
+        q_lo, q_hi = shard_range(len(query_ids), group.num_workers, group.index)
+        db_shard, bad_db = self._extract_block(model, self.split.db_paths[db_lo:db_hi], "database")
+        q_block, bad_q = self._extract_block(
+            model, [self.split.query_paths[i] for i in query_ids[q_lo:q_hi]], "query")
+        dim = int(model.output_shape[-1])
+        q_desc = np.zeros((len(query_ids), dim), np.float32)
+        q_desc[q_lo:q_hi] = q_block
+        flags = np.zeros(self.split.num_db + len(query_ids), np.float32)
+        flags[db_lo + bad_db] = 1
+        flags[self.split.num_db + q_lo + bad_q] = 1
+        q_desc[q_lo + bad_q] = 0  # NaN rows of failed images would poison the sum
+        exchanged = group.all_reduce_sum(np.concatenate([q_desc.ravel(), flags]))
+        q_desc = exchanged[: q_desc.size].reshape(q_desc.shape)
+        flags = exchanged[q_desc.size :]
+        bad_db = np.flatnonzero(flags[: self.split.num_db])
+        bad_queries = query_ids[np.flatnonzero(flags[self.split.num_db :])]
+        self._raise_if_stop(bad_db, bad_queries)
+        self.bad_db = np.union1d(self.bad_db, bad_db)
+        self.bad_queries = np.union1d(self.bad_queries, bad_queries)
+        self.last_extracted = {"database": db_hi - db_lo, "queries": q_hi - q_lo}
+        return q_desc, db_shard, db_lo
+
+    def _extract_block(self, model, paths, what):
+        """Like `_extract`, but failures are always collected (never raised here): a worker must not
+        leave the exchange that the others wait in. "stop" raises after the exchange, on every worker."""
+        from tf_netvlad import extract
+
+        if len(paths) == 0:
+            return np.zeros((0, int(model.output_shape[-1])), np.float32), np.zeros(0, np.int64)
+        desc, skipped = extract.extract_descriptors(model, paths, root=self.root, image_size=self.image_size,
+                                                    batch_size=self.batch_size, progress=self.progress,
+                                                    on_error="skip")
+        if len(skipped) and self.on_bad_image == "skip":
+            logger.warning("Mining: skipped %d %s images that could not be loaded.", len(skipped), what)
+        return desc, skipped
+
+    def _raise_if_stop(self, bad_db, bad_queries):
+        from tf_netvlad import data
+
+        if self.on_bad_image != "stop" or not (len(bad_db) or len(bad_queries)):
+            return
+        paths = [self.split.db_paths[i] for i in bad_db] + [self.split.query_paths[i] for i in bad_queries]
+        full = data.resolve_paths(paths[:1], self.root)[0]
+        raise data.ImageReadError(
+            f"{len(paths)} training image(s) could not be loaded while computing the mining cache, "
+            f"first: '{full}' ({data.diagnose_image(full)}). Fix or remove the file, or train with "
+            "on_bad_image='skip'.", path=full)
+
     def mine(self, model, cycle):
         """Refreshes the cache with `model` and mines the tuples of `cycle`; updates the memory.
 
         Returns int64 rows `(n, 1 + P + N)` for `TuplePipeline.assign` (queries whose image or whose
-        every positive failed to load are left out in "skip" mode).
+        every positive failed to load are left out in "skip" mode). With a `group`, every worker
+        computes a part of the cache and all return the same rows.
         """
         query_ids = self.queries_for_cycle(cycle)
-        q_desc, db_desc = self.compute_cache(model, query_ids)
+        if self.group is None:
+            q_desc, db_desc = self.compute_cache(model, query_ids)
+            self.last_extracted = {"database": len(db_desc), "queries": len(query_ids)}
+        else:
+            q_desc, db_shard, db_lo = self.compute_shard_cache(model, query_ids)
         keep = ~np.isin(query_ids, self.bad_queries)
         if len(self.bad_db):
             keep &= np.array([len(np.setdiff1d(self.positives[q], self.bad_db)) > 0 for q in query_ids])
         if not keep.any():
             raise ValueError(f"Cycle {cycle}: no training query with loadable images is left.")
         rng = np.random.default_rng([self.seed, int(cycle), 1])
-        rows, new_cache, stats = mine_tuples(
-            query_ids[keep], q_desc[keep], db_desc, self.positives, self.non_negatives,
-            self.neg_cache, rng, num_positives=self.num_positives, num_negatives=self.num_negatives,
-            pool_size=self.pool_size, keep_factor=self.keep_factor, margin=self.margin,
-            bad_db=self.bad_db, exclude_very_hard=self.exclude_very_hard,
-        )
+        options = dict(num_positives=self.num_positives, num_negatives=self.num_negatives,
+                       pool_size=self.pool_size, keep_factor=self.keep_factor, margin=self.margin,
+                       bad_db=self.bad_db, exclude_very_hard=self.exclude_very_hard)
+        if self.group is None:
+            rows, new_cache, stats = mine_tuples(query_ids[keep], q_desc[keep], db_desc, self.positives,
+                                                 self.non_negatives, self.neg_cache, rng, **options)
+        else:
+            rows, new_cache, stats = mine_tuples_sharded(
+                query_ids[keep], q_desc[keep], db_shard, db_lo, self.split.num_db, self.positives,
+                self.non_negatives, self.neg_cache, rng, self.group.all_reduce_sum, **options)
         self.neg_cache[query_ids[keep]] = new_cache
-        stats.update(cycle=int(cycle), num_tuples=int(len(rows)))
+        stats.update(cycle=int(cycle), num_tuples=int(len(rows)),
+                     extracted_db_images=int(self.last_extracted["database"]),
+                     extracted_query_images=int(self.last_extracted["queries"]))
         self.last_stats = stats
         logger.info("Mined cycle %d: %s", cycle, stats)
         return rows
