@@ -157,15 +157,17 @@ class TuplePipeline:
             "negatives": tf.stack(negatives),
         }
 
-    def _sentinel(self):
+    def _zeros_element(self):
         height, width = self.image_size
-        element = {
+        return {
             "query": tf.zeros([height, width, 3]),
             "positives": tf.zeros([self.num_positives, height, width, 3]),
             "positive_mask": tf.zeros([self.num_positives]),
             "negatives": tf.zeros([self.num_negatives, height, width, 3]),
         }
-        return tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), element))
+
+    def _sentinel(self):
+        return tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), self._zeros_element()))
 
     def _row_paths_message(self, index):
         row = self.table[index]
@@ -215,6 +217,69 @@ class TuplePipeline:
         ds = ds.scan(tf.constant(-1, tf.int64), check)
         ds = ds.filter(not_sentinel).map(drop_index)
         return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def replica_dataset(self, input_context):
+        """This worker's input for `strategy.distribute_datasets_from_function` (multi-worker).
+
+        Global batch g holds rows `start_row + g·batch_size ...` (as `dataset()`); replica j of the
+        `R = input_context.num_replicas_in_sync` replicas trains rows `j·S .. (j+1)·S` of it with
+        `S = ceil(batch_size / R)` (`distributed.replica_slices`). This worker (input pipeline w of
+        W, replicas `w·R/W ..`) reads only the images of its replicas' rows and yields one batch of
+        exactly S tuples per local replica and global batch, so every replica runs the same number of
+        steps with the same shapes. Rows a replica lacks (short last batch, or `batch_size` not a
+        multiple of R) are padding: black images with `positive_mask` 0, which add nothing to the
+        loss, its normalisers or the metrics. A tuple whose image fails to load is such a padding
+        row in "skip" mode (counted in `skipped`; the batch keeps its other rows) and fails with the
+        `TUPLE_IMAGE_ERROR` message in "stop" mode.
+        """
+        replicas = int(input_context.num_replicas_in_sync)
+        workers = int(input_context.num_input_pipelines)
+        worker = int(input_context.input_pipeline_id)
+        local = replicas // workers
+        per_replica = -(-self.batch_size // replicas)
+        per_batch = local * per_replica  # slots this worker fills per global batch
+        capacity = -(-self.num_rows // self.batch_size) * per_batch
+
+        def slot_row(i):
+            batch, rest = i // per_batch, i % per_batch
+            offset = (worker * local + rest // per_replica) * per_replica + rest % per_replica
+            row = self.start_row + batch * self.batch_size + offset
+            valid = tf.logical_and(offset < self.batch_size, row < self.end_row)
+            return batch, tf.where(valid, row, tf.constant(-1, tf.int64))
+
+        def in_epoch(batch, row):
+            return batch * self.batch_size < self.end_row - self.start_row
+
+        def load_slot(batch, row):
+            loaded = tf.data.Dataset.from_tensors(row).filter(lambda r: r >= 0).map(self._load_row)
+            fallback = tf.data.Dataset.from_tensors(row).map(self._padding_row)
+            return loaded.ignore_errors().concatenate(fallback).take(1)
+
+        def check(index, tuple_):
+            failed = index < -1  # a fallback for a real row: its image failed
+            if self.on_bad_image == "stop":
+                row = -index - 2
+                message = tf.strings.join([
+                    f"{ERROR_MARKER} row=", tf.strings.as_string(row),
+                    ": an image of this training tuple could not be read or decoded. Files of the "
+                    "tuple: '", self._row_paths_message(tf.clip_by_value(row, 0, self.num_rows - 1)),
+                    "'. Fix or remove the file, or train with on_bad_image='skip'.",
+                ])
+                with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(failed), [message])]):
+                    return tf.nest.map_structure(tf.identity, tuple_)
+            with tf.control_dependencies([self.skipped_var.assign_add(tf.cast(failed, tf.int64))]):
+                return tf.nest.map_structure(tf.identity, tuple_)
+
+        ds = tf.data.Dataset.range(capacity).map(slot_row).filter(in_epoch)
+        ds = ds.interleave(load_slot, cycle_length=max(2, per_batch), block_length=1,
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(check)
+        return ds.batch(per_replica).prefetch(tf.data.AUTOTUNE)
+
+    def _padding_row(self, row):
+        """A tuple that trains nothing (all positives masked); index -1 for padding, -2 - row for a
+        real row whose images failed."""
+        return tf.where(row < 0, tf.constant(-1, tf.int64), -row - 2), self._zeros_element()
 
     def describe_failure(self, error):
         """For a "stop" failure: a message naming the broken file(s) of the tuple (or None)."""
