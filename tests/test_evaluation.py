@@ -505,3 +505,20 @@ def test_evaluate_with_float16_memmap_descriptors(tmp_path, rng, colour_split):
     with pytest.raises(ValueError, match="'float32' or 'float16'. Received: 'float64'"):
         evaluation.evaluate(_mean_colour_model(), colour_split, descriptor_dtype="float64",
                             progress=False)
+
+
+def test_evaluate_tokyotm_drops_same_timestamp_images(colour_split):
+    import dataclasses
+
+    # q0 was taken at the same time as db0 (its rank-1 answer), so TokyoTM drops db0 for q0: q0
+    # loses its only positive and is excluded. The others keep their rank-1 answers.
+    timed = dataclasses.replace(colour_split, name="tokyoTM_val", db_timestamps=np.arange(6),
+                                query_timestamps=[0, 10, 11, 12, 13, 14, 15])
+    results, ids = evaluation.evaluate(_mean_colour_model(), timed, ns=(1, 5), progress=False,
+                                       return_ids=True)
+    assert results["protocol"] == "tokyotm" and 0 not in ids[0]
+    assert results["num_queries_without_positives"] == 2  # q0 and the far-away q6
+    assert results["recall@1"] == pytest.approx(4 / 5)  # q1..q4 right, q5 wrong
+    plain = evaluation.evaluate(_mean_colour_model(), timed, ns=(1, 5), progress=False,
+                                protocol="pitts")
+    assert plain["recall@1"] == pytest.approx(5 / 6) and plain["num_queries_without_positives"] == 1
