@@ -43,18 +43,6 @@ def test_init_then_evaluate_then_whiten(tiny_demo, tmp_path, capsys):
     assert 0.0 <= results["recall@1"] <= results["recall@5"] <= 1.0
     assert f"{100 * results['recall@1']:.2f}%" in printed
     assert out_png.stat().st_size > 1000
-    # An unreadable query is reported and skipped; the others are still localised; exit 1.
-    missing = str(tmp_path / "missing.jpg")
-    assert cli.main(["localize", "--index", str(index_dir), "--model", str(model_path), queries[0],
-                     missing, "--json", str(out_json)]) == 1
-    captured = capsys.readouterr()
-    assert f"{missing}: not localised, file does not exist" in captured.out
-    assert "1 of 2 query images could not be read" in captured.err
-    results = json.loads(out_json.read_text())
-    assert results[0]["top"][0]["path"].endswith(split.db_paths[0]) and results[1]["top"] == []
-    assert cli.main(["localize", "--index", str(index_dir), "--model", str(model_path), missing,
-                     "--strict"]) == 2
-    assert "missing.jpg" in capsys.readouterr().err
 
     whitened = tmp_path / "white.keras"
     assert cli.main(["fit-whitening", "--dataset", test_mat, "--model", str(model_path), "--dim", "16",
@@ -149,6 +137,18 @@ def test_index_then_localize_database_images(tiny_demo, tmp_path, capsys):
         assert result["top"][0]["path"].endswith(split.db_paths[i])
         np.testing.assert_allclose(result["estimated_position"], split.db_utm[i], atol=25)
     assert out_png.stat().st_size > 1000
+    # An unreadable query is reported and skipped; the others are still localised; exit 1.
+    missing = str(tmp_path / "missing.jpg")
+    assert cli.main(["localize", "--index", str(index_dir), "--model", str(model_path), queries[0],
+                     missing, "--json", str(out_json)]) == 1
+    captured = capsys.readouterr()
+    assert f"{missing}: not localised, file does not exist" in captured.out
+    assert "1 of 2 query images could not be read" in captured.err
+    results = json.loads(out_json.read_text())
+    assert results[0]["top"][0]["path"].endswith(split.db_paths[0]) and results[1]["top"] == []
+    assert cli.main(["localize", "--index", str(index_dir), "--model", str(model_path), missing,
+                     "--strict"]) == 2
+    assert "missing.jpg" in capsys.readouterr().err
 
 
 def _run_quiet_import(tmp_path, module_body):

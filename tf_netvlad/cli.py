@@ -189,8 +189,8 @@ def cmd_localize(args):
         print(f"plot: {args.plot}")
     failed = sum("error" in r for r in results)
     if failed:
-        log.error("%d of %d query images could not be read and were not localised (see above).",
-                  failed, len(results))
+        print(f"tf_netvlad localize: {failed} of {len(results)} query images could not be read "
+              "and were not localised (see above).", file=sys.stderr)
         return 1
     return 0
 
