@@ -522,3 +522,28 @@ def test_evaluate_tokyotm_drops_same_timestamp_images(colour_split):
     plain = evaluation.evaluate(_mean_colour_model(), timed, ns=(1, 5), progress=False,
                                 protocol="pitts")
     assert plain["recall@1"] == pytest.approx(5 / 6) and plain["num_queries_without_positives"] == 1
+
+
+def test_evaluate_skips_unreadable_images_and_keeps_the_protocol(tmp_path, rng):
+    from tf_netvlad import data
+
+    split = write_tokyo247_split(tmp_path, rng)
+    (tmp_path / "db" / "p2_05.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # db id 29
+    os.remove(tmp_path / "q" / "4.jpg")  # the sunset query whose answer was 2nd
+    with pytest.raises(data.ImageReadError, match="p2_05.png"):
+        evaluation.evaluate(_mean_colour_model(), split, ns=(1, 2), progress=False)
+    results, ids = evaluation.evaluate(_mean_colour_model(), split, ns=(1, 2), progress=False,
+                                       return_ids=True, on_error="skip")
+    assert (results["num_db_unreadable"], results["num_queries_unreadable"]) == (1, 1)
+    assert [(u["kind"], u["path"]) for u in results["unreadable"]] == [
+        ("db", "db/p2_05.png"), ("query", "q/4.jpg")]
+    assert results["unreadable"][1]["reason"] == "file does not exist"
+    assert results["unreadable"][0]["reason"].startswith("cannot be decoded")
+    assert ids.shape == (6, 2) and (ids[4] == -1).all() and 29 not in ids
+    # q0..q3 right at rank 1, q5 has no positive: recall 1. The conditions keep the original
+    # query order: q1 is the one sunset query left.
+    assert results["num_queries"] == 5 and results["recall@1"] == 1.0
+    assert (results["num_queries/day"], results["num_queries/sunset"],
+            results["num_queries/night"]) == (2, 1, 2)
+    assert results["recall@1/sunset"] == 1.0
+    assert "unreadable images left out: 1 db, 1 queries" in evaluation.format_recall_table(results)

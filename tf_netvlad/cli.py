@@ -102,8 +102,12 @@ def cmd_evaluate(args):
                           else _image_size(args.query_image_size)),
         approx_train_size=args.approx_train_size, approx_nprobe=args.approx_nprobe,
         descriptor_dtype=args.descriptor_dtype, memmap_dir=args.memmap_dir,
+        on_error="raise" if args.strict else "skip",
     )
     print(evaluation.format_recall_table(results, labels=[results["model"]]))
+    for entry in results.get("unreadable", []):
+        print(f"unreadable {entry['kind']} image left out: {entry['path']} ({entry['reason']})",
+              file=sys.stderr)
     for flag, path in (("json", args.json), ("plot", args.plot), ("retrievals", args.retrievals)):
         if path:
             print(f"{flag}: {path}")
@@ -422,6 +426,8 @@ def build_parser(argv=None):
     p.add_argument("--memmap-dir", default=None,
                    help="keep the database descriptors in a temporary .npy memmap in this folder "
                         "(removed afterwards) instead of RAM")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at an unreadable image (default: leave it out, count and list it)")
 
     p = add("fit-whitening", cmd_fit_whitening,
             "Fit PCA-whitening on database descriptors and append it to a model.")

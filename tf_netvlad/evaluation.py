@@ -234,6 +234,31 @@ def evaluate_descriptors(
     return (results, ids) if return_ids else results
 
 
+def _extract(extract, model, paths, root, image_size, batch_size, progress, on_error, out):
+    """Descriptors and the int64 indices of unreadable images (always empty for "raise")."""
+    result = extract.extract_descriptors(model, paths, root=root, image_size=image_size,
+                                         batch_size=batch_size, progress=progress,
+                                         on_error=on_error, out=out)
+    if on_error == "raise":
+        return result, np.zeros(0, np.int64)
+    descriptors, skipped = result
+    if len(skipped) == len(paths):
+        raise ValueError(f"None of the {len(paths)} images could be read (first: {paths[0]!r}); "
+                         "check the image root (--root) and the files.")
+    if len(skipped):
+        logger.warning("Evaluation: %d of %d images could not be read and are left out (%s%s).",
+                       len(skipped), len(paths), paths[skipped[0]],
+                       ", ..." if len(skipped) > 1 else "")
+    return descriptors, skipped
+
+
+def _reason(path, root):
+    from tf_netvlad import data
+
+    full = data.resolve_paths([path], root)[0]
+    return data.diagnose_image(full) or "could not be read or decoded"
+
+
 def _approximate_recall(db_desc, query_desc, positives, ns, k, exclude, protocol, conditions,
                         factory, train_size, nprobe, seed, chunk_size):
     index, info = ranking.approximate_index(db_desc, factory, train_size, nprobe, seed, chunk_size)
@@ -276,6 +301,7 @@ def evaluate(
     model, split, root=None, image_size=None, ns=DEFAULT_RECALL_NS, batch_size=8, progress=True,
     return_ids=False, protocol="auto", query_image_size="auto", approximate=None,
     approx_train_size=None, approx_nprobe=None, descriptor_dtype="float32", memmap_dir=None,
+    on_error="raise",
 ):
     """Extracts database and query descriptors with `model` and computes recall@N on `split`.
 
@@ -297,10 +323,15 @@ def evaluate(
         descriptor_dtype: "float32" (default) or "float16" (half the memory) for the database
             descriptors; memmap_dir: if set, they are written to a temporary `.npy` memmap there
             (removed afterwards) instead of RAM. Queries stay float32 in RAM.
+        on_error: "raise" stops with `data.ImageReadError` naming the first unreadable image;
+            "skip" evaluates without it: an unreadable database image is removed from every
+            ranking and positive list, an unreadable query is left out of recall (its `ids` row
+            is all -1). Both are counted (`num_db_unreadable`, `num_queries_unreadable`) and
+            listed with the reason (`unreadable`).
 
     Returns:
         `evaluate_descriptors`' dict plus `split`, `image_size` and `query_image_size` (or
-        `(results, ids)` with `return_ids=True`).
+        `(results, ids)` with `return_ids=True`). `num_queries` counts the evaluated queries.
     """
     import contextlib
 
@@ -314,23 +345,38 @@ def evaluate(
     exclude = split.same_timestamp_db() if protocol == "tokyotm" else None
     if protocol == "tokyo247":
         protocols.check_panorama_layout(len(split.db_paths))
+    data.check_on_error(on_error)
     with contextlib.ExitStack() as stack:
         out = _descriptor_buffer(model, len(split.db_paths), descriptor_dtype, memmap_dir, stack,
                                  "db_descriptors")
-        db_desc = extract.extract_descriptors(
-            model, split.db_paths, root=root, image_size=image_size, batch_size=batch_size,
-            progress=progress, out=out,
-        )
-        query_desc = extract.extract_descriptors(
-            model, split.query_paths, root=root, image_size=query_size, batch_size=batch_size,
-            progress=progress,
-        )
-        results, ids = evaluate_descriptors(
-            db_desc, query_desc, positives, ns, return_ids=True, exclude=exclude,
-            protocol=protocol, approximate=approximate, approx_train_size=approx_train_size,
+        db_desc, bad_db = _extract(extract, model, split.db_paths, root, image_size, batch_size,
+                                   progress, on_error, out)
+        query_desc, bad_q = _extract(extract, model, split.query_paths, root, query_size,
+                                     batch_size, progress, on_error, None)
+        db_desc[bad_db] = 0  # never ranked: excluded for every query below
+        keep = np.setdiff1d(np.arange(len(query_desc)), bad_q)
+        conditions = None
+        if protocol == "tokyo247" and len(bad_q):  # conditions follow the original query order
+            conditions = protocols.tokyo247_conditions(len(query_desc))[keep]
+        if len(bad_db):
+            exclude = [np.union1d(e, bad_db) for e in exclude] if exclude is not None \
+                else [bad_db] * len(query_desc)
+        results, kept_ids = evaluate_descriptors(
+            db_desc, query_desc[keep], [positives[q] for q in keep], ns, return_ids=True,
+            exclude=None if exclude is None else [exclude[q] for q in keep], protocol=protocol,
+            conditions=conditions, approximate=approximate, approx_train_size=approx_train_size,
             approx_nprobe=approx_nprobe,
         )
         del db_desc, out
+    ids = np.full((len(query_desc), kept_ids.shape[1]), -1, np.int64)
+    ids[keep] = kept_ids
+    results.update(num_db_unreadable=int(len(bad_db)), num_queries_unreadable=int(len(bad_q)))
+    if on_error == "skip":
+        results["unreadable"] = (
+            [{"kind": "db", "path": split.db_paths[i], "reason": _reason(split.db_paths[i], root)}
+             for i in bad_db]
+            + [{"kind": "query", "path": split.query_paths[q],
+                "reason": _reason(split.query_paths[q], root)} for q in bad_q])
     results["split"] = str(getattr(split, "name", ""))
     results["image_size"] = data.format_image_size(image_size)
     results["query_image_size"] = data.format_image_size(query_size)

@@ -42,6 +42,9 @@ def _run_summary(label, run):
     excluded = run.get("num_queries_without_positives", 0)
     text = (f"{label}: {run['num_queries']} queries ({excluded} without positives, "
             f"excluded), {run.get('num_db', '?')} db images, dim {run.get('descriptor_dim', '?')}")
+    unreadable = (run.get("num_db_unreadable", 0), run.get("num_queries_unreadable", 0))
+    if any(unreadable):
+        text += f"; unreadable images left out: {unreadable[0]} db, {unreadable[1]} queries"
     if run.get("protocol", "pitts") != "pitts":
         text += f", protocol {run['protocol']}"
     if "approx_index" in run:

@@ -57,7 +57,8 @@ def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size
     """recall@N of `model` on `split`.
 
     `protocol_options` go to `evaluation.evaluate` (`protocol`, `query_image_size`,
-    `approximate`, `approx_train_size`, `approx_nprobe`, `descriptor_dtype`, `memmap_dir`).
+    `approximate`, `approx_train_size`, `approx_nprobe`, `descriptor_dtype`, `memmap_dir`,
+    `on_error`).
     Optionally writes the results as JSON, a recall@N curve PNG, and a PNG grid of the first
     `num_examples` queries with their top `top_k` retrieved images (green: within the positive
     radius, red: not; after panorama NMS for Tokyo 24/7).
@@ -78,8 +79,8 @@ def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size
         plots.plot_recall_curve(results, plot_path, labels=[results["model"]])
     if retrievals_path:
         positives = split.positives()
-        shown = range(min(num_examples, split.num_queries))
-        top = ids[: len(shown), :top_k]
+        shown = np.flatnonzero((ids >= 0).any(axis=1))[:num_examples]  # skips unreadable queries
+        top = ids[shown, :top_k]
         top = top[:, : int(np.argmin(np.append((top >= 0).all(axis=0), False)))]  # no -1 slots
         plots.plot_retrievals(
             [split.query_paths[q] for q in shown],
