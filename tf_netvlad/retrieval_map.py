@@ -26,8 +26,9 @@ taken over the others.
 
 Truncated rankings: `ranked_ids` may hold only the top K < num_db ids per query. Positives beyond K
 then count as **not retrieved**: they add nothing to the sum but still count in n, so AP is a lower
-bound of the full-ranking AP (equal to it when every positive is within the top K). The default
-ranks the whole database (`rank_database`), as the reference does.
+bound of the full-ranking AP (equal to it when every positive is within the top K). For mP@k they
+lie past the end (k' = k), so mP@k equals the full ranking's whenever the top K holds at least k
+non-junk images. The default ranks the whole database (`rank_database`), as the reference does.
 
 An id in both a query's positive and junk lists counts as a positive.
 
@@ -348,10 +349,11 @@ def _chunk_metrics(ranked, labels, num_positives, ks):
     rank = np.cumsum(lab != 2, axis=1, dtype=np.int64) - 1  # 0-based rank after junk removal
     j = np.cumsum(pos, axis=1, dtype=np.int64) - 1  # index of a positive among the positives
     p0 = np.where(rank > 0, j / np.maximum(rank, 1), 1.0)
-    p1 = (j + 1) / (rank + 1)
+    p1 = (j + 1) / np.maximum(rank + 1, 1)  # rank is -1 only at junk before any kept image
     ap = np.where(pos, p0 + p1, 0.0).sum(axis=1) / (2.0 * np.maximum(num_positives, 1))
     position = np.where(pos, rank + 1, 0)
-    last = position.max(axis=1)
+    # A positive missing from a truncated ranking lies beyond its end: k' = k, as in the full one.
+    last = np.where(pos.sum(axis=1) < num_positives, np.iinfo(np.int64).max, position.max(axis=1))
     precision = np.zeros((len(ranked), len(ks)))
     for col, k in enumerate(ks):
         kq = np.minimum(last, k)
