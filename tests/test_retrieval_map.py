@@ -189,7 +189,8 @@ def test_revisited_map_hand_computed():
     # q0 easy: junk {2, 3} removed -> [0, 6, 1, ...]: positives at 0 and 2 -> 0.791667.
     # q1 easy/medium: 4 first -> 1.
     assert results["easy"]["mAP"] == pytest.approx((0.5 + (0.5 + 2 / 3) / 4 + 1) / 2)
-    # q0 medium: junk {3} removed -> [2, 0, 6, 1]: positives at 0, 1, 3 -> (1 + 1 + (2/3 + 3/4)/2)/3.
+    # q0 medium: junk {3} removed -> [2, 0, 6, 1]: positives at 0, 1, 3
+    # -> (1 + 1 + (2/3 + 3/4)/2) / 3.
     q0_medium = (1 + 1 + (2 / 3 + 3 / 4) / 2) / 3
     assert results["medium"]["mAP"] == pytest.approx((q0_medium + 1) / 2)
     # hard: q1 has no hard positive -> skipped; q0: junk {0, 1, 3} removed, 2 first -> 1.
@@ -246,7 +247,8 @@ def test_load_revisited_gnd_round_trip(tmp_path):
     assert gt.db_names == tuple(f"db{i}" for i in range(8)) and gt.query_names == ("db0", "db4")
     np.testing.assert_array_equal(gt.query_boxes, [[1, 2, 20, 24], [0, 0, 16, 16]])
     assert gt.image_paths("/x", ".jpg", "query") == ["/x/db0.jpg", "/x/db4.jpg"]
-    assert rm.load_ground_truth(tmp_path / "gnd_rtiny5k.pkl").protocols["hard"][0][0].tolist() == [2]
+    again = rm.load_ground_truth(tmp_path / "gnd_rtiny5k.pkl")
+    assert again.protocols["hard"][0][0].tolist() == [2]
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -264,6 +266,18 @@ def test_load_revisited_gnd_errors(tmp_path, edit, message):
     edit(cfg)
     with pytest.raises(ValueError, match=message):
         rm.load_revisited_gnd(_write_pickle(tmp_path / "gnd_bad.pkl", cfg))
+
+
+def test_ok_junk_pickle_gives_the_original_protocol(tmp_path):
+    cfg = _tiny_gnd()
+    cfg["gnd"] = [{"bbx": g["bbx"], "ok": g["easy"] + g["hard"], "junk": g["junk"]}
+                  for g in cfg["gnd"]]
+    gt = rm.load_revisited_gnd(_write_pickle(tmp_path / "gnd_tiny5k.pkl", cfg))
+    assert list(gt.protocols) == ["original"]
+    assert [p.tolist() for p in gt.lists("original")[0]] == [[0, 1, 2], [4]]
+    del cfg["gnd"][1]["ok"]
+    with pytest.raises(ValueError, match=r"gnd\[1\] lacks the key\(s\) \['ok'\]"):
+        rm.ground_truth_from_revisited(cfg)
 
 
 def test_load_revisited_gnd_wrong_file(tmp_path):

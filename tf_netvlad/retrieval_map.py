@@ -15,7 +15,8 @@ AP (`average_precision`, `compute_map`): junk images are removed from the rankin
 and do not take a rank); with r_j the 0-based rank of the j-th retrieved positive (j = 0, 1, ...)
 after that removal and n the number of positives,
 
-    AP = (1 / n) * sum_j (P0_j + P1_j) / 2,   P0_j = j / r_j (1 if r_j = 0),   P1_j = (j + 1) / (r_j + 1)
+    AP = (1 / n) * sum_j (P0_j + P1_j) / 2,
+    P0_j = j / r_j (precision before the positive; 1 if r_j = 0),  P1_j = (j + 1) / (r_j + 1),
 
 the trapezoid rule over the precision-recall curve of the Oxford `compute_ap` (also MATLAB
 `compute_map.m` and cirtorch/revisitop `compute_ap`). mP@k follows revisitop's `compute_map`: with
@@ -50,7 +51,7 @@ DEFAULT_KS = (1, 5, 10)
 REVISITED_PROTOCOLS = ("easy", "medium", "hard")
 ORIGINAL_PROTOCOL = "original"
 QUERY_RESIZE_CHOICES = ("crop", "image")
-_WORK_ELEMENTS = 4 * 2**20  # elements of the per-chunk (queries x ranked) work arrays
+_WORK_ELEMENTS = 2**20  # elements of the per-chunk (queries x ranked) work arrays
 _SCORE_BYTES = 256 * 2**20  # float32 scores + int32 order per query chunk in rank_database
 _DB_BLOCK_BYTES = 64 * 2**20  # float32 database rows converted at a time in rank_database
 
@@ -58,7 +59,7 @@ _DB_BLOCK_BYTES = 64 * 2**20  # float32 database rows converted at a time in ran
 # --------------------------------------------------------------------------- ground truth
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RetrievalGroundTruth:
     """Database and query image names, query boxes and per-protocol positive/junk ids.
 
@@ -109,7 +110,8 @@ def _index_array(values, num_db, where):
         np.issubdtype(array.dtype, np.integer)
         or (np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)))
     ):
-        raise ValueError(f"{where} must be a 1-D list of integer database ids. Received: {values!r}")
+        raise ValueError(f"{where} must be a 1-D list of integer database ids. "
+                         f"Received: {values!r}")
     array = array.astype(np.int64)
     bad = array[(array < 0) | (array >= num_db)]
     if len(bad):
@@ -140,7 +142,11 @@ def revisited_lists(easy, hard, junk):
 
 
 def ground_truth_from_revisited(cfg, name="revisited"):
-    """Validates a revisited ground-truth dict (`imlist`, `qimlist`, `gnd`) and converts it."""
+    """Validates a ground-truth dict (`imlist`, `qimlist`, `gnd`) and converts it.
+
+    Entries of `gnd` with "easy", "hard", "junk" give the three revisited protocols; entries with
+    "ok" and "junk" (cirtorch's `gnd_oxford5k.pkl` / `gnd_paris6k.pkl`) give "original".
+    """
     if not isinstance(cfg, dict) or not {"imlist", "qimlist", "gnd"} <= set(cfg):
         keys = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
         raise ValueError(
@@ -154,17 +160,20 @@ def ground_truth_from_revisited(cfg, name="revisited"):
         raise ValueError(
             f"{name}: 'gnd' has {len(gnd)} entries for {len(query_names)} query names in 'qimlist'."
         )
-    boxes, per_protocol = [], {p: ([], []) for p in REVISITED_PROTOCOLS}
+    original = bool(gnd) and isinstance(gnd[0], dict) and "ok" in gnd[0] and "easy" not in gnd[0]
+    kinds = ("ok", "junk") if original else ("easy", "hard", "junk")
+    names = (ORIGINAL_PROTOCOL,) if original else REVISITED_PROTOCOLS
+    boxes, per_protocol = [], {p: ([], []) for p in names}
     for q, entry in enumerate(gnd):
-        missing = [k for k in ("bbx", "easy", "hard", "junk") if not isinstance(entry, dict)
-                   or k not in entry]
+        missing = [k for k in ("bbx",) + kinds if not isinstance(entry, dict) or k not in entry]
         if missing:
-            raise ValueError(f"{name}: gnd[{q}] lacks the key(s) {missing} (needs 'bbx', 'easy', "
-                             "'hard', 'junk').")
+            raise ValueError(f"{name}: gnd[{q}] lacks the key(s) {missing} (needs 'bbx', "
+                             f"{', '.join(repr(k) for k in kinds)}).")
         boxes.append(_check_box(entry["bbx"], f"{name}: gnd[{q}]['bbx']"))
-        ids = {k: _index_array(entry[k], len(db_names), f"{name}: gnd[{q}][{k!r}]")
-               for k in ("easy", "hard", "junk")}
-        for protocol, (pos, junk) in revisited_lists(ids["easy"], ids["hard"], ids["junk"]).items():
+        ids = {k: _index_array(entry[k], len(db_names), f"{name}: gnd[{q}][{k!r}]") for k in kinds}
+        lists = ({ORIGINAL_PROTOCOL: (ids["ok"], ids["junk"])} if original
+                 else revisited_lists(ids["easy"], ids["hard"], ids["junk"]))
+        for protocol, (pos, junk) in lists.items():
             per_protocol[protocol][0].append(pos)
             per_protocol[protocol][1].append(junk)
     protocols = {p: (tuple(pos), tuple(junk)) for p, (pos, junk) in per_protocol.items()}
@@ -173,7 +182,7 @@ def ground_truth_from_revisited(cfg, name="revisited"):
 
 
 def load_revisited_gnd(path):
-    """Loads `gnd_roxford5k.pkl` / `gnd_rparis6k.pkl` into a `RetrievalGroundTruth`.
+    """Loads `gnd_roxford5k.pkl` / `gnd_rparis6k.pkl` (or cirtorch's `gnd_oxford5k.pkl`).
 
     The file is a pickle: load only files from a trusted source. The name is taken from the file
     name without the "gnd_" prefix ("roxford5k").
@@ -213,9 +222,10 @@ def _list_images(images_dir, ext):
 
 
 def _parse_query_file(path):
-    fields = _read_names(path)[0].split() if _read_names(path) else []
+    lines = _read_names(path)
+    fields = lines[0].split() if len(lines) == 1 else []
     if len(fields) != 5:
-        raise ValueError(f"{path!r} must hold one line 'image x1 y1 x2 y2'. Received: {fields}")
+        raise ValueError(f"{path!r} must hold one line 'image x1 y1 x2 y2'. Received: {lines}")
     image = fields[0][5:] if fields[0].startswith("oxc1_") else fields[0]
     try:
         box = [float(v) for v in fields[1:]]
@@ -260,7 +270,8 @@ def load_oxford_gt(gt_dir, images_dir=None, db_names=None, ext=".jpg", on_missin
             raise ValueError(f"Two database images share the file name {stem!r}: "
                              f"{db_names[by_stem[stem]]!r} and {name!r}.")
         by_stem[stem] = i
-    queries = sorted(f[: -len("_query.txt")] for f in os.listdir(gt_dir) if f.endswith("_query.txt"))
+    suffix = "_query.txt"
+    queries = sorted(f[: -len(suffix)] for f in os.listdir(gt_dir) if f.endswith(suffix))
     if not queries:
         raise ValueError(f"No '*_query.txt' file in {gt_dir!r}: not an Oxford/Paris gt folder.")
     dropped, positives, junk, query_names, boxes = [], [], [], [], []
