@@ -460,6 +460,19 @@ def test_query_crops_margin_and_resize_modes(tiny_dataset, model):
     whole = rm.extract_query_descriptors(model, gt, folder, crop_queries=False, progress=False)
     np.testing.assert_allclose(whole[1], crop[1], atol=1e-6)  # q1's box is the whole image
     assert np.abs(whole[0] - crop[0]).max() > 1e-3
+    # Max side 16: "crop" resizes the 24x26 crop to 15x16; "image" resizes the image to 16x16 and
+    # crops the halved box [1, 1.5, 13, 14.5] -> pixels x 1..12, y 2..14.
+    from tf_netvlad import data
+
+    small_crop = rm.extract_query_descriptors(model, gt, folder, image_size=16, progress=False)
+    pixels = np.asarray(Image.open(folder / "im0.jpg").convert("RGB").crop((2, 3, 26, 29)))
+    reference = data.resize_image(pixels, 16).numpy()
+    assert reference.shape == (16, 15, 3)
+    np.testing.assert_allclose(small_crop[0], _pil_descriptor(model, reference), atol=1e-5)
+    small_image = rm.extract_query_descriptors(model, gt, folder, image_size=16,
+                                               query_resize="image", progress=False)
+    whole_small = data.load_image(str(folder / "im0.jpg"), 16).numpy()[2:15, 1:13]
+    np.testing.assert_allclose(small_image[0], _pil_descriptor(model, whole_small), atol=1e-5)
     with pytest.raises(ValueError, match="query_resize"):
         rm.extract_query_descriptors(model, gt, folder, query_resize="stretch", progress=False)
 

@@ -508,8 +508,9 @@ def crop_box(box, height, width, margin=0.0):
 
     Each side moves out by `margin` pixels (MATLAB NetVLAD: half the receptive field of the last
     conv layer, e.g. 98 for VGG16 conv5_3 whose receptive field is 196 px; 0 = the tight box), is
-    rounded to the nearest pixel edge (`floor(v + 0.5)`, as PIL's `Image.crop` used by the
-    revisited code) and clipped to the image.
+    rounded to the nearest pixel edge with halves up (`floor(v + 0.5)`, as MATLAB's `round` in
+    `dbVGG.m`; PIL's `Image.crop` in the revisited code rounds halves to even) and is clipped to
+    the image. Pixel i covers [i, i + 1), so the window holds columns x0..x1-1.
     """
     x1, y1, x2, y2 = np.asarray(box, np.float64).ravel()
     x0, y0 = max(0, int(np.floor(x1 - margin + 0.5))), max(0, int(np.floor(y1 - margin + 0.5)))
@@ -553,6 +554,7 @@ def extract_query_descriptors(model, gt, images_dir, image_size=None, crop_queri
     being cropped. Consecutive crops of equal shape share a model call of up to `batch_size`.
     """
     import tensorflow as tf
+    from tqdm.auto import tqdm
 
     from tf_netvlad import data, extract
 
@@ -575,8 +577,6 @@ def extract_query_descriptors(model, gt, images_dir, image_size=None, crop_queri
             out = np.empty((len(paths), descriptors.shape[1]), np.float32)
         out[[p[0] for p in pending]] = descriptors
         pending.clear()
-
-    from tqdm.auto import tqdm
 
     for q in tqdm(range(len(paths)), desc="queries", unit="img", disable=not progress):
         box = gt.query_boxes[q] if crop_queries else None
