@@ -109,3 +109,139 @@ def test_replica_batches_bad_image_skip_masks_the_tuple_and_stop_names_the_file(
             with pytest.raises(tf.errors.InvalidArgumentError, match=f"{ERROR_MARKER} row=2") as info:
                 _replica_batches(pipe, 2, 1)
             assert "img6.png" in pipe.describe_failure(info.value)
+
+
+# --------------------------------------------------------------------------- two worker processes
+
+# Tiny recipe: 50 db / 25 queries (demo scale 0.01), 10 queries per cycle = global batches of 4, 4
+# and 2 tuples (the last one leaves worker 1's replica with padding only).
+RECIPE = dict(backbone="tiny", weights=None, trainable_from=None, num_clusters=8, image_size=(48, 64),
+              init_images=20, init_per_image=20, num_positives=2, num_negatives=4, negative_pool_size=20,
+              cache_refresh_queries=10, batch_size=4, optimizer="sgd", lr=0.05, momentum=0.9,
+              weight_decay=1e-3, checkpoint_every_steps=0, val_max_queries=None, deterministic=True)
+
+WORKER_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    multi = sys.argv[5] == "multi"
+    if multi:  # must exist before any other TensorFlow op
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    import keras
+    import numpy as np
+    from tf_netvlad.training import train
+
+    class SaveWeights(keras.callbacks.Callback):  # after every fit: the last file holds the final weights
+        def on_train_end(self, logs=None):
+            np.savez(sys.argv[3], *self.model.get_weights())
+
+    summary = train(sys.argv[1], out_dir=sys.argv[2], strategy=strategy if multi else None,
+                    callbacks=[SaveWeights()], resume=True, progress=False, verbose=0,
+                    epochs=int(sys.argv[4]), **{recipe})
+    print(json.dumps({{k: summary.get(k) for k in ("status", "worker", "iterations", "last_mining", "files")}}))
+""")
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _env(tf_config=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return env
+
+
+def _run_workers(script, split, out_dir, weights, epochs, timeout=300):
+    """Starts 2 workers on localhost; returns their parsed summaries. Kills both on any failure."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    procs = []
+    for index in range(2):
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", script, str(split), str(out_dir), str(weights[index]), str(epochs), "multi"],
+            env=_env(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs[len(outputs):]:
+            outputs.append(proc.communicate())
+    report = "\n".join(f"--- worker {i} (exit {p.returncode}) stderr:\n{err[-4000:]}"
+                       for i, (p, (_, err)) in enumerate(zip(procs, outputs)))
+    assert all(p.returncode == 0 for p in procs), report
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+
+
+def _weights(path):
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+@pytest.mark.slow
+def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, tmp_path):
+    """Two MultiWorkerMirroredStrategy workers (1 CPU replica each) train the real `train()` path:
+    k-means on the chief, sharded mining, per-replica input, and a resume, and end with identical
+    weights equal to a single-process run on the same global batch (batch 4 = 2 + 2 rows)."""
+    from tf_netvlad.model import load_model
+
+    script = WORKER_SCRIPT.format(recipe=repr(RECIPE))
+    split = tiny_demo["train_mat"]
+    # single process, no strategy, 2 cycles in one go
+    ref = subprocess.run([sys.executable, "-c", script, str(split), str(tmp_path / "single"),
+                          str(tmp_path / "single.npz"), "2", "single"],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+    ref_summary = json.loads(ref.stdout.strip().splitlines()[-1])
+    # two workers: 1 cycle, then resumed from the chief's checkpoint for the 2nd cycle
+    run = tmp_path / "multi"
+    weights = [tmp_path / "worker0.npz", tmp_path / "worker1.npz"]
+    first = _run_workers(script, split, run, weights, epochs=1)
+    assert [s["iterations"] for s in first] == [3, 3]
+    second = _run_workers(script, split, run, weights, epochs=2)
+    chief, other = second
+    assert chief["worker"] == {"index": 0, "num_workers": 2, "is_chief": True}
+    assert other["worker"]["index"] == 1 and other["files"] == {}  # worker 1 writes nothing
+    assert chief["iterations"] == other["iterations"] == ref_summary["iterations"] == 6
+    # (a) identical weights on both workers
+    w0, w1 = _weights(weights[0]), _weights(weights[1])
+    for a, b in zip(w0, w1):
+        np.testing.assert_array_equal(a, b)
+    # each worker extracted half of the database and of the cycle's 10 queries; the chief's
+    # checkpoint holds the same tuples and negative memory as the single-process run
+    assert chief["last_mining"]["extracted_db_images"] == other["last_mining"]["extracted_db_images"] == 25
+    assert chief["last_mining"]["extracted_query_images"] == 5
+    assert ref_summary["last_mining"]["extracted_db_images"] == 50
+    for name in ("rows", "neg_cache"):
+        np.testing.assert_array_equal(np.load(run / "last" / "mining.npz")[name],
+                                      np.load(tmp_path / "single" / "last" / "mining.npz")[name])
+    # (b) the single-process weights, up to float summation order: the gradient is the sum of two
+    # replica halves instead of one batch sum (relative rounding ~1e-7 per step, 6 steps)
+    single = _weights(tmp_path / "single.npz")
+    for a, b in zip(w0, single):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # (c) training changed the k-means-initialised weights (the chief's init.keras == single's)
+    init = load_model(run / "init.keras").get_weights()
+    for a, b in zip(init, load_model(tmp_path / "single" / "init.keras").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    changes = [np.abs(a - b).max() for a, b in zip(w0, init)]
+    assert max(changes) > 1e-3, changes
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())

@@ -97,11 +97,12 @@ class WorkerGroup:
 
     def all_reduce_sum(self, array):
         """The element-wise sum of `array` over the workers (same shape and dtype on every worker)."""
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)  # (not ascontiguousarray: it turns a 0-d array into 1-d)
         if array.dtype not in (np.float32, np.float64, np.int32, np.int64):
             raise TypeError(f"all_reduce_sum needs float32/64 or int32/64 arrays. Received: {array.dtype}")
-        result = self._reduce()(self._tf.convert_to_tensor(array))
-        return np.asarray(self.strategy.experimental_local_results(result)[0].numpy(), array.dtype)
+        result = self._reduce()(self._tf.convert_to_tensor(array.ravel()))  # one trace for all ranks
+        total = self.strategy.experimental_local_results(result)[0].numpy()
+        return np.asarray(total, array.dtype).reshape(array.shape)
 
     def broadcast(self, array):
         """The chief's `array` on every worker (bit-exact)."""

@@ -466,12 +466,29 @@ class MiningCallback(keras.callbacks.Callback):
         self.pipeline = pipeline
         self.skip_when = skip_when
         self._resume = None
+        self._prepared = None
         self.current_epoch = None
 
     def resume_rows(self, epoch, rows, start_row):
         self._resume = (int(epoch), np.asarray(rows, np.int64), int(start_row))
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._prepared == epoch:  # `prepare` already filled the table for this epoch
+            self._prepared = None
+            return
+        self._fill(epoch)
+
+    def prepare(self, epoch):
+        """Fills the table for `epoch` now (before `fit`; set the model with `set_model` first);
+        the next `on_epoch_begin(epoch)` then does nothing.
+
+        Under a `tf.distribute` strategy Keras reads a first batch when `fit` starts, before
+        `on_epoch_begin`, so the table must hold the epoch's rows by then.
+        """
+        self._fill(epoch)
+        self._prepared = epoch
+
+    def _fill(self, epoch):
         self.current_epoch = epoch
         if self._resume is not None and self._resume[0] == epoch:
             _, rows, start = self._resume

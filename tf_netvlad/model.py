@@ -214,7 +214,12 @@ class NetVLADModel(keras.Model):
             tf.math.divide_no_nan(total["negative_d2_sum"], total["num_negatives"]),
             sample_weight=total["num_negatives"],
         )
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras reduces step outputs across workers with MEAN over axis 0, which needs a batch
+            # axis; every replica holds the same global value, so the mean of [v] is v.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     def train_step(self, data):
         import tensorflow as tf
@@ -236,6 +241,18 @@ class NetVLADModel(keras.Model):
         with tf.control_dependencies([objective]):
             self.optimizer.apply(gradients, variables)
         return self._update_trackers(report, total)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy Keras' TF trainer reads a first batch at every `fit` and
+        # reduces it across replicas only to build unbuilt state; that reduction of our dict inputs
+        # fails under MultiWorkerMirroredStrategy. Nothing to build (train() builds the model and
+        # the optimizer): skip it, as Keras' `_symbolic_build` would do nothing either.
+        built = (all(layer.built for layer in self._flatten_layers())
+                 and (self.optimizer is None or self.optimizer.built)
+                 and getattr(self, "_compile_loss", None) is None
+                 and getattr(self, "_compile_metrics", None) is None)
+        if not built:
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def test_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -264,6 +281,14 @@ class NetVLADModel(keras.Model):
         config["backbone"] = keras.layers.deserialize(config["backbone"], custom_objects=custom_objects)
         config["preprocessing"] = keras.layers.deserialize(config["preprocessing"], custom_objects=custom_objects)
         return cls(**config)
+
+
+def _multi_worker(strategy):
+    """True under a MultiWorkerMirroredStrategy with more than one worker."""
+    import tensorflow as tf
+
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
 
 
 def build_model(backbone="tiny", weights=None, trainable_from="default", preprocessing=None,

@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_netvlad import data, evaluation, losses, mining, places, tuples
+from tf_netvlad import data, distributed, evaluation, losses, mining, places, tuples
 from tf_netvlad.initialization import initialize_netvlad
 from tf_netvlad.model import build_model, load_model
 from tf_netvlad.workflows import fit_whitening, save_model
@@ -252,9 +252,10 @@ class Checkpointer:
 class RunControl(keras.callbacks.Callback):
     """Counts steps, stops on a non-finite loss or when the time limit is over (after the step)."""
 
-    def __init__(self, deadline=None):
+    def __init__(self, deadline=None, group=None):
         super().__init__()
         self.deadline = deadline
+        self.group = group  # multi-worker: the workers agree on the time limit (any worker's clock)
         self.epoch = None
         self.step = 0
         self.start_step = 0  # steps already done in the resumed epoch
@@ -263,7 +264,10 @@ class RunControl(keras.callbacks.Callback):
         self.partial_epoch = False
 
     def time_over(self):
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        if self.deadline is None:
+            return False
+        over = time.monotonic() >= self.deadline
+        return over if self.group is None else self.group.any(over)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -328,9 +332,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     """`best.keras` by val recall@5 and the atomic `last` checkpoint (epoch ends and every k steps)."""
 
     def __init__(self, out_dir, checkpointer, miner, pipeline, control, fingerprint, every_steps,
-                 best=None, history=None):
+                 best=None, history=None, write=True):
         super().__init__()
         self.out_dir = Path(out_dir)
+        self.write = write  # False on the non-chief workers of a multi-worker run: they write nothing
         self.checkpointer, self.miner, self.pipeline = checkpointer, miner, pipeline
         self.control, self.fingerprint, self.every_steps = control, fingerprint, every_steps
         self.best = best  # {"epoch": e, "val_recall@1": ..., ...}
@@ -357,6 +362,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         }
 
     def save(self, epoch, step, complete):
+        if not self.write:
+            return
         mining_state = self.miner.state_dict()
         mining_state["rows"] = self.pipeline.rows
         state = self._state(epoch, step, complete)
@@ -379,7 +386,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.history.append(record)
         if "val_recall@5" in logs and (self.best is None or _selection_key(logs) > _selection_key(self.best)):
             self.best = record
-            save_model(self.model, self.out_dir / "best.keras")
+            if self.write:
+                save_model(self.model, self.out_dir / "best.keras")
             logger.info("New best model (epoch %d): val recall@5 = %.4f", epoch, logs["val_recall@5"])
         self.save(epoch, self.control.step, complete=not self.control.partial_epoch)
 
@@ -435,10 +443,35 @@ def _prepare_out_dir(out_dir, resume):
     return out_dir, checkpointer
 
 
+def _prepare_out_dir_multi(out_dir, resume, group):
+    """Multi-worker: the chief checks and creates `out_dir`; every worker gets the same verdict and
+    the same `resuming` decision (the others only read `out_dir`, to resume)."""
+    out_dir, checkpointer, problem = Path(out_dir), Checkpointer(out_dir), None
+    if group.is_chief:
+        try:
+            out_dir, checkpointer = _prepare_out_dir(out_dir, resume)
+        except FileExistsError as error:
+            problem = error
+    verdict = group.broadcast(np.array([problem is not None, resume and checkpointer.exists()], np.int64))
+    if verdict[0]:
+        raise problem or FileExistsError(
+            f"`out_dir` {str(out_dir)!r} already holds files (a previous run?), says the chief worker. "
+            "Pass resume=True to continue it, or choose a new out_dir.")
+    if verdict[1] and not checkpointer.exists():
+        raise FileNotFoundError(
+            f"The chief resumes from {checkpointer.last}, which this worker (index {group.index}) cannot "
+            "read: `out_dir` must be on a filesystem shared by all workers.")
+    return out_dir, checkpointer, bool(verdict[1])
+
+
+def _new_model(cfg):
+    return build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
+                       num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
+
+
 def _build_initial_model(cfg, model, train_split, root, out_dir, progress):
     if model is None:
-        model = build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
-                            num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
+        model = _new_model(cfg)
         paths = list(train_split.db_paths)
         if cfg.on_bad_image == "skip":  # sample the init images here and leave out unloadable ones
             rng = np.random.default_rng(cfg.seed)
@@ -460,7 +493,7 @@ def _build_initial_model(cfg, model, train_split, root, out_dir, progress):
 
 
 def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, model=None, config=None,
-          resume=False, verbose=1, progress=True, strategy=None, **overrides):
+          resume=False, verbose=1, progress=True, strategy=None, callbacks=None, **overrides):
     """Trains NetVLAD with the weakly supervised ranking loss and hard-negative mining.
 
     Args:
@@ -474,7 +507,15 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
         config: a `TrainConfig`; keyword `overrides` replace its fields (e.g. `epochs=5`).
         resume: continue from `out_dir/last` (fresh start when there is no checkpoint yet).
         verbose: Keras progress bar (0, 1 or 2). progress: tqdm bars for caching/evaluation.
-        strategy: optional `tf.distribute.Strategy` to build and train the model under.
+        strategy: optional `tf.distribute.Strategy` to build and train the model under. With a
+            `MultiWorkerMirroredStrategy` over W > 1 workers (run the same call on every worker;
+            docs/multi-worker.md): `batch_size` is the global batch, split over all replicas in
+            single-device order; each worker extracts only 1/W of the mining cache and loads only
+            its replicas' tuples; every worker mines the same tuples; the chief (worker 0) alone
+            runs the k-means initialisation (its weights are broadcast), evaluates the validation
+            split and writes `out_dir`; the other workers write nothing. `out_dir` and the images
+            must be readable by every worker (shared filesystem) for `resume`.
+        callbacks: optional extra Keras callbacks passed to every `fit` call (one per cycle).
 
     Returns:
         dict summary (also written to `out_dir/summary.json`): status ("completed",
@@ -491,14 +532,18 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
     val_split = _as_split(val_split, val_root, "val_split")
     root = train_split.root if root is None else root
     val_root = (val_split.root if val_root is None else val_root) if val_split is not None else None
-    out_dir, checkpointer = _prepare_out_dir(out_dir, resume)
+    group = distributed.worker_group(strategy)
+    if group is None:
+        out_dir, checkpointer = _prepare_out_dir(out_dir, resume)
+        resuming = resume and checkpointer.exists()
+    else:
+        out_dir, checkpointer, resuming = _prepare_out_dir_multi(out_dir, resume, group)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.random.set_global_generator(tf.random.Generator.from_seed(cfg.seed))
     fingerprint = {"config": {k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()},
                    "train_split": split_fingerprint(train_split)}
-    resuming = resume and checkpointer.exists()
     if resuming:
         saved = checkpointer.load_state()
         _check_resume(saved, cfg, fingerprint, checkpointer.last)
@@ -507,7 +552,7 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
         num_negatives=cfg.num_negatives, pool_size=cfg.negative_pool_size, keep_factor=cfg.keep_factor,
         margin=cfg.margin, cache_refresh_queries=cfg.cache_refresh_queries, seed=cfg.seed,
         batch_size=cfg.cache_batch_size, on_bad_image=cfg.on_bad_image, progress=progress,
-        exclude_very_hard=cfg.exclude_very_hard)
+        exclude_very_hard=cfg.exclude_very_hard, group=group)
     previous_policy = keras.config.dtype_policy()
     if cfg.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
@@ -517,13 +562,19 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
             init_stats = {}
             if resuming:
                 model = load_model(out_dir / "init.keras", compile=False)
-            else:
+            elif group is None or group.is_chief:
                 model, init_stats = _build_initial_model(cfg, model, train_split, root, out_dir, progress)
+            else:  # the chief's k-means initialisation (or given model) is broadcast below
+                model = _new_model(cfg) if model is None else model
+                init_stats = {"note": "weights broadcast from the chief (worker 0)"}
             model.compile(optimizer=_make_optimizer(cfg))
             model.set_training_options(loss_reduction=cfg.loss_reduction, weight_decay=cfg.weight_decay)
             model.optimizer.build(model.trainable_variables)
+        if group is not None:
+            group.broadcast_variables(model.weights)
         return _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer,
-                    fingerprint, resuming, init_stats, start_time, verbose, progress)
+                    fingerprint, resuming, init_stats, start_time, verbose, progress, group,
+                    list(callbacks or []))
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
@@ -547,18 +598,21 @@ class _null_scope:
 
 
 def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer, fingerprint,
-         resuming, init_stats, start_time, verbose, progress):
+         resuming, init_stats, start_time, verbose, progress, group=None, extra_callbacks=()):
     pipeline = tuples.TuplePipeline(
         train_split.query_paths, train_split.db_paths, root, cfg.image_size, num_rows=miner.cycle_size,
         num_positives=cfg.num_positives, num_negatives=cfg.num_negatives, batch_size=cfg.batch_size,
         on_bad_image=cfg.on_bad_image)
     deadline = None if cfg.time_limit_s is None else start_time + cfg.time_limit_s
-    control = RunControl(deadline)
-    val_eval = _val_subset(val_split, cfg.val_max_queries, cfg.seed)
+    control = RunControl(deadline, group)
+    chief = group is None or group.is_chief
+    val_eval = _val_subset(val_split, cfg.val_max_queries, cfg.seed) if chief else None
     initial_epoch, best, history, init_val = 0, None, [], None
     miner_cb = mining.MiningCallback(miner, pipeline, skip_when=control.time_over)
     if resuming:
         state, mining_state = checkpointer.restore(model)
+        if group is not None:  # all read the chief's checkpoint; make sure nobody read a stale one
+            group.broadcast_variables(model.weights + list(model.optimizer.variables))
         miner.load_state_dict(mining_state)
         initial_epoch, best, history = state["epoch"], state.get("best"), state.get("history", [])
         init_val = state.get("init_val")
@@ -571,23 +625,31 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
                                        ns=cfg.recall_ns, batch_size=cfg.cache_batch_size, progress=progress)
     fingerprint = dict(fingerprint, init_val=init_val)
     checkpoint_cb = TrainingCheckpoint(out_dir, checkpointer, miner, pipeline, control, fingerprint,
-                                       cfg.checkpoint_every_steps, best=best, history=history)
+                                       cfg.checkpoint_every_steps, best=best, history=history, write=chief)
     callbacks = [control, checkpoint_cb, miner_cb,
                  LearningRateSchedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every, miner.cycle_size,
                                       len(miner.valid_queries))]
     if val_eval is not None:
         callbacks.append(ValidationRecall(val_eval, val_root, cfg.image_size, cfg.recall_ns,
                                           cfg.cache_batch_size, progress, control))
-    csv_logger = keras.callbacks.CSVLogger(str(out_dir / "logs" / "train.csv"), append=resuming)
-    callbacks.append(csv_logger)
-    if _tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / "tensorboard"),
-                                                     write_graph=False, profile_batch=0))
+    csv_logger = None
+    if chief:
+        csv_logger = keras.callbacks.CSVLogger(str(out_dir / "logs" / "train.csv"), append=resuming)
+        callbacks.append(csv_logger)
+        if _tensorboard_available():
+            callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / "tensorboard"),
+                                                         write_graph=False, profile_batch=0))
+    callbacks.extend(extra_callbacks)
     # the checkpoint must run after validation and logging at epoch end: move it last
     callbacks.remove(checkpoint_cb)
     callbacks.append(checkpoint_cb)
     status = "completed"
-    dataset = pipeline.dataset()
+    # with a strategy, `fit` reads a first batch (symbolic build) before `on_epoch_begin`
+    prepare_before_fit = model.distribute_strategy is not tf.distribute.get_strategy()
+    if group is None:
+        dataset = pipeline.dataset()
+    else:  # each worker reads only its replicas' rows of every global batch
+        dataset = group.strategy.distribute_datasets_from_function(pipeline.replica_dataset)
     try:
         # One `fit` call per epoch: Keras learns the number of batches of a dataset of unknown
         # length from the first epoch of a `fit` call and caps later epochs at it, which would
@@ -595,13 +657,17 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
         for epoch in range(initial_epoch, cfg.epochs):
             if control.time_over() and epoch > initial_epoch:
                 break
+            if prepare_before_fit:
+                miner_cb.set_model(model)
+                miner_cb.prepare(epoch)
             with warnings.catch_warnings():
                 # One refresh cycle per fit(): the tuple dataset is finite by design (its length is
                 # only known after mining), which Keras reports as "input ran out of data".
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
                 model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
                           callbacks=callbacks, verbose=verbose)
-            csv_logger.append = True
+            if csv_logger is not None:
+                csv_logger.append = True
             if model.stop_training:
                 break
     except tf.errors.InvalidArgumentError as error:
@@ -619,11 +685,17 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
     if control.time_stop or (cfg.time_limit_s is not None and control.time_over()):
         status = "time_limit"
     return _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, status, init_val,
-                   init_stats, miner, pipeline, start_time, progress)
+                   init_stats, miner, pipeline, start_time, progress, group)
 
 
 def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, status, init_val,
-            init_stats, miner, pipeline, start_time, progress):
+            init_stats, miner, pipeline, start_time, progress, group=None):
+    worker = None if group is None else {"index": group.index, "num_workers": group.num_workers,
+                                         "is_chief": group.is_chief}
+    if group is not None and not group.is_chief:  # writes nothing; the chief's summary is the run's
+        return {"status": status, "worker": worker, "epochs_done": len(checkpoint_cb.history),
+                "iterations": int(model.optimizer.iterations.numpy()), "last_mining": miner.last_stats,
+                "files": {}, "wall_time_s": time.monotonic() - start_time}
     if val_split is None or not (out_dir / "best.keras").exists():
         save_model(model, out_dir / "best.keras")
     files = {"init": str(out_dir / "init.keras"), "best": str(out_dir / "best.keras"),
@@ -654,6 +726,8 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
         "final": history[-1] if history else None,
         "init_stats": init_stats,
         "whitened_model": whitened,
+        "last_mining": miner.last_stats,
+        "worker": worker,
         "files": files,
         "wall_time_s": time.monotonic() - start_time,
         "config": {k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()},
