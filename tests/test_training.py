@@ -351,3 +351,22 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(demo, tmp_path):
 
 def res_sum_history(run_dir):
     return json.loads((run_dir / "last" / "state.json").read_text())["history"]
+
+
+def test_extra_callbacks_run_in_every_cycle_and_summary_reports_the_cache(demo, tmp_path):
+    class Count(keras.callbacks.Callback):
+        ends, batches = 0, 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Count.batches += 1
+
+        def on_train_end(self, logs=None):
+            Count.ends += 1
+
+    summary = training.train(demo["train_mat"], out_dir=tmp_path / "run", epochs=2, progress=False,
+                             verbose=0, callbacks=[Count()], **TINY)
+    assert Count.ends == 2 and Count.batches == summary["iterations"] == 10  # one fit per cycle
+    assert summary["worker"] is None  # single process: no multi-worker group
+    mining_stats = summary["last_mining"]
+    assert mining_stats["cycle"] == 1 and mining_stats["num_tuples"] == 20
+    assert mining_stats["extracted_db_images"] == 70 and mining_stats["extracted_query_images"] == 20
