@@ -1,5 +1,6 @@
-"""Tests for tf_netvlad.retrieval_map: hand-computed AP, a brute-force reference, the revisited
-protocols, ground-truth loaders (pickle and text folder), bad input, and evaluate_map end to end."""
+"""Tests for tf_netvlad.retrieval_gt and tf_netvlad.retrieval_map: hand-computed AP, a
+brute-force reference, the revisited protocols, ground-truth loaders (pickle and text folder),
+bad input, and evaluate_map end to end."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from tf_netvlad import retrieval_gt as rgt
 from tf_netvlad import retrieval_map as rm
 
 # --------------------------------------------------------------------------- reference
@@ -175,9 +177,9 @@ def _tiny_gnd():
 
 
 def test_revisited_protocol_lists():
-    gt = rm.ground_truth_from_revisited(_tiny_gnd(), name="tiny")
+    gt = rgt.ground_truth_from_revisited(_tiny_gnd(), name="tiny")
     lists = {p: [(a.tolist(), b.tolist()) for a, b in zip(*gt.protocols[p])]
-             for p in rm.REVISITED_PROTOCOLS}
+             for p in rgt.REVISITED_PROTOCOLS}
     assert lists["easy"] == [([0, 1], [2, 3]), ([4], [5])]
     assert lists["medium"] == [([0, 1, 2], [3]), ([4], [5])]
     assert lists["hard"] == [([2], [0, 1, 3]), ([], [4, 5])]
@@ -185,7 +187,7 @@ def test_revisited_protocol_lists():
 
 def test_revisited_map_hand_computed():
     ranking = np.array([[3, 2, 0, 6, 1, 4, 5, 7], [4, 5, 0, 1, 2, 3, 6, 7]])
-    results = rm.revisited_map(ranking, rm.ground_truth_from_revisited(_tiny_gnd()))
+    results = rm.revisited_map(ranking, rgt.ground_truth_from_revisited(_tiny_gnd()))
     # q0 easy: junk {2, 3} removed -> [0, 6, 1, ...]: positives at 0 and 2 -> 0.791667.
     # q1 easy/medium: 4 first -> 1.
     assert results["easy"]["mAP"] == pytest.approx((0.5 + (0.5 + 2 / 3) / 4 + 1) / 2)
@@ -201,12 +203,12 @@ def test_revisited_map_hand_computed():
     # The pickle's dict and its raw "gnd" list give the same numbers.
     for raw in (_tiny_gnd(), _tiny_gnd()["gnd"]):
         again = rm.revisited_map(ranking, raw)
-        for p in rm.REVISITED_PROTOCOLS:
+        for p in rgt.REVISITED_PROTOCOLS:
             assert again[p]["mAP"] == pytest.approx(results[p]["mAP"])
 
 
 def test_evaluate_rankings_uses_every_protocol():
-    gt = rm.ground_truth_from_revisited(_tiny_gnd())
+    gt = rgt.ground_truth_from_revisited(_tiny_gnd())
     ranking = np.tile(np.arange(8), (2, 1))
     assert sorted(rm.evaluate_rankings(ranking, gt)) == ["easy", "hard", "medium"]
     with pytest.raises(ValueError, match="'original' is not defined.*'easy', 'hard', 'medium'"):
@@ -242,12 +244,12 @@ def _write_pickle(path, obj):
 
 
 def test_load_revisited_gnd_round_trip(tmp_path):
-    gt = rm.load_revisited_gnd(_write_pickle(tmp_path / "gnd_rtiny5k.pkl", _tiny_gnd()))
+    gt = rgt.load_revisited_gnd(_write_pickle(tmp_path / "gnd_rtiny5k.pkl", _tiny_gnd()))
     assert gt.name == "rtiny5k" and gt.num_db == 8 and gt.num_queries == 2
     assert gt.db_names == tuple(f"db{i}" for i in range(8)) and gt.query_names == ("db0", "db4")
     np.testing.assert_array_equal(gt.query_boxes, [[1, 2, 20, 24], [0, 0, 16, 16]])
     assert gt.image_paths("/x", ".jpg", "query") == ["/x/db0.jpg", "/x/db4.jpg"]
-    again = rm.load_ground_truth(tmp_path / "gnd_rtiny5k.pkl")
+    again = rgt.load_ground_truth(tmp_path / "gnd_rtiny5k.pkl")
     assert again.protocols["hard"][0][0].tolist() == [2]
 
 
@@ -265,29 +267,29 @@ def test_load_revisited_gnd_errors(tmp_path, edit, message):
     cfg = _tiny_gnd()
     edit(cfg)
     with pytest.raises(ValueError, match=message):
-        rm.load_revisited_gnd(_write_pickle(tmp_path / "gnd_bad.pkl", cfg))
+        rgt.load_revisited_gnd(_write_pickle(tmp_path / "gnd_bad.pkl", cfg))
 
 
 def test_ok_junk_pickle_gives_the_original_protocol(tmp_path):
     cfg = _tiny_gnd()
     cfg["gnd"] = [{"bbx": g["bbx"], "ok": g["easy"] + g["hard"], "junk": g["junk"]}
                   for g in cfg["gnd"]]
-    gt = rm.load_revisited_gnd(_write_pickle(tmp_path / "gnd_tiny5k.pkl", cfg))
+    gt = rgt.load_revisited_gnd(_write_pickle(tmp_path / "gnd_tiny5k.pkl", cfg))
     assert list(gt.protocols) == ["original"]
     assert [p.tolist() for p in gt.lists("original")[0]] == [[0, 1, 2], [4]]
     del cfg["gnd"][1]["ok"]
     with pytest.raises(ValueError, match=r"gnd\[1\] lacks the key\(s\) \['ok'\]"):
-        rm.ground_truth_from_revisited(cfg)
+        rgt.ground_truth_from_revisited(cfg)
 
 
 def test_load_revisited_gnd_wrong_file(tmp_path):
     (tmp_path / "text.pkl").write_text("not a pickle\n")
     with pytest.raises(ValueError, match="not a readable pickle"):
-        rm.load_revisited_gnd(tmp_path / "text.pkl")
+        rgt.load_revisited_gnd(tmp_path / "text.pkl")
     with pytest.raises(ValueError, match="not a revisited Oxford/Paris ground truth"):
-        rm.load_revisited_gnd(_write_pickle(tmp_path / "list.pkl", [1, 2, 3]))
+        rgt.load_revisited_gnd(_write_pickle(tmp_path / "list.pkl", [1, 2, 3]))
     with pytest.raises(FileNotFoundError, match="missing.pkl"):
-        rm.load_revisited_gnd(tmp_path / "missing.pkl")
+        rgt.load_revisited_gnd(tmp_path / "missing.pkl")
 
 
 def _write_text_gt(folder):
@@ -316,7 +318,7 @@ def _write_text_gt(folder):
 
 def test_load_oxford_gt_round_trip(tmp_path):
     gt_dir, images = _write_text_gt(tmp_path)
-    gt = rm.load_oxford_gt(gt_dir, images)
+    gt = rgt.load_oxford_gt(gt_dir, images)
     assert gt.name == "gt" and gt.num_db == 6 and list(gt.protocols) == ["original"]
     assert gt.db_names == ("a/all_souls_1", "a/all_souls_2", "a/all_souls_3", "b/bodleian_1",
                            "b/bodleian_2", "b/distractor")
@@ -327,30 +329,30 @@ def test_load_oxford_gt_round_trip(tmp_path):
     assert [j.tolist() for j in junk] == [[4], []]
     assert gt.image_paths(images, ".jpg")[5] == os.path.join(images, "b/distractor.jpg")
     # The same through load_ground_truth, and from explicit db names.
-    assert rm.load_ground_truth(gt_dir, images).query_names == gt.query_names
-    again = rm.load_oxford_gt(gt_dir, db_names=gt.db_names)
+    assert rgt.load_ground_truth(gt_dir, images).query_names == gt.query_names
+    again = rgt.load_oxford_gt(gt_dir, db_names=gt.db_names)
     assert [p.tolist() for p in again.lists("original")[0]] == [[0, 1, 2], [3]]
 
 
 def test_load_oxford_gt_errors(tmp_path, caplog):
     gt_dir, images = _write_text_gt(tmp_path)
     with pytest.raises(ValueError, match="Pass `images_dir`"):
-        rm.load_oxford_gt(gt_dir)
+        rgt.load_oxford_gt(gt_dir)
     os.remove(images / "b/bodleian_2.jpg")
     with pytest.raises(ValueError, match="names 'bodleian_2', which is not a database image"):
-        rm.load_oxford_gt(gt_dir, images)
+        rgt.load_oxford_gt(gt_dir, images)
     with caplog.at_level("WARNING"):
-        gt = rm.load_oxford_gt(gt_dir, images, on_missing="drop")
+        gt = rgt.load_oxford_gt(gt_dir, images, on_missing="drop")
     assert "Dropped 1 ground-truth names" in caplog.text and gt.lists("original")[1][0].size == 0
     os.remove(gt_dir / "bodleian_1_ok.txt")
     with pytest.raises(FileNotFoundError, match="bodleian_1_ok.txt' is missing"):
-        rm.load_oxford_gt(gt_dir, images, on_missing="drop")
+        rgt.load_oxford_gt(gt_dir, images, on_missing="drop")
     with pytest.raises(ValueError, match="No '\\*_query.txt' file"):
-        rm.load_oxford_gt(images, images)
+        rgt.load_oxford_gt(images, images)
     (gt_dir / "bodleian_1_ok.txt").write_text("")
     (gt_dir / "bodleian_1_query.txt").write_text("bodleian_1 0 0 10\n")
     with pytest.raises(ValueError, match="one line 'image x1 y1 x2 y2'"):
-        rm.load_oxford_gt(gt_dir, images, on_missing="drop")
+        rgt.load_oxford_gt(gt_dir, images, on_missing="drop")
 
 
 # --------------------------------------------------------------------------- crops
@@ -423,9 +425,9 @@ def test_evaluate_map_matches_numpy_reference(tiny_dataset, model, tmp_path):
     gaps = np.diff(np.take_along_axis(scores, order, axis=1), axis=1)
     assert np.abs(gaps).min() > 1e-5  # no near ties: float32 and float64 rank alike
     np.testing.assert_array_equal(ids, order)
-    lists = [rm.revisited_lists(np.array(g["easy"], int), np.array(g["hard"], int),
+    lists = [rgt.revisited_lists(np.array(g["easy"], int), np.array(g["hard"], int),
                                 np.array(g["junk"], int)) for g in cfg["gnd"]]
-    for protocol in rm.REVISITED_PROTOCOLS:
+    for protocol in rgt.REVISITED_PROTOCOLS:
         positives = [entry[protocol][0] for entry in lists]
         junk = [entry[protocol][1] for entry in lists]
         aps, _, mean_ap, mean_p = reference_map(order, positives, junk)
@@ -448,7 +450,7 @@ def test_evaluate_map_matches_numpy_reference(tiny_dataset, model, tmp_path):
 
 def test_query_crops_margin_and_resize_modes(tiny_dataset, model):
     folder, gnd_path, cfg = tiny_dataset
-    gt = rm.load_revisited_gnd(gnd_path)
+    gt = rgt.load_revisited_gnd(gnd_path)
     crop = rm.extract_query_descriptors(model, gt, folder, progress=False)
     image_first = rm.extract_query_descriptors(model, gt, folder, query_resize="image",
                                                progress=False)
@@ -483,3 +485,26 @@ def test_evaluate_map_missing_image_is_named(tiny_dataset, model, tmp_path):
     _, gnd_path, _ = tiny_dataset
     with pytest.raises(ImageReadError, match="im0.jpg"):
         rm.evaluate_map(model, gnd_path, tmp_path, progress=False)
+
+
+def test_cli_evaluate_map_prints_the_table_and_writes_the_same_numbers(tiny_dataset, model,
+                                                                       tmp_path, capsys):
+    from tf_netvlad import cli
+
+    folder, gnd_path, _ = tiny_dataset
+    model_path = tmp_path / "m.keras"
+    model.save(model_path)
+    expected = rm.evaluate_map(model, gnd_path, folder, progress=False, box_margin=2)
+    out_json = tmp_path / "cli.json"
+    assert cli.main(["evaluate-map", "--model", str(model_path), "--gt", str(gnd_path),
+                     "--images", str(folder), "--box-margin", "2", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out_json.read_text())
+    for protocol in rgt.REVISITED_PROTOCOLS:
+        assert saved["protocols"][protocol]["mAP"] == pytest.approx(
+            expected["protocols"][protocol]["mAP"], abs=1e-9)
+    assert printed.splitlines()[0].split()[:3] == ["protocol", "queries", "mAP"]
+    assert f"json: {out_json}" in printed
+    assert cli.main(["evaluate-map", "--model", str(model_path), "--gt", str(tmp_path / "no.pkl"),
+                     "--images", str(folder)]) == 2
+    assert "no.pkl" in capsys.readouterr().err
