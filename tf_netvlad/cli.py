@@ -114,6 +114,26 @@ def cmd_evaluate(args):
     return 0
 
 
+def cmd_evaluate_map(args):
+    from tf_netvlad import retrieval_gt, retrieval_map
+    from tf_netvlad.model import load_model
+
+    gt = retrieval_gt.load_ground_truth(args.gt, images_dir=args.images, ext=args.ext,
+                                        on_missing=args.on_missing)
+    model = load_model(args.model, compile=False)
+    results = retrieval_map.evaluate_map(
+        model, gt, args.images, image_size=_image_size(args.image_size),
+        crop_queries=not args.no_crop, batch_size=args.batch_size, ext=args.ext,
+        box_margin=args.box_margin, query_resize=args.query_resize, k=args.top_k,
+        json_path=args.json, plot_path=args.plot, retrievals_path=args.retrievals,
+    )
+    print(retrieval_map.format_map_table(results))
+    for flag, path in (("json", args.json), ("plot", args.plot), ("retrievals", args.retrievals)):
+        if path:
+            print(f"{flag}: {path}")
+    return 0
+
+
 def cmd_fit_whitening(args):
     from tf_netvlad import workflows
     from tf_netvlad.model import load_model
@@ -396,6 +416,28 @@ def build_parser(argv=None):
     p.add_argument("--niter", type=int, default=100, help="k-means iterations")
     p.add_argument("--out", required=True, help="output model file (.keras)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    p = add("evaluate-map", cmd_evaluate_map,
+            "Oxford5k/Paris6k-style mAP with ok/junk lists (revisited easy/medium/hard or original).")
+    p.add_argument("--model", required=True, help="a tf_netvlad .keras model")
+    p.add_argument("--gt", required=True,
+                   help="revisited gnd_*.pkl, or a folder of original *_good/_ok/_junk/_query.txt files")
+    p.add_argument("--images", required=True, help="folder of the database and query images")
+    p.add_argument("--ext", default=".jpg", help="image file extension")
+    p.add_argument("--image-size", default="keep", help="resize policy: keep, max side, or HxW")
+    p.add_argument("--batch-size", type=int, default=8, help="images per extraction batch")
+    p.add_argument("--no-crop", action="store_true", help="use whole query images, not their boxes")
+    p.add_argument("--box-margin", type=float, default=0.0,
+                   help="pixels added to each side of a query box (MATLAB VGG16 conv5_3: 98)")
+    p.add_argument("--query-resize", choices=("crop", "image"), default="crop",
+                   help="resize the crop (revisited code) or the whole image before cropping")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="rank only the top K database images (default: the whole database)")
+    p.add_argument("--on-missing", choices=("raise", "drop"), default="raise",
+                   help="text ground truth: stop at, or drop, names missing from --images")
+    p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--plot", help="write a PNG of per-query AP histograms here")
+    p.add_argument("--retrievals", help="write a PNG grid of queries and their top images here")
 
     p = add("evaluate", cmd_evaluate,
             "recall@N of a model (or of an off-the-shelf k-means-initialised backbone) on a dataset.")
