@@ -240,3 +240,36 @@ def test_evaluate_tokyo247_with_approximate_index(tmp_path, capsys):
                      "--approx-index", "--protocol", "pitts"]) == 2
     err = capsys.readouterr().err
     assert "needs at least 624 database vectors" in err and "has 36" in err and "Traceback" not in err
+
+
+def test_train_multi_worker_builds_the_strategy_from_tf_config(tmp_path, monkeypatch, capsys):
+    import tensorflow as tf
+
+    from tf_netvlad import training
+
+    made, trained = [], []
+
+    def fake_strategy(communication_options):
+        made.append(communication_options.implementation)
+        return "the-strategy"
+
+    def fake_train(*args, **kwargs):
+        trained.append(kwargs)
+        return {"status": "completed", "epochs_done": 0, "wall_time_s": 0.0, "files": {}}
+
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", fake_strategy)
+    monkeypatch.setattr(training, "train", fake_train)
+    argv = ["train", "--dataset", "x.mat", "--out", str(tmp_path / "run"), "--multi-worker"]
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert cli.main(argv) == 2
+    assert "--multi-worker needs TF_CONFIG" in capsys.readouterr().err and not made
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    assert cli.main(argv) == 2
+    assert "TF_CONFIG is not valid JSON" in capsys.readouterr().err
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert cli.main(argv + ["--communication", "ring", "--batch-size", "8"]) == 0
+    assert made == [tf.distribute.experimental.CommunicationImplementation.RING]
+    assert trained[0]["strategy"] == "the-strategy" and trained[0]["config"].batch_size == 8
+    assert cli.main(argv[:-1]) == 0  # without --multi-worker: no strategy
+    assert trained[1]["strategy"] is None and len(made) == 1

@@ -301,9 +301,32 @@ def _add_train_flags(parser):
             parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text)
 
 
+def _multi_worker_strategy(communication):
+    """MultiWorkerMirroredStrategy from TF_CONFIG; created before any other TensorFlow op."""
+    import json
+
+    import tensorflow as tf
+
+    config = os.environ.get("TF_CONFIG")
+    try:
+        cluster = json.loads(config)["cluster"] if config else None
+    except (ValueError, KeyError, TypeError):
+        raise CommandError(f"TF_CONFIG is not valid JSON with a 'cluster' entry: {config!r}")
+    if not cluster:
+        raise CommandError(
+            "--multi-worker needs TF_CONFIG on every worker, e.g. "
+            '\'{"cluster": {"worker": ["hostA:12345", "hostB:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}\' (see docs/multi-worker.md).')
+    implementation = getattr(tf.distribute.experimental.CommunicationImplementation,
+                             communication.upper())
+    options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
 def cmd_train(args):
     import dataclasses
 
+    strategy = _multi_worker_strategy(args.communication) if args.multi_worker else None
     from tf_netvlad import training
 
     fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
@@ -312,14 +335,15 @@ def cmd_train(args):
     recipe = dict(training.CPU_RECIPE) if args.recipe == "cpu" else {}
     config = dataclasses.replace(training.TrainConfig(), **{**recipe, **given})
     summary = training.train(args.dataset, args.val, root=args.root, val_root=args.val_root,
-                             out_dir=args.out, config=config, resume=args.resume)
+                             out_dir=args.out, config=config, resume=args.resume,
+                             strategy=strategy)
     best = summary.get("best") or {}
     print(f"training {summary['status']}: {summary['epochs_done']} epochs in "
           f"{summary['wall_time_s'] / 60:.1f} min")
     if best:
         print("best: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in best.items()))
-    for key, path in summary["files"].items():
+    for key, path in summary.get("files", {}).items():
         print(f"{key}: {path}")
     return 0
 
@@ -391,6 +415,12 @@ def build_parser(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--recipe", choices=("cpu", "paper"), default="cpu",
                    help="base recipe; every flag below overrides one of its numbers")
+    p.add_argument("--multi-worker", action="store_true",
+                   help="train with MultiWorkerMirroredStrategy over the TF_CONFIG cluster: run the "
+                        "same command on every worker; --batch-size is the global batch "
+                        "(docs/multi-worker.md)")
+    p.add_argument("--communication", choices=("auto", "ring", "nccl"), default="auto",
+                   help="--multi-worker collectives: ring (gRPC, CPU/GPU), nccl (NVIDIA GPUs) or auto")
     argv = sys.argv[1:] if argv is None else argv
     if "train" in [a for a in argv if not a.startswith("-")][:1]:
         _add_train_flags(p)
