@@ -221,6 +221,7 @@ def test_shard_range_and_replica_slices_cover_everything_once():
 @pytest.mark.parametrize("exclude_very_hard", [False, True])
 def test_sharded_mining_equals_whole_database_mining(workers, exclude_very_hard):
     from tf_netvlad.distributed import shard_range
+    from tf_netvlad.distributed_mining import mine_tuples_sharded
 
     split = _line_split(num_db=200, query_x=np.linspace(0, 990, 30))
     rng = np.random.default_rng(4)
@@ -238,8 +239,8 @@ def test_sharded_mining_equals_whole_database_mining(workers, exclude_very_hard)
 
     def worker(member):
         lo, hi = shard_range(200, workers, member.index)
-        return mining.mine_tuples_sharded(np.arange(30), q, db[lo:hi].copy(), lo, 200, *args,
-                                          np.random.default_rng(9), member.all_reduce_sum, **options)
+        return mine_tuples_sharded(np.arange(30), q, db[lo:hi].copy(), lo, 200, *args,
+                                   np.random.default_rng(9), member.all_reduce_sum, **options)
 
     results = group.run(worker)
     assert group.calls == 1  # one exchange of the distance table

@@ -30,6 +30,10 @@ Query order: the training queries with a positive are visited in passes; pass k 
 permutes per epoch with `rng(43 - 1 + iEpoch)`). The negative pools of cycle e are drawn from
 `default_rng([seed, e, 1])`. Both depend only on (seed, cycle), so a resumed run mines exactly what
 an uninterrupted one would.
+
+Modules: this one holds the stateful part (`HardNegativeMiner`, `MiningCallback`); steps 2-5 on a
+cache are `tuple_mining.mine_tuples` (re-exported here with `rank_negatives` and `sample_pool`); the
+multi-worker exchanges are in `distributed_mining`.
 """
 
 import logging
@@ -37,186 +41,11 @@ import logging
 import keras
 import numpy as np
 
-from tf_netvlad import index as faiss_index
+from tf_netvlad.distributed import shard_range
+from tf_netvlad.distributed_mining import exchange_cache_blocks, mine_tuples_sharded
+from tf_netvlad.tuple_mining import mine_tuples, rank_negatives, sample_pool  # noqa: F401  (public here)
 
 logger = logging.getLogger(__name__)
-
-
-def _sq_dists(desc, rows):
-    """Squared distances from one float32 vector to db rows (float32, no float64 copies)."""
-    diff = rows - desc
-    return np.einsum("ij,ij->i", diff, diff)
-
-
-def rank_negatives(query_desc, db_desc, candidates, keep):
-    """The `keep` nearest candidates by squared L2 (exact faiss search on the candidate rows).
-
-    Returns `(ids int64 (k,), d2 float32 (k,))`, nearest first, `k = min(keep, len(candidates))`.
-    """
-    candidates = np.asarray(candidates, np.int64)
-    d2, order = faiss_index.search(db_desc[candidates], query_desc[None, :], int(keep), metric="l2")
-    return candidates[order[0]], d2[0]
-
-
-def sample_pool(rng, num_db, excluded, pool_size):
-    """`pool_size` distinct random db ids not in `excluded` (all of them if fewer exist)."""
-    excluded = np.asarray(excluded, np.int64)
-    available = num_db - len(excluded)
-    if available <= pool_size:
-        mask = np.ones(num_db, bool)
-        mask[excluded] = False
-        return np.flatnonzero(mask)
-    draw = min(num_db, pool_size + len(excluded))
-    ids = rng.choice(num_db, size=draw, replace=False)
-    ids = ids[~np.isin(ids, excluded)]
-    while len(ids) < pool_size:  # only when many excluded ids were drawn; rare
-        extra = rng.choice(num_db, size=pool_size, replace=False)
-        ids = np.unique(np.concatenate([ids, extra[~np.isin(extra, excluded)]]))
-    return ids[:pool_size]
-
-
-def _plan_query(q, positives, non_negatives, neg_cache, rng, num_db, pool_size, num_negatives, bad_db):
-    """`(positive ids, candidate negative ids)` of query `q`; draws its random pool from `rng`."""
-    pos = np.setdiff1d(np.asarray(positives[q], np.int64), bad_db)
-    if len(pos) == 0:
-        raise ValueError(f"query {q} has no usable positive; drop it before mining.")
-    excluded = np.union1d(np.asarray(non_negatives[q], np.int64), bad_db)
-    pool = sample_pool(rng, num_db, excluded, pool_size)
-    cached = neg_cache[q][neg_cache[q] >= 0]
-    cached = cached[~np.isin(cached, excluded)]
-    candidates = np.union1d(pool, cached)
-    if len(candidates) < num_negatives:
-        raise ValueError(
-            f"query {q} has only {len(candidates)} database images beyond the positive radius; "
-            f"num_negatives={num_negatives} are needed. Lower num_negatives or add database images."
-        )
-    return pos, candidates
-
-
-def _choose_negatives(ranked, ranked_d2, best, num_negatives, exclude_very_hard):
-    """The tuple's negatives from candidates ranked nearest first (see `mine_tuples`)."""
-    if not exclude_very_hard:
-        return ranked[:num_negatives], ranked_d2[:num_negatives]
-    order = np.concatenate([np.flatnonzero(ranked_d2 >= best), np.flatnonzero(ranked_d2 < best)[::-1]])
-    return ranked[order[:num_negatives]], ranked_d2[order[:num_negatives]]
-
-
-class _Rows:
-    """Accumulates tuple rows, the new negative memory and the statistics of one mining call."""
-
-    def __init__(self, count, num_positives, num_negatives, margin):
-        self.rows = np.full((count, 1 + num_positives + num_negatives), -1, np.int64)
-        self.new_cache = np.full((count, num_negatives), -1, np.int64)
-        self.num_positives, self.num_negatives, self.margin = num_positives, num_negatives, margin
-        self.violating, self.best_d2 = 0, []
-
-    def add(self, r, q, positives_ranked, best, ranked, ranked_d2, exclude_very_hard):
-        chosen, chosen_d2 = _choose_negatives(ranked, ranked_d2, best, self.num_negatives, exclude_very_hard)
-        self.rows[r, 0] = q
-        self.rows[r, 1 : 1 + len(positives_ranked)] = positives_ranked
-        self.rows[r, 1 + self.num_positives :] = chosen
-        self.new_cache[r] = ranked[: self.num_negatives]
-        self.violating += int(np.sum(chosen_d2 < best + self.margin))
-        self.best_d2.append(best)
-
-    def result(self):
-        stats = {
-            "violating_fraction": self.violating / max(1, len(self.rows) * self.num_negatives),
-            "mean_positive_d2": float(np.mean(self.best_d2)) if self.best_d2 else 0.0,
-        }
-        return self.rows, self.new_cache, stats
-
-
-def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_cache, rng, *,
-                num_positives=1, num_negatives=10, pool_size=1000, keep_factor=10, margin=0.1,
-                bad_db=None, exclude_very_hard=False):
-    """Mines one tuple per query from cached descriptors (pure; updates nothing in place).
-
-    Args:
-        query_ids: int `(Q,)` query indices of the split.
-        query_desc: float32 `(Q, d)` cached descriptors of those queries (same order).
-        db_desc: float32 `(num_db, d)` cached database descriptors.
-        positives: per split query, int array of its potential positives (non-trivial, ≤ 10 m).
-        non_negatives: per split query, int array of db ids that must not be negatives (≤ 25 m).
-        neg_cache: int `(num_split_queries, N)` remembered negatives (-1 = empty).
-        rng: `np.random.Generator` for the random pools.
-        num_positives, num_negatives, pool_size, keep_factor, margin: see the module docstring.
-        bad_db: optional int array of db ids whose images failed (excluded everywhere).
-        exclude_very_hard: MATLAB's `excludeVeryHard` option: negatives nearer than the best
-            positive (cached d²_n < d²_p) are not used (semi-hard mining); slots left empty are
-            filled with the least-hard of them. Off in the paper recipe; it prevents the collapse
-            of a backbone trained from scratch, whose hardest negatives are mostly nearer than the
-            positive.
-
-    Returns:
-        `(rows, new_cache, stats)`: rows int64 `(Q, 1 + P + N)` = [query, positives (-1 padded),
-        negatives]; new_cache int64 `(Q, N)` to store for these queries; stats dict with
-        `violating_fraction` (under the cached descriptors) and `mean_positive_d2`.
-    """
-    num_db = len(db_desc)
-    bad_db = np.zeros(0, np.int64) if bad_db is None else np.asarray(bad_db, np.int64)
-    out = _Rows(len(query_ids), num_positives, num_negatives, margin)
-    for r, (q, desc) in enumerate(zip(query_ids, query_desc)):
-        pos, candidates = _plan_query(q, positives, non_negatives, neg_cache, rng, num_db, pool_size,
-                                      num_negatives, bad_db)
-        pos_d2 = _sq_dists(desc, db_desc[pos])
-        order = np.argsort(pos_d2, kind="stable")[:num_positives]
-        keep = len(candidates) if exclude_very_hard else keep_factor * num_negatives
-        ranked, ranked_d2 = rank_negatives(desc, db_desc, candidates, keep)
-        out.add(r, q, pos[order], float(pos_d2[order[0]]), ranked, ranked_d2, exclude_very_hard)
-    return out.result()
-
-
-def mine_tuples_sharded(query_ids, query_desc, db_shard, db_lo, num_db, positives, non_negatives,
-                        neg_cache, rng, all_reduce_sum, *, num_positives=1, num_negatives=10,
-                        pool_size=1000, keep_factor=10, margin=0.1, bad_db=None, exclude_very_hard=False):
-    """`mine_tuples` when each worker holds only a block of the database descriptors.
-
-    Every worker calls this with the same queries, query descriptors, memory and `rng` state and its
-    own block `db_shard` = descriptors of db ids `db_lo .. db_lo + len(db_shard)`. The random pools
-    depend on `rng` only, so every worker draws the same candidates; each computes the squared
-    distances of the (query, positive) and (query, candidate) pairs whose db image it holds, and
-    `all_reduce_sum` (a sum over the workers of a float32 vector, zeros elsewhere: exact) completes
-    the table of Σ_q (|positives| + |candidates|) distances. Selection then runs on identical inputs,
-    so every worker mines identical rows. Compared with `mine_tuples` on the whole database, the
-    result is the same tuples and memory, except that candidates whose d² ties to the last bit may be
-    ordered differently (here: by (d², id); there: faiss's order).
-
-    Args:
-        query_ids, query_desc, positives, non_negatives, neg_cache, rng, and the keyword arguments:
-            as in `mine_tuples`.
-        db_shard: float32 `(n_w, d)` this worker's database descriptors.
-        db_lo: db id of the first row of `db_shard`.
-        num_db: database size of the split.
-        all_reduce_sum: callable, float32 array -> its sum over the workers.
-
-    Returns:
-        `(rows, new_cache, stats)` as `mine_tuples`.
-    """
-    bad_db = np.zeros(0, np.int64) if bad_db is None else np.asarray(bad_db, np.int64)
-    db_hi = db_lo + len(db_shard)
-    plans = [_plan_query(q, positives, non_negatives, neg_cache, rng, num_db, pool_size, num_negatives,
-                         bad_db) for q in query_ids]
-    sizes = np.array([len(ids) for plan in plans for ids in plan], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    partial = np.zeros(int(offsets[-1]), np.float32)
-    for i, (desc, plan) in enumerate(zip(query_desc, plans)):
-        for j, ids in enumerate(plan):
-            mine = np.flatnonzero((ids >= db_lo) & (ids < db_hi))
-            if len(mine):
-                start = offsets[2 * i + j]
-                partial[start + mine] = _sq_dists(desc, db_shard[ids[mine] - db_lo])
-    table = np.asarray(all_reduce_sum(partial), np.float32)
-    out = _Rows(len(query_ids), num_positives, num_negatives, margin)
-    for r, (q, (pos, candidates)) in enumerate(zip(query_ids, plans)):
-        pos_d2 = table[offsets[2 * r] : offsets[2 * r + 1]]
-        cand_d2 = table[offsets[2 * r + 1] : offsets[2 * r + 2]]
-        order = np.argsort(pos_d2, kind="stable")[:num_positives]
-        keep = len(candidates) if exclude_very_hard else keep_factor * num_negatives
-        ranking = np.lexsort((candidates, cand_d2))[:keep]
-        out.add(r, q, pos[order], float(pos_d2[order[0]]), candidates[ranking], cand_d2[ranking],
-                exclude_very_hard)
-    return out.result()
 
 
 class HardNegativeMiner:
@@ -235,8 +64,8 @@ class HardNegativeMiner:
         group: optional `distributed.WorkerGroup` (multi-worker training). Then each worker
             extracts only its block of the database and of the cycle's queries
             (`distributed.shard_range`), the query descriptors and failed images are exchanged and
-            tuples are mined with `mine_tuples_sharded`: every worker gets the same rows, and no
-            worker holds the whole database cache. None (default): the whole cache in this process.
+            tuples are mined with `distributed_mining.mine_tuples_sharded`: every worker gets the
+            same rows, and no worker holds the whole database cache. None (default): the whole cache in this process.
 
     Attributes:
         valid_queries: int64 ids of the queries that have at least one non-trivial positive.
@@ -336,26 +165,15 @@ class HardNegativeMiner:
 
         Returns `(q_desc (Q, d), db_shard (n_w, d), db_lo)`.
         """
-        from tf_netvlad.distributed import shard_range
-
         group = self.group
         db_lo, db_hi = shard_range(self.split.num_db, group.num_workers, group.index)
         q_lo, q_hi = shard_range(len(query_ids), group.num_workers, group.index)
         db_shard, bad_db = self._extract_block(model, self.split.db_paths[db_lo:db_hi], "database")
         q_block, bad_q = self._extract_block(
             model, [self.split.query_paths[i] for i in query_ids[q_lo:q_hi]], "query")
-        dim = int(model.output_shape[-1])
-        q_desc = np.zeros((len(query_ids), dim), np.float32)
-        q_desc[q_lo:q_hi] = q_block
-        flags = np.zeros(self.split.num_db + len(query_ids), np.float32)
-        flags[db_lo + bad_db] = 1
-        flags[self.split.num_db + q_lo + bad_q] = 1
-        q_desc[q_lo + bad_q] = 0  # NaN rows of failed images would poison the sum
-        exchanged = group.all_reduce_sum(np.concatenate([q_desc.ravel(), flags]))
-        q_desc = exchanged[: q_desc.size].reshape(q_desc.shape)
-        flags = exchanged[q_desc.size :]
-        bad_db = np.flatnonzero(flags[: self.split.num_db])
-        bad_queries = query_ids[np.flatnonzero(flags[self.split.num_db :])]
+        q_desc, bad_db, bad_q = exchange_cache_blocks(group, q_block, q_lo, len(query_ids), bad_q, bad_db,
+                                                      db_lo, self.split.num_db)
+        bad_queries = query_ids[bad_q]
         self._raise_if_stop(bad_db, bad_queries)
         self.bad_db = np.union1d(self.bad_db, bad_db)
         self.bad_queries = np.union1d(self.bad_queries, bad_queries)
