@@ -1,5 +1,6 @@
-"""Multi-worker training (MultiWorkerMirroredStrategy): the per-replica tuple input, and two real
-worker processes on localhost against a single-process run."""
+"""Distributed training: the per-replica tuple input; `train()` under MirroredStrategy on two logical
+CPUs against one device; two real MultiWorkerMirroredStrategy worker processes on localhost against
+a single-process run, and their agreed refusals (out_dir not empty, unreadable resume directory)."""
 
 import json
 import os
@@ -163,15 +164,16 @@ def _env(tf_config=None):
     return env
 
 
-def _run_workers(script, split, out_dir, weights, epochs, timeout=300):
-    """Starts 2 workers on localhost; returns their parsed summaries. Kills both on any failure."""
+def _run_workers(script, worker_args, timeout=300):
+    """Starts 2 workers on localhost, worker i with arguments `worker_args[i]`; returns their parsed
+    last output lines. Kills both on any failure."""
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     procs = []
     for index in range(2):
         config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", script, str(split), str(out_dir), str(weights[index]), str(epochs), "multi"],
+            [sys.executable, "-c", script, *map(str, worker_args[index])],
             env=_env(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = []
     try:
@@ -189,6 +191,10 @@ def _run_workers(script, split, out_dir, weights, epochs, timeout=300):
                        for i, (p, (_, err)) in enumerate(zip(procs, outputs)))
     assert all(p.returncode == 0 for p in procs), report
     return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+
+
+def _train_workers(script, split, out_dir, weights, epochs):
+    return _run_workers(script, [(split, out_dir, weights[i], epochs, "multi") for i in range(2)])
 
 
 def _weights(path):
@@ -214,9 +220,9 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, 
     # two workers: 1 cycle, then resumed from the chief's checkpoint for the 2nd cycle
     run = tmp_path / "multi"
     weights = [tmp_path / "worker0.npz", tmp_path / "worker1.npz"]
-    first = _run_workers(script, split, run, weights, epochs=1)
+    first = _train_workers(script, split, run, weights, epochs=1)
     assert [s["iterations"] for s in first] == [3, 3]
-    second = _run_workers(script, split, run, weights, epochs=2)
+    second = _train_workers(script, split, run, weights, epochs=2)
     chief, other = second
     assert chief["worker"] == {"index": 0, "num_workers": 2, "is_chief": True}
     assert other["worker"]["index"] == 1 and other["files"] == {}  # worker 1 writes nothing
@@ -245,3 +251,153 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, 
     changes = [np.abs(a - b).max() for a, b in zip(w0, init)]
     assert max(changes) > 1e-3, changes
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+
+
+# --------------------------------------------------------------------------- two logical CPUs
+
+MIRRORED_TRAIN_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    cpu = tf.config.list_physical_devices("CPU")[0]  # before TensorFlow initialises its context
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import numpy as np
+    from tf_netvlad.training import train
+
+    class SaveWeights(keras.callbacks.Callback):  # after every fit: the file holds the final weights
+        def __init__(self, path):
+            super().__init__()
+            self.path, self.replicas = path, []
+
+        def on_train_end(self, logs=None):
+            self.replicas.append(self.model.distribute_strategy.num_replicas_in_sync)
+            np.savez(self.path, *self.model.get_weights())
+
+    out, (train_split, val_split, run_dir) = dict(), sys.argv[1:4]
+    for name, strategy in [("single", None), ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+        saver = SaveWeights(run_dir + "/" + name + ".npz")
+        summary = train(train_split, val_split, out_dir=run_dir + "/" + name, strategy=strategy,
+                        callbacks=[saver], progress=False, verbose=0, epochs=2, **{recipe})
+        out[name] = dict(replicas=saver.replicas, summary=summary)
+    print(json.dumps(out))
+""")
+
+
+def _relative_files(run_dir):
+    """Paths under a run directory, without TensorBoard event file names (host and time stamped)."""
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+                  if "tensorboard" not in p.relative_to(run_dir).parts[1:2] or p.is_dir())
+
+
+def test_train_under_mirrored_strategy_on_two_cpus_equals_one_device(tiny_demo, tmp_path):
+    """`train(strategy=MirroredStrategy(2 logical CPUs))` runs the whole loop (k-means init, mining
+    with extraction under the strategy, validation, checkpoints) and ends with the weights of a
+    single-device `train()` on the same global batch. 11 queries per cycle with batch 4 give global
+    batches of 4, 4 and 3 tuples: the last is split 2 + 1 over the replicas."""
+    from tf_netvlad.model import load_model
+
+    recipe = dict(RECIPE, cache_refresh_queries=11, lr=0.01)
+    script = MIRRORED_TRAIN_SCRIPT.format(recipe=repr(recipe))
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_demo["train_mat"]), str(tiny_demo["val_mat"]),
+                           str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["single"]["replicas"] == [1, 1] and out["mirrored"]["replicas"] == [2, 2]  # one fit per cycle
+    single, mirrored = out["single"]["summary"], out["mirrored"]["summary"]
+    for summary in (single, mirrored):
+        assert summary["status"] == "completed" and summary["epochs_done"] == 2
+        assert summary["iterations"] == 6  # 3 steps (4 + 4 + 3 tuples) per cycle
+        assert summary["worker"] is None and summary["last_mining"]["num_tuples"] == 11
+    # the same k-means initialisation, and the same mined tuples and memory at the last checkpoint
+    for a, b in zip(load_model(tmp_path / "single" / "init.keras").get_weights(),
+                    load_model(tmp_path / "mirrored" / "init.keras").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for name in ("rows", "neg_cache"):
+        np.testing.assert_array_equal(np.load(tmp_path / "mirrored" / "last" / "mining.npz")[name],
+                                      np.load(tmp_path / "single" / "last" / "mining.npz")[name])
+    # Final weights: equal up to float32 summation order. The mirrored step computes each replica's
+    # gradient on half the batch and all-reduces the two sums, instead of one batch sum; each step
+    # then differs by a few float32 ulps (~1e-7 relative), carried through 6 SGD-momentum steps and
+    # the normalisations. Measured: max |difference| 3.9e-7, at most 5e-6 of a tensor's largest
+    # value, while training moved the weights by up to 0.08. Bound: 2e-5 of the largest value.
+    init = load_model(tmp_path / "single" / "init.keras").get_weights()
+    one, two = _weights(tmp_path / "single.npz"), _weights(tmp_path / "mirrored.npz")
+    assert len(one) == len(two) == len(init)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-5 * np.abs(a).max())
+    assert max(np.abs(a - b).max() for a, b in zip(one, init)) > 1e-2  # training did change them
+    # the run directory: the same files, the same epoch records, a loadable best model
+    assert _relative_files(tmp_path / "mirrored") == _relative_files(tmp_path / "single")
+    assert {"init.keras", "best.keras", "last", "summary.json", "logs/train.csv"} <= set(
+        _relative_files(tmp_path / "mirrored"))
+    state = json.loads((tmp_path / "mirrored" / "last" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["step"] == 0 and state["iterations"] == 6
+    assert single["config"] == mirrored["config"]
+    assert [h["epoch"] for h in state["history"]] == [0, 1]
+    for s, m in zip(json.loads((tmp_path / "single" / "last" / "state.json").read_text())["history"],
+                    state["history"]):
+        assert s.keys() == m.keys() and s["val_recall@5"] == m["val_recall@5"]
+        np.testing.assert_allclose(m["loss"], s["loss"], rtol=1e-5)
+    csv_rows = (tmp_path / "mirrored" / "logs" / "train.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 3 and "val_recall@5" in csv_rows[0]
+    best = load_model(tmp_path / "mirrored" / "best.keras").get_weights()
+    best_single = load_model(tmp_path / "single" / "best.keras").get_weights()
+    for a, b in zip(best_single, best):
+        np.testing.assert_allclose(b, a, rtol=0, atol=2e-5 * np.abs(a).max())
+
+
+# --------------------------------------------------------------------------- agreed refusals
+
+REFUSAL_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    from tf_netvlad.training import train
+
+    errors = []
+    for out_dir, resume in ((sys.argv[2], False), (sys.argv[3], True)):  # both workers, in this order
+        try:
+            train(sys.argv[1], out_dir=out_dir, resume=resume, strategy=strategy, progress=False,
+                  verbose=0, epochs=1, **{recipe})
+            errors.append(None)
+        except Exception as error:
+            errors.append([type(error).__name__, str(error)])
+    print(json.dumps(errors))
+""")
+
+
+def test_multi_worker_refusals_follow_the_chief(tiny_demo, tmp_path):
+    """The out_dir checks run on the chief and every worker gets its verdict. Each worker is given
+    its own out_dir, so a worker deciding alone would decide differently:
+    (1) the chief's out_dir holds a file, worker 1's is empty: both refuse (worker 1 "says the chief");
+    (2) resume: the chief's out_dir has a checkpoint, worker 1's does not exist (no shared
+    filesystem): worker 1 refuses naming the unreadable checkpoint; the chief reads its checkpoint
+    and refuses it as incompatible (a config that differs in every resume key)."""
+    chief_full, worker_empty = tmp_path / "chief_full", tmp_path / "worker_empty"
+    chief_full.mkdir()
+    (chief_full / "stray.txt").write_text("a previous run")
+    worker_empty.mkdir()
+    chief_resume, worker_missing = tmp_path / "chief_resume", tmp_path / "worker_missing"
+    (chief_resume / "last").mkdir(parents=True)
+    (chief_resume / "last" / "state.json").write_text(json.dumps({"config": {}, "train_split": "other"}))
+    script = REFUSAL_SCRIPT.format(recipe=repr(RECIPE))
+    split = tiny_demo["train_mat"]
+    chief, other = _run_workers(script, [(split, chief_full, chief_resume), (split, worker_empty, worker_missing)],
+                                timeout=120)
+    assert chief[0][0] == other[0][0] == "FileExistsError"
+    assert "already holds files" in chief[0][1] and "says the chief" not in chief[0][1]
+    assert "says the chief worker" in other[0][1] and "resume=True" in other[0][1]
+    assert other[1][0] == "FileNotFoundError"
+    assert str(worker_missing / "last") in other[1][1] and "index 1" in other[1][1]
+    assert "shared by all workers" in other[1][1]
+    assert chief[1][0] == "ValueError" and "Cannot resume from" in chief[1][1]
+    assert "training split" in chief[1][1] and "backbone" in chief[1][1]
+    # nothing was written, except the (empty) logs/ the chief creates before it reads the checkpoint
+    assert sorted(p.name for p in chief_full.iterdir()) == ["stray.txt"]
+    assert list(worker_empty.iterdir()) == [] and not worker_missing.exists()
+    assert sorted(p.name for p in chief_resume.iterdir()) == ["last", "logs"]
+    assert list((chief_resume / "logs").iterdir()) == []
