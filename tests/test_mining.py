@@ -156,6 +156,67 @@ def test_exclude_very_hard_keeps_semi_hard_negatives_first():
     assert list(rows[0, 2:]) == [22, 21, 20]  # fewer than N semi-hard: filled with the least hard
 
 
+def test_gram_blocks_equal_direct_squared_distances_across_blocks(monkeypatch):
+    from tf_netvlad import tuple_mining
+
+    rng = np.random.default_rng(2)
+    db = rng.normal(size=(53, 24)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = np.concatenate([db[[4, 9]], rng.normal(size=(9, 24)).astype(np.float32) * 3])  # 2 exact copies
+    monkeypatch.setattr(tuple_mining, "GRAM_BLOCK_ELEMENTS", 53 * 4)  # 4 queries per block: 3 blocks
+    blocks = list(tuple_mining.gram_blocks(q, db))
+    assert [start for start, _ in blocks] == [0, 4, 8] and all(d2.dtype == np.float32 for _, d2 in blocks)
+    got = np.concatenate([d2 for _, d2 in blocks])
+    want = ((q.astype(np.float64)[:, None, :] - db.astype(np.float64)[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+    assert got.min() >= 0 and got[0, 4] < 1e-6 and got[1, 9] < 1e-6  # clipped, not negative
+
+
+def test_mine_tuples_ranks_candidates_by_d2_then_db_id():
+    # integer-valued descriptors: every d² is exact in float32, so ties are real ties
+    split = _line_split(num_db=120, query_x=np.linspace(0, 590, 25))
+    rng = np.random.default_rng(3)
+    db = rng.integers(0, 3, size=(120, 8)).astype(np.float32)
+    q = rng.integers(0, 3, size=(25, 8)).astype(np.float32)
+    positives, non_negatives = split.non_trivial_positives(), split.positives()
+    cache = np.full((25, 4), -1, np.int64)
+    cache[::2] = rng.choice(120, size=(13, 4))
+    options = dict(num_positives=2, num_negatives=4, pool_size=30, keep_factor=3, margin=0.1)
+    rows, new_cache, _ = mining.mine_tuples(np.arange(25), q, db, positives, non_negatives, cache,
+                                            np.random.default_rng(8), **options)
+    # reference: the same candidate draws, float64 distances, sorted by (d², id) in Python
+    from tf_netvlad.tuple_mining import plan_query
+
+    plan_rng = np.random.default_rng(8)
+    ties = 0
+    for r in range(25):
+        pos, candidates = plan_query(r, positives, non_negatives, cache, plan_rng, 120, 30, 4, np.zeros(0, np.int64))
+        d2 = {int(c): float(((q[r].astype(np.float64) - db[c]) ** 2).sum()) for c in candidates}
+        ranked = sorted(d2, key=lambda c: (d2[c], c))
+        ties += len(d2) - len(set(d2.values()))
+        assert list(rows[r, 3:]) == ranked[:4] and list(new_cache[r]) == ranked[:4]
+    assert ties > 100  # the id order was exercised
+
+
+def test_compute_cache_extracts_once_and_splits_failed_db_and_query_images():
+    split = _line_split(num_db=30, query_x=np.arange(0, 140, 10.0))
+    rng = np.random.default_rng(1)
+    paths = list(split.db_paths) + list(split.query_paths)
+    descriptors = {p: rng.normal(size=6).astype(np.float32) for p in paths}
+    descriptors["db4.jpg"] = descriptors["q3.jpg"] = None
+    miner = _table_miner(split, descriptors)
+    calls = []
+    lookup = miner._lookup
+    miner._lookup = lambda p: calls.append(len(p)) or lookup(p)
+    query_ids = np.array([5, 3, 0])
+    q_desc, db_desc = miner.compute_cache(None, query_ids)
+    assert calls == [33]  # one extraction call: 30 db images, then 3 queries
+    np.testing.assert_array_equal(db_desc[7], descriptors["db7.jpg"])
+    np.testing.assert_array_equal(q_desc[0], descriptors["q5.jpg"])
+    np.testing.assert_array_equal(miner.bad_db, [4])
+    np.testing.assert_array_equal(miner.bad_queries, [3])
+
+
 # --------------------------------------------------------------------------- sharded (multi-worker) mining
 
 

@@ -53,8 +53,9 @@ def mine_tuples_sharded(query_ids, query_desc, db_shard, db_lo, num_db, positive
     `all_reduce_sum` (a sum over the workers of a float32 vector, zeros elsewhere: exact) completes
     the table of Σ_q (|positives| + |candidates|) distances. Selection then runs on identical inputs,
     so every worker mines identical rows. Compared with `mine_tuples` on the whole database, the
-    result is the same tuples and memory, except that candidates whose d² ties to the last bit may be
-    ordered differently (here: by (d², id); there: faiss's order).
+    result is the same tuples and memory, except for candidates whose d² differ by less than float32
+    rounding (both rank by (d², id); here d² = |q − x|² per pair, there |q|² + |x|² − 2 q·x from a
+    Gram matrix).
 
     Args:
         query_ids, query_desc, positives, non_negatives, neg_cache, rng, and the keyword arguments:

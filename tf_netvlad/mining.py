@@ -9,8 +9,8 @@ training queries:
    excluded) are ranked by cached d²; the `num_positives` nearest form the positive set (the first
    is MATLAB's best positive; the train step takes the min again with fresh descriptors).
 3. Negatives: a pool of `pool_size` (1000) random db images beyond `pos_dist_thr` (25 m), plus the
-   query's `num_negatives` remembered negatives, is ranked by cached d² (faiss search through
-   `tf_netvlad.index`), keeping the `keep_factor · num_negatives` (10 · 10) nearest.
+   query's `num_negatives` remembered negatives, is ranked by cached d² (read from one Gram matrix
+   per block of queries; ties by db id), keeping the `keep_factor · num_negatives` (10 · 10) nearest.
 4. Memory: the `num_negatives` nearest of those become the query's remembered negatives for the
    next time it is mined (violating or not, as MATLAB's `negCache`).
 5. The tuple takes the `num_negatives` hardest negatives. Those violating the margin under the cached
@@ -149,12 +149,17 @@ class HardNegativeMiner:
         return desc, skipped
 
     def compute_cache(self, model, query_ids):
-        """Float32 descriptors of `query_ids` and of the whole training database with `model`."""
-        db_desc, bad_db = self._extract(model, self.split.db_paths, "database")
-        self.bad_db = np.union1d(self.bad_db, bad_db)
-        q_desc, bad_q = self._extract(model, [self.split.query_paths[i] for i in query_ids], "query")
-        self.bad_queries = np.union1d(self.bad_queries, np.asarray(query_ids)[bad_q])
-        return q_desc, db_desc
+        """Float32 descriptors of `query_ids` and of the whole training database with `model`.
+
+        One extraction call over the database followed by the queries (each call pays a fixed
+        pipeline start-up); returns `(q_desc, db_desc)`, views of the same array.
+        """
+        num_db = self.split.num_db
+        paths = list(self.split.db_paths) + [self.split.query_paths[i] for i in query_ids]
+        desc, bad = self._extract(model, paths, "database/query")
+        self.bad_db = np.union1d(self.bad_db, bad[bad < num_db])
+        self.bad_queries = np.union1d(self.bad_queries, np.asarray(query_ids)[bad[bad >= num_db] - num_db])
+        return desc[num_db:], desc[:num_db]
 
     def compute_shard_cache(self, model, query_ids):
         """Multi-worker cache: this worker's block of the db, and every query descriptor of the cycle.
