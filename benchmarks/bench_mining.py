@@ -3,7 +3,7 @@
 A refresh (`HardNegativeMiner.mine(model, cycle)`) extracts the whole training database and the
 cycle's queries with the current model (`compute_cache`) and then mines one tuple per query from
 those cached descriptors (`mine_tuples`: positives ranked by d², a random negative pool plus the
-remembered negatives ranked through faiss). The baseline is one `extract.extract_descriptors` call
+remembered negatives ranked by d² read from one Gram matrix per block of queries). The baseline is one `extract.extract_descriptors` call
 over exactly the same image paths, same batch size and image size. Both are timed interleaved
 (round-robin) in one process, so the ratio is a same-run ratio (this machine's throughput is
 bimodal, see ../shared/docs/performance-notes.md).
@@ -20,8 +20,9 @@ Part 2 (synthetic, --paper-db > 0): `mine_tuples` alone at paper scale (10k data
 measured in the same run, which gives the refresh/extraction ratio projected to Pittsburgh 30k.
 
 The breakdown splits a refresh into extraction (`compute_cache`) and mining (`mine_tuples`), and
-mining into faiss ranking (`rank_negatives`), pool sampling (`sample_pool`), positive distances
-(`_sq_dists`) and the remaining NumPy set operations.
+mining into the Gram matrix (`gram_blocks`: one GEMM per block of queries), candidate ranking
+(`rank_by_d2`), pool sampling (`sample_pool`), positive distances (`sq_dists`) and the remaining
+NumPy set operations.
 
 Usage:
     python benchmarks/bench_mining.py --quick            # small smoke run (~1 min)
@@ -74,6 +75,21 @@ class Timer:
             finally:
                 self.total[name] = self.total.get(name, 0.0) + time.perf_counter() - start
                 self.calls[name] = self.calls.get(name, 0) + 1
+        return timed
+
+    def wrap_generator(self, name, fn):
+        """Times the work done inside each step of the generator `fn` returns."""
+        def timed(*args, **kwargs):
+            iterator = fn(*args, **kwargs)
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+                finally:
+                    self.total[name] = self.total.get(name, 0.0) + time.perf_counter() - start
+                yield item
         return timed
 
 
@@ -162,18 +178,19 @@ def profile_mine_tuples(miner, q_ids, q_desc, db_desc, repeats=3):
     """ms per query of mine_tuples and of its parts (median over `repeats` runs)."""
     import numpy as np
 
-    from tf_netvlad import mining
+    from tf_netvlad import tuple_mining
 
-    names = ("rank_negatives", "sample_pool", "_sq_dists")
-    originals = {name: getattr(mining, name) for name in names}
+    names = ("gram_blocks", "rank_by_d2", "sample_pool", "sq_dists")
+    originals = {name: getattr(tuple_mining, name) for name in names}
     runs = []
     try:
         for r in range(repeats):
             timer = Timer()
             for name in names:
-                setattr(mining, name, timer.wrap(name, originals[name]))
+                wrap = timer.wrap_generator if name == "gram_blocks" else timer.wrap
+                setattr(tuple_mining, name, wrap(name, originals[name]))
             start = time.perf_counter()
-            mining.mine_tuples(
+            tuple_mining.mine_tuples(
                 q_ids, q_desc, db_desc, miner.positives, miner.non_negatives, miner.neg_cache,
                 np.random.default_rng([miner.seed, r, 1]), num_positives=miner.num_positives,
                 num_negatives=miner.num_negatives, pool_size=miner.pool_size,
@@ -186,7 +203,7 @@ def profile_mine_tuples(miner, q_ids, q_desc, db_desc, repeats=3):
             runs.append(row)
     finally:
         for name, fn in originals.items():
-            setattr(mining, name, fn)
+            setattr(tuple_mining, name, fn)
     return {k: round(1e3 * _median([r[k] for r in runs]) / len(q_ids), 4) for k in runs[0]}
 
 
