@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tf_netvlad import places
+from tf_netvlad import places, split_files, utm
 from tf_netvlad.places import PlaceSplit, load_split, write_csv, write_mat
 
 
@@ -142,7 +142,7 @@ def test_mat_tokyotm_timestamps_field_order(tmp_path, rng):
     split = _toy_split(rng, n_db=6, n_q=2, timestamps=True)
     path = write_mat(split, tmp_path / "tm.mat")
     names = scipy.io.loadmat(str(path))["dbStruct"].dtype.names
-    assert names == places._MAT_FIELDS_TM
+    assert names == split_files._MAT_FIELDS_TM
     s = scipy.io.loadmat(str(path))["dbStruct"].item()
     np.testing.assert_array_equal(s[3].reshape(-1), split.db_timestamps)  # dbTimeStamp
     np.testing.assert_array_equal(s[6].reshape(-1), split.query_timestamps)  # qTimeStamp
@@ -222,7 +222,7 @@ def test_transverse_mercator_reference_values():
     # Snyder, Map Projections - A Working Manual (USGS PP 1395), p. 269: Clarke 1866,
     # 40°30'N 73°30'W, central meridian 75°W, k0 0.9996 -> x 127106.5 m, y 4484124.4 m
     e2 = 0.00676866
-    x, y = places._transverse_mercator(40.5, -73.5, -75.0, a=6378206.4, f=1 - math.sqrt(1 - e2))
+    x, y = utm._transverse_mercator(40.5, -73.5, -75.0, a=6378206.4, f=1 - math.sqrt(1 - e2))
     assert abs(x - 127106.5) < 0.1 and abs(y - 4484124.4) < 0.1
     # central meridian on the equator; southern hemisphere false northing (MSLS Nairobi name
     # @0241821.78@9862147.68@37@M@-01.24616@0036.67991@)

@@ -40,13 +40,13 @@ def images_in_folder(folder):
     Returns:
         `(relative_paths, positions (n, 2) float64 or None)`.
     """
-    from tf_netvlad import places
+    from tf_netvlad import split_files
 
     folder = Path(folder)
-    files = places._list_images(folder)
+    files = split_files.list_images(folder)
     relative = [os.path.relpath(f, folder) for f in files]
     try:
-        positions = np.array([places.parse_utm_filename(f.name)[:2] for f in files], np.float64)
+        positions = np.array([split_files.parse_utm_filename(f.name)[:2] for f in files], np.float64)
     except ValueError:
         positions = None
     return relative, positions
