@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tf_netvlad import retrieval_gt as rgt
+from tf_netvlad import map_metrics
 from tf_netvlad import retrieval_map as rm
 
 # --------------------------------------------------------------------------- reference
@@ -131,7 +132,7 @@ def test_compute_map_matches_brute_force_reference(monkeypatch):
         npos, njunk = rng.integers(0, 8), rng.integers(0, 6)
         positives.append(ids[:npos])
         junk.append(ids[npos : npos + njunk])
-    monkeypatch.setattr(rm, "_WORK_ELEMENTS", 7 * num_db)  # several chunks of 7 queries
+    monkeypatch.setattr(map_metrics, "_WORK_ELEMENTS", 7 * num_db)  # several chunks of 7 queries
     for ks, k in (((1, 5, 10), num_db), ((1, 3), 20)):
         result = rm.compute_map(rankings[:, :k], positives, junk, ks=ks, num_db=num_db)
         aps, precisions, mean_ap, mean_p = reference_map(rankings[:, :k], positives, junk, ks)
