@@ -58,15 +58,30 @@ def _corrupt(root, name):
     (root / name).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
 
 
-def test_bad_image_skip_counts_and_drops_the_tuple(colour_images):
+def test_bad_image_skip_pads_the_tuple_in_place_and_counts_it(colour_images):
     root, paths = colour_images
     _corrupt(root, paths[3])
-    pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=4, num_positives=1, num_negatives=2,
-                         batch_size=4, on_bad_image="skip")
-    pipe.assign([[0, 1, 2, 4], [1, 2, 3, 5], [2, 4, 5, 6], [5, 6, 7, 3]])  # rows 1 and 3 use img3
+    pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=5, num_positives=1, num_negatives=2,
+                         batch_size=2, on_bad_image="skip")
+    rows = [[0, 1, 2, 4], [1, 2, 3, 5], [2, 4, 5, 6], [5, 6, 7, 3], [6, 1, 2, 4]]  # rows 1 and 3 use img3
+    pipe.assign(rows)
     batches = list(pipe.dataset().as_numpy_iterator())
-    np.testing.assert_array_equal(_values(batches[0]["query"]), [0, 20])
+    assert [len(b["query"]) for b in batches] == [2, 2, 1]  # every row keeps its slot
+    queries = np.concatenate([_values(b["query"]) for b in batches])
+    masks = np.concatenate([b["positive_mask"][:, 0] for b in batches])
+    negatives = np.concatenate([_values(b["negatives"]) for b in batches])
+    np.testing.assert_array_equal(queries, [0, 0, 20, 0, 60])  # failed rows are black padding
+    np.testing.assert_array_equal(masks, [1, 0, 1, 0, 1])  # ... with no positive: they train nothing
+    np.testing.assert_array_equal(negatives[[1, 3]], 0)
     assert pipe.skipped == 2
+    # a run resumed after one step (2 rows) reads exactly the batches the whole run read next
+    pipe.assign(rows, start_row=2)
+    resumed = list(pipe.dataset().as_numpy_iterator())
+    assert len(resumed) == 2
+    for got, want in zip(resumed, batches[1:]):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert pipe.skipped == 3
 
 
 def test_bad_image_stop_names_the_file(colour_images):

@@ -115,8 +115,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.epoch = epoch
 
     def _state(self, epoch, step, complete):
-        # Each step consumes `batch_size` rows from row 0 of the cycle (with on_bad_image="skip" a
-        # dropped tuple shifts this by one row: a resumed run may then skip a few tuples).
+        # Each step consumes exactly `batch_size` rows from row 0 of the cycle (a tuple that fails
+        # in "skip" mode keeps its slot as padding), so this is the exact row to resume at.
         rows_done = min(step * self.pipeline.batch_size, int(self.pipeline.end_row.numpy()))
         complete = complete or rows_done >= int(self.pipeline.end_row.numpy())
         return {

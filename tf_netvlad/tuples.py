@@ -22,8 +22,9 @@ middle of an epoch.
 
 Images that fail to load during an epoch (`on_bad_image`): "stop" fails with an
 `InvalidArgumentError` whose message contains `TUPLE_IMAGE_ERROR row=<i>` and the tuple's files
-(`TuplePipeline.describe_failure` names the broken file); "skip" drops the tuple and counts it in
-`TuplePipeline.skipped`.
+(`TuplePipeline.describe_failure` names the broken file); "skip" puts a padding tuple (black images,
+no positive: it trains nothing) in its place and counts it in `TuplePipeline.skipped`. Batches thus
+always hold the same rows, and a run resumed after k steps starts at the exact next row.
 """
 
 import re
@@ -166,9 +167,6 @@ class TuplePipeline:
             "negatives": tf.zeros([self.num_negatives, height, width, 3]),
         }
 
-    def _sentinel(self):
-        return tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), self._zeros_element()))
-
     def _row_paths_message(self, index):
         row = self.table[index]
         q_paths = tf.constant(self.query_paths)
@@ -178,45 +176,42 @@ class TuplePipeline:
         return tf.strings.reduce_join(files, separator="', '")
 
     def dataset(self):
-        """The finite tf.data pipeline over rows `start_row..end_row` of the table (re-read per epoch)."""
+        """The finite tf.data pipeline over rows `start_row..end_row` of the table (re-read per epoch).
+
+        Batch b holds exactly rows `start_row + b·batch_size ...`: a tuple whose image fails is a
+        padding tuple in "skip" mode (trains nothing, counted in `skipped`), so a checkpoint after
+        k steps resumes at row `start_row + k·batch_size` whatever failed before it.
+        """
         def in_range(i):
             return tf.logical_and(i >= self.start_row, i < self.end_row)
 
-        def not_sentinel(index, tuple_):
-            return index >= 0
-
-        def drop_index(index, tuple_):
-            return tuple_
-
-        ds = tf.data.Dataset.range(self.num_rows)
-        ds = ds.filter(in_range)
-        ds = ds.map(self._load_row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.ignore_errors()  # a tuple whose image fails is dropped here; gaps are handled below
-        ds = ds.concatenate(self._sentinel())
-
-        def check(previous, element):
-            index, tuple_ = element
-            expected = tf.where(previous < 0, self.start_row.read_value(), previous + 1)
-            current = tf.where(index < 0, self.end_row.read_value(), index)  # sentinel: end of epoch
-            gap = current - expected
-            if self.on_bad_image == "stop":
-                message = tf.strings.join([
-                    f"{ERROR_MARKER} row=", tf.strings.as_string(expected),
-                    ": an image of this training tuple could not be read or decoded. Files of the "
-                    "tuple: '", self._row_paths_message(tf.minimum(expected, self.num_rows - 1)),
-                    "'. Fix or remove the file, or train with on_bad_image='skip'.",
-                ])
-                assertion = tf.debugging.Assert(tf.equal(gap, 0), [message])
-                with tf.control_dependencies([assertion]):
-                    current = tf.identity(current)
-            else:
-                with tf.control_dependencies([self.skipped_var.assign_add(gap)]):
-                    current = tf.identity(current)
-            return current, (index, tuple_)
-
-        ds = ds.scan(tf.constant(-1, tf.int64), check)
-        ds = ds.filter(not_sentinel).map(drop_index)
+        ds = tf.data.Dataset.range(self.num_rows).filter(in_range)
+        ds = ds.interleave(self._load_or_pad, cycle_length=max(2, self.batch_size), block_length=1,
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(self._check_loaded).map(lambda index, tuple_: tuple_)
         return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _load_or_pad(self, row):
+        """One-element dataset: the tuple of `row`, or a padding tuple if `row` < 0 or it fails."""
+        loaded = tf.data.Dataset.from_tensors(row).filter(lambda r: r >= 0).map(self._load_row)
+        fallback = tf.data.Dataset.from_tensors(row).map(self._padding_row)
+        return loaded.ignore_errors().concatenate(fallback).take(1)
+
+    def _check_loaded(self, index, tuple_):
+        """Counts a failed tuple ("skip") or fails naming its files ("stop"); see `_padding_row`."""
+        failed = index < -1
+        if self.on_bad_image == "stop":
+            row = -index - 2
+            message = tf.strings.join([
+                f"{ERROR_MARKER} row=", tf.strings.as_string(row),
+                ": an image of this training tuple could not be read or decoded. Files of the "
+                "tuple: '", self._row_paths_message(tf.clip_by_value(row, 0, self.num_rows - 1)),
+                "'. Fix or remove the file, or train with on_bad_image='skip'.",
+            ])
+            with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(failed), [message])]):
+                return tf.identity(index), tf.nest.map_structure(tf.identity, tuple_)
+        with tf.control_dependencies([self.skipped_var.assign_add(tf.cast(failed, tf.int64))]):
+            return tf.identity(index), tf.nest.map_structure(tf.identity, tuple_)
 
     def replica_dataset(self, input_context):
         """This worker's input for `strategy.distribute_datasets_from_function` (multi-worker).
@@ -250,30 +245,10 @@ class TuplePipeline:
         def in_epoch(batch, row):
             return batch * self.batch_size < self.end_row - self.start_row
 
-        def load_slot(batch, row):
-            loaded = tf.data.Dataset.from_tensors(row).filter(lambda r: r >= 0).map(self._load_row)
-            fallback = tf.data.Dataset.from_tensors(row).map(self._padding_row)
-            return loaded.ignore_errors().concatenate(fallback).take(1)
-
-        def check(index, tuple_):
-            failed = index < -1  # a fallback for a real row: its image failed
-            if self.on_bad_image == "stop":
-                row = -index - 2
-                message = tf.strings.join([
-                    f"{ERROR_MARKER} row=", tf.strings.as_string(row),
-                    ": an image of this training tuple could not be read or decoded. Files of the "
-                    "tuple: '", self._row_paths_message(tf.clip_by_value(row, 0, self.num_rows - 1)),
-                    "'. Fix or remove the file, or train with on_bad_image='skip'.",
-                ])
-                with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(failed), [message])]):
-                    return tf.nest.map_structure(tf.identity, tuple_)
-            with tf.control_dependencies([self.skipped_var.assign_add(tf.cast(failed, tf.int64))]):
-                return tf.nest.map_structure(tf.identity, tuple_)
-
         ds = tf.data.Dataset.range(capacity).map(slot_row).filter(in_epoch)
-        ds = ds.interleave(load_slot, cycle_length=max(2, per_batch), block_length=1,
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(check)
+        ds = ds.interleave(lambda batch, row: self._load_or_pad(row), cycle_length=max(2, per_batch),
+                           block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(lambda index, tuple_: self._check_loaded(index, tuple_)[1])
         return ds.batch(per_replica).prefetch(tf.data.AUTOTUNE)
 
     def _padding_row(self, row):
