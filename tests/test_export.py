@@ -464,7 +464,7 @@ def test_failed_export_leaves_no_version_and_no_temp_dir(models, tmp_path, monke
     def boom(*args, **kwargs):
         raise RuntimeError("disk full (simulated)")
 
-    monkeypatch.setattr(export, "_write_warmup", boom)
+    monkeypatch.setattr(export, "write_warmup", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         export.export_saved_model(models["plain"], base, image_size=FIXED)
     assert export.existing_versions(base) == [1] and _hidden_leftovers(base) == []
