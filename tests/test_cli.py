@@ -149,6 +149,17 @@ def test_index_then_localize_database_images(tiny_demo, tmp_path, capsys):
     assert cli.main(["localize", "--index", str(index_dir), "--model", str(model_path), missing,
                      "--strict"]) == 2
     assert "missing.jpg" in capsys.readouterr().err
+    # --gt-dataset: a split image is marked; one that is not in the split is localised unmarked
+    in_split = str(Path(split.root) / split.db_paths[0])
+    assert cli.main(["localize", "--index", str(index_dir), "--model", str(model_path), in_split,
+                     queries[1], "--gt-dataset", test_mat, "--json", str(out_json)]) == 0
+    assert f"{queries[1]} is not in --gt-dataset" in capsys.readouterr().err
+    results = json.loads(out_json.read_text())
+    assert results[0]["top1_correct"] is True and results[0]["gt_position"] == list(split.db_utm[0])
+    assert results[1]["top1_correct"] is None and results[1]["top"][0]["path"].endswith(split.db_paths[1])
+    assert cli.main(["localize", "--index", str(index_dir), "--model", str(model_path), queries[1],
+                     "--gt-dataset", test_mat, "--strict"]) == 2
+    assert "q1.jpg' is not among" in capsys.readouterr().err
 
 
 def _run_quiet_import(tmp_path, module_body):

@@ -70,6 +70,11 @@ def test_localize_database_images_top1_and_estimate(setup, model):
     assert results[0]["error_m"] == pytest.approx(5.0)
     assert results[0]["top1_correct"] is True and results[0]["top"][0]["distance_m"] == 5.0
     assert results[2]["top1_correct"] is False and results[2]["error_m"] == pytest.approx(30.0)
+    unknown = loc.localize(folder / "index", model, queries[:2], k=2,
+                           gt_positions=[positions[5], [np.nan, np.nan]])
+    assert unknown[0]["top1_correct"] is True and unknown[0]["top"][0]["correct"] is True
+    assert unknown[1]["top1_correct"] is None and unknown[1]["error_m"] is None
+    assert unknown[1]["gt_position"] is None and "correct" not in unknown[1]["top"][0]
     assert results[0]["top"][0]["path"] == str(folder / "db5.png")
     assert results[0]["gt_position"] == [503.0, 7004.0]
     json.loads(json.dumps(results, allow_nan=False))  # JSON-serialisable, no NaN
@@ -173,3 +178,8 @@ def test_positions_from_split_matches_full_relative_and_file_names(tmp_path):
     np.testing.assert_allclose(found, [[5, 6], [7, 8], [3, 4]])
     with pytest.raises(ValueError, match="'z.jpg' is not among the 2 query and 2 database"):
         loc.positions_from_split(split, ["z.jpg"])
+    found = loc.positions_from_split(split, ["b.jpg", "z.jpg"], missing="nan")  # unknown: a NaN row
+    np.testing.assert_allclose(found[0], [3, 4])
+    assert np.isnan(found[1]).all()
+    with pytest.raises(ValueError, match="missing"):
+        loc.positions_from_split(split, ["b.jpg"], missing="skip")

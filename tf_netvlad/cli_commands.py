@@ -192,11 +192,17 @@ def cmd_index(args):
 
 
 def cmd_localize(args):
+    import numpy as np
+
     from tf_netvlad import localize, places
 
     gt = None
     if args.gt_dataset:
-        gt = localize.positions_from_split(places.load_split(args.gt_dataset), args.images)
+        gt = localize.positions_from_split(places.load_split(args.gt_dataset), args.images,
+                                           missing="raise" if args.strict else "nan")
+        for path in np.asarray(args.images)[np.isnan(gt).any(axis=1)]:
+            print(f"tf_netvlad localize: {path} is not in --gt-dataset; its results are not marked "
+                  "correct or incorrect.", file=sys.stderr)
     results = localize.localize(
         args.index, args.model, args.images, k=args.top_k,
         image_size=None if args.image_size is None else _image_size(args.image_size), gt_positions=gt,

@@ -283,7 +283,8 @@ def _add_index_and_localize(add):
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG grid of queries and retrievals here")
     p.add_argument("--strict", action="store_true",
-                   help="stop at an unreadable query image (default: report it, localise the rest, exit 1)")
+                   help="stop at an unreadable query image or one missing from --gt-dataset (default: "
+                        "report it, localise the rest; exit 1 if an image was unreadable)")
 
 
 def _add_convert(add):

@@ -86,7 +86,8 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
         a list (one per query) of JSON-serialisable dicts: `query`, `top` (list of `rank`, `id`,
         `path`, `position` or None, `score`, and `correct`/`distance_m` with ground truth),
         `estimated_position` ([easting, northing] or None), and with ground truth
-        `gt_position`, `error_m` (estimate vs truth) and `top1_correct`. A skipped query's dict
+        `gt_position`, `error_m` (estimate vs truth) and `top1_correct` (None where the truth is
+        unknown, i.e. a NaN row of `gt_positions`, or nothing was retrieved). A skipped query's dict
         has `query`, `error`, `top: []` and `estimated_position: None`.
     """
     from tf_netvlad import data, extract
@@ -140,20 +141,24 @@ def _result(index, query, scores, ids, gt, radius):
         result["gt_position"] = _position(gt)
         known = estimate is not None and np.isfinite(gt).all()
         result["error_m"] = float(np.linalg.norm(estimate - gt)) if known else None
-        result["top1_correct"] = bool(top[0].get("correct", False)) if top else False
+        # None when the truth is unknown (NaN row) or nothing was retrieved
+        result["top1_correct"] = top[0]["correct"] if top and "correct" in top[0] else None
     return result
 
 
-def positions_from_split(split, image_paths, root=None):
+def positions_from_split(split, image_paths, root=None, missing="raise"):
     """Ground-truth positions of `image_paths` looked up among a split's query and db images.
 
     A path matches a split image by its full path, else by its path relative to the split root
-    (path suffix), else by a file name that occurs once in the split. Raises `ValueError` naming
-    the first image that is not in the split.
+    (path suffix), else by a file name that occurs once in the split. An image that is not in the
+    split raises `ValueError` naming it (`missing="raise"`), or gets a NaN row, i.e. an unknown
+    position, which `localize` and `plot_localization` leave unmarked (`missing="nan"`).
 
     Returns:
         `(Q, 2)` float64 positions.
     """
+    if missing not in ("raise", "nan"):
+        raise ValueError(f"`missing` must be 'raise' or 'nan'. Received: {missing!r}")
     from tf_netvlad.data import resolve_paths
 
     relative = list(split.query_paths) + list(split.db_paths)
@@ -176,6 +181,9 @@ def positions_from_split(split, image_paths, root=None):
                           if s in by_relative), None)
         if match is None and len(by_name.get(os.path.basename(path), [])) == 1:
             match = by_name[os.path.basename(path)][0]
+        if match is None and missing == "nan":
+            found[q] = np.nan
+            continue
         if match is None:
             raise ValueError(
                 f"Query image {path!r} is not among the {split.num_queries} query and "
