@@ -433,6 +433,22 @@ def test_approximate_index_errors(rng):
         evaluation.evaluate_descriptors(db, queries, positives, approximate="NOPE12")
 
 
+def test_evaluate_refuses_a_bad_approximate_index_before_extracting(colour_split, monkeypatch):
+    from tf_netvlad import extract
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("descriptors were extracted before the approximate index was checked")
+
+    monkeypatch.setattr(extract, "extract_descriptors", no_extraction)
+    model = _mean_colour_model()  # 3-D descriptors, 6 database images
+    with pytest.raises(ValueError, match="at least 624 database vectors .*the database has 6"):
+        evaluation.evaluate(model, colour_split, approximate="auto", progress=False)
+    with pytest.raises(ValueError, match="'IVF8,Flat' needs at least 8 training vectors, but only 6"):
+        evaluation.evaluate(model, colour_split, approximate="IVF8,Flat", progress=False)
+    with pytest.raises(ValueError, match=r"for dimension 3\. Received: kind='IVF2,PQ2'"):
+        evaluation.evaluate(model, colour_split, approximate="IVF2,PQ2", progress=False)
+
+
 # --------------------------------------------------------------------------- Tokyo 24/7 end to end
 
 _PANORAMA_COLOURS = [(200, 50, 50), (180, 70, 60), (50, 200, 50), (50, 50, 200)]

@@ -346,6 +346,10 @@ def evaluate(
     if protocol == "tokyo247":
         protocols.check_panorama_layout(len(split.db_paths))
     data.check_on_error(on_error)
+    dim = extract._static_dim(model)
+    if approximate and dim is not None:  # fail before the extraction, not after it
+        ranking.check_approximate(len(split.db_paths), dim, approximate, approx_train_size,
+                                  approx_nprobe)
     with contextlib.ExitStack() as stack:
         out = _descriptor_buffer(model, len(split.db_paths), descriptor_dtype, memmap_dir, stack,
                                  "db_descriptors")

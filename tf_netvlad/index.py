@@ -111,6 +111,33 @@ def kmeans(x, k, niter=100, seed=43, max_points_per_centroid=None, verbose=False
     return np.array(clustering.centroids, dtype=np.float32).reshape(int(k), points.shape[1])
 
 
+def empty_index(dim, kind="flat", metric="ip"):
+    """An empty (untrained) faiss index of dimension `dim`: "flat" or an `index_factory` string.
+
+    Also the cheap check of a factory string before any descriptor is computed: raises
+    `ValueError` naming `kind` when faiss cannot build it for `dim` (e.g. PQ sub-quantisers that
+    do not divide the dimension).
+    """
+    _check_metric(metric)
+    faiss = _faiss()
+    _check_positive_int(dim, "dim")
+    dim = int(dim)
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(
+            f"`kind` must be 'flat' or a faiss index_factory string. Received: kind={kind!r}"
+        )
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    try:
+        return faiss.index_factory(dim, kind, faiss_metric)
+    except RuntimeError as error:
+        raise ValueError(
+            f"`kind` must be 'flat' or a valid faiss index_factory string for dimension {dim}. "
+            f"Received: kind={kind!r} ({str(error).strip().splitlines()[-1]})"
+        ) from error
+
+
 def build_index(
     db, kind="flat", metric="ip", chunk_size=DEFAULT_CHUNK_SIZE, nprobe=None, train_size=None,
     seed=43,
@@ -131,20 +158,8 @@ def build_index(
         a `faiss.Index` holding `n` vectors (`index.ntotal`).
     """
     db = _check_matrix(db, "db")
-    _check_metric(metric)
-    faiss = _faiss()
-    dim = db.shape[1]
-    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
-    elif isinstance(kind, str) and kind:
-        try:
-            index = faiss.index_factory(dim, kind, faiss_metric)
-        except RuntimeError as error:
-            raise ValueError(
-                "`kind` must be 'flat' or a valid faiss index_factory string. "
-                f"Received: kind={kind!r}"
-            ) from error
+    index = empty_index(db.shape[1], kind, metric)
+    if kind != "flat":
         if hasattr(index, "do_polysemous_training"):
             index.do_polysemous_training = False  # useless without polysemous search, and 5x slower
         if not index.is_trained:
@@ -153,10 +168,6 @@ def build_index(
                 rng = np.random.default_rng(seed)
                 rows = np.sort(rng.choice(len(db), int(train_size), replace=False))
             index.train(_as_float32(db[rows], "db"))
-    else:
-        raise ValueError(
-            f"`kind` must be 'flat' or a faiss index_factory string. Received: kind={kind!r}"
-        )
     if nprobe is not None:
         set_nprobe(index, nprobe)
     for _, chunk in _chunks(db, chunk_size, "db"):

@@ -73,6 +73,40 @@ def ranked_ids(search, k, exclude=None):
     return drop_excluded(search(int(k) + extra), exclude, k)
 
 
+def check_approximate(num_db, dim, factory="auto", train_size=None, nprobe=None):
+    """Validates the approximate-index settings for `num_db` vectors of dimension `dim`.
+
+    Cheap (no data): `evaluate` calls it before extracting any descriptor, so a factory that
+    cannot be trained on the database fails at once instead of after hours of extraction.
+
+    Returns:
+        `(factory, training rows, nprobe)` with the defaults resolved (see `approximate_index`).
+    """
+    if factory is True or factory == "auto":
+        factory = protocols.default_approx_factory(num_db, dim)
+    if not isinstance(factory, str) or not factory:
+        raise ValueError(
+            "`approximate` must be None, 'auto' or a faiss factory string like 'IVF1024,PQ64'. "
+            f"Received: approximate={factory!r}"
+        )
+    faiss_index.empty_index(dim, factory)  # parses the factory for this dimension
+    if train_size is None:
+        train_size = protocols.approx_train_size(factory, num_db)
+    if isinstance(train_size, bool) or not isinstance(train_size, (int, np.integer)):
+        raise ValueError(f"`approx_train_size` must be an int. Received: {train_size!r}")
+    rows = min(int(train_size), num_db)
+    need = protocols.approx_min_train(factory)
+    if rows < need:
+        raise ValueError(
+            f"The approximate index {factory!r} needs at least {need} training vectors, but only "
+            f"{rows} are available ({num_db} database images, approx_train_size={train_size}). "
+            "Use fewer IVF cells or PQ bits, a larger training sample, or a larger database."
+        )
+    if nprobe is None:
+        nprobe = protocols.approx_nprobe(factory)
+    return factory, rows, nprobe
+
+
 def approximate_index(db, factory="auto", train_size=None, nprobe=None, seed=43,
                       chunk_size=faiss_index.DEFAULT_CHUNK_SIZE):
     """An approximate faiss index over `db` (inner product) and a dict describing it.
@@ -88,28 +122,7 @@ def approximate_index(db, factory="auto", train_size=None, nprobe=None, seed=43,
     Returns:
         `(index, {"approx_index": factory, "approx_train_size": rows, "approx_nprobe": nprobe})`.
     """
-    num_db = len(db)
-    if factory is True or factory == "auto":
-        factory = protocols.default_approx_factory(num_db, db.shape[1])
-    if not isinstance(factory, str) or not factory:
-        raise ValueError(
-            "`approximate` must be None, 'auto' or a faiss factory string like 'IVF1024,PQ64'. "
-            f"Received: approximate={factory!r}"
-        )
-    if train_size is None:
-        train_size = protocols.approx_train_size(factory, num_db)
-    if isinstance(train_size, bool) or not isinstance(train_size, (int, np.integer)):
-        raise ValueError(f"`approx_train_size` must be an int. Received: {train_size!r}")
-    rows = min(int(train_size), num_db)
-    need = protocols.approx_min_train(factory)
-    if rows < need:
-        raise ValueError(
-            f"The approximate index {factory!r} needs at least {need} training vectors, but only "
-            f"{rows} are available ({num_db} database images, approx_train_size={train_size}). "
-            "Use fewer IVF cells or PQ bits, a larger training sample, or a larger database."
-        )
-    if nprobe is None:
-        nprobe = protocols.approx_nprobe(factory)
+    factory, rows, nprobe = check_approximate(len(db), db.shape[1], factory, train_size, nprobe)
     index = faiss_index.build_index(db, kind=factory, metric="ip", chunk_size=chunk_size,
                                     nprobe=nprobe, train_size=rows, seed=seed)
     return index, {"approx_index": factory, "approx_train_size": rows, "approx_nprobe": nprobe}

@@ -232,18 +232,13 @@ def _finish_build(directory, state, paths, positions, root, kind, model_info, se
 
 
 def _check_factory(kind, dim):
-    faiss = faiss_lib._faiss()
     try:
-        faiss.index_factory(int(dim), kind, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as error:
+        faiss_lib.empty_index(int(dim), kind)
+    except ValueError as error:
         raise ValueError(
             f"`kind` must be one of {KINDS} or a valid faiss index_factory string for "
             f"{dim}-D descriptors. Received: kind={kind!r}"
         ) from error
-
-
-
-
 
 
 # --------------------------------------------------------------------------- the index
