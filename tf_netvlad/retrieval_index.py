@@ -182,7 +182,7 @@ def _prepare_directory(out_dir, overwrite):
             raise FileExistsError(
                 f"{os.fspath(out_dir)!r} already holds a complete retrieval index. Use "
                 "RetrievalIndex.load(...).add(...) (CLI: --add) to append images, "
-                "overwrite=True to replace it, or another directory."
+                "overwrite=True (CLI: --overwrite) to replace it, or another directory."
             )
         storage.remove(directory, [METADATA_FILE, PROGRESS_FILE, "descriptors.f32",
                                    "descriptors.f16", *storage.index_files(directory)])
