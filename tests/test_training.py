@@ -370,3 +370,35 @@ def test_extra_callbacks_run_in_every_cycle_and_summary_reports_the_cache(demo, 
     mining_stats = summary["last_mining"]
     assert mining_stats["cycle"] == 1 and mining_stats["num_tuples"] == 20
     assert mining_stats["extracted_db_images"] == 70 and mining_stats["extracted_query_images"] == 20
+
+
+def test_matlab_refresh_schedule_trains_growing_cycles(tiny_demo, tmp_path):
+    """`refresh_slowdown` (the paper recipe's default): a refresh at every pass end and cycles that
+    double with each LR drop, so a cycle can be larger than `cache_refresh_queries`."""
+    recipe = dict(TINY, cache_refresh_queries=10, negative_pool_size=20, lr_decay_every=1.0,
+                  lr_decay_factor=0.5, checkpoint_every_steps=0)
+    run = tmp_path / "run"
+    summary = training.train(tiny_demo["train_mat"], out_dir=run, epochs=4, progress=False, verbose=0,
+                             **recipe)
+    count = summary["training_queries"]
+    assert 20 < count <= 30 and summary["refresh_slowdown"] is True
+    sizes = [10, 10, count - 20, 20]  # pass 0 in cycles of 10 and the rest; pass 1 in cycles of 20
+    assert summary["iterations"] == sum(-(-s // 4) for s in sizes)  # batch 4
+    rows = np.load(run / "last" / "mining.npz")["rows"]
+    assert len(rows) == 20 and len(set(rows[:, 0].tolist())) == 20  # the last cycle: 20 queries
+    lrs = [float(line.split(",")[2]) for line in (run / "logs" / "train.csv").read_text().splitlines()[1:]]
+    assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005])
+
+
+def test_resume_treats_checkpoints_without_refresh_slowdown_as_the_fixed_schedule(tmp_path):
+    from tf_netvlad.checkpointing import check_resume
+    from tf_netvlad.train_config import config_json
+
+    fixed = training.TrainConfig(**dict(TINY, refresh_slowdown=False))
+    saved_config = config_json(fixed)
+    del saved_config["refresh_slowdown"]  # a checkpoint written before the option existed
+    fingerprint = {"train_split": "abc"}
+    saved = {"config": saved_config, "train_split": "abc"}
+    check_resume(saved, fixed, fingerprint, tmp_path)  # accepted
+    with pytest.raises(ValueError, match="refresh_slowdown: checkpoint=False, now=True"):
+        check_resume(saved, training.TrainConfig(**TINY), fingerprint, tmp_path)

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad import evaluation
-from tf_netvlad.train_config import RESUME_KEYS, jsonable
+from tf_netvlad.train_config import RESUME_DEFAULTS, RESUME_KEYS, jsonable
 
 
 def split_fingerprint(split):
@@ -118,8 +118,9 @@ class Checkpointer:
 
 
 def check_resume(saved, cfg, fingerprint, last):
-    problems = [f"{key}: checkpoint={saved['config'].get(key)!r}, now={jsonable(getattr(cfg, key))!r}"
-                for key in RESUME_KEYS if saved["config"].get(key) != jsonable(getattr(cfg, key))]
+    config = {**RESUME_DEFAULTS, **saved["config"]}
+    problems = [f"{key}: checkpoint={config.get(key)!r}, now={jsonable(getattr(cfg, key))!r}"
+                for key in RESUME_KEYS if config.get(key) != jsonable(getattr(cfg, key))]
     if saved.get("train_split") != fingerprint["train_split"]:
         problems.append("training split: different image lists or positions")
     if problems:

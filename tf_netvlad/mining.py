@@ -27,7 +27,8 @@ workers never hold training state.
 
 Query order: the training queries with a positive are visited in passes; pass k is the permutation
 `default_rng([seed, k])`, cycle e takes the next `cache_refresh_queries` queries of that stream (MATLAB
-permutes per epoch with `rng(43 - 1 + iEpoch)`). The negative pools of cycle e are drawn from
+permutes per epoch with `rng(43 - 1 + iEpoch)`); with `refresh_slowdown`, cycles end at every pass
+end and grow at every LR drop, as MATLAB's (`tf_netvlad.refresh_schedule`). The negative pools of cycle e are drawn from
 `default_rng([seed, e, 1])`. Both depend only on (seed, cycle), so a resumed run mines exactly what
 an uninterrupted one would.
 
@@ -43,6 +44,7 @@ import numpy as np
 
 from tf_netvlad.distributed import shard_range
 from tf_netvlad.distributed_mining import exchange_cache_blocks, mine_tuples_sharded
+from tf_netvlad.refresh_schedule import RefreshSchedule
 from tf_netvlad.tuple_mining import mine_tuples, rank_negatives, sample_pool  # noqa: F401  (public here)
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ class HardNegativeMiner:
         image_size: resize policy of the descriptor cache (use the training size).
         num_positives, num_negatives, pool_size, keep_factor, margin: mining recipe.
         cache_refresh_queries: queries per refresh cycle (one Keras epoch).
+        refresh_slowdown, lr_decay_every, lr_decay_factor: MATLAB's refresh schedule (a refresh
+            at every pass end, cycles × 1/lr_decay_factor at every LR drop); see
+            `refresh_schedule.RefreshSchedule`.
         seed: seeds the query order and the pools.
         batch_size: images per batch when computing the cache.
         on_bad_image: "stop" (raise naming the file) or "skip" (drop the image everywhere).
@@ -75,7 +80,8 @@ class HardNegativeMiner:
 
     def __init__(self, split, root=None, image_size=None, num_positives=1, num_negatives=10,
                  pool_size=1000, keep_factor=10, margin=0.1, cache_refresh_queries=1000, seed=43,
-                 batch_size=8, on_bad_image="stop", progress=True, exclude_very_hard=False, group=None):
+                 batch_size=8, on_bad_image="stop", progress=True, exclude_very_hard=False, group=None,
+                 refresh_slowdown=False, lr_decay_every=5.0, lr_decay_factor=0.5):
         self.split = split
         self.group = group
         self.root = split.root if root is None else root
@@ -114,7 +120,9 @@ class HardNegativeMiner:
                 f"({int(np.sum(available < self.num_negatives))} queries are short). Lower "
                 "num_negatives or use a larger database."
             )
-        self.cycle_size = int(min(int(cache_refresh_queries), len(self.valid_queries)))
+        self.schedule = RefreshSchedule(len(self.valid_queries), cache_refresh_queries, refresh_slowdown,
+                                        lr_decay_every, lr_decay_factor)
+        self.cycle_size = self.schedule.size  # queries per cycle (of the first passes with slowdown)
         self.neg_cache = np.full((split.num_queries, self.num_negatives), -1, np.int64)
         self.bad_db = np.zeros(0, np.int64)
         self.bad_queries = np.zeros(0, np.int64)
@@ -123,14 +131,19 @@ class HardNegativeMiner:
 
     # ------------------------------------------------------------------ schedule
     def queries_for_cycle(self, cycle):
-        """The query ids trained in refresh cycle `cycle` (a deterministic function of seed, cycle)."""
+        """The query ids trained in refresh cycle `cycle` (a deterministic function of seed, cycle).
+
+        Each pass over the queries follows its own seeded permutation; `self.schedule` says where
+        in which pass the cycle starts and how many queries it takes.
+        """
         count = len(self.valid_queries)
-        start = int(cycle) * self.cycle_size
+        pass_index, offset, size = self.schedule.cycle(cycle)
+        start = pass_index * count + offset
         ids = []
-        while len(ids) < self.cycle_size:
+        while len(ids) < size:
             pass_index, offset = divmod(start + len(ids), count)
             perm = np.random.default_rng([self.seed, pass_index]).permutation(self.valid_queries)
-            ids.extend(perm[offset : offset + self.cycle_size - len(ids)].tolist())
+            ids.extend(perm[offset : offset + size - len(ids)].tolist())
         return np.asarray(ids, np.int64)
 
     # ------------------------------------------------------------------ mining

@@ -4,9 +4,12 @@ A Keras epoch is one **refresh cycle**: `cache_refresh_queries` training queries
 all queries if fewer) whose descriptor cache is refreshed and whose tuples are mined at the start
 of the epoch (`mining.MiningCallback`). `epochs` therefore counts refresh cycles; the learning-rate
 schedule is expressed in *passes over the training queries* (the paper's epochs), so "halve the LR
-every 5 epochs" holds whatever the refresh rate: at cycle e the LR is
-`lr * lr_decay_factor ** floor(e * cycle_size / (num_queries * lr_decay_every))`.
-(Paper recipe on Pitts30k, 7,320 queries: 30 paper epochs = `epochs=220` cycles of 1000.)
+every 5 epochs" holds whatever the refresh rate: a cycle starting after p passes has the LR
+`lr * lr_decay_factor ** floor(p / lr_decay_every)`. With `refresh_slowdown` (the paper recipe's
+default, MATLAB's schedule) a refresh also happens at every pass end and the cycles grow by
+1/`lr_decay_factor` at every LR drop (`tf_netvlad.refresh_schedule`): on Pitts30k (7,320 queries)
+30 paper epochs are 8 cycles per pass for 5 passes, then 4, 2 and 1 per pass (5 passes each):
+`epochs=85`. Without it, cycles of 1000 run across pass ends: 30 paper epochs = `epochs=220`.
 
 `train` writes `out_dir` (`init.keras`, `best.keras`, the atomic `last` checkpoint, logs and
 `summary.json`; see `tf_netvlad.checkpointing`) and resumes from it exactly (`resume=True`).
@@ -100,7 +103,8 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
         num_negatives=cfg.num_negatives, pool_size=cfg.negative_pool_size, keep_factor=cfg.keep_factor,
         margin=cfg.margin, cache_refresh_queries=cfg.cache_refresh_queries, seed=cfg.seed,
         batch_size=cfg.cache_batch_size, on_bad_image=cfg.on_bad_image, progress=progress,
-        exclude_very_hard=cfg.exclude_very_hard, group=group)
+        exclude_very_hard=cfg.exclude_very_hard, group=group, refresh_slowdown=cfg.refresh_slowdown,
+        lr_decay_every=cfg.lr_decay_every, lr_decay_factor=cfg.lr_decay_factor)
     previous_policy = keras.config.dtype_policy()
     if cfg.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
@@ -148,7 +152,8 @@ class _null_scope:
 def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer, fingerprint,
          resuming, init_stats, start_time, verbose, progress, group=None, extra_callbacks=()):
     pipeline = tuples.TuplePipeline(
-        train_split.query_paths, train_split.db_paths, root, cfg.image_size, num_rows=miner.cycle_size,
+        train_split.query_paths, train_split.db_paths, root, cfg.image_size,
+        num_rows=miner.schedule.max_size,
         num_positives=cfg.num_positives, num_negatives=cfg.num_negatives, batch_size=cfg.batch_size,
         on_bad_image=cfg.on_bad_image)
     deadline = None if cfg.time_limit_s is None else start_time + cfg.time_limit_s
@@ -175,8 +180,7 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
     checkpoint_cb = TrainingCheckpoint(out_dir, checkpointer, miner, pipeline, control, fingerprint,
                                        cfg.checkpoint_every_steps, best=best, history=history, write=chief)
     callbacks = [control, checkpoint_cb, miner_cb,
-                 LearningRateSchedule(cfg.lr, cfg.lr_decay_factor, cfg.lr_decay_every, miner.cycle_size,
-                                      len(miner.valid_queries))]
+                 LearningRateSchedule(cfg.lr, miner.schedule)]
     if val_eval is not None:
         callbacks.append(ValidationRecall(val_eval, val_root, cfg.image_size, cfg.recall_ns,
                                           cfg.cache_batch_size, progress, control))
@@ -265,6 +269,7 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
         "epochs_requested": cfg.epochs,
         "iterations": int(model.optimizer.iterations.numpy()),
         "queries_per_epoch": miner.cycle_size,
+        "refresh_slowdown": miner.schedule.slowdown,
         "training_queries": len(miner.valid_queries),
         "queries_without_positives": miner.dropped_queries,
         "tuples_skipped_bad_images": pipeline.skipped,

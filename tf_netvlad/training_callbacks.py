@@ -5,7 +5,6 @@ calls. `TrainingCheckpoint` must run after `ValidationRecall` and the loggers at
 """
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -57,16 +56,18 @@ class RunControl(keras.callbacks.Callback):
 
 
 class LearningRateSchedule(keras.callbacks.Callback):
-    """Step decay in passes over the training queries (paper: ×0.5 every 5 epochs)."""
+    """Step decay in passes over the training queries (paper: ×0.5 every 5 epochs).
 
-    def __init__(self, lr, factor, every_passes, cycle_size, num_queries):
+    `schedule` is the miner's `refresh_schedule.RefreshSchedule`: it knows how many passes are
+    done when cycle (Keras epoch) e starts, and the decay every / factor.
+    """
+
+    def __init__(self, lr, schedule):
         super().__init__()
-        self.lr, self.factor, self.every = lr, factor, every_passes
-        self.cycle_size, self.num_queries = cycle_size, num_queries
+        self.lr, self.schedule = lr, schedule
 
     def value(self, epoch):
-        drops = math.floor(epoch * self.cycle_size / (self.num_queries * self.every) + 1e-9)
-        return self.lr * self.factor**drops
+        return self.schedule.learning_rate(self.lr, epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.model.optimizer.learning_rate = self.value(epoch)

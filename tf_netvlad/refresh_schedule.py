@@ -1,0 +1,83 @@
+"""Which training queries each refresh cycle (one Keras epoch) trains, and where it sits in the run.
+
+Two schedules, both deterministic functions of the cycle index (so a resumed run continues exactly):
+
+* fixed (`slowdown=False`): every cycle trains `size` queries; cycles run on across passes over the
+  queries (a cycle may end in the next pass).
+* MATLAB (`slowdown=True`, `trainWeakly.m`): the cache is also refreshed at the end of every pass
+  (MATLAB epoch), and the refresh interval grows by `1 / lr_decay_factor` at every learning-rate
+  drop ("the cache becomes stale slower" as the steps get smaller): `compFeatsFrequency` = 1000
+  queries, doubled with `lrDownFactor` = 2 every `lrDownFreq` = 5 epochs. Pass p uses cycles of
+  `min(num_queries, round(size · (1 / lr_decay_factor) ** floor(p / lr_decay_every)))` queries;
+  the last cycle of a pass holds the remainder.
+
+Pure Python; `HardNegativeMiner` draws the query order of each pass from its seed.
+"""
+
+import math
+
+
+class RefreshSchedule:
+    """Refresh cycles over `num_queries` training queries.
+
+    Args:
+        num_queries: training queries per pass (those with a positive).
+        size: queries per cycle (`cache_refresh_queries`; the first passes' size when `slowdown`).
+        slowdown: MATLAB's schedule (see the module docstring).
+        lr_decay_every: passes between learning-rate drops; lr_decay_factor: LR multiplier per drop.
+    """
+
+    def __init__(self, num_queries, size, slowdown=False, lr_decay_every=5.0, lr_decay_factor=0.5):
+        if int(num_queries) < 1 or int(size) < 1:
+            raise ValueError(f"`num_queries` and `size` must be >= 1. Received: {num_queries}, {size}")
+        if not (lr_decay_every > 0 and lr_decay_factor > 0):
+            raise ValueError("`lr_decay_every` and `lr_decay_factor` must be > 0. Received: "
+                             f"{lr_decay_every!r}, {lr_decay_factor!r}")
+        self.num_queries = int(num_queries)
+        self.size = min(int(size), self.num_queries)
+        self.slowdown = bool(slowdown)
+        self.lr_decay_every = float(lr_decay_every)
+        self.lr_decay_factor = float(lr_decay_factor)
+
+    @property
+    def max_size(self):
+        """The largest cycle (the tuple table's capacity)."""
+        return self.num_queries if self.slowdown else self.size
+
+    def drops(self, passes):
+        """Learning-rate drops after `passes` (float) passes over the queries."""
+        return math.floor(passes / self.lr_decay_every + 1e-9)
+
+    def pass_cycle_size(self, pass_index):
+        """Queries per cycle in pass `pass_index` (MATLAB schedule)."""
+        grown = self.size * (1.0 / self.lr_decay_factor) ** self.drops(pass_index)
+        return int(min(self.num_queries, max(1, round(grown))))
+
+    def cycle(self, cycle):
+        """`(pass index, offset in that pass's query order, number of queries)` of cycle `cycle`."""
+        cycle = int(cycle)
+        if cycle < 0:
+            raise ValueError(f"`cycle` must be >= 0. Received: {cycle}")
+        if not self.slowdown:
+            pass_index, offset = divmod(cycle * self.size, self.num_queries)
+            return pass_index, offset, self.size
+        pass_index = 0
+        while True:
+            size = self.pass_cycle_size(pass_index)
+            per_pass = -(-self.num_queries // size)
+            if cycle < per_pass:
+                offset = cycle * size
+                return pass_index, offset, min(size, self.num_queries - offset)
+            cycle -= per_pass
+            pass_index += 1
+            if size == self.num_queries:  # one cycle per pass from here on
+                return pass_index + cycle, 0, self.num_queries
+
+    def passes_before(self, cycle):
+        """Passes over the queries completed when cycle `cycle` starts (drives the LR schedule)."""
+        pass_index, offset, _ = self.cycle(cycle)
+        return pass_index + offset / self.num_queries
+
+    def learning_rate(self, lr, cycle):
+        """The step-decayed learning rate of cycle `cycle`."""
+        return lr * self.lr_decay_factor ** self.drops(self.passes_before(cycle))
