@@ -79,7 +79,7 @@ def test_round_trip_search_equals_brute_force_on_stored_memmap(tmp_path, model, 
     meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
     assert meta["model"]["fingerprint"] == ri.model_fingerprint(model)["fingerprint"]
     assert meta["image_size"] == "keep" and meta["kind"] == "flat" and meta["count"] == 12
-    assert meta["index_file"] is None and meta["format_version"] == 2
+    assert meta["index_file"] is None and meta["format_version"] == 3
     assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
 
 
@@ -96,7 +96,7 @@ def test_format_1_index_with_a_stored_flat_file_still_loads(tmp_path, model, ima
     assert old.search(reference[:1], k=1)[1][0, 0] == 11  # the stored file was read
     old.add(model, [images[1][0]], root=images[0], progress=False)  # rewrites as format 2
     assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
-    assert ri.RetrievalIndex.load(tmp_path / "idx").metadata["format_version"] == 2
+    assert ri.RetrievalIndex.load(tmp_path / "idx").metadata["format_version"] == 3
 
 
 def test_float16_storage(tmp_path, model, images, reference):
@@ -331,6 +331,49 @@ def test_approximate_kinds_build_end_to_end(tmp_path, model, images, reference, 
     _, ids = reloaded.search(reference, k=1)
     np.testing.assert_array_equal(ids[:, 0], np.arange(12))
     assert index.search(reference, 1)[1].tolist() == ids.tolist()
+    # the whole ranking of the reloaded index equals the one built in memory
+    queries = np.random.default_rng(2).standard_normal((6, 256)).astype(np.float32)
+    for got, want in zip(reloaded.search(queries, k=8), index.search(queries, k=8)):
+        np.testing.assert_array_equal(got, want)
+    graph_only = kind == "hnsw"  # HNSW: the file holds the graph, the vectors are the descriptors
+    assert reloaded.metadata["vectors_in_index_file"] is (not graph_only)
+    assert ri.RetrievalIndex.load(tmp_path / "idx").search(queries, k=8)[1].tolist() == \
+        index.search(queries, k=8)[1].tolist()  # loads twice: the vectors stay attached
+    index_bytes = os.path.getsize(tmp_path / "idx" / "index-0.faiss")
+    assert (index_bytes < 12 * 256 * 4) is graph_only
+
+
+def test_hnsw_graph_only_file_add_and_format_2_file(tmp_path, model, images, reference):
+    from tf_netvlad.index_storage import write_faiss
+
+    folder, names, positions = images
+    built = ri.build_retrieval_index(model, tmp_path / "idx", names[:8], positions=positions[:8],
+                                     root=folder, progress=False, kind="hnsw")
+    built.add(model, names[8:], positions=positions[8:], root=folder, progress=False)
+    reloaded = ri.RetrievalIndex.load(tmp_path / "idx")
+    assert reloaded.count == 12 and reloaded.metadata["index_file"] == "index-1.faiss"
+    assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "index-1.faiss", "metadata.json"]
+    for got, want in zip(reloaded.search(reference, k=4), built.search(reference, k=4)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(reloaded.search(reference, k=1)[1][:, 0], np.arange(12))
+    # format 2 kept the vectors inside the HNSW file: such a directory still loads
+    write_faiss(built.faiss_index, tmp_path / "idx" / "index-1.faiss")
+    meta = dict(built.metadata, format_version=2)
+    del meta["vectors_in_index_file"]
+    (tmp_path / "idx" / "metadata.json").write_text(json.dumps(meta))
+    old = ri.RetrievalIndex.load(tmp_path / "idx")
+    for got, want in zip(old.search(reference, k=4), built.search(reference, k=4)):
+        np.testing.assert_array_equal(got, want)
+    # float16 descriptors: the graph was built on their float32 values, re-attached identically
+    half = ri.build_retrieval_index(model, tmp_path / "half", names, root=folder, progress=False,
+                                    kind="hnsw", float16=True)
+    half_loaded = ri.RetrievalIndex.load(tmp_path / "half")
+    assert half_loaded.descriptors.dtype == np.float16
+    for got, want in zip(half_loaded.search(reference, k=4), half.search(reference, k=4)):
+        np.testing.assert_array_equal(got, want)
+    # a graph-only file with a descriptor file of another shape is refused
+    with pytest.raises(ValueError, match="not an HNSW graph of 5 vectors"):
+        faiss_lib.read_index(tmp_path / "idx" / "index-1.faiss", db=reference[:5])
 
 
 @pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])

@@ -11,6 +11,7 @@ better). With `metric="l2"` scores are squared L2 distances (lower is better).
 """
 
 import logging
+import os
 
 import numpy as np
 
@@ -172,6 +173,41 @@ def build_index(
         set_nprobe(index, nprobe)
     for _, chunk in _chunks(db, chunk_size, "db"):
         index.add(chunk)
+    return index
+
+
+def has_flat_storage(index):
+    """True for an HNSW index over raw float32 vectors (`IndexHNSWFlat`): its vectors can be
+    written apart from the graph (`write_index(..., skip_storage=True)`) and re-attached."""
+    return isinstance(_faiss().downcast_index(index), _faiss().IndexHNSWFlat)
+
+
+def write_index(index, path, skip_storage=False):
+    """`faiss.write_index`; `skip_storage` leaves out an HNSW index's vectors (graph only)."""
+    faiss = _faiss()
+    if skip_storage:
+        faiss.write_index(index, os.fspath(path), faiss.IO_FLAG_SKIP_STORAGE)
+    else:
+        faiss.write_index(index, os.fspath(path))
+
+
+def read_index(path, db=None, chunk_size=DEFAULT_CHUNK_SIZE):
+    """`faiss.read_index`; with `db`, re-attaches the vectors of an HNSW graph written with
+    `skip_storage` (row i = id i, added in float32 chunks; the metric is the index's)."""
+    faiss = _faiss()
+    index = faiss.read_index(os.fspath(path))  # already of its concrete class
+    if db is None:
+        return index
+    db = _check_matrix(db, "db")
+    if not isinstance(index, faiss.IndexHNSWFlat) or db.shape != (index.ntotal, index.d):
+        raise ValueError(f"{os.fspath(path)!r} is not an HNSW graph of {db.shape[0]} vectors of "
+                         f"dim {db.shape[1]} (found {type(index).__name__}, {index.ntotal} x {index.d}).")
+    storage = faiss.IndexFlat(index.d, index.metric_type)
+    for _, chunk in _chunks(db, chunk_size, "db"):
+        storage.add(chunk)
+    storage.this.disown()  # the HNSW index owns and frees it
+    index.storage = storage
+    index.own_fields = True
     return index
 
 

@@ -22,7 +22,9 @@ from tf_netvlad.fileio import atomic_path
 logger = logging.getLogger("tf_netvlad.retrieval_index")
 
 FORMAT = "tf_netvlad-retrieval-index"
-FORMAT_VERSION = 2  # 2: exact kinds keep no faiss file (rebuilt from the descriptors at load)
+# 2: exact kinds keep no faiss file (rebuilt from the descriptors at load);
+# 3: an HNSW file holds the graph only (its vectors are re-attached from the descriptors)
+FORMAT_VERSION = 3
 METADATA_FILE = "metadata.json"
 PROGRESS_FILE = "progress.json"
 # Exact kinds whose faiss index is nothing but the descriptors: rebuilt from the descriptor file
@@ -126,10 +128,9 @@ def positions_array(values):
     return np.array([[np.nan, np.nan] if v is None else v for v in values], np.float64).reshape(-1, 2)
 
 
-def write_faiss(index, path):
-    faiss = faiss_lib._faiss()
+def write_faiss(index, path, skip_storage=False):
     with atomic_path(path, ".faiss") as tmp:
-        faiss.write_index(index, tmp)
+        faiss_lib.write_index(index, tmp, skip_storage=skip_storage)
 
 
 def open_descriptors(directory, metadata):
@@ -151,15 +152,19 @@ def commit(directory, metadata, faiss_index):
     """Writes the next index generation, then the metadata pointing to it, then drops the old.
 
     An exact kind (`REBUILT_FACTORIES`) writes no faiss file: `index_file` is None and the index
-    is rebuilt from the descriptor file at load, so the descriptors are on disk once.
+    is rebuilt from the descriptor file at load, so the descriptors are on disk once. An HNSW
+    index over raw vectors writes its graph only (`vectors_in_index_file` False): its vectors are
+    the descriptor file, re-attached at load.
     """
     metadata["generation"] = int(metadata["generation"]) + 1
     metadata["format_version"] = FORMAT_VERSION
     if metadata["factory"] in REBUILT_FACTORIES:
-        metadata["index_file"] = None
+        metadata["index_file"] = metadata["vectors_in_index_file"] = None
     else:
         metadata["index_file"] = f"index-{metadata['generation']}.faiss"
-        write_faiss(faiss_index, directory / metadata["index_file"])
+        graph_only = faiss_lib.has_flat_storage(faiss_index)
+        metadata["vectors_in_index_file"] = not graph_only
+        write_faiss(faiss_index, directory / metadata["index_file"], skip_storage=graph_only)
     write_json(metadata, directory / METADATA_FILE)
     remove(directory, [name for name in index_files(directory) if name != metadata["index_file"]])
 

@@ -8,7 +8,8 @@ An index directory holds:
   a faiss factory string). `add()` writes a new generation, then switches `metadata.json` to it,
   so an interruption never leaves the metadata pointing at a wrong file. The exact kinds ("flat"
   inner product, the default, and its float16 form) store no faiss file: their index is rebuilt
-  from the descriptor file at load, so the descriptors are on disk only once.
+  from the descriptor file at load; an HNSW file holds only the graph, and its vectors are
+  re-attached from the descriptor file at load. So the descriptors are on disk only once.
 * `metadata.json`: image paths (relative to `root` unless absolute), positions (UTM metres, `null`
   when unknown), the model fingerprint, the resize policy, the index kind, the storage dtype, the
   count and the skipped images with the reason each could not be read.
@@ -303,9 +304,12 @@ class RetrievalIndex:
             descriptors = storage.open_descriptors(directory, metadata)
             faiss_index = faiss_lib.build_index(descriptors, kind=metadata["factory"])
             del descriptors
-        else:
-            faiss = faiss_lib._faiss()
-            faiss_index = faiss.read_index(os.fspath(directory / metadata["index_file"]))
+        elif metadata.get("vectors_in_index_file") is False:  # an HNSW graph: vectors re-attached
+            descriptors = storage.open_descriptors(directory, metadata)
+            faiss_index = faiss_lib.read_index(directory / metadata["index_file"], db=descriptors)
+            del descriptors
+        else:  # formats 1-2 and the other kinds: the file holds the vectors (or codes)
+            faiss_index = faiss_lib.read_index(directory / metadata["index_file"])
         if faiss_index.ntotal != metadata["count"] or faiss_index.d != metadata["dim"]:
             raise ValueError(
                 f"{os.fspath(directory)!r}: the faiss index holds {faiss_index.ntotal} vectors "
