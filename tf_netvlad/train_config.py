@@ -122,8 +122,8 @@ RESUME_DEFAULTS = {"refresh_slowdown": False}
 CPU_RECIPE = dict(backbone="tiny", weights=None, trainable_from=None, num_clusters=16,
                   image_size=(96, 128), init_images=300, init_per_image=50, batch_size=4,
                   num_positives=4, num_negatives=5, negative_pool_size=300, exclude_very_hard=True,
-                  cache_refresh_queries=1000, refresh_slowdown=False, optimizer="adam", lr=3e-4, weight_decay=0.0,
-                  lr_decay_every=1.5, lr_decay_factor=0.5, epochs=100, time_limit_s=600)
+                  cache_refresh_queries=1000, refresh_slowdown=False, optimizer="adam", lr=3e-4,
+                  weight_decay=0.0, lr_decay_every=1.5, lr_decay_factor=0.5, epochs=100, time_limit_s=600)
 
 
 def jsonable(value):
