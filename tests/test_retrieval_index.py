@@ -397,7 +397,9 @@ def test_approximate_kinds_recall_vs_exact_on_neardup_queries(kind):
 def test_resolve_kind_sizes():
     assert ri.resolve_kind("flat", 10, 256) == ("flat", {})
     assert ri.resolve_kind("flat", 10, 256, float16=True) == ("SQfp16", {})
-    assert ri.resolve_kind("ivfpq", 100_000, 4096) == ("IVF1265,PQ64x8", {"nprobe": 32})
+    assert ri.resolve_kind("ivfpq", 100_000, 4096) == ("IVF1265,PQ256x8", {"nprobe": 32})
+    assert ri.resolve_kind("ivfpq", 100_000, 1024)[0] == "IVF1265,PQ64x8"
+    assert ri.resolve_kind("ivfpq", 100_000, 32768)[0] == "IVF1265,PQ256x8"
     assert ri.resolve_kind("ivfpq", 2000, 256) == ("IVF51,PQ64x5", {"nprobe": 32})
     assert ri.resolve_kind("hnsw", 5, 256) == ("HNSW32", {"efSearch": 128})
     assert ri.resolve_kind("IVF64,PQ16", 5, 256) == ("IVF64,PQ16", {})

@@ -66,16 +66,18 @@ def resolve_kind(kind, count, dim, float16=False):
     "flat": exact inner product (`IndexFlatIP`); with `float16` storage "SQfp16", an exact search
     over the float16 values that holds half the memory.
     "ivfpq": `IVF{nlist},PQ{m}x{nbits}` with nlist ~ 4·sqrt(count) (at least 39 training points
-    per cell), m the largest divisor of dim <= min(64, dim/4), nbits 8 (fewer below 9984 images,
-    keeping 39 training points per PQ centroid);
-    searched with nprobe = min(nlist, 32). "hnsw": `HNSW32`, efSearch 128.
+    per cell), m the largest divisor of dim <= max(min(64, dim/4), min(256, dim/16)): sub-vectors
+    of at most 4 dims up to 256-D and of 16 dims at 4096-D (256-byte codes; 64-byte codes keep
+    the exact top-1 for only ~80 % of queries on whitened 4096-D descriptors, see
+    benchmarks/RESULTS.md), nbits 8 (fewer below 9984 images, keeping 39 training points per PQ
+    centroid); searched with nprobe = min(nlist, 32). "hnsw": `HNSW32`, efSearch 128.
     """
     if kind == "flat":
         return ("SQfp16" if float16 else "flat"), {}
     if kind == "ivfpq":
         nlist = int(max(1, min(round(4 * math.sqrt(count)), count // 39)))
         nbits = int(max(1, min(8, math.floor(math.log2(max(count, 39) / 39)))))
-        m = _largest_divisor(dim, min(64, dim // 4))
+        m = _largest_divisor(dim, max(min(64, dim // 4), min(256, dim // 16)))
         return f"IVF{nlist},PQ{m}x{nbits}", {"nprobe": min(nlist, IVF_MAX_NPROBE)}
     if kind == "hnsw":
         return f"HNSW{HNSW_NEIGHBOURS}", {"efSearch": HNSW_EF_SEARCH}
