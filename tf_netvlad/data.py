@@ -18,21 +18,28 @@ Resizing is bilinear with `antialias=False` (`tf.image.resize`, half-pixel centr
 serving signature runs, so extraction and serving give identical pixels. Without antialiasing, strong
 downscaling (more than about 2x) aliases; pre-shrink such images offline if that matters.
 Pixel values stay float32 in 0..255 RGB; normalisation lives inside the model.
+
+The policy value is parsed in `tf_netvlad.image_size` (no TensorFlow) and one image is decoded and
+resized in `tf_netvlad.images`; both are re-exported here. This module holds the datasets.
 """
 
 import logging
 import os
-import re
 
 import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.fileio import resolve_paths
+from tf_netvlad.image_size import (  # noqa: F401  (public here)
+    _is_int, format_image_size, is_fixed_size, parse_image_size,
+)
+from tf_netvlad.images import (  # noqa: F401  (public here)
+    decode_and_resize, decode_image, diagnose_image, load_image, resize_image, target_size,
+)
 
 logger = logging.getLogger(__name__)
 
 ON_ERROR_CHOICES = ("raise", "skip")
-_KEEP_WORDS = ("keep", "none", "full", "native", "")
 
 
 class ImageReadError(ValueError):
@@ -44,155 +51,11 @@ class ImageReadError(ValueError):
         self.index = index
 
 
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def check_batch_size(batch_size):
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(
             f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
         )
-
-
-# --------------------------------------------------------------------------- resize policy
-
-
-def parse_image_size(value):
-    """Normalises an image-size specification to `None`, a positive `int`, or an `(H, W)` tuple.
-
-    Accepts `None`, an int, a 2-sequence of ints, or a CLI string: `"keep"` (also `"none"`,
-    `"full"`) -> `None`; `"640"` -> `640` (max side); `"480x640"` or `"480,640"` -> `(480, 640)`.
-    """
-    original = value
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _KEEP_WORDS:
-            return None
-        parts = text.replace(",", "x").replace("*", "x").split("x")
-        try:
-            numbers = [int(p) for p in parts]
-        except ValueError:
-            numbers = None
-        if numbers is None or len(numbers) not in (1, 2):
-            raise ValueError(
-                "`image_size` must be 'keep', a max side like '640', or 'HxW' like '480x640'. "
-                f"Received: image_size={original!r}"
-            )
-        value = numbers[0] if len(numbers) == 1 else tuple(numbers)
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(
-            f"`image_size` must be None, an int or (H, W). Received: image_size={original!r}"
-        )
-    if isinstance(value, (int, np.integer)):
-        if value < 1:
-            raise ValueError(
-                f"`image_size` (max side) must be >= 1. Received: image_size={original!r}"
-            )
-        return int(value)
-    if isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2:
-        if all(_is_int(v) and v >= 1 for v in value):
-            return (int(value[0]), int(value[1]))
-    raise ValueError(
-        "`image_size` must be None ('keep'), a positive int (max side) or a pair of positive ints "
-        f"(H, W). Received: image_size={original!r}"
-    )
-
-
-def format_image_size(image_size):
-    """Inverse of `parse_image_size` for logs/JSON: None -> 'keep', 640 -> '640', (H, W) -> 'HxW'."""
-    image_size = parse_image_size(image_size)
-    if image_size is None:
-        return "keep"
-    if isinstance(image_size, int):
-        return str(image_size)
-    return f"{image_size[0]}x{image_size[1]}"
-
-
-def is_fixed_size(image_size):
-    """True when the policy gives every image the same shape, i.e. `(H, W)`."""
-    return isinstance(parse_image_size(image_size), tuple)
-
-
-# --------------------------------------------------------------------------- decode + resize
-
-
-def decode_image(encoded):
-    """Decodes an encoded image (tf.string scalar) to uint8 RGB `[H, W, 3]`.
-
-    JPEG uses `dct_method="INTEGER_ACCURATE"`, which is bit-exact with PIL/libjpeg's default
-    decoder; PNG, GIF (first frame) and BMP go through `tf.io.decode_image`. Grey images are
-    replicated to 3 channels and an alpha channel is dropped (as PIL's `convert("RGB")`).
-    Graph-safe without autograph (uses `tf.cond`).
-    """
-    encoded = tf.convert_to_tensor(encoded, dtype=tf.string)
-
-    def jpeg():
-        return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
-
-    def other():
-        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
-        return tf.ensure_shape(image, [None, None, 3])
-
-    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-    return tf.ensure_shape(image, [None, None, 3])
-
-
-def target_size(height, width, image_size):
-    """Output `(H, W)` int32 tensors of the resize policy for an input of `height` x `width`."""
-    image_size = parse_image_size(image_size)
-    height = tf.cast(height, tf.int32)
-    width = tf.cast(width, tf.int32)
-    if image_size is None:
-        return height, width
-    if isinstance(image_size, tuple):
-        return tf.constant(image_size[0], tf.int32), tf.constant(image_size[1], tf.int32)
-    longer = tf.maximum(height, width)
-    scale = tf.minimum(tf.constant(1.0, tf.float64), image_size / tf.cast(longer, tf.float64))
-
-    def scaled(side):
-        out = tf.floor(tf.cast(side, tf.float64) * scale + 0.5)
-        return tf.maximum(tf.cast(out, tf.int32), 1)
-
-    return scaled(height), scaled(width)
-
-
-def resize_image(image, image_size):
-    """Applies the resize policy to one image `[H, W, 3]` (any dtype); returns float32 0..255.
-
-    Bilinear, `antialias=False`, half-pixel centres (`tf.image.resize`). No resampling happens when
-    the target equals the input size, so "keep" and "max side" are exact for small images.
-    """
-    image_size = parse_image_size(image_size)
-    image = tf.convert_to_tensor(image)
-    as_float = tf.cast(image, tf.float32)
-    if image_size is None:
-        return as_float
-    shape = tf.shape(image)
-    out_h, out_w = target_size(shape[0], shape[1], image_size)
-    same = tf.logical_and(tf.equal(out_h, shape[0]), tf.equal(out_w, shape[1]))
-
-    def resized():
-        return tf.image.resize(
-            as_float, tf.stack([out_h, out_w]), method="bilinear", antialias=False
-        )
-
-    out = tf.cond(same, lambda: as_float, resized)
-    if isinstance(image_size, tuple):
-        return tf.ensure_shape(out, [image_size[0], image_size[1], 3])
-    return tf.ensure_shape(out, [None, None, 3])
-
-
-def decode_and_resize(encoded, image_size=None):
-    """`decode_image` then `resize_image`: encoded bytes -> float32 `[H', W', 3]` in 0..255."""
-    return resize_image(decode_image(encoded), image_size)
-
-
-def load_image(path, image_size=None):
-    """Reads, decodes and resizes one image file; returns float32 `[H, W, 3]` in 0..255."""
-    return decode_and_resize(tf.io.read_file(path), image_size)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -217,29 +80,6 @@ def check_files_exist(paths, max_listed=5):
             path=paths[missing[0]],
             index=missing[0],
         )
-
-
-def diagnose_image(path):
-    """Returns a human-readable reason why `path` cannot be loaded, or None if it loads fine."""
-    if not os.path.exists(path):
-        return "file does not exist"
-    if not os.path.isfile(path):
-        return "not a regular file"
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb"):
-            pass
-    except OSError as error:
-        return f"cannot be opened ({error})"
-    if size == 0:
-        return "file is empty (0 bytes)"
-    try:
-        decode_image(tf.io.read_file(path))
-    except (tf.errors.OpError, ValueError) as error:
-        message = getattr(error, "message", str(error)).strip().splitlines()[0]
-        message = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", message)
-        return f"cannot be decoded as JPEG/PNG/GIF/BMP ({message})"
-    return None
 
 
 def _batch_shape(image_size):
