@@ -33,7 +33,7 @@ end and grow at every LR drop, as MATLAB's (`tf_netvlad.refresh_schedule`). The 
 an uninterrupted one would.
 
 Modules: this one holds the stateful part (`HardNegativeMiner`, `MiningCallback`); steps 2-5 on a
-cache are `tuple_mining.mine_tuples` (re-exported here with `rank_negatives` and `sample_pool`); the
+cache are `tuple_mining.mine_tuples` (re-exported here with `sample_pool`); the
 multi-worker exchanges are in `distributed_mining`.
 """
 
@@ -45,7 +45,7 @@ import numpy as np
 from tf_netvlad.distributed import shard_range
 from tf_netvlad.distributed_mining import exchange_cache_blocks, mine_tuples_sharded
 from tf_netvlad.refresh_schedule import RefreshSchedule
-from tf_netvlad.tuple_mining import mine_tuples, rank_negatives, sample_pool  # noqa: F401  (public here)
+from tf_netvlad.tuple_mining import mine_tuples, sample_pool  # noqa: F401  (public here)
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,6 @@ class HardNegativeMiner:
             )
         self.schedule = RefreshSchedule(len(self.valid_queries), cache_refresh_queries, refresh_slowdown,
                                         lr_decay_every, lr_decay_factor)
-        self.cycle_size = self.schedule.size  # queries per cycle (of the first passes with slowdown)
         self.neg_cache = np.full((split.num_queries, self.num_negatives), -1, np.int64)
         self.bad_db = np.zeros(0, np.int64)
         self.bad_queries = np.zeros(0, np.int64)
@@ -130,6 +129,11 @@ class HardNegativeMiner:
         self.last_extracted = {}
 
     # ------------------------------------------------------------------ schedule
+    @property
+    def cycle_size(self):
+        """Queries per refresh cycle (in the first passes, with `refresh_slowdown`)."""
+        return self.schedule.size
+
     def queries_for_cycle(self, cycle):
         """The query ids trained in refresh cycle `cycle` (a deterministic function of seed, cycle).
 

@@ -4,7 +4,7 @@
 by cached d², a random negative pool plus the remembered negatives ranked by d², the new memory and
 the hardest — or, with `exclude_very_hard`, semi-hard — negatives of each tuple). `plan_query` and
 `TupleRows` are shared with the multi-worker variant (`distributed_mining.mine_tuples_sharded`).
-`tf_netvlad.mining` re-exports `mine_tuples`, `rank_negatives` and `sample_pool`.
+`tf_netvlad.mining` re-exports `mine_tuples` and `sample_pool`.
 """
 
 import numpy as np
@@ -23,16 +23,6 @@ def rank_by_d2(candidates, d2, keep):
     """The `keep` nearest candidates, ordered by (d², id): ties go to the smaller db id."""
     order = np.lexsort((candidates, d2))[: int(keep)]
     return candidates[order], d2[order]
-
-
-def rank_negatives(query_desc, db_desc, candidates, keep):
-    """The `keep` nearest candidates of one query by squared L2, (d², id) order.
-
-    Returns `(ids int64 (k,), d2 float32 (k,))`, nearest first, `k = min(keep, len(candidates))`.
-    `mine_tuples` gets the same ranking from one Gram matrix per block of queries instead.
-    """
-    candidates = np.asarray(candidates, np.int64)
-    return rank_by_d2(candidates, sq_dists(query_desc, db_desc[candidates]), keep)
 
 
 def gram_blocks(query_desc, db_desc):
