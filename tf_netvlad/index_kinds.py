@@ -15,7 +15,8 @@ IVF_TRAIN_SIZE = 100_000
 TRAIN_BYTES = 1 << 30  # float32 training sample cap (65k rows at 4096-D)
 
 
-def _largest_divisor(n, at_most):
+def largest_divisor(n, at_most):
+    """The largest divisor of `n` not above `at_most` (at least 1): PQ sub-quantiser counts."""
     return max(d for d in range(1, max(1, at_most) + 1) if n % d == 0)
 
 
@@ -36,7 +37,7 @@ def resolve_kind(kind, count, dim, float16=False):
     if kind == "ivfpq":
         nlist = int(max(1, min(round(4 * math.sqrt(count)), count // 39)))
         nbits = int(max(1, min(8, math.floor(math.log2(max(count, 39) / 39)))))
-        m = _largest_divisor(dim, max(min(64, dim // 4), min(256, dim // 16)))
+        m = largest_divisor(dim, max(min(64, dim // 4), min(256, dim // 16)))
         return f"IVF{nlist},PQ{m}x{nbits}", {"nprobe": min(nlist, IVF_MAX_NPROBE)}
     if kind == "hnsw":
         return f"HNSW{HNSW_NEIGHBOURS}", {"efSearch": HNSW_EF_SEARCH}
@@ -49,9 +50,8 @@ def resolve_kind(kind, count, dim, float16=False):
 
 
 def _apply_search_params(index, params):
-    faiss = faiss_lib._faiss()
     if "nprobe" in params:
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+        faiss_lib.set_nprobe(index, int(params["nprobe"]))
     if "efSearch" in params and hasattr(index, "hnsw"):
         index.hnsw.efSearch = int(params["efSearch"])
 

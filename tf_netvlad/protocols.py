@@ -31,6 +31,8 @@ import re
 
 import numpy as np
 
+from tf_netvlad.index_kinds import largest_divisor
+
 PROTOCOLS = ("auto", "pitts", "tokyo247", "tokyotm")
 TOKYO247_CUTOUTS_PER_PANORAMA = 12
 TOKYO247_QUERY_IMAGE_SIZE = 640  # max side: 4:3 queries become 640x480
@@ -176,7 +178,7 @@ def default_approx_factory(num_db, dim):
         )
     nlist = 2 ** round(math.log2(4 * math.sqrt(num_db)))
     nlist = max(1, min(nlist, num_db // 39))
-    m = max(d for d in range(1, min(dim, 256, max(8, dim // 16)) + 1) if dim % d == 0)
+    m = largest_divisor(dim, min(dim, 256, max(8, dim // 16)))
     return f"IVF{nlist},PQ{m}" + ("" if bits == 8 else f"x{bits}")
 
 
