@@ -32,7 +32,7 @@ _LAZY = {
     "train": "tf_netvlad.training",
     "TrainConfig": "tf_netvlad.train_config",
     "CPU_RECIPE": "tf_netvlad.train_config",
-    "fit_whitening": "tf_netvlad.workflows",
+    "fit_whitening": "tf_netvlad.initialization",
     "ranking_loss": "tf_netvlad.losses",
     "export_saved_model": "tf_netvlad.export",
     "export_onnx": "tf_netvlad.export",

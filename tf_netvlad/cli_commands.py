@@ -57,17 +57,17 @@ def cmd_demo_data(args):
 
 
 def cmd_init(args):
-    from tf_netvlad import workflows
+    from tf_netvlad import initialization, model as model_lib, places
 
     _refuse_existing(args.out, args.overwrite)
-    split = workflows.load_split_checked(args.dataset, root=args.root)
-    model, stats = workflows.init_model(
+    split = places.load_split_checked(args.dataset, root=args.root)
+    model, stats = initialization.init_model(
         split, root=args.root, backbone=args.backbone, weights=_weights(args.weights),
         num_clusters=args.num_clusters, variant=args.variant, image_size=_image_size(args.image_size),
         num_images=args.num_images, per_image=args.per_image, niter=args.niter, seed=args.seed,
         batch_size=args.batch_size,
     )
-    workflows.save_model(model, args.out)
+    model_lib.save_model(model, args.out)
     print(f"k-means init: {stats['num_descriptors']} descriptors, alpha={stats['alpha']:.2f}, "
           f"top-1/top-2 assignment ratio {stats['assignment_ratio']:.1f}")
     print(f"model: {args.out}")
@@ -75,24 +75,24 @@ def cmd_init(args):
 
 
 def cmd_evaluate(args):
-    from tf_netvlad import evaluation, workflows
+    from tf_netvlad import evaluation, evaluation_run, initialization, places
     from tf_netvlad.model import load_model
 
     if bool(args.model) == bool(args.backbone):
         raise CommandError("Pass exactly one of --model FILE.keras or --backbone NAME.")
     ns = _recall_ns(args.recall_ns)
-    split = workflows.load_split_checked(args.dataset, root=args.root)
+    split = places.load_split_checked(args.dataset, root=args.root)
     image_size = _image_size(args.image_size)
     if args.model:
         model = load_model(args.model, compile=False)
     else:
-        model, stats = workflows.init_model(
+        model, stats = initialization.init_model(
             split, root=args.root, backbone=args.backbone, weights=_weights(args.weights),
             num_clusters=args.num_clusters, image_size=image_size, seed=args.seed,
             batch_size=args.batch_size,
         )
         log.info("off-the-shelf NetVLAD: k-means init with alpha %.2f", stats["alpha"])
-    results = workflows.evaluate_model(
+    results = evaluation_run.evaluate_model(
         model, split, root=args.root, image_size=image_size, ns=ns, batch_size=args.batch_size,
         json_path=args.json, plot_path=args.plot, retrievals_path=args.retrievals,
         protocol=args.protocol, approximate=args.approx_index,
@@ -133,17 +133,17 @@ def cmd_evaluate_map(args):
 
 
 def cmd_fit_whitening(args):
-    from tf_netvlad import workflows
+    from tf_netvlad import initialization, model as model_lib, places
     from tf_netvlad.model import load_model
 
     _refuse_existing(args.out, args.overwrite)
-    split = workflows.load_split_checked(args.dataset, root=args.root)
-    model = workflows.fit_whitening(
+    split = places.load_split_checked(args.dataset, root=args.root)
+    model = initialization.fit_whitening(
         load_model(args.model, compile=False), split.db_paths, root=split.root,
         image_size=_image_size(args.image_size), num_components=args.dim,
         max_images=args.max_images, seed=args.seed, batch_size=args.batch_size,
     )
-    workflows.save_model(model, args.out)
+    model_lib.save_model(model, args.out)
     print(f"whitened model ({args.dim}-D): {args.out}")
     return 0
 

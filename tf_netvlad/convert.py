@@ -9,7 +9,7 @@ the converters are imported when called.
 
 import os
 
-from tf_netvlad.workflows import save_model as save_model_atomic  # noqa: F401  (re-export)
+from tf_netvlad.model import save_model as save_model_atomic  # noqa: F401  (re-export)
 
 
 def convert_matconvnet(mat_path, out_path=None):

@@ -52,3 +52,48 @@ def initialize_netvlad(model, paths, root=None, image_size=None, num_images=500,
     }
     log.info("NetVLAD k-means init: %s", stats)
     return stats
+
+
+def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=64, variant="v1",
+               whitening_dim=None, image_size=None, num_images=500, per_image=100, niter=100,
+               seed=43, batch_size=8, progress=True):
+    """Builds a model and initialises its NetVLAD layer by k-means on `split`'s database images.
+
+    This is the paper's "off-the-shelf NetVLAD". Returns `(model, init_stats)`.
+    """
+    from tf_netvlad.model import build_model
+
+    if whitening_dim is not None:
+        raise ValueError("Whitening is fitted after initialisation: use `fit-whitening`.")
+    model = build_model(backbone, weights=weights, num_clusters=num_clusters, variant=variant)
+    stats = initialize_netvlad(
+        model, split.db_paths, root=root if root is not None else split.root,
+        image_size=image_size, num_images=num_images, per_image=per_image, niter=niter,
+        seed=seed, batch_size=batch_size, progress=progress,
+    )
+    return model, stats
+
+
+def fit_whitening(model, paths, root=None, image_size=None, num_components=4096, max_images=10000,
+                  seed=43, batch_size=8, progress=True):
+    """Fits PCA-whitening on database descriptors and returns the model with it appended.
+
+    As MATLAB `addPCA.m`: NetVLAD descriptors of at most `max_images` random database images
+    (seeded), `whitening.fit_pca_whitening` (mean-centred, 1/sqrt(λ + 1e-9)), then a
+    `PCAWhitening` layer (+ L2) on a copy of `model` (`model.with_whitening`). `num_components`
+    must be <= min(descriptor dim, number of images − 1).
+    """
+    from tf_netvlad.model import with_whitening
+    from tf_netvlad.whitening import fit_pca_whitening
+
+    if model.whitening_dim is not None:
+        raise ValueError(f"Model {model.name!r} is already whitened (dim {model.whitening_dim}).")
+    paths = list(paths)
+    if not paths:
+        raise ValueError("`paths` is empty: PCA-whitening needs database images.")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(paths), size=min(int(max_images), len(paths)), replace=False))
+    desc = extract.extract_descriptors(model, [paths[i] for i in chosen], root=root, image_size=image_size,
+                                       batch_size=batch_size, progress=progress)
+    kernel, bias = fit_pca_whitening(desc, int(num_components))
+    return with_whitening(model, kernel, bias)

@@ -9,6 +9,7 @@ from tf_netvlad import losses
 from tf_netvlad.netvlad import NetVLAD
 from tf_netvlad.preprocessing import ImagePreprocessing
 from tf_netvlad.whitening import PCAWhitening
+from tf_netvlad.fileio import atomic_path
 
 
 def _as_preprocessing(preprocessing):
@@ -377,3 +378,13 @@ def load_model(path, compile=True):
             "Build one with `tf_netvlad init` or `tf_netvlad.build_model`."
         )
     return model
+
+
+def save_model(model, path):
+    """Saves a `.keras` file atomically: a failed save leaves no partial file behind."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"Model files must end in `.keras`. Received: {path}")
+    with atomic_path(path, ".keras") as tmp:
+        model.save(tmp)
+    return path

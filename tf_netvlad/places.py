@@ -307,3 +307,13 @@ def load_split(path, root=None, **kwargs):
     raise ValueError(f"Cannot load a split from {str(path)!r}: expected a .mat dbStruct, a "
                      ".csv manifest or a folder with database/ and queries/, "
                      f"received suffix {suffix!r}.")
+
+
+def load_split_checked(dataset, root=None):
+    """Loads a split and refuses one without database images or queries."""
+    split = load_split(dataset, root=root)
+    if split.num_db == 0:
+        raise ValueError(f"Dataset {dataset} has no database images.")
+    if split.num_queries == 0:
+        raise ValueError(f"Dataset {dataset} has no queries: nothing to evaluate or train on.")
+    return split

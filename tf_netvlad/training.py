@@ -35,7 +35,8 @@ from tf_netvlad.initialization import initialize_netvlad
 from tf_netvlad.model import build_model, load_model
 from tf_netvlad.train_config import CPU_RECIPE, RESUME_KEYS, TrainConfig, config_json  # noqa: F401
 from tf_netvlad.training_callbacks import LearningRateSchedule, RunControl, TrainingCheckpoint, ValidationRecall
-from tf_netvlad.workflows import fit_whitening, save_model
+from tf_netvlad.initialization import fit_whitening
+from tf_netvlad.model import save_model
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tf_netvlad import evaluation
-from tf_netvlad.workflows import save_model
+from tf_netvlad.model import save_model
 
 logger = logging.getLogger(__name__)
 
