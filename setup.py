@@ -34,5 +34,5 @@ setup(
         "serving": ["tensorflow-serving-api"],  # install with --no-deps, see README
         "torch": ["torch"],
     },
-    entry_points={"console_scripts": ["tf_netvlad=tf_netvlad.cli:main"]},
+    entry_points={"console_scripts": ["tf_netvlad=tf_netvlad.cli.main:main"]},
 )

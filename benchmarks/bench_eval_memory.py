@@ -72,7 +72,7 @@ def _unit_rows(x):
 
 def make_data(args, folder):
     """Database (RAM or memmap), queries, a PlaceSplit with the Tokyo-like layout."""
-    from tf_netvlad.places import PlaceSplit
+    from tf_netvlad.data.places import PlaceSplit
 
     rng = np.random.default_rng(args.seed)
     num_db, dim = args.num_panoramas * CUTOUTS, args.dim
@@ -107,7 +107,7 @@ def make_data(args, folder):
 
 
 def run(args):
-    from tf_netvlad import evaluation
+    from tf_netvlad.evaluation import recall
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
         started = time.perf_counter()
@@ -120,8 +120,8 @@ def run(args):
         tracemalloc.start()
         started = time.perf_counter()
         positives = split.positives()
-        results = evaluation.evaluate_descriptors(
-            db, queries, positives, ns=evaluation.REFERENCE_RECALL_NS, protocol="tokyo247",
+        results = recall.evaluate_descriptors(
+            db, queries, positives, ns=recall.REFERENCE_RECALL_NS, protocol="tokyo247",
             approximate=args.approx,
         )
         seconds = time.perf_counter() - started

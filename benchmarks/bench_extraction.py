@@ -25,8 +25,8 @@ def main():
     import keras
     import numpy as np
 
-    from tf_netvlad.extract import make_predict_fn
-    from tf_netvlad.model import build_model
+    from tf_netvlad.models.extract import make_predict_fn
+    from tf_netvlad.models.model import build_model
 
     full = build_model("vgg16", num_clusters=64, whitening_dim=4096)
     backbone_only = keras.Model(full.input, full.netvlad.input)

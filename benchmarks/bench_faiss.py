@@ -8,13 +8,13 @@ place-recognition case: the true place is the exact top-1 for most queries, its 
 same cluster are the confusers).
 
 For each dimension (default 4096 and 256):
-- exact `IndexFlatIP` (`tf_netvlad.index.build_index(kind="flat")`): batched search of all queries,
+- exact `IndexFlatIP` (`tf_netvlad.search.faiss_index.build_index(kind="flat")`): batched search of all queries,
   queries/s, GFLOP/s (2·Q·N·D) against a 2048³ float32 numpy GEMM timed interleaved in the same
   run (this machine's throughput is bimodal, see ../shared/docs/performance-notes.md), and
   one query per call;
 - IVF-PQ factory strings (`build_index(kind=...)`, polysemous training off, trained on
   `--train-size` rows): train and add time, index bytes per vector (serialised index / N), and for
-  each nprobe (`tf_netvlad.index.set_nprobe`): batched queries/s, speed-up over exact, and recall
+  each nprobe (`tf_netvlad.search.faiss_index.set_nprobe`): batched queries/s, speed-up over exact, and recall
   of the exact nearest neighbour, R@1 (approximate top-1 = exact top-1) and R@10 (exact top-1 in
   the approximate top-10).
 
@@ -26,7 +26,6 @@ Usage:
 
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -89,7 +88,7 @@ def index_bytes(index):
 
 
 def bench_dim(dim, args, gemm, gemm_flop):
-    from tf_netvlad import index as faiss_index
+    from tf_netvlad.search import faiss_index as faiss_index
 
     t0 = time.perf_counter()
     db, queries, source = make_data(args.num_db, args.queries, dim, args.clusters, args.query_noise,

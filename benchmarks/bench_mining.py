@@ -48,7 +48,7 @@ CONFIGS = {
 
 
 def _recipe(name, image_size, batch):
-    from tf_netvlad.training import CPU_RECIPE, TrainConfig
+    from tf_netvlad.training.config import CPU_RECIPE, TrainConfig
 
     cfg = TrainConfig(**(CPU_RECIPE if name == "cpu-recipe" else CONFIGS[name]))
     changes = {}
@@ -98,10 +98,11 @@ def _median(values):
 
 
 def _build(cfg, data_dir, scale):
-    from tf_netvlad import demo_data, places
-    from tf_netvlad.model import build_model
+    from tf_netvlad.demo import dataset
+    from tf_netvlad.data import places
+    from tf_netvlad.models.model import build_model
 
-    paths = demo_data.generate_demo_data(data_dir, scale=scale, progress=False)
+    paths = dataset.generate_demo_data(data_dir, scale=scale, progress=False)
     split = places.load_split(paths["train_mat"])
     model = build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
                         num_clusters=cfg.num_clusters)
@@ -117,9 +118,9 @@ def _build(cfg, data_dir, scale):
 
 def end_to_end(cfg, data_dir, scale, repeats):
     """Part 1: `miner.mine` vs `extract_descriptors` of the same paths, interleaved."""
-    import numpy as np
 
-    from tf_netvlad import extract, mining
+    from tf_netvlad.models import extract
+    from tf_netvlad.training import mining
 
     split, model = _build(cfg, data_dir, scale)
     miner = mining.HardNegativeMiner(
@@ -178,7 +179,7 @@ def profile_mine_tuples(miner, q_ids, q_desc, db_desc, repeats=3):
     """ms per query of mine_tuples and of its parts (median over `repeats` runs)."""
     import numpy as np
 
-    from tf_netvlad import tuple_mining
+    from tf_netvlad.training import tuple_mining
 
     names = ("gram_blocks", "rank_by_d2", "sample_pool", "sq_dists")
     originals = {name: getattr(tuple_mining, name) for name in names}
@@ -228,8 +229,8 @@ def paper_scale(num_db, num_queries, dims, repeats):
     """Part 2: mine_tuples at paper scale next to a same-run VGG16 480×640 extraction rate."""
     import numpy as np
 
-    from tf_netvlad.extract import make_predict_fn
-    from tf_netvlad.model import build_model
+    from tf_netvlad.models.extract import make_predict_fn
+    from tf_netvlad.models.model import build_model
 
     rng = np.random.default_rng(0)
     vgg = build_model("vgg16", weights=None, trainable_from=None, num_clusters=64)

@@ -30,7 +30,7 @@ def _layer_and_data():
     import numpy as np
     import tensorflow as tf
 
-    from tf_netvlad.netvlad import NetVLAD
+    from tf_netvlad.layers.netvlad import NetVLAD
 
     rng = np.random.default_rng(0)
     layer = NetVLAD(K)
@@ -45,7 +45,7 @@ def _forms(layer):
     """The three formulations as functions of (x) -> descriptor, sharing the layer's weights."""
     import tensorflow as tf
 
-    from tf_netvlad.netvlad import l2_normalize_norm, l2_normalize_sqrt
+    from tf_netvlad.layers.netvlad import l2_normalize_norm, l2_normalize_sqrt
 
     def assign(x):
         flat = l2_normalize_sqrt(tf.reshape(x, (tf.shape(x)[0], -1, D)))

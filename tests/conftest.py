@@ -29,7 +29,7 @@ def rng():
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """A tiny generated demo dataset shared by the CLI / workflow tests (dict of paths)."""
-    from tf_netvlad import demo_data
+    from tf_netvlad.demo import dataset
 
     out = tmp_path_factory.mktemp("tiny_demo") / "data"
-    return demo_data.generate_demo_data(out, seed=0, scale=0.01, progress=False)
+    return dataset.generate_demo_data(out, seed=0, scale=0.01, progress=False)

@@ -1,5 +1,5 @@
 import sys
 
-from tf_netvlad.cli import main
+from tf_netvlad.cli.main import main
 
 sys.exit(main())

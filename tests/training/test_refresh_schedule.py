@@ -1,0 +1,84 @@
+"""Refresh schedules: the fixed one (the earlier formula) and MATLAB's (refresh at pass ends,
+cycles growing with every learning-rate drop), hand-computed."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tf_netvlad.training.refresh_schedule import RefreshSchedule
+
+
+def test_fixed_schedule_runs_across_pass_ends_with_the_step_decay_in_passes():
+    schedule = RefreshSchedule(num_queries=250, size=60, slowdown=False, lr_decay_every=1.5,
+                               lr_decay_factor=0.5)
+    assert schedule.max_size == 60
+    assert [schedule.cycle(c) for c in range(6)] == [
+        (0, 0, 60), (0, 60, 60), (0, 120, 60), (0, 180, 60), (0, 240, 60), (1, 50, 60)]
+    for c in range(40):  # the formula the training used before the schedules were split out
+        want = 0.1 * 0.5 ** math.floor(c * 60 / (250 * 1.5) + 1e-9)
+        assert schedule.learning_rate(0.1, c) == pytest.approx(want, rel=1e-12)
+    assert RefreshSchedule(30, 1000).size == 30  # never more than one pass
+
+
+def test_matlab_schedule_refreshes_at_pass_ends_and_grows_with_each_lr_drop():
+    schedule = RefreshSchedule(num_queries=10, size=3, slowdown=True, lr_decay_every=1,
+                               lr_decay_factor=0.5)
+    # pass 0: cycles of 3 and the remainder; pass 1 (one LR drop): 6; from pass 2 on: all 10
+    want = [(0, 0, 3), (0, 3, 3), (0, 6, 3), (0, 9, 1), (1, 0, 6), (1, 6, 4), (2, 0, 10),
+            (3, 0, 10), (4, 0, 10)]
+    assert [schedule.cycle(c) for c in range(9)] == want
+    assert schedule.max_size == 10
+    lrs = [schedule.learning_rate(1.0, c) for c in range(9)]
+    assert lrs == [1, 1, 1, 1, 0.5, 0.5, 0.25, 0.125, 0.0625]
+    assert [schedule.passes_before(c) for c in range(5)] == [0, 0.3, 0.6, 0.9, 1]
+
+
+def test_matlab_schedule_at_pitts30k_scale():
+    # 7,320 training queries, compFeatsFrequency 1000, lrDownFreq 5, lrDownFactor 2, 30 epochs
+    schedule = RefreshSchedule(7320, 1000, slowdown=True, lr_decay_every=5, lr_decay_factor=0.5)
+    sizes = {}
+    cycle = 0
+    while schedule.passes_before(cycle) < 30:
+        pass_index, _, size = schedule.cycle(cycle)
+        sizes.setdefault(pass_index, []).append(size)
+        cycle += 1
+    assert cycle == 85 and len(sizes) == 30
+    assert sizes[0] == [1000] * 7 + [320] and sizes[5] == [2000] * 3 + [1320]
+    assert sizes[10] == [4000, 3320] and sizes[15] == sizes[29] == [7320]
+    assert all(sum(s) == 7320 for s in sizes.values())
+
+
+def test_fractional_decay_and_bad_arguments():
+    schedule = RefreshSchedule(100, 30, slowdown=True, lr_decay_every=1.5, lr_decay_factor=0.5)
+    # drops before passes 0, 1, 2, 3: 0, 0, 1, 2 -> cycle sizes 30, 30, 60, 100 (capped)
+    assert [schedule.pass_cycle_size(p) for p in range(4)] == [30, 30, 60, 100]
+    with pytest.raises(ValueError, match=">= 1"):
+        RefreshSchedule(0, 10)
+    with pytest.raises(ValueError, match="must be > 0"):
+        RefreshSchedule(10, 5, lr_decay_factor=0)
+    with pytest.raises(ValueError, match="cycle"):
+        schedule.cycle(-1)
+
+
+def test_miner_visits_every_query_once_per_pass_with_the_matlab_schedule():
+    from tf_netvlad.training.mining import HardNegativeMiner
+    from tf_netvlad.data.places import PlaceSplit
+
+    db_utm = np.stack([np.arange(40) * 5.0, np.zeros(40)], 1)
+    q_utm = np.stack([np.arange(23) * 8.0, np.zeros(23)], 1)
+    split = PlaceSplit("line", [f"db{i}.jpg" for i in range(40)], db_utm,
+                       [f"q{i}.jpg" for i in range(23)], q_utm)
+    miner = HardNegativeMiner(split, num_negatives=2, cache_refresh_queries=5, refresh_slowdown=True,
+                              lr_decay_every=1, lr_decay_factor=0.5, progress=False)
+    valid = set(miner.valid_queries.tolist())
+    assert len(valid) == 23
+    cycles = [miner.queries_for_cycle(c) for c in range(9)]
+    assert [len(c) for c in cycles] == [5, 5, 5, 5, 3, 10, 10, 3, 20]
+    for first, last in ((0, 5), (5, 8)):  # pass 0 and pass 1 cover every query exactly once
+        seen = np.concatenate(cycles[first:last])
+        assert sorted(seen.tolist()) == sorted(valid)
+    assert not np.array_equal(np.concatenate(cycles[:5]), np.concatenate(cycles[5:8]))  # new order
+    again = HardNegativeMiner(split, num_negatives=2, cache_refresh_queries=5, refresh_slowdown=True,
+                              lr_decay_every=1, lr_decay_factor=0.5, progress=False)
+    np.testing.assert_array_equal(again.queries_for_cycle(6), cycles[6])  # deterministic: resumable

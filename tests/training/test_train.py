@@ -1,0 +1,406 @@
+"""train_step / test_step, MirroredStrategy equivalence, train(): checkpoints, resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_netvlad.models import losses
+from tf_netvlad.training import train
+from tf_netvlad.training.config import CPU_RECIPE
+from tf_netvlad.data.pipelines import ImageReadError
+from tf_netvlad.models.model import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A small, fast recipe for the tiny demo data (train: 70 db, 250 queries; 20 queries per epoch).
+TINY = dict(backbone="tiny", weights=None, trainable_from=None, num_clusters=8, image_size=(48, 64),
+            init_images=40, init_per_image=20, num_positives=2, num_negatives=4, negative_pool_size=40,
+            cache_refresh_queries=20, optimizer="sgd", lr=0.01, weight_decay=1e-3, val_max_queries=None)
+
+
+def _tuple_batch(rng, batch=4, num_pos=2, num_neg=3, size=(24, 32)):
+    shape = (batch,) + size + (3,)
+    return {
+        "query": (rng.random(shape) * 255).astype("float32"),
+        "positives": (rng.random((batch, num_pos) + size + (3,)) * 255).astype("float32"),
+        "positive_mask": np.array([[1, 0], [1, 1], [0, 1], [1, 1]][:batch], "float32"),
+        "negatives": (rng.random((batch, num_neg) + size + (3,)) * 255).astype("float32"),
+    }
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from tf_netvlad.demo.dataset import generate_demo_data
+
+    return generate_demo_data(tmp_path_factory.mktemp("demo") / "data", scale=0.1, progress=False)
+
+
+# --------------------------------------------------------------------------- train_step
+
+
+@pytest.mark.parametrize("reduction", losses.REDUCTIONS)
+def test_train_step_loss_equals_reference_on_model_descriptors(reduction):
+    keras.utils.set_random_seed(1)
+    model = build_model("tiny", num_clusters=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    model.set_training_options(loss_reduction=reduction)
+    batch = _tuple_batch(np.random.default_rng(0))
+    q = model.predict(batch["query"], verbose=0)
+    p = model.predict(batch["positives"].reshape((-1, 24, 32, 3)), verbose=0).reshape(4, 2, -1)
+    n = model.predict(batch["negatives"].reshape((-1, 24, 32, 3)), verbose=0).reshape(4, 3, -1)
+    # NumPy reference of the loss with the masked min over positives
+    d2p = ((q[:, None] - p) ** 2).sum(-1)
+    d2n = ((q[:, None] - n) ** 2).sum(-1)
+    best = np.where(batch["positive_mask"] > 0, d2p, np.inf).min(1)
+    hinge = np.maximum(best[:, None] + model.margin - d2n, 0)
+    want = hinge.sum() / (4 if reduction == "sum" else max(1, (hinge > 0).sum()))
+    logs = model.test_on_batch(batch, return_dict=True)
+    assert sorted(logs) == ["loss", "negative_d2", "positive_d2", "violating_triplets"]
+    np.testing.assert_allclose(logs["loss"], want, rtol=1e-4)
+    np.testing.assert_allclose(logs["violating_triplets"], (hinge > 0).mean(), rtol=1e-6)
+    np.testing.assert_allclose(logs["positive_d2"], best.mean(), rtol=1e-4)
+    np.testing.assert_allclose(logs["negative_d2"], d2n.mean(), rtol=1e-4)
+    first = model.train_on_batch(batch, return_dict=True)["loss"]
+    np.testing.assert_allclose(first, want, rtol=1e-4)  # the step reports the pre-update loss
+    for _ in range(3):
+        model.train_on_batch(batch)
+    assert model.test_on_batch(batch, return_dict=True)["loss"] < want
+    assert int(model.optimizer.iterations.numpy()) == 4
+
+
+def test_weight_decay_is_coupled_l2_on_kernels():
+    keras.utils.set_random_seed(2)
+    batch = _tuple_batch(np.random.default_rng(1))
+    batch["negatives"] = batch["query"][:, None].repeat(3, axis=1) * 0  # any content
+    model = build_model("tiny", num_clusters=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.set_training_options(weight_decay=0.5)
+    with tf.GradientTape() as tape:
+        y_pred = model.tuple_descriptors(batch, training=True)
+        loss, _, _, _ = model._loss_and_stats(batch, y_pred)
+    grads = tape.gradient(loss, model.trainable_variables)
+    before = [v.numpy() for v in model.trainable_variables]
+    model.train_on_batch(batch)
+    for var, old, grad in zip(model.trainable_variables, before, grads):
+        decay = 0.5 * old if old.ndim >= 2 else 0.0
+        g = 0.0 if grad is None else grad.numpy()
+        np.testing.assert_allclose(var.numpy(), old - 0.1 * (g + decay), atol=2e-5)
+
+
+def test_mixed_precision_train_step_keeps_float32_descriptors():
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_model("tiny", num_clusters=4)
+        model.compile(optimizer=keras.optimizers.SGD(0.01))
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        batch = _tuple_batch(np.random.default_rng(3))
+        q, p, n = model.tuple_descriptors(batch)
+        assert q.dtype == tf.float32 and n.shape == (4, 3, 4 * 64)
+        logs = model.train_on_batch(batch, return_dict=True)
+        assert np.isfinite(logs["loss"]) and logs["loss"] > 0
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from tf_netvlad.models.model import build_model
+
+    rng = np.random.default_rng(0)
+    def batch(b):
+        return {"query": (rng.random((b, 24, 32, 3)) * 255).astype("float32"),
+                "positives": (rng.random((b, 2, 24, 32, 3)) * 255).astype("float32"),
+                "positive_mask": np.tile([[1, 0], [1, 1], [0, 1]], (2, 1))[:b].astype("float32"),
+                "negatives": (rng.random((b, 3, 24, 32, 3)) * 255).astype("float32")}
+    # the second batch has 3 tuples, split 2 + 1 over the replicas (Keras builds on the first batch,
+    # which must split evenly)
+    first, second = batch(4), batch(3)
+    dataset = tf.data.Dataset.from_tensors(first).concatenate(tf.data.Dataset.from_tensors(second))
+    keras.utils.set_random_seed(0)
+    init = build_model("tiny", num_clusters=4).get_weights()
+    out = {}
+    for name, strategy in [("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+        for reduction in ("sum", "mean_violating"):
+            with strategy.scope():
+                model = build_model("tiny", num_clusters=4)
+                model.set_weights(init)
+                model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+                model.set_training_options(loss_reduction=reduction, weight_decay=1e-2)
+            losses = model.fit(dataset, epochs=2, verbose=0).history["loss"]
+            out[f"{name}_{reduction}"] = {"losses": losses, "replicas": strategy.num_replicas_in_sync,
+                                          "weights": [w.tolist() for w in model.get_weights()]}
+    json.dump(out, sys.stdout)
+""")
+
+
+def test_mirrored_strategy_on_two_cpus_matches_one_device():
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for reduction in losses.REDUCTIONS:
+        one, two = out[f"one_{reduction}"], out[f"two_{reduction}"]
+        assert one["replicas"] == 1 and two["replicas"] == 2
+        np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
+        for a, b in zip(one["weights"], two["weights"]):
+            np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-6)
+    # the two reductions really differ (so the test would notice a wrong normaliser)
+    assert out["one_sum"]["losses"][0] != pytest.approx(out["one_mean_violating"]["losses"][0])
+
+
+# --------------------------------------------------------------------------- train()
+
+
+def test_train_writes_artifacts_and_checkpoint_state(demo, tmp_path):
+    summary = train.train(demo["train_mat"], demo["val_mat"], out_dir=tmp_path / "run", epochs=2,
+                             checkpoint_every_steps=2, progress=False, verbose=0, **TINY)
+    run = tmp_path / "run"
+    for name in ("init.keras", "best.keras", "summary.json", "logs/train.csv", "last/state.json"):
+        assert (run / name).exists(), name
+    assert os.path.islink(run / "last") and len(list((run / "checkpoints").iterdir())) == 1
+    state = json.loads((run / "last" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["step"] == 0
+    assert state["iterations"] == summary["iterations"] == 2 * 5  # 20 tuples / batch 4, 2 cycles
+    memory = np.load(run / "last" / "mining.npz")["neg_cache"]
+    assert memory.shape == (250, 4) and (memory >= 0).sum(axis=1).max() == 4  # all training queries
+    assert summary["status"] == "completed" and summary["epochs_done"] == 2
+    assert set(summary["best"]) >= {"val_recall@1", "val_recall@5", "val_recall@10", "loss", "lr"}
+    assert summary["init_val"]["recall@1"] >= 0
+    csv = (run / "logs" / "train.csv").read_text().splitlines()
+    assert "val_recall@5" in csv[0] and len(csv) == 3
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train.train(demo["train_mat"], out_dir=run, epochs=1, progress=False, verbose=0, **TINY)
+    with pytest.raises(ValueError, match="num_negatives: checkpoint=4, now=3"):
+        train.train(demo["train_mat"], out_dir=run, resume=True, epochs=3, progress=False, verbose=0,
+                       **dict(TINY, num_negatives=3))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo, tmp_path):
+    run = tmp_path / "run"
+    train.train(demo["train_mat"], out_dir=run, epochs=1, progress=False, verbose=0, **TINY)
+    good = np.load(run / "last" / "optimizer.npz")["v00000"]
+    with pytest.raises(FloatingPointError, match="NaN/inf at epoch 1.*last good checkpoint"):
+        train.train(demo["train_mat"], out_dir=run, epochs=3, resume=True, progress=False, verbose=0,
+                       **dict(TINY, lr=1e30))
+    state = json.loads((run / "last" / "state.json").read_text())
+    assert state["epoch"] == 1 and np.load(run / "last" / "optimizer.npz")["v00000"] == good
+    model = build_model("tiny", num_clusters=8)
+    model.load_weights(run / "last" / "model.weights.h5")
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_bad_image_stop_names_file_and_skip_counts(demo, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(demo["root"], root)
+    from tf_netvlad.data.places import load_split
+
+    split = load_split(root / "demo_train.mat")
+    bad = root / split.db_paths[3]
+    bad.write_bytes(b"not a jpeg at all")
+    with pytest.raises(ImageReadError, match=split.db_paths[3]):
+        train.train(split, out_dir=tmp_path / "stop", epochs=1, progress=False, verbose=0,
+                       **dict(TINY, init_images=5))
+    summary = train.train(split, out_dir=tmp_path / "skip", epochs=1, progress=False, verbose=0,
+                             on_bad_image="skip", **dict(TINY, init_images=5))
+    assert summary["status"] == "completed" and summary["images_skipped_in_cache"] == 1
+    rows = np.load(tmp_path / "skip" / "last" / "mining.npz")["neg_cache"]
+    assert 3 not in rows
+
+
+def test_time_limit_stops_after_a_step_and_resume_continues(demo, tmp_path):
+    run = tmp_path / "run"
+    summary = train.train(demo["train_mat"], out_dir=run, epochs=50, time_limit_s=1e-3, progress=False,
+                             verbose=0, **TINY)
+    assert summary["status"] == "time_limit" and summary["iterations"] <= 1
+    summary = train.train(demo["train_mat"], out_dir=run, epochs=2, resume=True, progress=False, verbose=0,
+                             **TINY)
+    assert summary["status"] == "completed" and summary["iterations"] == 10
+
+
+def test_fit_whitening_appends_whitening(demo):
+    from tf_netvlad.data.places import load_split
+
+    split = load_split(demo["train_mat"])
+    model = build_model("tiny", num_clusters=2)
+    white = train.fit_whitening(model, split.db_paths, root=split.root, image_size=(48, 64),
+                                   num_components=16, max_images=40, progress=False)
+    desc = white.predict(np.zeros((2, 48, 64, 3), "float32") + 100, verbose=0)
+    assert desc.shape == (2, 16) and np.allclose(np.linalg.norm(desc, axis=1), 1, atol=1e-5)
+
+
+def test_config_validation_and_no_positive_split(tmp_path):
+    with pytest.raises(ValueError, match="image_size"):
+        train.TrainConfig(image_size=640)
+    with pytest.raises(ValueError, match="loss_reduction|reduction"):
+        train.TrainConfig(loss_reduction="mean")
+    from tf_netvlad.data.places import PlaceSplit
+
+    far = PlaceSplit(name="far", db_paths=("a.jpg", "b.jpg"), db_utm=np.array([[0.0, 0], [1, 0]]),
+                     query_paths=("q.jpg",), query_utm=np.array([[500.0, 0]]))
+    with pytest.raises(ValueError, match="No training query"):
+        train.train(far, out_dir=tmp_path / "run", progress=False, **TINY)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def demo_e2e(tmp_path_factory):
+    """A larger demo dataset for the end-to-end test: train 210 db / 750 queries, test 90 db / 45 queries."""
+    from tf_netvlad.demo.dataset import generate_demo_data
+
+    return generate_demo_data(tmp_path_factory.mktemp("demo_e2e") / "data", scale=0.3, progress=False)
+
+
+@pytest.mark.slow
+def test_short_training_raises_recall_on_tiny_demo_data(demo_e2e, tmp_path):
+    """The product's CPU recipe (`training.CPU_RECIPE`), shortened to 600 steps, must clearly beat
+    its k-means-initialised model on the held-out test town."""
+    from tf_netvlad.evaluation.recall import evaluate
+    from tf_netvlad.models.model import load_model
+    from tf_netvlad.data.places import load_split
+
+    demo = demo_e2e
+    recipe = dict(CPU_RECIPE, epochs=6, cache_refresh_queries=400, time_limit_s=None)
+    summary = train.train(demo["train_mat"], demo["val_mat"], out_dir=tmp_path / "run", progress=False,
+                             verbose=0, **recipe)
+    test = load_split(demo["test_mat"])
+    size = recipe["image_size"]
+    before = evaluate(load_model(tmp_path / "run" / "init.keras"), test, image_size=size, ns=(1, 5),
+                      progress=False)
+    after = evaluate(load_model(tmp_path / "run" / "best.keras"), test, image_size=size, ns=(1, 5),
+                     progress=False)
+    assert summary["epochs_done"] == 6 and summary["iterations"] == 6 * 100
+    assert after["recall@1"] >= before["recall@1"] + 0.1, (before, after)
+    assert after["recall@5"] > before["recall@5"], (before, after)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from tf_netvlad.training.train import train
+    config = dict({tiny}, epochs=6, checkpoint_every_steps=1, deterministic=True)
+    train("{train}", "{val}", out_dir=sys.argv[1], resume=True, progress=False, verbose=0, **config)
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(demo, tmp_path):
+    script = KILL_SCRIPT.format(tiny=repr(TINY), train=demo["train_mat"], val=demo["val_mat"])
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+
+    def run(out_dir):
+        return subprocess.run([sys.executable, "-c", script, str(out_dir)], env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    reference = run(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(killed_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = killed_dir / "last" / "state.json"
+    deadline = time.monotonic() + 300
+    state = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            state = None
+        if state and state["epoch"] >= 2 and state["step"] >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state and state["epoch"] >= 2 and state["step"] >= 2, "no mid-epoch checkpoint before the end"
+    assert not (killed_dir / "summary.json").exists()  # really interrupted
+    killed_at = json.loads(state_file.read_text())
+    resumed = run(killed_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref_sum = json.loads((tmp_path / "reference" / "summary.json").read_text())
+    res_sum = json.loads((killed_dir / "summary.json").read_text())
+    assert res_sum["iterations"] == ref_sum["iterations"] == 6 * 5 >= killed_at["iterations"]
+    assert [h["epoch"] for h in res_sum_history(killed_dir)] == list(range(6))
+    for name in ("model.weights.h5",):
+        ref_model, res_model = build_model("tiny", num_clusters=8), build_model("tiny", num_clusters=8)
+        ref_model.load_weights(tmp_path / "reference" / "last" / name)
+        res_model.load_weights(killed_dir / "last" / name)
+        for a, b in zip(ref_model.get_weights(), res_model.get_weights()):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    for name in ("optimizer.npz", "mining.npz"):
+        ref, res = np.load(tmp_path / "reference" / "last" / name), np.load(killed_dir / "last" / name)
+        for key in ref.files:
+            np.testing.assert_allclose(res[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+def res_sum_history(run_dir):
+    return json.loads((run_dir / "last" / "state.json").read_text())["history"]
+
+
+def test_extra_callbacks_run_in_every_cycle_and_summary_reports_the_cache(demo, tmp_path):
+    class Count(keras.callbacks.Callback):
+        ends, batches = 0, 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Count.batches += 1
+
+        def on_train_end(self, logs=None):
+            Count.ends += 1
+
+    summary = train.train(demo["train_mat"], out_dir=tmp_path / "run", epochs=2, progress=False,
+                             verbose=0, callbacks=[Count()], **TINY)
+    assert Count.ends == 2 and Count.batches == summary["iterations"] == 10  # one fit per cycle
+    assert summary["worker"] is None  # single process: no multi-worker group
+    mining_stats = summary["last_mining"]
+    assert mining_stats["cycle"] == 1 and mining_stats["num_tuples"] == 20
+    assert mining_stats["extracted_db_images"] == 70 and mining_stats["extracted_query_images"] == 20
+
+
+def test_matlab_refresh_schedule_trains_growing_cycles(tiny_demo, tmp_path):
+    """`refresh_slowdown` (the paper recipe's default): a refresh at every pass end and cycles that
+    double with each LR drop, so a cycle can be larger than `cache_refresh_queries`."""
+    recipe = dict(TINY, cache_refresh_queries=10, negative_pool_size=20, lr_decay_every=1.0,
+                  lr_decay_factor=0.5, checkpoint_every_steps=0)
+    run = tmp_path / "run"
+    summary = train.train(tiny_demo["train_mat"], out_dir=run, epochs=4, progress=False, verbose=0,
+                             **recipe)
+    count = summary["training_queries"]
+    assert 20 < count <= 30 and summary["refresh_slowdown"] is True
+    sizes = [10, 10, count - 20, 20]  # pass 0 in cycles of 10 and the rest; pass 1 in cycles of 20
+    assert summary["iterations"] == sum(-(-s // 4) for s in sizes)  # batch 4
+    rows = np.load(run / "last" / "mining.npz")["rows"]
+    assert len(rows) == 20 and len(set(rows[:, 0].tolist())) == 20  # the last cycle: 20 queries
+    lrs = [float(line.split(",")[2]) for line in (run / "logs" / "train.csv").read_text().splitlines()[1:]]
+    assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005])
+
+
+def test_resume_treats_checkpoints_without_refresh_slowdown_as_the_fixed_schedule(tmp_path):
+    from tf_netvlad.training.checkpointing import check_resume
+    from tf_netvlad.training.config import config_json
+
+    fixed = train.TrainConfig(**dict(TINY, refresh_slowdown=False))
+    saved_config = config_json(fixed)
+    del saved_config["refresh_slowdown"]  # a checkpoint written before the option existed
+    fingerprint = {"train_split": "abc"}
+    saved = {"config": saved_config, "train_split": "abc"}
+    check_resume(saved, fixed, fingerprint, tmp_path)  # accepted
+    with pytest.raises(ValueError, match="refresh_slowdown: checkpoint=False, now=True"):
+        check_resume(saved, train.TrainConfig(**TINY), fingerprint, tmp_path)

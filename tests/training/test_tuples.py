@@ -1,0 +1,109 @@
+"""The tuple tf.data pipeline: contents, masks, table refresh, row ranges and bad images."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_netvlad.training.tuples import TuplePipeline
+
+
+@pytest.fixture
+def colour_images(tmp_path):
+    """8 PNG images of 6x8 pixels, image k filled with the value 10*k (lossless)."""
+    paths = []
+    for k in range(8):
+        path = tmp_path / f"img{k}.png"
+        Image.fromarray(np.full((6, 8, 3), 10 * k, np.uint8)).save(path)
+        paths.append(path.name)
+    return tmp_path, paths
+
+
+def _values(images):
+    return images.reshape(images.shape[:-3] + (-1,)).mean(axis=-1)
+
+
+def test_elements_follow_the_table(colour_images):
+    root, paths = colour_images
+    pipe = TuplePipeline(paths[:3], paths, root, (6, 8), num_rows=4, num_positives=2,
+                         num_negatives=3, batch_size=2)
+    rows = np.array([[0, 1, -1, 5, 6, 7], [2, 3, 4, 0, 1, 2], [1, 7, 6, 3, 4, 5]])
+    pipe.assign(rows)
+    batches = list(pipe.dataset().as_numpy_iterator())
+    assert [len(b["query"]) for b in batches] == [2, 1]
+    first = batches[0]
+    assert first["query"].shape == (2, 6, 8, 3) and first["query"].dtype == np.float32
+    assert first["positives"].shape == (2, 2, 6, 8, 3) and first["negatives"].shape == (2, 3, 6, 8, 3)
+    np.testing.assert_array_equal(_values(first["query"]), [0, 20])
+    np.testing.assert_array_equal(_values(first["positives"]), [[10, 0], [30, 40]])  # padding is black
+    np.testing.assert_array_equal(first["positive_mask"], [[1, 0], [1, 1]])
+    np.testing.assert_array_equal(_values(first["negatives"]), [[50, 60, 70], [0, 10, 20]])
+    np.testing.assert_array_equal(_values(batches[1]["negatives"]), [[30, 40, 50]])
+
+
+def test_reassigned_table_and_start_row_reach_the_next_iteration(colour_images):
+    root, paths = colour_images
+    pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=3, num_positives=1, num_negatives=1,
+                         batch_size=1)
+    ds = pipe.dataset()  # built once, iterated per epoch like keras.fit
+    pipe.assign([[0, 1, 2], [1, 2, 3], [2, 3, 4]])
+    assert [int(_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [0, 10, 20]
+    pipe.assign([[5, 1, 2], [6, 2, 3], [7, 3, 4]], start_row=1)
+    assert [int(_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [60, 70]
+    pipe.assign([[4, 1, 2]])
+    assert [int(_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [40]
+
+
+def _corrupt(root, name):
+    (root / name).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+
+def test_bad_image_skip_pads_the_tuple_in_place_and_counts_it(colour_images):
+    root, paths = colour_images
+    _corrupt(root, paths[3])
+    pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=5, num_positives=1, num_negatives=2,
+                         batch_size=2, on_bad_image="skip")
+    rows = [[0, 1, 2, 4], [1, 2, 3, 5], [2, 4, 5, 6], [5, 6, 7, 3], [6, 1, 2, 4]]  # rows 1 and 3 use img3
+    pipe.assign(rows)
+    batches = list(pipe.dataset().as_numpy_iterator())
+    assert [len(b["query"]) for b in batches] == [2, 2, 1]  # every row keeps its slot
+    queries = np.concatenate([_values(b["query"]) for b in batches])
+    masks = np.concatenate([b["positive_mask"][:, 0] for b in batches])
+    negatives = np.concatenate([_values(b["negatives"]) for b in batches])
+    np.testing.assert_array_equal(queries, [0, 0, 20, 0, 60])  # failed rows are black padding
+    np.testing.assert_array_equal(masks, [1, 0, 1, 0, 1])  # ... with no positive: they train nothing
+    np.testing.assert_array_equal(negatives[[1, 3]], 0)
+    assert pipe.skipped == 2
+    # a run resumed after one step (2 rows) reads exactly the batches the whole run read next
+    pipe.assign(rows, start_row=2)
+    resumed = list(pipe.dataset().as_numpy_iterator())
+    assert len(resumed) == 2
+    for got, want in zip(resumed, batches[1:]):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert pipe.skipped == 3
+
+
+def test_bad_image_stop_names_the_file(colour_images):
+    root, paths = colour_images
+    _corrupt(root, paths[6])
+    pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=3, num_positives=1, num_negatives=1,
+                         batch_size=1)
+    pipe.assign([[0, 1, 2], [1, 2, 3], [2, 3, 6]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="TUPLE_IMAGE_ERROR row=2") as info:
+        list(pipe.dataset().as_numpy_iterator())
+    message = pipe.describe_failure(info.value)
+    assert "img6.png" in message and "img3.png" not in message and "decoded" in message
+
+
+def test_bad_arguments_are_named(colour_images):
+    root, paths = colour_images
+    with pytest.raises(ValueError, match="fixed image size"):
+        TuplePipeline(paths, paths, root, 64, num_rows=2)
+    with pytest.raises(ValueError, match="on_bad_image"):
+        TuplePipeline(paths, paths, root, (6, 8), num_rows=2, on_bad_image="ignore")
+    pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=2, num_positives=1, num_negatives=1)
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        pipe.assign(np.zeros((3, 3), np.int64))
+    with pytest.raises(ValueError, match="at least one positive"):
+        pipe.assign([[0, -1, 2]])

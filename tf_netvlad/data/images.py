@@ -1,0 +1,111 @@
+"""Decoding and resizing one image with TensorFlow ops (graph-safe: reused in the serving signature).
+
+The resize policy (`tf_netvlad.data.image_size`) and its pixel semantics are described in
+`tf_netvlad.data.pipelines`, which re-exports everything here.
+"""
+
+import os
+import re
+
+import tensorflow as tf
+
+from tf_netvlad.data.image_size import parse_image_size
+
+
+def decode_image(encoded):
+    """Decodes an encoded image (tf.string scalar) to uint8 RGB `[H, W, 3]`.
+
+    JPEG uses `dct_method="INTEGER_ACCURATE"`, which is bit-exact with PIL/libjpeg's default
+    decoder; PNG, GIF (first frame) and BMP go through `tf.io.decode_image`. Grey images are
+    replicated to 3 channels and an alpha channel is dropped (as PIL's `convert("RGB")`).
+    Graph-safe without autograph (uses `tf.cond`).
+    """
+    encoded = tf.convert_to_tensor(encoded, dtype=tf.string)
+
+    def jpeg():
+        return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def other():
+        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def target_size(height, width, image_size):
+    """Output `(H, W)` int32 tensors of the resize policy for an input of `height` x `width`."""
+    image_size = parse_image_size(image_size)
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    if image_size is None:
+        return height, width
+    if isinstance(image_size, tuple):
+        return tf.constant(image_size[0], tf.int32), tf.constant(image_size[1], tf.int32)
+    longer = tf.maximum(height, width)
+    scale = tf.minimum(tf.constant(1.0, tf.float64), image_size / tf.cast(longer, tf.float64))
+
+    def scaled(side):
+        out = tf.floor(tf.cast(side, tf.float64) * scale + 0.5)
+        return tf.maximum(tf.cast(out, tf.int32), 1)
+
+    return scaled(height), scaled(width)
+
+
+def resize_image(image, image_size):
+    """Applies the resize policy to one image `[H, W, 3]` (any dtype); returns float32 0..255.
+
+    Bilinear, `antialias=False`, half-pixel centres (`tf.image.resize`). No resampling happens when
+    the target equals the input size, so "keep" and "max side" are exact for small images.
+    """
+    image_size = parse_image_size(image_size)
+    image = tf.convert_to_tensor(image)
+    as_float = tf.cast(image, tf.float32)
+    if image_size is None:
+        return as_float
+    shape = tf.shape(image)
+    out_h, out_w = target_size(shape[0], shape[1], image_size)
+    same = tf.logical_and(tf.equal(out_h, shape[0]), tf.equal(out_w, shape[1]))
+
+    def resized():
+        return tf.image.resize(
+            as_float, tf.stack([out_h, out_w]), method="bilinear", antialias=False
+        )
+
+    out = tf.cond(same, lambda: as_float, resized)
+    if isinstance(image_size, tuple):
+        return tf.ensure_shape(out, [image_size[0], image_size[1], 3])
+    return tf.ensure_shape(out, [None, None, 3])
+
+
+def decode_and_resize(encoded, image_size=None):
+    """`decode_image` then `resize_image`: encoded bytes -> float32 `[H', W', 3]` in 0..255."""
+    return resize_image(decode_image(encoded), image_size)
+
+
+def load_image(path, image_size=None):
+    """Reads, decodes and resizes one image file; returns float32 `[H, W, 3]` in 0..255."""
+    return decode_and_resize(tf.io.read_file(path), image_size)
+
+
+def diagnose_image(path):
+    """Returns a human-readable reason why `path` cannot be loaded, or None if it loads fine."""
+    if not os.path.exists(path):
+        return "file does not exist"
+    if not os.path.isfile(path):
+        return "not a regular file"
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        return f"cannot be opened ({error})"
+    if size == 0:
+        return "file is empty (0 bytes)"
+    try:
+        decode_image(tf.io.read_file(path))
+    except (tf.errors.OpError, ValueError) as error:
+        message = getattr(error, "message", str(error)).strip().splitlines()[0]
+        message = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", message)
+        return f"cannot be decoded as JPEG/PNG/GIF/BMP ({message})"
+    return None

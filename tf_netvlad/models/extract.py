@@ -1,0 +1,232 @@
+"""Batched extraction of global descriptors and sampling of local features for k-means.
+
+This is the only place that turns images into NumPy arrays. It accepts any `keras.Model` that maps
+float32 RGB images `[B, H, W, 3]` in 0..255 to descriptors `[B, D]` (or, for
+`sample_local_features`, to local features `[B, h, w, D]`); preprocessing lives inside the model.
+Images are read with `data.ImageBatches` (parallel decode, prefetch, input order kept, errors name
+the file). Outputs are float32 and never go through float64.
+"""
+
+import logging
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from tf_netvlad.data import pipelines
+
+logger = logging.getLogger(__name__)
+
+
+def _single_output(outputs):
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ValueError(
+                f"The model must return one tensor; received a dict with keys {sorted(outputs)}."
+            )
+        outputs = next(iter(outputs.values()))
+    elif isinstance(outputs, (list, tuple)):
+        if len(outputs) != 1:
+            raise ValueError(f"The model must return one tensor; received {len(outputs)} outputs.")
+        outputs = outputs[0]
+    return outputs
+
+
+# model -> {(H, W): tf.function}; weak keys so cached functions do not keep models alive.
+_PREDICT_FNS = weakref.WeakKeyDictionary()
+
+
+def make_predict_fn(model, image_size=None):
+    """Wraps `model(images, training=False)` in one `tf.function` traced once per policy.
+
+    The input signature is `[None, H, W, 3]` for a fixed `(H, W)` policy and `[None, None, None, 3]`
+    otherwise, so "keep" does not retrace for every new image shape. The function is cached per
+    model and policy, so repeated extractions (cache refreshes, per-epoch validation) reuse
+    one trace.
+    """
+    size = pipelines.parse_image_size(image_size)
+    height, width = size if isinstance(size, tuple) else (None, None)
+    cache = _PREDICT_FNS.setdefault(model, {})
+    if (height, width) not in cache:
+        model_ref = weakref.ref(model)
+        spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+
+        @tf.function(input_signature=[spec])
+        def predict(images):
+            return _single_output(model_ref()(images, training=False))
+
+        cache[(height, width)] = predict
+    return cache[(height, width)]
+
+
+def _tqdm(total, desc, progress):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+
+
+def _check_out(out, count, dim):
+    if out.ndim != 2 or out.shape[0] != count or (dim is not None and out.shape[1] != dim):
+        raise ValueError(
+            f"`out` must have shape ({count}, {dim if dim is not None else 'D'}) for {count} images "
+            f"and descriptor dim {dim}. Received: out.shape={out.shape}"
+        )
+    if out.dtype not in (np.float32, np.float16):
+        raise TypeError(f"`out` must be float32 or float16. Received: out.dtype={out.dtype}")
+
+
+def extract_descriptors(
+    model,
+    paths,
+    root=None,
+    image_size=None,
+    batch_size=8,
+    progress=True,
+    on_error="raise",
+    out=None,
+):
+    """Computes one global descriptor per image, in the order of `paths`.
+
+    Args:
+        model: `keras.Model` mapping float32 images `[B, H, W, 3]` (0..255 RGB) to `[B, D]`.
+        paths: sequence of image paths, relative to `root` unless absolute.
+        root: optional directory joined onto relative paths.
+        image_size: resize policy (`None`/"keep", max side int, or `(H, W)`); see `tf_netvlad.data.pipelines`.
+        batch_size: images per model call (consecutive equal-shaped images for "keep"/max side).
+        progress: show a tqdm progress bar.
+        on_error: "raise" raises `data.ImageReadError` naming the first file that cannot be loaded;
+            "skip" leaves such rows as NaN, logs the files, and returns their indices too.
+        out: optional preallocated float32 or float16 array (or `np.memmap`) of shape `(n, D)` to
+            write into, keeping memory bounded for large databases.
+
+    Returns:
+        `np.ndarray (n, D)` float32 (or `out`). With `on_error="skip"`: a tuple
+        `(descriptors, skipped)` where `skipped` is an int64 array of indices into `paths` whose rows
+        are NaN.
+    """
+    batches = pipelines.ImageBatches(paths, root, image_size, batch_size, on_error)
+    count = len(batches)
+    dim = _static_dim(model)
+    if out is not None:
+        _check_out(out, count, dim)
+    predict = make_predict_fn(model, image_size)
+    result, skipped_seen = out, 0
+    with _tqdm(count, "descriptors", progress) as bar:
+        for indices, images in batches:
+            descriptors = np.asarray(predict(tf.convert_to_tensor(images)))
+            if descriptors.ndim != 2 or descriptors.shape[0] != len(indices):
+                raise ValueError(
+                    "The model must map images [B, H, W, 3] to descriptors [B, D]. Received output "
+                    f"shape {descriptors.shape} for input shape {images.shape}."
+                )
+            if result is None:
+                result = np.empty((count, descriptors.shape[1]), np.float32)
+            elif result.shape[1] != descriptors.shape[1]:
+                _check_out(result, count, descriptors.shape[1])
+            if _contiguous(indices):
+                result[indices[0] : indices[-1] + 1] = descriptors
+            else:
+                result[indices] = descriptors
+            bar.update(len(indices) + len(batches.skipped) - skipped_seen)
+            skipped_seen = len(batches.skipped)
+    if result is None:
+        if dim is None:
+            raise ValueError(
+                "No image could be loaded and the model's output dim is unknown, so no descriptor "
+                f"array can be returned. Skipped {len(batches.skipped)} of {count} images."
+            )
+        result = np.empty((count, dim), np.float32)
+    skipped = np.asarray(batches.skipped, np.int64)
+    if on_error == "skip":
+        if len(skipped):
+            result[skipped] = np.nan
+        return result, skipped
+    return result
+
+
+def _contiguous(indices):
+    return indices[-1] - indices[0] + 1 == len(indices)
+
+
+def _static_dim(model):
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(shape, list) and len(shape) == 1:
+        shape = shape[0]
+    if isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[1], int):
+        return shape[1]
+    return None
+
+
+def sample_local_features(
+    feature_model,
+    paths,
+    root=None,
+    num_images=500,
+    per_image=100,
+    image_size=None,
+    seed=43,
+    batch_size=8,
+    progress=True,
+):
+    """Samples local features for k-means initialisation of NetVLAD (MATLAB `getClusters.m` recipe).
+
+    `num_images` images are drawn at random without replacement (all images if there are fewer),
+    then `per_image` spatial locations are drawn at random without replacement from each image's
+    feature map (all `h * w` locations when the map has fewer). Both draws use one
+    `np.random.default_rng(seed)`: first the images, then the locations image by image in path
+    order, so the result depends only on `seed` and the inputs, not on `batch_size`. Images are
+    processed in path order (sorted sample) for disk locality.
+
+    Args:
+        feature_model: `keras.Model` mapping images `[B, H, W, 3]` (0..255) to local features
+            `[B, h, w, D]`, already L2-normalised per location by the caller's model.
+        paths, root, image_size, batch_size, progress: as in `extract_descriptors`.
+        num_images: int >= 1, images to sample (MATLAB/pytorch-NetVlad: 500).
+        per_image: int >= 1, locations per image (100).
+        seed: int, RNG seed (MATLAB: 43).
+
+    Returns:
+        float32 array `(sum_i min(per_image, h_i * w_i), D)`, which is
+        `(min(num_images, n) * per_image, D)` whenever every map has >= `per_image` locations.
+    """
+    for name, value in (("num_images", num_images), ("per_image", per_image)):
+        if not pipelines._is_int(value) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+    full_paths = pipelines.resolve_paths(paths, root)
+    if not full_paths:
+        raise ValueError("`paths` is empty: need at least one image to sample local features.")
+    rng = np.random.default_rng(seed)
+    count = min(int(num_images), len(full_paths))
+    chosen = np.sort(rng.choice(len(full_paths), size=count, replace=False))
+    batches = pipelines.ImageBatches([full_paths[i] for i in chosen], None, image_size, batch_size)
+    predict = make_predict_fn(feature_model, image_size)
+    result, filled = None, 0
+    with _tqdm(count, "local features", progress) as bar:
+        for indices, images in batches:
+            features = _single_output(np.asarray(predict(tf.convert_to_tensor(images))))
+            if features.ndim != 4 or features.shape[0] != len(indices):
+                raise ValueError(
+                    "`feature_model` must map images [B, H, W, 3] to local features [B, h, w, D]. "
+                    f"Received output shape {features.shape} for input shape {images.shape}."
+                )
+            locations = features.shape[1] * features.shape[2]
+            flat = features.reshape(len(indices), locations, features.shape[3])
+            take = min(int(per_image), locations)
+            if result is None:
+                result = np.empty((count * int(per_image), features.shape[3]), np.float32)
+            for row in flat:
+                if take < locations:
+                    row = row[rng.choice(locations, size=take, replace=False)]
+                result[filled : filled + take] = row
+                filled += take
+            bar.update(len(indices))
+    if filled < len(result):
+        logger.warning(
+            "Feature maps have fewer than per_image=%d locations; sampled %d descriptors "
+            "instead of %d.",
+            per_image, filled, len(result),
+        )
+    return result[:filled]

@@ -1,0 +1,390 @@
+"""NetVLADModel: images -> preprocessing -> backbone -> NetVLAD -> (whitening) -> descriptor."""
+
+import os
+
+import keras
+
+from tf_netvlad.models import backbones as backbones_lib
+from tf_netvlad.models import losses
+from tf_netvlad.layers.netvlad import NetVLAD
+from tf_netvlad.layers.preprocessing import ImagePreprocessing
+from tf_netvlad.layers.whitening import PCAWhitening
+from tf_netvlad.data.fileio import atomic_path
+
+
+def _as_preprocessing(preprocessing):
+    if isinstance(preprocessing, ImagePreprocessing):
+        return preprocessing
+    if isinstance(preprocessing, str):
+        return ImagePreprocessing.from_preset(preprocessing, name="preprocessing")
+    if isinstance(preprocessing, dict):
+        return keras.layers.deserialize(preprocessing)
+    raise ValueError(
+        "`preprocessing` must be an ImagePreprocessing layer, a preset name or a serialized "
+        f"layer. Received: {preprocessing!r}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="tf_netvlad")
+class NetVLADModel(keras.Model):
+    """A NetVLAD place-recognition model: float32 RGB images (0..255) in, descriptors out.
+
+    A Functional model built in `__init__`: `ImagePreprocessing` -> backbone -> `NetVLAD` ->
+    optional `PCAWhitening`. The NetVLAD and whitening layers always compute in float32, also
+    under a mixed-precision policy, so descriptors stay float32.
+
+    Args:
+        backbone: a `keras.Model` mapping preprocessed images to `(batch, h, w, D)`, e.g. from
+            `tf_netvlad.build_backbone`.
+        preprocessing: `ImagePreprocessing` layer or preset name ("caffe", "torch", "tf", "raw").
+        num_clusters: K of the NetVLAD layer.
+        variant: "v1" (official models) or "v2" (paper), see `NetVLAD`.
+        pre_l2: L2-normalise local features before pooling.
+        intra_normalize: intra-normalisation of the NetVLAD layer.
+        whitening_dim: None, or the output size of an appended `PCAWhitening` layer.
+        margin: the ranking-loss margin m used by training (0.1 as in the paper).
+        backbone_name: a label recorded in the config (e.g. "vgg16").
+
+    Call arguments:
+        images: float32 `(batch, height, width, 3)`, RGB in 0..255, any height and width.
+
+    Returns:
+        float32 `(batch, descriptor_dim)` with unit L2 norm.
+
+    Training (`fit` on tuples, TensorFlow backend): each element of the dataset is a dict
+    `{"query": (B, H, W, 3), "positives": (B, P, H, W, 3), "positive_mask": (B, P),
+    "negatives": (B, N, H, W, 3)}` (see `tf_netvlad.training.tuples`). `train_step` runs one forward pass
+    over the B·(1 + P + N) images, takes the best positive (min d² over the masked positive set)
+    in the graph and minimises the ranking loss of `tf_netvlad.models.losses` with margin `margin`,
+    reduced by `loss_reduction` ("sum": per-query sum over negatives, mean over queries;
+    "mean_violating": ÷ number of violating triplets, as MATLAB). Layer regularisation losses are
+    added; `weight_decay` > 0 adds the coupled L2 term ½·wd·Σ‖W‖² over trainable kernels (rank
+    >= 2; biases excluded), i.e. MATLAB/PyTorch SGD weight decay, to the optimised objective (not
+    to the reported `loss`). Loss scaling (`optimizer.scale_loss`) makes `mixed_float16` work;
+    under `tf.distribute` every normaliser is global, so the summed replica gradients equal the
+    single-device gradient. Metrics (epoch averages): `loss`, `violating_triplets` (fraction of
+    (query, negative) pairs with a positive hinge), `positive_d2` (mean d²(q, p*)) and
+    `negative_d2` (mean d²(q, n)). Set the options with `set_training_options` before `fit`.
+    """
+
+    def __init__(self, backbone, preprocessing="raw", num_clusters=64, variant="v1", pre_l2=True,
+                 intra_normalize=True, whitening_dim=None, margin=0.1, backbone_name=None, **kwargs):
+        if not isinstance(backbone, keras.Model):
+            raise ValueError(f"`backbone` must be a keras.Model. Received: {type(backbone).__name__}")
+        if len(backbone.output_shape) != 4:
+            raise ValueError(
+                "`backbone` must output a local feature map (batch, h, w, D). "
+                f"Received output shape {backbone.output_shape}"
+            )
+        preprocessing_layer = _as_preprocessing(preprocessing)
+        # === Functional Model ===
+        images = keras.Input(shape=(None, None, 3), name="images", dtype="float32")
+        features = backbone(preprocessing_layer(images))
+        netvlad = NetVLAD(num_clusters, variant=variant, pre_l2=pre_l2,
+                          intra_normalize=intra_normalize, dtype="float32", name="netvlad")
+        descriptor = netvlad(features)
+        if whitening_dim is not None:
+            descriptor = PCAWhitening(whitening_dim, dtype="float32", name="whitening")(descriptor)
+        super().__init__(inputs=images, outputs=descriptor, **kwargs)
+        # === Config ===
+        self.backbone = backbone
+        self.preprocessing = preprocessing_layer
+        self.num_clusters = int(num_clusters)
+        self.variant = variant
+        self.pre_l2 = bool(pre_l2)
+        self.intra_normalize = bool(intra_normalize)
+        self.whitening_dim = None if whitening_dim is None else int(whitening_dim)
+        self.margin = float(margin)
+        self.backbone_name = backbone_name or backbone.name
+        # === Training state (not config) ===
+        self.loss_reduction = "sum"
+        self.weight_decay = 0.0
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.violating_tracker = keras.metrics.Mean(name="violating_triplets")
+        self.positive_tracker = keras.metrics.Mean(name="positive_d2")
+        self.negative_tracker = keras.metrics.Mean(name="negative_d2")
+
+    @property
+    def netvlad(self):
+        return self.get_layer("netvlad")
+
+    @property
+    def whitening(self):
+        return self.get_layer("whitening") if self.whitening_dim is not None else None
+
+    @property
+    def descriptor_dim(self):
+        return int(self.output_shape[-1])
+
+    def local_features_model(self):
+        """A model from images to the backbone's local features (before NetVLAD's preL2)."""
+        return keras.Model(self.input, self.netvlad.input, name=f"{self.name}_local_features")
+
+    # ------------------------------------------------------------------ training
+    def set_training_options(self, loss_reduction=None, weight_decay=None):
+        """Sets the loss reduction ("sum" | "mean_violating") and the coupled L2 weight decay."""
+        if loss_reduction is not None:
+            self.loss_reduction = losses.check_reduction(loss_reduction)
+        if weight_decay is not None:
+            if not weight_decay >= 0:
+                raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
+            self.weight_decay = float(weight_decay)
+        self.train_function = None  # re-trace with the new options
+        self.test_function = None
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.violating_tracker, self.positive_tracker, self.negative_tracker]
+
+    def tuple_descriptors(self, x, training=False):
+        """One forward pass over a batch of tuples -> `(query (B, d), positives (B, P, d), negatives (B, N, d))`."""
+        import tensorflow as tf
+
+        for key in ("query", "positives", "negatives"):
+            if key not in x:
+                raise ValueError(
+                    "Training data must be dicts with keys 'query', 'positives', 'positive_mask' and "
+                    f"'negatives' (see tf_netvlad.training.tuples). Missing {key!r}; received keys {sorted(x)}"
+                )
+        query, positives, negatives = x["query"], x["positives"], x["negatives"]
+        batch = tf.shape(query)[0]
+        num_pos, num_neg = tf.shape(positives)[1], tf.shape(negatives)[1]
+        image_shape = tf.shape(query)[1:]
+        images = tf.concat(
+            [
+                query,
+                tf.reshape(positives, tf.concat([[-1], image_shape], 0)),
+                tf.reshape(negatives, tf.concat([[-1], image_shape], 0)),
+            ],
+            axis=0,
+        )
+        desc = tf.cast(self(images, training=training), tf.float32)
+        dim = tf.shape(desc)[1]
+        q = desc[:batch]
+        p = tf.reshape(desc[batch : batch + batch * num_pos], tf.stack([batch, num_pos, dim]))
+        n = tf.reshape(desc[batch + batch * num_pos :], tf.stack([batch, num_neg, dim]))
+        return q, p, n
+
+    def _loss_and_stats(self, x, y_pred):
+        """Replica loss (global normalisers, for the gradient) and global sums (for the metrics)."""
+        import tensorflow as tf
+
+        query, positives, negatives = y_pred
+        terms = losses.ranking_loss_terms(
+            query, positives, negatives, positive_mask=x.get("positive_mask"),
+            negative_mask=x.get("negative_mask"), margin=self.margin,
+        )
+        local = losses.ranking_loss_sums(terms)
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        total = local if replicas == 1 else context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+        normaliser = total["num_queries"] if self.loss_reduction == "sum" else total["num_violating"]
+        normaliser = tf.cast(normaliser, tf.float32)
+        loss = tf.math.divide_no_nan(local["hinge_sum"], normaliser)
+        report = tf.math.divide_no_nan(total["hinge_sum"], normaliser)
+        if self.losses:
+            regularisation = tf.cast(tf.add_n(self.losses), tf.float32)
+            loss += regularisation / replicas
+            report += regularisation
+        return loss, report, total, replicas
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss, _, _, _ = self._loss_and_stats(x, y_pred)
+        return loss
+
+    def _weight_decay_term(self, replicas):
+        import tensorflow as tf
+
+        kernels = [v for v in self.trainable_variables if len(v.shape) >= 2]
+        if not self.weight_decay or not kernels:
+            return None
+        squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels])
+        return 0.5 * self.weight_decay * squares / replicas
+
+    def _update_trackers(self, report, total):
+        import tensorflow as tf
+
+        queries = total["num_queries"]
+        self.loss_tracker.update_state(report, sample_weight=queries)
+        fraction = tf.math.divide_no_nan(total["num_violating"], total["num_negatives"])
+        self.violating_tracker.update_state(fraction, sample_weight=total["num_negatives"])
+        self.positive_tracker.update_state(
+            tf.math.divide_no_nan(total["positive_d2_sum"], queries), sample_weight=queries
+        )
+        self.negative_tracker.update_state(
+            tf.math.divide_no_nan(total["negative_d2_sum"], total["num_negatives"]),
+            sample_weight=total["num_negatives"],
+        )
+        results = {m.name: m.result() for m in self.metrics}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras reduces step outputs across workers with MEAN over axis 0, which needs a batch
+            # axis; every replica holds the same global value, so the mean of [v] is v.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = self.tuple_descriptors(x, training=True)
+            loss, report, total, replicas = self._loss_and_stats(x, y_pred)
+            objective = loss
+            decay = self._weight_decay_term(replicas)
+            if decay is not None:
+                objective = objective + decay
+            scaled = self.optimizer.scale_loss(objective)
+        gradients = tape.gradient(scaled, variables)
+        # Keras runs one more step call at the end of a dataset of unknown length; without this
+        # dependency the optimizer's iteration counter could be incremented before the failing
+        # `get_next` stops it (a race), so the counter would drift from the real number of updates.
+        with tf.control_dependencies([objective]):
+            self.optimizer.apply(gradients, variables)
+        return self._update_trackers(report, total)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy Keras' TF trainer reads a first batch at every `fit` and
+        # reduces it across replicas only to build unbuilt state; that reduction of our dict inputs
+        # fails under MultiWorkerMirroredStrategy. Nothing to build (train() builds the model and
+        # the optimizer): skip it, as Keras' `_symbolic_build` would do nothing either.
+        built = (all(layer.built for layer in self._flatten_layers())
+                 and (self.optimizer is None or self.optimizer.built)
+                 and getattr(self, "_compile_loss", None) is None
+                 and getattr(self, "_compile_metrics", None) is None)
+        if not built:
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def test_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self.tuple_descriptors(x, training=False)
+        _, report, total, _ = self._loss_and_stats(x, y_pred)
+        return self._update_trackers(report, total)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+            "preprocessing": keras.layers.serialize(self.preprocessing),
+            "num_clusters": self.num_clusters,
+            "variant": self.variant,
+            "pre_l2": self.pre_l2,
+            "intra_normalize": self.intra_normalize,
+            "whitening_dim": self.whitening_dim,
+            "margin": self.margin,
+            "backbone_name": self.backbone_name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"], custom_objects=custom_objects)
+        config["preprocessing"] = keras.layers.deserialize(config["preprocessing"], custom_objects=custom_objects)
+        return cls(**config)
+
+
+def _multi_worker(strategy):
+    """True under a MultiWorkerMirroredStrategy with more than one worker."""
+    import tensorflow as tf
+
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+def build_model(backbone="tiny", weights=None, trainable_from="default", preprocessing=None,
+                num_clusters=64, variant="v1", pre_l2=True, intra_normalize=True,
+                whitening_dim=None, margin=0.1, name=None):
+    """Builds a `NetVLADModel` from keyword arguments.
+
+    `backbone` is a name from `tf_netvlad.BACKBONES` (or a ready `keras.Model`); `weights` is
+    None, "imagenet" or a weights file (see `build_backbone`); `preprocessing` defaults to what
+    the backbone's ImageNet weights expect. The NetVLAD layer still needs its k-means
+    initialisation (`tf_netvlad.initialize_netvlad`).
+    """
+    if isinstance(backbone, keras.Model):
+        net, backbone_name = backbone, backbone.name
+        preprocessing = preprocessing or "raw"
+    else:
+        net = backbones_lib.build_backbone(backbone, weights=weights, trainable_from=trainable_from)
+        backbone_name = backbone
+        preprocessing = preprocessing or backbones_lib.default_preprocessing(backbone)
+    return NetVLADModel(
+        net,
+        preprocessing=preprocessing,
+        num_clusters=num_clusters,
+        variant=variant,
+        pre_l2=pre_l2,
+        intra_normalize=intra_normalize,
+        whitening_dim=whitening_dim,
+        margin=margin,
+        backbone_name=backbone_name,
+        name=name or f"{backbone_name}_netvlad{num_clusters}",
+    )
+
+
+def with_whitening(model, kernel, bias, num_components=None):
+    """A copy of `model` with a `PCAWhitening` layer set from `fit_pca_whitening` output.
+
+    `num_components` (default: all columns of `kernel`) keeps the first outputs only, which is
+    the reference's dimensionality reduction (`cropToDim`). An existing whitening is replaced.
+    """
+    num_components = int(num_components or kernel.shape[1])
+    config = dict(model.get_config(), whitening_dim=num_components)
+    new = NetVLADModel.from_config(config)
+    new.backbone.set_weights(model.backbone.get_weights())
+    new.netvlad.set_weights(model.netvlad.get_weights())
+    new.whitening.set_whitening(kernel, bias)
+    return new
+
+
+def resolve_model(model_or_path, any_keras_model=False):
+    """`(model, path)`: a `.keras` path is loaded with `load_model` (uncompiled); a model passes.
+
+    `path` is None for a model object. Only `NetVLADModel`s are accepted (ValueError otherwise)
+    unless `any_keras_model=True`, which accepts any object with Keras weights (TypeError
+    otherwise).
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load_model(model_or_path, compile=False), os.fspath(model_or_path)
+    if any_keras_model:
+        if not hasattr(model_or_path, "get_weights"):
+            raise TypeError(
+                "`model_or_path` must be a Keras model or a .keras file path. "
+                f"Received: {type(model_or_path).__name__}"
+            )
+    elif not isinstance(model_or_path, NetVLADModel):
+        raise ValueError(
+            "`model_or_path` must be a tf_netvlad NetVLADModel or the path of a `.keras` file "
+            f"holding one. Received: {type(model_or_path).__name__}"
+        )
+    return model_or_path, None
+
+
+def load_model(path, compile=True):
+    """Loads a tf_netvlad `.keras` model; clear errors for a missing file or a foreign model."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file not found: {path}")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Expected a `.keras` model file. Received: {path}")
+    try:
+        model = keras.saving.load_model(path, compile=compile)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not a loadable tf_netvlad model: {err}") from err
+    if not isinstance(model, NetVLADModel):
+        raise ValueError(
+            f"{path} holds a {type(model).__name__}, not a tf_netvlad NetVLADModel. "
+            "Build one with `tf_netvlad init` or `tf_netvlad.build_model`."
+        )
+    return model
+
+
+def save_model(model, path):
+    """Saves a `.keras` file atomically: a failed save leaves no partial file behind."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"Model files must end in `.keras`. Received: {path}")
+    with atomic_path(path, ".keras") as tmp:
+        model.save(tmp)
+    return path

@@ -1,0 +1,345 @@
+"""Weakly supervised NetVLAD training: `train(...)`, one `fit` per refresh cycle, and its outputs.
+
+A Keras epoch is one **refresh cycle**: `cache_refresh_queries` training queries (default 1000,
+all queries if fewer) whose descriptor cache is refreshed and whose tuples are mined at the start
+of the epoch (`mining.MiningCallback`). `epochs` therefore counts refresh cycles; the learning-rate
+schedule is expressed in *passes over the training queries* (the paper's epochs), so "halve the LR
+every 5 epochs" holds whatever the refresh rate: a cycle starting after p passes has the LR
+`lr * lr_decay_factor ** floor(p / lr_decay_every)`. With `refresh_slowdown` (the paper recipe's
+default, MATLAB's schedule) a refresh also happens at every pass end and the cycles grow by
+1/`lr_decay_factor` at every LR drop (`tf_netvlad.training.refresh_schedule`): on Pitts30k (7,320 queries)
+30 paper epochs are 8 cycles per pass for 5 passes, then 4, 2 and 1 per pass (5 passes each):
+`epochs=85`. Without it, cycles of 1000 run across pass ends: 30 paper epochs = `epochs=220`.
+
+`train` writes `out_dir` (`init.keras`, `best.keras`, the atomic `last` checkpoint, logs and
+`summary.json`; see `tf_netvlad.training.checkpointing`) and resumes from it exactly (`resume=True`).
+
+Modules: `train_config` (`TrainConfig`, `CPU_RECIPE`, re-exported here), `checkpointing` (run
+directory, checkpoints, resume checks), `training_callbacks` (run control, LR schedule,
+validation, checkpoint callbacks); multi-worker exchanges in `distributed` and `distributed_mining`.
+"""
+
+import dataclasses
+import logging
+import os
+import time
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_netvlad.data import pipelines
+from tf_netvlad.training import distributed
+from tf_netvlad.evaluation import recall
+from tf_netvlad.evaluation.report import write_json
+from tf_netvlad.training import mining
+from tf_netvlad.data import places
+from tf_netvlad.training import tuples
+from tf_netvlad.training.checkpointing import check_resume, prepare_out_dir, prepare_out_dir_multi, split_fingerprint
+from tf_netvlad.models.initialization import initialize_netvlad
+from tf_netvlad.models.model import build_model, load_model
+from tf_netvlad.training.config import TrainConfig, config_json
+from tf_netvlad.training.callbacks import LearningRateSchedule, RunControl, TrainingCheckpoint, ValidationRecall
+from tf_netvlad.models.initialization import fit_whitening
+from tf_netvlad.models.model import save_model
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, model=None, config=None,
+          resume=False, verbose=1, progress=True, strategy=None, callbacks=None, **overrides):
+    """Trains NetVLAD with the weakly supervised ranking loss and hard-negative mining.
+
+    Args:
+        train_split: `places.PlaceSplit` or a split file (.mat / .csv / folder) of training images.
+        val_split: optional validation split (recall@N every epoch, best-model selection).
+        root, val_root: image roots (default: the splits' own `root`).
+        out_dir: run directory (contents: see `tf_netvlad.training.checkpointing`). Must be new or empty
+            unless `resume=True`.
+        model: a `NetVLADModel` to train as is (already initialised), or None to build one from
+            the config (`backbone`, `weights`, `num_clusters`, ...) and k-means-initialise it.
+        config: a `TrainConfig`; keyword `overrides` replace its fields (e.g. `epochs=5`).
+        resume: continue from `out_dir/last` (fresh start when there is no checkpoint yet).
+        verbose: Keras progress bar (0, 1 or 2). progress: tqdm bars for caching/evaluation.
+        strategy: optional `tf.distribute.Strategy` to build and train the model under. With a
+            `MultiWorkerMirroredStrategy` over W > 1 workers (run the same call on every worker;
+            docs/multi-worker.md): `batch_size` is the global batch, split over all replicas in
+            single-device order; each worker extracts only 1/W of the mining cache and loads only
+            its replicas' tuples; every worker mines the same tuples; the chief (worker 0) alone
+            runs the k-means initialisation (its weights are broadcast), evaluates the validation
+            split and writes `out_dir`; the other workers write nothing. `out_dir` and the images
+            must be readable by every worker (shared filesystem) for `resume`.
+        callbacks: optional extra Keras callbacks passed to every `fit` call (one per cycle).
+
+    Returns:
+        dict summary (also written to `out_dir/summary.json`): status ("completed",
+        "time_limit"), epochs done, best epoch and val recalls, init val recalls, files, counts.
+
+    Raises:
+        ValueError for bad configurations/splits or an incompatible resume directory;
+        `data.ImageReadError` for an image that fails with `on_bad_image="stop"`;
+        FloatingPointError when the loss becomes NaN/inf (the last good checkpoint is kept).
+    """
+    start_time = time.monotonic()
+    cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+    train_split = _as_split(train_split, root, "train_split")
+    val_split = _as_split(val_split, val_root, "val_split")
+    root = train_split.root if root is None else root
+    val_root = (val_split.root if val_root is None else val_root) if val_split is not None else None
+    group = distributed.worker_group(strategy)
+    if group is None:
+        out_dir, checkpointer = prepare_out_dir(out_dir, resume)
+        resuming = resume and checkpointer.exists()
+    else:
+        out_dir, checkpointer, resuming = prepare_out_dir_multi(out_dir, resume, group)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.random.set_global_generator(tf.random.Generator.from_seed(cfg.seed))
+    fingerprint = {"config": config_json(cfg),
+                   "train_split": split_fingerprint(train_split)}
+    if resuming:
+        saved = checkpointer.load_state()
+        check_resume(saved, cfg, fingerprint, checkpointer.last)
+    miner = mining.HardNegativeMiner(
+        train_split, root=root, image_size=cfg.image_size, num_positives=cfg.num_positives,
+        num_negatives=cfg.num_negatives, pool_size=cfg.negative_pool_size, keep_factor=cfg.keep_factor,
+        margin=cfg.margin, cache_refresh_queries=cfg.cache_refresh_queries, seed=cfg.seed,
+        batch_size=cfg.cache_batch_size, on_bad_image=cfg.on_bad_image, progress=progress,
+        exclude_very_hard=cfg.exclude_very_hard, group=group, refresh_slowdown=cfg.refresh_slowdown,
+        lr_decay_every=cfg.lr_decay_every, lr_decay_factor=cfg.lr_decay_factor)
+    previous_policy = keras.config.dtype_policy()
+    if cfg.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    scope = strategy.scope() if strategy is not None else _null_scope()
+    try:
+        with scope:
+            init_stats = {}
+            if resuming:
+                model = load_model(out_dir / "init.keras", compile=False)
+            elif group is None or group.is_chief:
+                model, init_stats = _build_initial_model(cfg, model, train_split, root, out_dir, progress)
+            else:  # the chief's k-means initialisation (or given model) is broadcast below
+                model = _new_model(cfg) if model is None else model
+                init_stats = {"note": "weights broadcast from the chief (worker 0)"}
+            model.compile(optimizer=_make_optimizer(cfg))
+            model.set_training_options(loss_reduction=cfg.loss_reduction, weight_decay=cfg.weight_decay)
+            model.optimizer.build(model.trainable_variables)
+        if group is not None:
+            group.broadcast_variables(model.weights)
+        return _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer,
+                    fingerprint, resuming, init_stats, start_time, verbose, progress, group,
+                    list(callbacks or []))
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _tensorboard_available():
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        logger.warning("TensorBoard logs are off: the `tensorboard` package is not installed "
+                       "(pip install tensorboard). CSV logs are written.")
+        return False
+    return True
+
+
+class _null_scope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer, fingerprint,
+         resuming, init_stats, start_time, verbose, progress, group=None, extra_callbacks=()):
+    pipeline = tuples.TuplePipeline(
+        train_split.query_paths, train_split.db_paths, root, cfg.image_size,
+        num_rows=miner.schedule.max_size,
+        num_positives=cfg.num_positives, num_negatives=cfg.num_negatives, batch_size=cfg.batch_size,
+        on_bad_image=cfg.on_bad_image)
+    deadline = None if cfg.time_limit_s is None else start_time + cfg.time_limit_s
+    control = RunControl(deadline, group)
+    chief = group is None or group.is_chief
+    val_eval = _val_subset(val_split, cfg.val_max_queries, cfg.seed) if chief else None
+    initial_epoch, best, history, init_val = 0, None, [], None
+    miner_cb = mining.MiningCallback(miner, pipeline, skip_when=control.time_over)
+    if resuming:
+        state, mining_state = checkpointer.restore(model)
+        if group is not None:  # all read the chief's checkpoint; make sure nobody read a stale one
+            group.broadcast_variables(model.weights + list(model.optimizer.variables))
+        miner.load_state_dict(mining_state)
+        initial_epoch, best, history = state["epoch"], state.get("best"), state.get("history", [])
+        init_val = state.get("init_val")
+        if state["step"] > 0:
+            miner_cb.resume_rows(state["epoch"], mining_state["rows"], state["rows_done"])
+            control.start_step = state["step"]
+        logger.info("Resuming from %s: epoch %d, step %d", checkpointer.last, state["epoch"], state["step"])
+    elif val_eval is not None:
+        init_val = recall.evaluate(model, val_eval, root=val_root, image_size=cfg.image_size,
+                                       ns=cfg.recall_ns, batch_size=cfg.cache_batch_size, progress=progress)
+    fingerprint = dict(fingerprint, init_val=init_val)
+    checkpoint_cb = TrainingCheckpoint(out_dir, checkpointer, miner, pipeline, control, fingerprint,
+                                       cfg.checkpoint_every_steps, best=best, history=history, write=chief)
+    callbacks = [control, checkpoint_cb, miner_cb,
+                 LearningRateSchedule(cfg.lr, miner.schedule)]
+    if val_eval is not None:
+        callbacks.append(ValidationRecall(val_eval, val_root, cfg.image_size, cfg.recall_ns,
+                                          cfg.cache_batch_size, progress, control))
+    csv_logger = None
+    if chief:
+        csv_logger = keras.callbacks.CSVLogger(str(out_dir / "logs" / "train.csv"), append=resuming)
+        callbacks.append(csv_logger)
+        if _tensorboard_available():
+            callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / "tensorboard"),
+                                                         write_graph=False, profile_batch=0))
+    callbacks.extend(extra_callbacks)
+    # the checkpoint must run after validation and logging at epoch end: move it last
+    callbacks.remove(checkpoint_cb)
+    callbacks.append(checkpoint_cb)
+    status = "completed"
+    # with a strategy, `fit` reads a first batch (symbolic build) before `on_epoch_begin`
+    prepare_before_fit = model.distribute_strategy is not tf.distribute.get_strategy()
+    if group is None:
+        dataset = pipeline.dataset()
+    else:  # each worker reads only its replicas' rows of every global batch
+        dataset = group.strategy.distribute_datasets_from_function(pipeline.replica_dataset)
+    try:
+        # One `fit` call per epoch: Keras learns the number of batches of a dataset of unknown
+        # length from the first epoch of a `fit` call and caps later epochs at it, which would
+        # truncate the epochs after a partial (resumed, or skip-mode) epoch.
+        for epoch in range(initial_epoch, cfg.epochs):
+            if control.time_over() and epoch > initial_epoch:
+                break
+            if prepare_before_fit:
+                miner_cb.set_model(model)
+                miner_cb.prepare(epoch)
+            with warnings.catch_warnings():
+                # One refresh cycle per fit(): the tuple dataset is finite by design (its length is
+                # only known after mining), which Keras reports as "input ran out of data".
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
+                          callbacks=callbacks, verbose=verbose)
+            if csv_logger is not None:
+                csv_logger.append = True
+            if model.stop_training:
+                break
+    except tf.errors.InvalidArgumentError as error:
+        message = pipeline.describe_failure(error)
+        if message is None:
+            raise
+        raise pipelines.ImageReadError(message) from None
+    if control.nan_at is not None:
+        last = checkpointer.last if checkpointer.exists() else "none written yet"
+        raise FloatingPointError(
+            f"The training loss became NaN/inf at epoch {control.nan_at[0]}, step {control.nan_at[1]}. "
+            f"Training stopped; the last good checkpoint is kept ({last}). Lower the learning rate "
+            f"(lr={cfg.lr}) or check the input images, then resume with resume=True."
+        )
+    if control.time_stop or (cfg.time_limit_s is not None and control.time_over()):
+        status = "time_limit"
+    return _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, status, init_val,
+                   init_stats, miner, pipeline, start_time, progress, group)
+
+
+def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, status, init_val,
+            init_stats, miner, pipeline, start_time, progress, group=None):
+    worker = None if group is None else {"index": group.index, "num_workers": group.num_workers,
+                                         "is_chief": group.is_chief}
+    if group is not None and not group.is_chief:  # writes nothing; the chief's summary is the run's
+        return {"status": status, "worker": worker, "epochs_done": len(checkpoint_cb.history),
+                "iterations": int(model.optimizer.iterations.numpy()), "last_mining": miner.last_stats,
+                "files": {}, "wall_time_s": time.monotonic() - start_time}
+    if val_split is None or not (out_dir / "best.keras").exists():
+        save_model(model, out_dir / "best.keras")
+    files = {"init": str(out_dir / "init.keras"), "best": str(out_dir / "best.keras"),
+             "last": str(out_dir / "last"), "csv_log": str(out_dir / "logs" / "train.csv"),
+             "tensorboard": str(out_dir / "logs" / "tensorboard")}
+    whitened = None
+    if cfg.whiten:
+        best = load_model(out_dir / "best.keras", compile=False)
+        white = fit_whitening(best, train_split.db_paths, root=root, image_size=cfg.image_size,
+                              num_components=cfg.whiten, max_images=cfg.whiten_max_images, seed=cfg.seed,
+                              batch_size=cfg.cache_batch_size, progress=progress)
+        path = save_model(white, out_dir / f"best_white{cfg.whiten}.keras")
+        files["best_whitened"] = str(path)
+        whitened = str(path)
+    history = checkpoint_cb.history
+    summary = {
+        "status": status,
+        "epochs_done": len(history),
+        "epochs_requested": cfg.epochs,
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "queries_per_epoch": miner.cycle_size,
+        "refresh_slowdown": miner.schedule.slowdown,
+        "training_queries": len(miner.valid_queries),
+        "queries_without_positives": miner.dropped_queries,
+        "tuples_skipped_bad_images": pipeline.skipped,
+        "images_skipped_in_cache": int(len(miner.bad_db) + len(miner.bad_queries)),
+        "init_val": init_val,
+        "best": checkpoint_cb.best,
+        "final": history[-1] if history else None,
+        "init_stats": init_stats,
+        "whitened_model": whitened,
+        "last_mining": miner.last_stats,
+        "worker": worker,
+        "files": files,
+        "wall_time_s": time.monotonic() - start_time,
+        "config": config_json(cfg),
+    }
+    write_json(summary, out_dir / "summary.json")
+    return summary
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_split(split, root, what):
+    if split is None or isinstance(split, places.PlaceSplit):
+        return split
+    if isinstance(split, (str, os.PathLike)):
+        return places.load_split(split, root=root)
+    raise TypeError(f"`{what}` must be a PlaceSplit or a path to a split file. Received: {type(split).__name__}")
+
+
+def _make_optimizer(cfg):
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
+    return keras.optimizers.Adam(learning_rate=cfg.lr)
+
+
+def _val_subset(split, max_queries, seed):
+    if split is None or max_queries is None or split.num_queries <= max_queries:
+        return split
+    idx = np.sort(np.random.default_rng(seed).choice(split.num_queries, int(max_queries), replace=False))
+    return split.subset_queries(idx)
+
+
+def _new_model(cfg):
+    return build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
+                       num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
+
+
+def _build_initial_model(cfg, model, train_split, root, out_dir, progress):
+    if model is None:
+        model = _new_model(cfg)
+        paths = list(train_split.db_paths)
+        if cfg.on_bad_image == "skip":  # sample the init images here and leave out unloadable ones
+            rng = np.random.default_rng(cfg.seed)
+            chosen = np.sort(rng.choice(len(paths), size=min(cfg.init_images, len(paths)), replace=False))
+            resolved = pipelines.resolve_paths([paths[i] for i in chosen], root)
+            paths = [paths[i] for i, full in zip(chosen, resolved) if pipelines.diagnose_image(full) is None]
+            if len(paths) < len(chosen):
+                logger.warning("k-means init: skipped %d images that cannot be loaded.", len(chosen) - len(paths))
+        stats = initialize_netvlad(model, paths, root=root, image_size=cfg.image_size,
+                                   num_images=cfg.init_images, per_image=cfg.init_per_image,
+                                   seed=cfg.seed, batch_size=cfg.cache_batch_size, progress=progress)
+    else:
+        stats = {"note": "model given by the caller; no k-means initialisation"}
+    save_model(model, out_dir / "init.keras")
+    return model, stats
