@@ -36,8 +36,8 @@ _LAZY = {
     "ranking_loss": "tf_netvlad.models.losses",
     "export_saved_model": "tf_netvlad.export.saved_model",
     "export_onnx": "tf_netvlad.export.saved_model",
-    "convert_matconvnet": "tf_netvlad.convert.common",
-    "convert_pytorch": "tf_netvlad.convert.common",
+    "convert_matconvnet": "tf_netvlad.convert.matconvnet",
+    "convert_pytorch": "tf_netvlad.convert.pytorch",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tf_netvlad.convert.common import convert_matconvnet, convert_pytorch
+from tf_netvlad.convert.matconvnet import convert_matconvnet
+from tf_netvlad.convert.pytorch import convert_pytorch
 
 EPS = 1e-12
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+from tf_netvlad.defaults import LOSS_REDUCTIONS
 import tensorflow as tf
 
 from tf_netvlad.models import losses
@@ -37,7 +39,7 @@ MASK = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1]], bool)  # masks out the neares
 D2_NEG = np.array([[0.10, 0.25, 0.50, 2.0], [0.45, 0.60, 0.30, 1.0], [0.75, 0.79, 0.81, 0.20]])
 
 
-@pytest.mark.parametrize("reduction", losses.REDUCTIONS)
+@pytest.mark.parametrize("reduction", LOSS_REDUCTIONS)
 def test_loss_matches_reference_with_masked_positives(reduction):
     query = np.zeros((3, 3), "float32")
     got = losses.ranking_loss(query, _on_axis(D2_POS), _on_axis(D2_NEG), positive_mask=MASK,
@@ -75,7 +77,7 @@ def test_terms_metrics_and_query_without_positive():
 def test_zero_loss_when_negatives_are_far_and_reduction_without_violations():
     query = np.zeros((2, 3), "float32")
     pos, neg = _on_axis([[0.1], [0.2]]), _on_axis([[0.5, 3.0], [0.31, 2.0]])
-    for reduction in losses.REDUCTIONS:
+    for reduction in LOSS_REDUCTIONS:
         assert float(losses.ranking_loss(query, pos, neg, margin=0.1, reduction=reduction)) == 0.0
 
 

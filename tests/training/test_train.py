@@ -12,9 +12,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+
+from tf_netvlad.defaults import LOSS_REDUCTIONS
 import tensorflow as tf
 
-from tf_netvlad.models import losses
 from tf_netvlad.training import train
 from tf_netvlad.training.config import CPU_RECIPE
 from tf_netvlad.data.pipelines import ImageReadError
@@ -48,7 +49,7 @@ def demo(tmp_path_factory):
 # --------------------------------------------------------------------------- train_step
 
 
-@pytest.mark.parametrize("reduction", losses.REDUCTIONS)
+@pytest.mark.parametrize("reduction", LOSS_REDUCTIONS)
 def test_train_step_loss_equals_reference_on_model_descriptors(reduction):
     keras.utils.set_random_seed(1)
     model = build_model("tiny", num_clusters=4)
@@ -156,7 +157,7 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device():
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    for reduction in losses.REDUCTIONS:
+    for reduction in LOSS_REDUCTIONS:
         one, two = out[f"one_{reduction}"], out[f"two_{reduction}"]
         assert one["replicas"] == 1 and two["replicas"] == 2
         np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)

@@ -234,15 +234,16 @@ def cmd_localize(args):
 
 
 def cmd_convert(args):
-    from tf_netvlad.convert import common
+    from tf_netvlad.convert.matconvnet import convert_matconvnet
+    from tf_netvlad.convert.pytorch import convert_pytorch
 
     if bool(args.matconvnet) == bool(args.pytorch):
         raise CommandError("Pass exactly one of --matconvnet FILE.mat or --pytorch CHECKPOINT.")
     _refuse_existing(args.out, args.overwrite)
     if args.matconvnet:
-        model = common.convert_matconvnet(args.matconvnet, out_path=args.out)
+        model = convert_matconvnet(args.matconvnet, out_path=args.out)
     else:
-        model = common.convert_pytorch(args.pytorch, out_path=args.out, arch=args.arch,
+        model = convert_pytorch(args.pytorch, out_path=args.out, arch=args.arch,
                                         weights_only=not args.unsafe_load)
     print(f"converted {model.backbone_name} NetVLAD (K={model.num_clusters}, "
           f"{model.descriptor_dim}-D descriptors): {args.out}")

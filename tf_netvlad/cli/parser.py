@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from tf_netvlad.cli import commands as commands
+from tf_netvlad.defaults import BACKBONE_NAMES, NUM_CLUSTERS
 
-BACKBONE_NAMES = ("vgg16", "alexnet", "resnet50", "mobilenetv2", "tiny")  # = backbones.BACKBONES
 
 
 # Help for every TrainConfig field; the defaults shown come from the recipes themselves.
@@ -83,7 +83,7 @@ def _add_model_flags(parser):
     parser.add_argument("--backbone", choices=BACKBONE_NAMES, help="backbone name")
     parser.add_argument("--weights", default="none",
                         help="backbone weights: none, imagenet (keras.applications download) or a file")
-    parser.add_argument("--num-clusters", type=int, default=64, help="NetVLAD clusters K")
+    parser.add_argument("--num-clusters", type=int, default=NUM_CLUSTERS, help="NetVLAD clusters K")
 
 
 def build_parser(argv=None):

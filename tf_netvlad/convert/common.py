@@ -1,28 +1,6 @@
-"""Converters from published NetVLAD weights (MatConvNet `.mat`, PyTorch `.pth.tar`) to Keras.
-
-`convert_matconvnet` (official MATLAB models, `tf_netvlad.convert.matconvnet`) and
-`convert_pytorch` (pytorch-NetVlad / Patch-NetVLAD checkpoints, `tf_netvlad.convert.pytorch`)
-return a `NetVLADModel` whose descriptors match the original network's forward pass. This
-module holds only what both share (output-path checks, atomic save) and imports nothing heavy:
-the converters are imported when called.
-"""
+"""Argument checks shared by the converters (`matconvnet`, `pytorch`), run before any conversion work."""
 
 import os
-
-
-
-def convert_matconvnet(mat_path, out_path=None):
-    """Converts an official struct-form MatConvNet NetVLAD `.mat`; see `tf_netvlad.convert.matconvnet`."""
-    from tf_netvlad.convert.matconvnet import convert_matconvnet as _convert
-
-    return _convert(mat_path, out_path=out_path)
-
-
-def convert_pytorch(checkpoint_path, out_path=None, arch=None, weights_only=True):
-    """Converts a pytorch-NetVlad / Patch-NetVLAD checkpoint; see `tf_netvlad.convert.pytorch`."""
-    from tf_netvlad.convert.pytorch import convert_pytorch as _convert
-
-    return _convert(checkpoint_path, out_path=out_path, arch=arch, weights_only=weights_only)
 
 
 def check_input_file(path, argument):

@@ -14,7 +14,7 @@ from keras import layers
 
 from tf_netvlad.models.backbones import MatConvNetLRN
 from tf_netvlad.convert.common import check_input_file, check_out_path
-from tf_netvlad.models.model import save_model as save_model_atomic
+from tf_netvlad.models.model import save_model
 
 _HOW_TO_STRUCT = (
     "Convert it in MATLAB to the struct form first: with the NetVLAD code on the path, load the "
@@ -322,5 +322,5 @@ def convert_matconvnet(mat_path, out_path=None):
     if wpca is not None:
         model.whitening.set_whitening(*wpca)
     if out_path is not None:
-        save_model_atomic(model, out_path)
+        save_model(model, out_path)
     return model

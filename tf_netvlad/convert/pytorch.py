@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from tf_netvlad.convert.common import check_input_file, check_out_path
-from tf_netvlad.models.model import save_model as save_model_atomic
+from tf_netvlad.models.model import save_model
 
 # torchvision `features` indices of the convolutions kept by `features[:-2]`.
 VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -243,5 +243,5 @@ def convert_pytorch(checkpoint_path, out_path=None, arch=None, weights_only=True
     if wpca is not None:
         model.whitening.set_whitening(*wpca)
     if out_path is not None:
-        save_model_atomic(model, out_path)
+        save_model(model, out_path)
     return model

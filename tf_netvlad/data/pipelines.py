@@ -32,10 +32,10 @@ import tensorflow as tf
 from tf_netvlad.data.fileio import resolve_paths
 from tf_netvlad.data.image_size import _is_int, is_fixed_size, parse_image_size
 from tf_netvlad.data.images import diagnose_image, load_image
+from tf_netvlad.defaults import ON_ERROR_CHOICES
 
 logger = logging.getLogger(__name__)
 
-ON_ERROR_CHOICES = ("raise", "skip")
 
 
 class ImageReadError(ValueError):

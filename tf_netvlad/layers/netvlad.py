@@ -5,8 +5,8 @@ import math
 import keras
 import numpy as np
 from keras import ops
+from tf_netvlad.defaults import DEFAULT_VARIANT, NETVLAD_VARIANTS, NUM_CLUSTERS
 
-VARIANTS = ("v1", "v2")
 
 
 def l2_normalize_sqrt(x, axis=-1, epsilon=1e-12):
@@ -67,8 +67,8 @@ class NetVLAD(keras.layers.Layer):
 
     def __init__(
         self,
-        num_clusters=64,
-        variant="v1",
+        num_clusters=NUM_CLUSTERS,
+        variant=DEFAULT_VARIANT,
         pre_l2=True,
         intra_normalize=True,
         epsilon=1e-12,
@@ -79,8 +79,8 @@ class NetVLAD(keras.layers.Layer):
             raise ValueError(f"`num_clusters` must be an int >= 1. Received: num_clusters={num_clusters!r}")
         if num_clusters < 1:
             raise ValueError(f"`num_clusters` must be >= 1. Received: num_clusters={num_clusters}")
-        if variant not in VARIANTS:
-            raise ValueError(f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}")
+        if variant not in NETVLAD_VARIANTS:
+            raise ValueError(f"`variant` must be one of {NETVLAD_VARIANTS}. Received: variant={variant!r}")
         if not epsilon >= 0:
             raise ValueError(f"`epsilon` must be >= 0. Received: epsilon={epsilon}")
         self.num_clusters = int(num_clusters)
@@ -172,7 +172,7 @@ class NetVLAD(keras.layers.Layer):
         return config
 
 
-def top2_margins(centroids, descriptors, variant="v1", chunk_size=8192):
+def top2_margins(centroids, descriptors, variant=DEFAULT_VARIANT, chunk_size=8192):
     """Per-descriptor gap between the best and second-best assignment logit, divided by α.
 
     v1: s₁ − s₂ of the cosine similarities ĉ_kᵀx. v2: d²₂ − d²₁ of the squared distances to the
@@ -189,7 +189,7 @@ def top2_margins(centroids, descriptors, variant="v1", chunk_size=8192):
         ref = centroids
         ref_sq = np.sum(ref.astype("float64") ** 2, axis=1)
     else:
-        raise ValueError(f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}")
+        raise ValueError(f"`variant` must be one of {NETVLAD_VARIANTS}. Received: variant={variant!r}")
     for start in range(0, len(descriptors), chunk_size):
         x = descriptors[start : start + chunk_size]
         scores = x @ ref.T
@@ -200,7 +200,7 @@ def top2_margins(centroids, descriptors, variant="v1", chunk_size=8192):
     return gaps
 
 
-def default_alpha(centroids, descriptors, variant="v1", ratio=100.0):
+def default_alpha(centroids, descriptors, variant=DEFAULT_VARIANT, ratio=100.0):
     """The reference's α: the largest soft-assignment is `ratio`× the second largest on average.
 
     α = ln(ratio) / mean_i(gap_i) with the gap of `top2_margins` (MATLAB: −ln(0.01) / mean(...)).

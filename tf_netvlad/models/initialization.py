@@ -7,6 +7,7 @@ import numpy as np
 from tf_netvlad.models import extract
 from tf_netvlad.search import faiss_index
 from tf_netvlad.layers.netvlad import default_alpha, top2_margins
+from tf_netvlad.defaults import DEFAULT_VARIANT, NUM_CLUSTERS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def initialize_netvlad(model, paths, root=None, image_size=None, num_images=500,
     return stats
 
 
-def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=64, variant="v1",
+def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=NUM_CLUSTERS, variant=DEFAULT_VARIANT,
                whitening_dim=None, image_size=None, num_images=500, per_image=100, niter=100,
                seed=43, batch_size=8, progress=True):
     """Builds a model and initialises its NetVLAD layer by k-means on `split`'s database images.

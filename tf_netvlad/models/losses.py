@@ -8,7 +8,7 @@ with squared Euclidean distances d² and margin m (0.1 in the paper and the MATL
 positive is the one nearest to the query with the *current* descriptors (the min is taken here, in
 the graph), as MATLAB `trainWeakly.m` re-computes the loss with fresh features after loading a tuple.
 
-Reductions over a batch (`REDUCTIONS`):
+Reductions over a batch (`defaults.LOSS_REDUCTIONS`):
 
 * `"sum"`: L_q summed over the negatives of each query, then averaged over the queries of the batch
   (the paper's per-query loss; the default).
@@ -22,16 +22,16 @@ over replicas equal the single-device gradient (`NetVLADModel.train_step` does t
 """
 
 from keras import ops
+from tf_netvlad.defaults import LOSS_REDUCTIONS
 
-REDUCTIONS = ("sum", "mean_violating")
 
 # Stands in for the distance to a masked-out positive: larger than any d² between unit vectors (4).
 _MASKED_DISTANCE = 1e9
 
 
 def check_reduction(reduction):
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {REDUCTIONS}. Received: reduction={reduction!r}")
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {LOSS_REDUCTIONS}. Received: reduction={reduction!r}")
     return reduction
 
 

@@ -10,6 +10,7 @@ from tf_netvlad.layers.netvlad import NetVLAD
 from tf_netvlad.layers.preprocessing import ImagePreprocessing
 from tf_netvlad.layers.whitening import PCAWhitening
 from tf_netvlad.data.fileio import atomic_path
+from tf_netvlad.defaults import DEFAULT_VARIANT, NUM_CLUSTERS
 
 
 def _as_preprocessing(preprocessing):
@@ -67,7 +68,7 @@ class NetVLADModel(keras.Model):
     `negative_d2` (mean d²(q, n)). Set the options with `set_training_options` before `fit`.
     """
 
-    def __init__(self, backbone, preprocessing="raw", num_clusters=64, variant="v1", pre_l2=True,
+    def __init__(self, backbone, preprocessing="raw", num_clusters=NUM_CLUSTERS, variant=DEFAULT_VARIANT, pre_l2=True,
                  intra_normalize=True, whitening_dim=None, margin=0.1, backbone_name=None, **kwargs):
         if not isinstance(backbone, keras.Model):
             raise ValueError(f"`backbone` must be a keras.Model. Received: {type(backbone).__name__}")
@@ -293,7 +294,7 @@ def _multi_worker(strategy):
 
 
 def build_model(backbone="tiny", weights=None, trainable_from="default", preprocessing=None,
-                num_clusters=64, variant="v1", pre_l2=True, intra_normalize=True,
+                num_clusters=NUM_CLUSTERS, variant=DEFAULT_VARIANT, pre_l2=True, intra_normalize=True,
                 whitening_dim=None, margin=0.1, name=None):
     """Builds a `NetVLADModel` from keyword arguments.
 

@@ -1,15 +1,16 @@
 """`TrainConfig`: every number of the training recipe, validated; `CPU_RECIPE`; `RESUME_KEYS`.
 
-`tf_netvlad.training.train` re-exports `TrainConfig` and `CPU_RECIPE` (their documented home).
+Imports only the standard library, NumPy and `data.image_size`, so the CLI reads its defaults without
+TensorFlow.
 """
 
 import dataclasses
 
 import numpy as np
 
-from tf_netvlad.data import pipelines
-from tf_netvlad.models import losses
-from tf_netvlad.training import tuples
+from tf_netvlad.data.image_size import parse_image_size
+from tf_netvlad.defaults import (DEFAULT_VARIANT, LOSS_REDUCTIONS, NUM_CLUSTERS, ON_BAD_IMAGE_CHOICES,
+                                 OPTIMIZERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,8 @@ class TrainConfig:
     backbone: str = "vgg16"
     weights: str = "imagenet"
     trainable_from: str = "default"
-    num_clusters: int = 64
-    variant: str = "v1"
+    num_clusters: int = NUM_CLUSTERS
+    variant: str = DEFAULT_VARIANT
     margin: float = 0.1
     init_images: int = 500
     init_per_image: int = 100
@@ -71,7 +72,7 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self):
-        size = pipelines.parse_image_size(self.image_size)
+        size = parse_image_size(self.image_size)
         if not isinstance(size, tuple):
             raise ValueError(f"`image_size` must be (H, W) for training. Received: {self.image_size!r}")
         object.__setattr__(self, "image_size", size)
@@ -91,8 +92,8 @@ class TrainConfig:
         if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
             raise ValueError(f"`momentum` must be in [0, 1) and `weight_decay` >= 0. Received: "
                              f"momentum={self.momentum!r}, weight_decay={self.weight_decay!r}")
-        losses.check_reduction(self.loss_reduction)
-        choices = {"optimizer": ("sgd", "adam"), "on_bad_image": tuples.ON_BAD_IMAGE}
+        choices = {"optimizer": OPTIMIZERS, "on_bad_image": ON_BAD_IMAGE_CHOICES,
+                   "loss_reduction": LOSS_REDUCTIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}")

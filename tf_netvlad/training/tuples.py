@@ -33,8 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data import pipelines
+from tf_netvlad.defaults import ON_BAD_IMAGE_CHOICES
 
-ON_BAD_IMAGE = ("stop", "skip")
 ERROR_MARKER = "TUPLE_IMAGE_ERROR"
 
 
@@ -67,8 +67,8 @@ class TuplePipeline:
                 "Training tuples need a fixed image size (H, W) so images can be batched. "
                 f"Received: image_size={image_size!r}"
             )
-        if on_bad_image not in ON_BAD_IMAGE:
-            raise ValueError(f"`on_bad_image` must be one of {ON_BAD_IMAGE}. Received: {on_bad_image!r}")
+        if on_bad_image not in ON_BAD_IMAGE_CHOICES:
+            raise ValueError(f"`on_bad_image` must be one of {ON_BAD_IMAGE_CHOICES}. Received: {on_bad_image!r}")
         for name, value in (("num_rows", num_rows), ("num_positives", num_positives),
                             ("num_negatives", num_negatives), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
