@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
 VERSION = re.search(
-    r'^__version__ = "([^"]+)"', (HERE / "tf_netvlad" / "__init__.py").read_text(), re.M
+    r'^__version__ = "([^"]+)"', (HERE / "tf_netvlad" / "version.py").read_text(), re.M
 ).group(1)
 # TensorFlow is not in install_requires: choose the build with an extra ([cpu] or [gpu]) or
 # install requirements.txt / requirements-gpu.txt first (see README).
@@ -30,7 +30,7 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "h5py>=3.10"],
         "serving": ["tensorflow-serving-api"],  # install with --no-deps, see README
         "torch": ["torch"],
     },

@@ -98,8 +98,8 @@ def _median(values):
 
 
 def _build(cfg, data_dir, scale):
-    from tf_netvlad.demo import dataset
     from tf_netvlad.data import places
+    from tf_netvlad.demo import dataset
     from tf_netvlad.models.model import build_model
 
     paths = dataset.generate_demo_data(data_dir, scale=scale, progress=False)

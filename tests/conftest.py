@@ -26,6 +26,37 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="module")
+def tiny_model():
+    """An untrained NetVLADModel on the tiny backbone, K = 4 (v1): 256-D descriptors of any image.
+
+    One per test module, so a module may save it or index with it; do not change its weights.
+    """
+    from tf_netvlad.models.model import build_model
+
+    return build_model("tiny", num_clusters=4)
+
+
+@pytest.fixture(scope="session")
+def mean_colour_model():
+    """A weightless descriptor model: the L2-normalised mean RGB colour (`helpers.mean_colour_model`)."""
+    from tests.helpers import mean_colour_model
+
+    return mean_colour_model()
+
+
+@pytest.fixture
+def colour_images(tmp_path):
+    """8 solid-colour PNG images of 6x8 pixels, image k filled with the value 10*k (lossless):
+    `(root, names)`. `helpers.mean_values` reads the value back from a decoded batch."""
+    from tests.helpers import write_solid_image
+
+    names = [f"img{k}.png" for k in range(8)]
+    for k, name in enumerate(names):
+        write_solid_image(tmp_path / name, 10 * k, size=(6, 8))
+    return tmp_path, names
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """A tiny generated demo dataset shared by the CLI / workflow tests (dict of paths)."""

@@ -1,50 +1,75 @@
 """tf_netvlad: NetVLAD place recognition for Keras 3 / TensorFlow.
 
-The public API is loaded lazily so that `tf_netvlad --help` and the pure-NumPy modules
-(`tf_netvlad.data.places`, `tf_netvlad.demo.dataset`, `tf_netvlad.search.faiss_index`) do not pay for importing
-TensorFlow. Accessing any Keras symbol (e.g. `tf_netvlad.NetVLAD`) imports it on first use and
-registers every tf_netvlad Keras class, so `tf_netvlad.load_model(path)` works in a fresh process.
+The public API below is what the README shows. Names are loaded on first use (PEP 562), so
+`import tf_netvlad`, `tf_netvlad --help` and the NumPy-only modules (`tf_netvlad.data.places`,
+`tf_netvlad.demo.dataset`, `tf_netvlad.search.faiss_index`) do not import TensorFlow.
+
+`import tf_netvlad` also makes the standard Keras loading path work: `keras.saving.load_model`
+and `keras.models.load_model` open every model tf_netvlad writes (see `tf_netvlad.registration`).
+
+The package, along the data flow (each level imports only the levels below it):
+`cli` -> `demo` -> `training`, `retrieval` -> `evaluation`, `export`, `convert` -> `models` ->
+`data`, `search` -> `layers` -> `defaults`.
 """
 
 import importlib
 
-__version__ = "0.1.0"
+from tf_netvlad.registration import register_when_keras_loads
+from tf_netvlad.version import __version__
 
 # public name -> module that defines it
-_LAZY = {
+_PUBLIC = {
+    # layers
     "NetVLAD": "tf_netvlad.layers.netvlad",
     "default_alpha": "tf_netvlad.layers.netvlad",
     "PCAWhitening": "tf_netvlad.layers.whitening",
     "fit_pca_whitening": "tf_netvlad.layers.whitening",
     "ImagePreprocessing": "tf_netvlad.layers.preprocessing",
-    "build_backbone": "tf_netvlad.models.backbones",
+    # data
+    "PlaceSplit": "tf_netvlad.data.places",
+    "load_split": "tf_netvlad.data.places",
+    # models
     "BACKBONES": "tf_netvlad.models.backbones",
+    "build_backbone": "tf_netvlad.models.backbones",
     "NetVLADModel": "tf_netvlad.models.model",
     "build_model": "tf_netvlad.models.model",
     "load_model": "tf_netvlad.models.model",
-    "initialize_netvlad": "tf_netvlad.models.initialization",
-    "PlaceSplit": "tf_netvlad.data.places",
-    "load_split": "tf_netvlad.data.places",
-    "generate_demo_data": "tf_netvlad.demo.dataset",
+    "save_model": "tf_netvlad.models.model",
+    "ranking_loss": "tf_netvlad.models.losses",
     "extract_descriptors": "tf_netvlad.models.extract",
-    "recall_at_n": "tf_netvlad.evaluation.recall",
-    "evaluate": "tf_netvlad.evaluation.recall",
-    "train": "tf_netvlad.training.train",
+    "initialize_netvlad": "tf_netvlad.models.initialization",
+    "init_model": "tf_netvlad.models.initialization",
+    "fit_whitening": "tf_netvlad.models.initialization",
+    # training
     "TrainConfig": "tf_netvlad.training.config",
     "CPU_RECIPE": "tf_netvlad.training.config",
-    "fit_whitening": "tf_netvlad.models.initialization",
-    "ranking_loss": "tf_netvlad.models.losses",
+    "train": "tf_netvlad.training.train",
+    # evaluation
+    "recall_at_n": "tf_netvlad.evaluation.recall",
+    "evaluate": "tf_netvlad.evaluation.recall",
+    "evaluate_model": "tf_netvlad.evaluation.run",
+    "format_recall_table": "tf_netvlad.evaluation.report",
+    "evaluate_map": "tf_netvlad.evaluation.oxford_paris",
+    "format_map_table": "tf_netvlad.evaluation.oxford_paris",
+    # retrieval
+    "build_retrieval_index": "tf_netvlad.retrieval.index",
+    "RetrievalIndex": "tf_netvlad.retrieval.index",
+    "localize": "tf_netvlad.retrieval.localize",
+    # export and conversion
     "export_saved_model": "tf_netvlad.export.saved_model",
     "export_onnx": "tf_netvlad.export.saved_model",
     "convert_matconvnet": "tf_netvlad.convert.matconvnet",
     "convert_pytorch": "tf_netvlad.convert.pytorch",
+    # demo
+    "generate_demo_data": "tf_netvlad.demo.dataset",
+    "run_demo": "tf_netvlad.demo.run",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted(_PUBLIC) + ["__version__"]
 
 
 def __getattr__(name):
-    module = _LAZY.get(name)
+    module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'tf_netvlad' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -54,3 +79,6 @@ def __getattr__(name):
 
 def __dir__():
     return __all__
+
+
+register_when_keras_loads()

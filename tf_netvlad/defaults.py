@@ -25,3 +25,48 @@ ON_BAD_IMAGE_CHOICES = ("stop", "skip")
 
 # Optimisers of the training loop (`TrainConfig.optimizer`).
 OPTIMIZERS = ("sgd", "adam")
+
+# Margin m of the triplet ranking loss on squared distances (paper: 0.1): `models.losses`,
+# `NetVLADModel`, `build_model`, `TrainConfig.margin` and the tuple mining.
+MARGIN = 0.1
+
+# Random seed of every seeded step (image and feature sampling, k-means, faiss training samples,
+# mining, validation subsets) when the caller gives none: MATLAB NetVLAD seeds with 43.
+SEED = 43
+
+# Images per model call when extracting descriptors: extraction, evaluation, indexing,
+# localisation and the training run's caches (`TrainConfig.cache_batch_size`, CLI `--batch-size`).
+EXTRACT_BATCH_SIZE = 8
+
+# k-means initialisation of NetVLAD (MATLAB `getClusters.m`, pytorch-NetVlad): `INIT_PER_IMAGE`
+# local features from each of `INIT_IMAGES` random database images (50,000 descriptors),
+# clustered with `KMEANS_NITER` iterations (`models.initialization`, `models.extract`,
+# `search.faiss_index.kmeans`, `TrainConfig.init_images` / `init_per_image`, CLI `init`).
+INIT_IMAGES = 500
+INIT_PER_IMAGE = 100
+KMEANS_NITER = 100
+
+# PCA-whitening fit (MATLAB `addPCA.m`): descriptors of at most this many random database images
+# (`models.initialization.fit_whitening`, `TrainConfig.whiten_max_images`, CLI `fit-whitening`).
+WHITEN_MAX_IMAGES = 10_000
+
+# (H, W) of the Pittsburgh / Tokyo images (640 x 480 landscape), the NetVLAD training resolution:
+# `TrainConfig.image_size` and the `serve_bytes` resize policy of an export (CLI `export`).
+PAPER_IMAGE_SIZE = (480, 640)
+
+# Place ground truth (dbStruct `posDistThr` / `nonTrivPosDistSqThr`): a database image within
+# 25 m of a query is a positive for evaluation (and a correct localisation); training positives
+# are those within 10 m (squared: 100 m²). `data.places`, `data.split_files`, the demo data,
+# `retrieval.localize`.
+POS_DIST_THR_M = 25.0
+NON_TRIV_POS_DIST_SQ_THR_M2 = 100.0
+
+# (H, W) of the generated demo images (`demo.dataset.generate_demo_data`, CLI `demo-data`); the
+# CPU recipe (`training.config.CPU_RECIPE`) trains at this native size, so nothing is resized.
+DEMO_IMAGE_SIZE = (96, 128)
+
+# Images per streamed chunk of a retrieval-index build or add (the resume unit;
+# `retrieval.index`, CLI `index --chunk-size`).
+INDEX_CHUNK_SIZE = 256
+# Retrieved database images per query when localising (`retrieval.localize`, CLI `--top-k`).
+LOCALIZE_TOP_K = 5

@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 import scipy.io
 
+from tests.helpers import import_optional
 from tf_netvlad.convert.matconvnet import convert_matconvnet
 from tf_netvlad.convert.pytorch import convert_pytorch
+
+# The PyTorch proofs need torch (not a requirement): they skip without it, except in CI, which
+# installs the CPU wheel and sets TF_NETVLAD_REQUIRE_TORCH=1 so a missing torch fails them.
+REQUIRE_TORCH = "TF_NETVLAD_REQUIRE_TORCH"
 
 EPS = 1e-12
 
@@ -220,8 +225,9 @@ def test_matconvnet_keras_and_savedmodel_round_trip(tmp_path, rng):
     reloaded = keras.saving.load_model(out)
     np.testing.assert_array_equal(reloaded.predict(images, verbose=0), want)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".converting-")]
-    export = pytest.importorskip("tf_netvlad.export.saved_model")
     import tensorflow as tf
+
+    from tf_netvlad.export import saved_model as export
 
     export.export_saved_model(reloaded, str(tmp_path / "served"), warmup=False)
     fn = tf.saved_model.load(str(tmp_path / "served" / "1")).signatures["serving_default"]
@@ -237,7 +243,8 @@ def _raises(match, path, exc=ValueError):
 
 
 def test_matconvnet_rejects_v73_file(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    import h5py  # a test requirement (requirements-dev.txt)
+
     path = str(tmp_path / "v73.mat")
     header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
     with h5py.File(path, "w", userblock_size=512) as f:
@@ -408,7 +415,7 @@ def _save_pt_checkpoint(torch, path, state, patch_netvlad=False):
     ("alexnet", 4, False, None, (67, 75)),
 ])
 def test_pytorch_matches_torch_forward(tmp_path, rng, arch, k, vladv2, wpca_dim, size):
-    torch = pytest.importorskip("torch")
+    torch = import_optional("torch", REQUIRE_TORCH)
     layout = _vgg16_layout() if arch == "vgg16" else _alexnet_layout()
     state = torch_state_dict(torch, rng, layout, k, vladv2=vladv2, wpca_dim=wpca_dim)
     path = _save_pt_checkpoint(torch, str(tmp_path / "checkpoint.pth.tar"), state, patch_netvlad=bool(wpca_dim))
@@ -425,7 +432,7 @@ def test_pytorch_matches_torch_forward(tmp_path, rng, arch, k, vladv2, wpca_dim,
 
 
 def test_pytorch_dataparallel_keys_and_keras_round_trip(tmp_path, rng):
-    torch = pytest.importorskip("torch")
+    torch = import_optional("torch", REQUIRE_TORCH)
     import keras
 
     layout = _vgg16_layout()
@@ -443,7 +450,7 @@ def test_pytorch_dataparallel_keys_and_keras_round_trip(tmp_path, rng):
 
 
 def test_pytorch_bad_checkpoints(tmp_path, rng):
-    torch = pytest.importorskip("torch")
+    torch = import_optional("torch", REQUIRE_TORCH)
     layout = _vgg16_layout()
     state = torch_state_dict(torch, rng, layout, 3)
 

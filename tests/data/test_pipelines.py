@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.helpers import write_solid_image
 from tf_netvlad.data import pipelines
-from tf_netvlad.data.image_size import format_image_size
+from tf_netvlad.data.image_size import format_image_size, parse_image_size
 from tf_netvlad.data.images import decode_and_resize, decode_image, resize_image
 
 
@@ -20,12 +21,6 @@ def _encode(image, fmt, **kwargs):
 
 def _pil_rgb(encoded):
     return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
-
-
-def _write_solid(path, value, size=(10, 12)):
-    """An image whose pixels all equal `value` (a distinct value per file shows the order)."""
-    Image.fromarray(np.full(size + (3,), value, np.uint8)).save(path)
-    return str(path)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -87,18 +82,18 @@ def test_decode_and_resize_traces_without_autograph(rng):
     ],
 )
 def test_parse_image_size(value, expected):
-    assert pipelines.parse_image_size(value) == expected
+    assert parse_image_size(value) == expected
 
 
 @pytest.mark.parametrize("value", ["0", "x", "480x", "1x2x3", -5, 0, (0, 3), (2.5, 3), True, "abc"])
 def test_parse_image_size_rejects_and_echoes(value):
     with pytest.raises(ValueError, match="image_size"):
-        pipelines.parse_image_size(value)
+        parse_image_size(value)
 
 
 def test_format_image_size_round_trips():
     for value in (None, 640, (480, 640)):
-        assert pipelines.parse_image_size(format_image_size(value)) == value
+        assert parse_image_size(format_image_size(value)) == value
 
 
 @pytest.mark.parametrize(
@@ -136,7 +131,7 @@ def test_resize_keeps_pixels_when_size_unchanged_and_halves_by_block_mean(rng):
 
 
 def test_load_image_reads_float32(tmp_path):
-    path = _write_solid(tmp_path / "a.png", 77)
+    path = write_solid_image(tmp_path / "a.png", 77)
     image = pipelines.load_image(path, None).numpy()
     assert image.dtype == np.float32 and image.shape == (10, 12, 3)
     assert np.all(image == 77.0)
@@ -144,7 +139,7 @@ def test_load_image_reads_float32(tmp_path):
 
 def test_image_dataset_preserves_order_with_fixed_size(tmp_path):
     values = [5, 200, 17, 90, 33]
-    paths = [_write_solid(tmp_path / f"{i}.png", v) for i, v in enumerate(values)]
+    paths = [write_solid_image(tmp_path / f"{i}.png", v) for i, v in enumerate(values)]
     batches = list(pipelines.image_dataset(paths, image_size=(4, 6), batch_size=2))
     assert [tuple(b.shape) for b in batches] == [(2, 4, 6, 3), (2, 4, 6, 3), (1, 4, 6, 3)]
     seen = np.concatenate([b.numpy()[:, 0, 0, 0] for b in batches])
@@ -154,7 +149,7 @@ def test_image_dataset_preserves_order_with_fixed_size(tmp_path):
 def test_image_dataset_relative_paths_and_indices(tmp_path):
     values = [10, 20, 30]
     for i, v in enumerate(values):
-        _write_solid(tmp_path / f"{i}.png", v)
+        write_solid_image(tmp_path / f"{i}.png", v)
     ds = pipelines.image_dataset([f"{i}.png" for i in range(3)], root=tmp_path, batch_size=8,
                             with_indices=True)
     indices, images = zip(*[(i.numpy(), x.numpy()) for i, x in ds])
@@ -165,7 +160,7 @@ def test_image_dataset_relative_paths_and_indices(tmp_path):
 
 def test_image_batches_group_consecutive_equal_shapes_in_order(tmp_path):
     sizes = [(10, 12), (10, 12), (8, 9), (10, 12), (10, 12), (10, 12)]
-    paths = [_write_solid(tmp_path / f"{i}.png", 10 * i, s) for i, s in enumerate(sizes)]
+    paths = [write_solid_image(tmp_path / f"{i}.png", 10 * i, s) for i, s in enumerate(sizes)]
     batches = list(pipelines.ImageBatches(paths, image_size=None, batch_size=2))
     assert [b[0].tolist() for b in batches] == [[0, 1], [2], [3, 4], [5]]
     assert [b[1].shape for b in batches] == [(2, 10, 12, 3), (1, 8, 9, 3), (2, 10, 12, 3), (1, 10, 12, 3)]
@@ -190,7 +185,7 @@ def test_single_path_string_is_rejected(tmp_path):
 
 
 def _paths_with_bad(tmp_path, bad_position):
-    paths = [_write_solid(tmp_path / f"{i}.png", 10 * i) for i in range(4)]
+    paths = [write_solid_image(tmp_path / f"{i}.png", 10 * i) for i in range(4)]
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     paths.insert(bad_position, str(bad))
@@ -198,7 +193,7 @@ def _paths_with_bad(tmp_path, bad_position):
 
 
 def test_missing_file_is_named_before_decoding(tmp_path):
-    paths = [_write_solid(tmp_path / "a.png", 1), str(tmp_path / "nope.png")]
+    paths = [write_solid_image(tmp_path / "a.png", 1), str(tmp_path / "nope.png")]
     with pytest.raises(pipelines.ImageReadError, match="nope.png") as info:
         list(pipelines.ImageBatches(paths))
     assert info.value.index == 1
@@ -218,7 +213,7 @@ def test_corrupt_file_error_names_the_file(tmp_path, bad_position):
 
 
 def test_empty_file_reason(tmp_path):
-    paths = [_write_solid(tmp_path / "a.png", 1)]
+    paths = [write_solid_image(tmp_path / "a.png", 1)]
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(pipelines.ImageReadError, match="empty.png.*empty"):
         list(pipelines.ImageBatches(paths + [str(tmp_path / "empty.png")]))

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tf_netvlad.data.split_files import parse_utm_filename
-from tf_netvlad.data.utm import latlon_to_utm, utm_zone
-from tf_netvlad.data import split_files
-from tf_netvlad.data import utm
+from tf_netvlad.data import split_files, utm
 from tf_netvlad.data.places import PlaceSplit, load_split
-from tf_netvlad.data.split_files import write_csv, write_mat
+from tf_netvlad.data.split_files import parse_utm_filename, write_csv, write_mat
+from tf_netvlad.data.utm import latlon_to_utm, utm_zone
 
 
 def _toy_split(rng, n_db=200, n_q=50, extent=300.0, timestamps=False, **kw):
@@ -183,7 +181,8 @@ def test_mat_missing_field_and_v73(tmp_path):
     with pytest.raises(ValueError, match=r"no `dbStruct`.*\['other'\]"):
         PlaceSplit.from_mat(path)
 
-    h5py = pytest.importorskip("h5py")
+    import h5py  # a test requirement (requirements-dev.txt): no skip that could hide this check
+
     v73 = tmp_path / "v73.mat"
     with h5py.File(v73, "w", userblock_size=512) as f:
         f.create_group("dbStruct").create_dataset("utmDb", data=np.zeros((2, 3)))

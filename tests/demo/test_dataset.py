@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_netvlad.demo import dataset
 from tf_netvlad.data import places
+from tf_netvlad.demo import dataset
 
 SCALE = 0.15  # 5 + 2 + 3 streets of 63 / 45 / 45 m: 180 db images, 375 + 45 + 22 queries
 TINY = 0.01  # streets of 30 m: 100 db images, 25 + 5 + 5 queries

@@ -399,27 +399,20 @@ def tiny_dataset(tmp_path_factory):
     return folder, gnd_path, cfg
 
 
-@pytest.fixture(scope="module")
-def model():
-    from tf_netvlad.models.model import build_model
-
-    return build_model("tiny", num_clusters=4)
+def _pil_descriptor(tiny_model, image):
+    return np.asarray(tiny_model(np.asarray(image, np.float32)[None], training=False))[0]
 
 
-def _pil_descriptor(model, image):
-    return np.asarray(model(np.asarray(image, np.float32)[None], training=False))[0]
-
-
-def test_evaluate_map_matches_numpy_reference(tiny_dataset, model, tmp_path):
+def test_evaluate_map_matches_numpy_reference(tiny_dataset, tiny_model, tmp_path):
     folder, gnd_path, cfg = tiny_dataset
     results, ids = rm.evaluate_map(
-        model, gnd_path, folder, progress=False, batch_size=4, json_path=tmp_path / "map.json",
+        tiny_model, gnd_path, folder, progress=False, batch_size=4, json_path=tmp_path / "map.json",
         plot_path=tmp_path / "ap.png", retrievals_path=tmp_path / "grid.png", return_ids=True)
     # Reference: PIL decode, PIL crop of the integer boxes, direct model calls, float64 ranking.
     images = [Image.open(folder / f"im{i}.jpg").convert("RGB") for i in range(10)]
-    db = np.stack([_pil_descriptor(model, im) for im in images]).astype(np.float64)
+    db = np.stack([_pil_descriptor(tiny_model, im) for im in images]).astype(np.float64)
     queries = np.stack([
-        _pil_descriptor(model, images[int(name[2:])].crop(tuple(g["bbx"])))
+        _pil_descriptor(tiny_model, images[int(name[2:])].crop(tuple(g["bbx"])))
         for name, g in zip(cfg["qimlist"], cfg["gnd"])
     ]).astype(np.float64)
     scores = queries @ db.T
@@ -450,18 +443,18 @@ def test_evaluate_map_matches_numpy_reference(tiny_dataset, model, tmp_path):
     assert len(table.splitlines()) == 4
 
 
-def test_query_crops_margin_and_resize_modes(tiny_dataset, model):
+def test_query_crops_margin_and_resize_modes(tiny_dataset, tiny_model):
     folder, gnd_path, cfg = tiny_dataset
     gt = rgt.load_revisited_gnd(gnd_path)
-    crop = rm.extract_query_descriptors(model, gt, folder, progress=False)
-    image_first = rm.extract_query_descriptors(model, gt, folder, query_resize="image",
+    crop = rm.extract_query_descriptors(tiny_model, gt, folder, progress=False)
+    image_first = rm.extract_query_descriptors(tiny_model, gt, folder, query_resize="image",
                                                progress=False)
     np.testing.assert_allclose(crop, image_first, atol=1e-6)  # full resolution: the same pixels
     # A 2-pixel margin: q0's box [2, 3, 26, 29] becomes [0, 1, 28, 31].
-    grown = rm.extract_query_descriptors(model, gt, folder, box_margin=2, progress=False)
+    grown = rm.extract_query_descriptors(tiny_model, gt, folder, box_margin=2, progress=False)
     image = Image.open(folder / "im0.jpg").convert("RGB").crop((0, 1, 28, 31))
-    np.testing.assert_allclose(grown[0], _pil_descriptor(model, image), atol=1e-5)
-    whole = rm.extract_query_descriptors(model, gt, folder, crop_queries=False, progress=False)
+    np.testing.assert_allclose(grown[0], _pil_descriptor(tiny_model, image), atol=1e-5)
+    whole = rm.extract_query_descriptors(tiny_model, gt, folder, crop_queries=False, progress=False)
     np.testing.assert_allclose(whole[1], crop[1], atol=1e-6)  # q1's box is the whole image
     assert np.abs(whole[0] - crop[0]).max() > 1e-3
     # Max side 16: "crop" resizes the 24x26 crop to 15x16; "image" resizes the image to 16x16 and
@@ -469,35 +462,35 @@ def test_query_crops_margin_and_resize_modes(tiny_dataset, model):
     from tf_netvlad.data import pipelines
     from tf_netvlad.data.images import resize_image
 
-    small_crop = rm.extract_query_descriptors(model, gt, folder, image_size=16, progress=False)
+    small_crop = rm.extract_query_descriptors(tiny_model, gt, folder, image_size=16, progress=False)
     pixels = np.asarray(Image.open(folder / "im0.jpg").convert("RGB").crop((2, 3, 26, 29)))
     reference = resize_image(pixels, 16).numpy()
     assert reference.shape == (16, 15, 3)
-    np.testing.assert_allclose(small_crop[0], _pil_descriptor(model, reference), atol=1e-5)
-    small_image = rm.extract_query_descriptors(model, gt, folder, image_size=16,
+    np.testing.assert_allclose(small_crop[0], _pil_descriptor(tiny_model, reference), atol=1e-5)
+    small_image = rm.extract_query_descriptors(tiny_model, gt, folder, image_size=16,
                                                query_resize="image", progress=False)
     whole_small = pipelines.load_image(str(folder / "im0.jpg"), 16).numpy()[2:15, 1:13]
-    np.testing.assert_allclose(small_image[0], _pil_descriptor(model, whole_small), atol=1e-5)
+    np.testing.assert_allclose(small_image[0], _pil_descriptor(tiny_model, whole_small), atol=1e-5)
     with pytest.raises(ValueError, match="query_resize"):
-        rm.extract_query_descriptors(model, gt, folder, query_resize="stretch", progress=False)
+        rm.extract_query_descriptors(tiny_model, gt, folder, query_resize="stretch", progress=False)
 
 
-def test_evaluate_map_missing_image_is_named(tiny_dataset, model, tmp_path):
+def test_evaluate_map_missing_image_is_named(tiny_dataset, tiny_model, tmp_path):
     from tf_netvlad.data.pipelines import ImageReadError
 
     _, gnd_path, _ = tiny_dataset
     with pytest.raises(ImageReadError, match="im0.jpg"):
-        rm.evaluate_map(model, gnd_path, tmp_path, progress=False)
+        rm.evaluate_map(tiny_model, gnd_path, tmp_path, progress=False)
 
 
-def test_cli_evaluate_map_prints_the_table_and_writes_the_same_numbers(tiny_dataset, model,
+def test_cli_evaluate_map_prints_the_table_and_writes_the_same_numbers(tiny_dataset, tiny_model,
                                                                        tmp_path, capsys):
     from tf_netvlad.cli import main
 
     folder, gnd_path, _ = tiny_dataset
     model_path = tmp_path / "m.keras"
-    model.save(model_path)
-    expected = rm.evaluate_map(model, gnd_path, folder, progress=False, box_margin=2)
+    tiny_model.save(model_path)
+    expected = rm.evaluate_map(tiny_model, gnd_path, folder, progress=False, box_margin=2)
     out_json = tmp_path / "cli.json"
     assert main.main(["evaluate-map", "--model", str(model_path), "--gt", str(gnd_path),
                      "--images", str(folder), "--box-margin", "2", "--json", str(out_json)]) == 0

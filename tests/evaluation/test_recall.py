@@ -3,18 +3,14 @@
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from tf_netvlad.evaluation import recall
-from tf_netvlad.evaluation.report import format_recall_table, recall_ns, write_json
-from tf_netvlad.evaluation import plots
-from tf_netvlad.evaluation import protocols
-from tf_netvlad.evaluation import ranking
+from tests.helpers import write_solid_image
 from tf_netvlad.data.places import PlaceSplit
-
+from tf_netvlad.evaluation import plots, protocols, ranking, recall
+from tf_netvlad.evaluation.report import format_recall_table, recall_ns, write_json
 
 # --------------------------------------------------------------------------- recall_at_n
 
@@ -97,12 +93,6 @@ def test_exclude_drops_db_images_from_ranking_and_positives():
 # --------------------------------------------------------------------------- end to end
 
 
-def _mean_colour_model():
-    images = keras.Input(shape=(None, None, 3))
-    x = keras.layers.GlobalAveragePooling2D()(images)
-    return keras.Model(images, keras.layers.UnitNormalization()(x), name="meancolour")
-
-
 @pytest.fixture
 def colour_split(tmp_path, rng):
     """6 db places 100 m apart with distinct random colours; queries are JPEG re-encodings.
@@ -127,9 +117,9 @@ def colour_split(tmp_path, rng):
     return PlaceSplit("toy", db_paths, db_utm, query_paths, query_utm, root=str(tmp_path))
 
 
-def test_evaluate_end_to_end(colour_split):
+def test_evaluate_end_to_end(colour_split, mean_colour_model):
     results, ids = recall.evaluate(
-        _mean_colour_model(), colour_split, image_size=8, ns=(1, 5, 10), batch_size=4,
+        mean_colour_model, colour_split, image_size=8, ns=(1, 5, 10), batch_size=4,
         progress=False, return_ids=True,
     )
     np.testing.assert_array_equal(ids[:6, 0], [0, 1, 2, 3, 4, 5])
@@ -143,14 +133,14 @@ def test_evaluate_end_to_end(colour_split):
     assert "83.33%" in table and "100.00%" in table and "1 without positives" in table
 
 
-def test_evaluate_identity_db_equals_queries_gives_recall_one(tmp_path, rng):
+def test_evaluate_identity_db_equals_queries_gives_recall_one(tmp_path, rng, mean_colour_model):
     paths = []
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
         paths.append(f"{i}.png")
     utm = np.stack([np.arange(5) * 50.0, np.zeros(5)], axis=1)
     split = PlaceSplit("same", paths, utm, paths, utm, root=str(tmp_path))
-    results = recall.evaluate(_mean_colour_model(), split, ns=(1,), progress=False)
+    results = recall.evaluate(mean_colour_model, split, ns=(1,), progress=False)
     assert results["recall@1"] == 1.0
 
 
@@ -437,14 +427,15 @@ def test_approximate_index_errors(rng):
         recall.evaluate_descriptors(db, queries, positives, approximate="NOPE12")
 
 
-def test_evaluate_refuses_a_bad_approximate_index_before_extracting(colour_split, monkeypatch):
+def test_evaluate_refuses_a_bad_approximate_index_before_extracting(colour_split, monkeypatch,
+                                                                    mean_colour_model):
     from tf_netvlad.models import extract
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("descriptors were extracted before the approximate index was checked")
 
     monkeypatch.setattr(extract, "extract_descriptors", no_extraction)
-    model = _mean_colour_model()  # 3-D descriptors, 6 database images
+    model = mean_colour_model  # 3-D descriptors, 6 database images
     with pytest.raises(ValueError, match="at least 624 database vectors .*the database has 6"):
         recall.evaluate(model, colour_split, approximate="auto", progress=False)
     with pytest.raises(ValueError, match="'IVF8,Flat' needs at least 8 training vectors, but only 6"):
@@ -471,21 +462,19 @@ def write_tokyo247_split(folder, rng, name="tokyo247", db_shape=(12, 16), query_
     for p, colour in enumerate(_PANORAMA_COLOURS):
         for j in range(12):
             shade = np.clip(np.asarray(colour) + rng.integers(-6, 7, 3), 0, 255)
-            pixels = np.broadcast_to(shade, (*db_shape, 3)).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / "db" / f"p{p}_{j:02d}.png")
+            write_solid_image(folder / "db" / f"p{p}_{j:02d}.png", shade, db_shape)
             db_paths.append(f"db/p{p}_{j:02d}.png")
             db_utm.append((100.0 * p, 0.0))
     query_utm, query_paths = [], []
     for q, (colour, place) in enumerate([(0, 0), (1, 1), (2, 2), (3, 3), (0, 1), (3, None)]):
         shape = query_shape[::-1] if q == 5 else query_shape
-        pixels = np.broadcast_to(_PANORAMA_COLOURS[colour], (*shape, 3)).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / "q" / f"{q}.jpg", quality=95)
+        write_solid_image(folder / "q" / f"{q}.jpg", _PANORAMA_COLOURS[colour], shape, quality=95)
         query_paths.append(f"q/{q}.jpg")
         query_utm.append((100.0 * place + 3, 4.0) if place is not None else (5000.0, 5000.0))
     return PlaceSplit(name, db_paths, db_utm, query_paths, query_utm, root=str(folder))
 
 
-def test_evaluate_tokyo247_split_end_to_end(tmp_path, rng, monkeypatch):
+def test_evaluate_tokyo247_split_end_to_end(tmp_path, rng, monkeypatch, mean_colour_model):
     from tf_netvlad.models import extract
 
     split = write_tokyo247_split(tmp_path, rng)
@@ -497,7 +486,7 @@ def test_evaluate_tokyo247_split_end_to_end(tmp_path, rng, monkeypatch):
         return original(model, paths, **kwargs)
 
     monkeypatch.setattr(extract, "extract_descriptors", spy)
-    results, ids = recall.evaluate(_mean_colour_model(), split, ns=(1, 2, 5), batch_size=4,
+    results, ids = recall.evaluate(mean_colour_model, split, ns=(1, 2, 5), batch_size=4,
                                        progress=False, return_ids=True)
     assert sizes == [None, 640]  # database at full resolution, queries at most 640 px
     assert results["protocol"] == "tokyo247"
@@ -509,50 +498,50 @@ def test_evaluate_tokyo247_split_end_to_end(tmp_path, rng, monkeypatch):
             results["recall@1/night"]) == (1.0, 0.5, 1.0, 1.0)
     assert (results["num_queries/day"], results["num_queries/sunset"],
             results["num_queries/night"]) == (2, 2, 2)
-    pitts = recall.evaluate(_mean_colour_model(), split, ns=(1, 2, 5), batch_size=4,
+    pitts = recall.evaluate(mean_colour_model, split, ns=(1, 2, 5), batch_size=4,
                                 progress=False, protocol="pitts")
     assert sizes[2:] == [None, None]
     assert pitts["recall@5"] == pytest.approx(0.8) and "recall@1/day" not in pitts
 
 
-def test_evaluate_with_float16_memmap_descriptors(tmp_path, rng, colour_split):
-    reference = recall.evaluate(_mean_colour_model(), colour_split, ns=(1, 5), progress=False)
+def test_evaluate_with_float16_memmap_descriptors(tmp_path, rng, colour_split, mean_colour_model):
+    reference = recall.evaluate(mean_colour_model, colour_split, ns=(1, 5), progress=False)
     memmap_dir = tmp_path / "mm"
-    results = recall.evaluate(_mean_colour_model(), colour_split, ns=(1, 5), progress=False,
+    results = recall.evaluate(mean_colour_model, colour_split, ns=(1, 5), progress=False,
                                   descriptor_dtype="float16", memmap_dir=memmap_dir)
     assert results["recall@1"] == reference["recall@1"] == pytest.approx(5 / 6)
     assert os.listdir(memmap_dir) == []  # the temporary memmap is removed
     with pytest.raises(ValueError, match="'float32' or 'float16'. Received: 'float64'"):
-        recall.evaluate(_mean_colour_model(), colour_split, descriptor_dtype="float64",
+        recall.evaluate(mean_colour_model, colour_split, descriptor_dtype="float64",
                             progress=False)
 
 
-def test_evaluate_tokyotm_drops_same_timestamp_images(colour_split):
+def test_evaluate_tokyotm_drops_same_timestamp_images(colour_split, mean_colour_model):
     import dataclasses
 
     # q0 was taken at the same time as db0 (its rank-1 answer), so TokyoTM drops db0 for q0: q0
     # loses its only positive and is excluded. The others keep their rank-1 answers.
     timed = dataclasses.replace(colour_split, name="tokyoTM_val", db_timestamps=np.arange(6),
                                 query_timestamps=[0, 10, 11, 12, 13, 14, 15])
-    results, ids = recall.evaluate(_mean_colour_model(), timed, ns=(1, 5), progress=False,
+    results, ids = recall.evaluate(mean_colour_model, timed, ns=(1, 5), progress=False,
                                        return_ids=True)
     assert results["protocol"] == "tokyotm" and 0 not in ids[0]
     assert results["num_queries_without_positives"] == 2  # q0 and the far-away q6
     assert results["recall@1"] == pytest.approx(4 / 5)  # q1..q4 right, q5 wrong
-    plain = recall.evaluate(_mean_colour_model(), timed, ns=(1, 5), progress=False,
+    plain = recall.evaluate(mean_colour_model, timed, ns=(1, 5), progress=False,
                                 protocol="pitts")
     assert plain["recall@1"] == pytest.approx(5 / 6) and plain["num_queries_without_positives"] == 1
 
 
-def test_evaluate_skips_unreadable_images_and_keeps_the_protocol(tmp_path, rng):
+def test_evaluate_skips_unreadable_images_and_keeps_the_protocol(tmp_path, rng, mean_colour_model):
     from tf_netvlad.data import pipelines
 
     split = write_tokyo247_split(tmp_path, rng)
     (tmp_path / "db" / "p2_05.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # db id 29
     os.remove(tmp_path / "q" / "4.jpg")  # the sunset query whose answer was 2nd
     with pytest.raises(pipelines.ImageReadError, match="p2_05.png"):
-        recall.evaluate(_mean_colour_model(), split, ns=(1, 2), progress=False)
-    results, ids = recall.evaluate(_mean_colour_model(), split, ns=(1, 2), progress=False,
+        recall.evaluate(mean_colour_model, split, ns=(1, 2), progress=False)
+    results, ids = recall.evaluate(mean_colour_model, split, ns=(1, 2), progress=False,
                                        return_ids=True, on_error="skip")
     assert (results["num_db_unreadable"], results["num_queries_unreadable"]) == (1, 1)
     assert [(u["kind"], u["path"]) for u in results["unreadable"]] == [

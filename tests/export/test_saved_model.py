@@ -15,10 +15,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tf_netvlad.data.images import resize_image
-from tf_netvlad.export import saved_model
-from tf_netvlad.export import client
-from tf_netvlad.models.model import build_model, with_whitening
+from tf_netvlad.export import client, saved_model
 from tf_netvlad.layers.whitening import fit_pca_whitening
+from tf_netvlad.models.model import build_model, with_whitening
 
 FIXED = (24, 32)  # serve_bytes size of the whitened export
 MAX_SIDE = 40  # serve_bytes policy of the plain export

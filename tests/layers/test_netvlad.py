@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.layer_checks import check_keras_class
 from tf_netvlad.layers.netvlad import NetVLAD, default_alpha, top2_margins
 
 EPS = 1e-12
@@ -207,3 +208,16 @@ def test_float32_output_under_mixed_precision():
         assert out.dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("variant, pre_l2, input_shape", [("v1", True, (2, 5, 7, 8)),
+                                                          ("v2", False, (2, 9, 8))])
+def test_netvlad_passes_the_shared_keras_checks(tmp_path, variant, pre_l2, input_shape):
+    """Config/JSON, serialize/deserialize, .keras round trip and mixed_float16 (the layer follows the
+    global policy and computes in float16 on its own; `NetVLADModel` pins it to float32)."""
+    inputs = np.random.default_rng(0).normal(size=input_shape).astype("float32")
+    out = check_keras_class(
+        lambda: NetVLAD(3, variant=variant, pre_l2=pre_l2, intra_normalize=variant == "v1", epsilon=1e-6,
+                        name="vlad"),
+        inputs, tmp_path)
+    assert out.shape == (2, 3 * input_shape[-1])

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.layer_checks import check_keras_class
 from tf_netvlad.layers.whitening import PCAWhitening, fit_pca_whitening
 
 
@@ -73,3 +74,12 @@ def test_bad_inputs():
         fit_pca_whitening(x[0], 2)
     with pytest.raises(ValueError, match="num_components"):
         PCAWhitening(0)
+
+
+@pytest.mark.parametrize("num_components, epsilon", [(3, 1e-12), (8, 1e-6)])
+def test_pca_whitening_passes_the_shared_keras_checks(tmp_path, num_components, epsilon):
+    """Config/JSON, serialize/deserialize, .keras round trip and mixed_float16 (the layer follows the
+    global policy on its own; `NetVLADModel` pins it to float32)."""
+    out = check_keras_class(lambda: PCAWhitening(num_components, epsilon=epsilon, name="wpca"),
+                            _data(4, 16), tmp_path)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)

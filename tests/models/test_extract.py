@@ -5,20 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import mean_colour_reference as _reference
 from tf_netvlad.data import pipelines
 from tf_netvlad.models import extract
-
-
-def _mean_colour_model():
-    """Descriptor = L2-normalised mean RGB colour (works for any image size)."""
-    images = keras.Input(shape=(None, None, 3))
-    x = keras.layers.GlobalAveragePooling2D()(images)
-    return keras.Model(images, keras.layers.UnitNormalization()(x))
-
-
-def _reference(pixels):
-    mean = pixels.astype(np.float64).mean(axis=(0, 1))
-    return mean / np.linalg.norm(mean)
 
 
 def _write_random(tmp_path, rng, sizes, fmt="png"):
@@ -32,12 +21,8 @@ def _write_random(tmp_path, rng, sizes, fmt="png"):
     return paths, pixels
 
 
-@pytest.fixture(scope="module")
-def model():
-    return _mean_colour_model()
-
-
-def test_descriptors_match_reference_in_input_order(tmp_path, rng, model):
+def test_descriptors_match_reference_in_input_order(tmp_path, rng, mean_colour_model):
+    model = mean_colour_model
     sizes = [(9, 11), (9, 11), (7, 5), (9, 11), (12, 8)]
     paths, pixels = _write_random(tmp_path, rng, sizes)
     out = extract.extract_descriptors(model, paths, batch_size=2, progress=False)
@@ -45,7 +30,8 @@ def test_descriptors_match_reference_in_input_order(tmp_path, rng, model):
     np.testing.assert_allclose(out, np.stack([_reference(p) for p in pixels]), atol=1e-6)
 
 
-def test_batch_size_and_relative_paths_do_not_change_results(tmp_path, rng, model):
+def test_batch_size_and_relative_paths_do_not_change_results(tmp_path, rng, mean_colour_model):
+    model = mean_colour_model
     paths, _ = _write_random(tmp_path, rng, [(16, 20)] * 7)
     names = [p.split("/")[-1] for p in paths]
     one = extract.extract_descriptors(model, paths, image_size=(8, 10), batch_size=1, progress=False)
@@ -57,7 +43,8 @@ def test_batch_size_and_relative_paths_do_not_change_results(tmp_path, rng, mode
     np.testing.assert_allclose(one, model.predict_on_batch(resized), atol=1e-6)
 
 
-def test_out_memmap_is_filled(tmp_path, rng, model):
+def test_out_memmap_is_filled(tmp_path, rng, mean_colour_model):
+    model = mean_colour_model
     paths, pixels = _write_random(tmp_path, rng, [(6, 6)] * 4)
     out = np.memmap(tmp_path / "desc.f32", dtype=np.float32, mode="w+", shape=(4, 3))
     result = extract.extract_descriptors(model, paths, batch_size=3, progress=False, out=out)
@@ -66,7 +53,8 @@ def test_out_memmap_is_filled(tmp_path, rng, model):
     np.testing.assert_allclose(reread, np.stack([_reference(p) for p in pixels]), atol=1e-6)
 
 
-def test_out_with_wrong_shape_or_dtype_is_rejected(tmp_path, rng, model):
+def test_out_with_wrong_shape_or_dtype_is_rejected(tmp_path, rng, mean_colour_model):
+    model = mean_colour_model
     paths, _ = _write_random(tmp_path, rng, [(6, 6)] * 2)
     with pytest.raises(ValueError, match=r"shape \(2, 3\).*out.shape=\(3, 3\)"):
         extract.extract_descriptors(model, paths, progress=False, out=np.zeros((3, 3), np.float32))
@@ -74,7 +62,8 @@ def test_out_with_wrong_shape_or_dtype_is_rejected(tmp_path, rng, model):
         extract.extract_descriptors(model, paths, progress=False, out=np.zeros((2, 3)))
 
 
-def test_skip_mode_marks_rows_nan_and_returns_indices(tmp_path, rng, model):
+def test_skip_mode_marks_rows_nan_and_returns_indices(tmp_path, rng, mean_colour_model):
+    model = mean_colour_model
     paths, pixels = _write_random(tmp_path, rng, [(6, 6)] * 3)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -150,7 +139,7 @@ def test_predict_fn_is_traced_once_per_model_and_policy():
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
     first = make_predict_fn(model, (8, 8))
-    assert make_predict_fn(model, "8x8") is first
+    assert make_predict_fn(model, (8, 8)) is first
     assert make_predict_fn(model, None) is not first
     images = np.ones((2, 8, 8, 3), np.float32)
     first(images)

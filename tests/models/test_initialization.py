@@ -1,11 +1,14 @@
-"""k-means initialisation through the real image pipeline: α rule and assignment ratio ≈ 100."""
+"""k-means initialisation through the real image pipeline: α rule and assignment ratio ≈ 100
+(checked with an independent NumPy soft-assignment on the descriptors k-means clustered)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tf_netvlad.data import pipelines
 from tf_netvlad.models.initialization import initialize_netvlad
 from tf_netvlad.models.model import build_model
+from tf_netvlad.search import faiss_index
 
 
 @pytest.fixture
@@ -20,15 +23,53 @@ def image_paths(tmp_path):
     return tmp_path, paths
 
 
+def _softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _top2_ratio(assignments):
+    """Geometric mean over descriptors of the largest soft-assignment / the second largest."""
+    top = np.sort(assignments, axis=1)
+    return float(np.exp(np.mean(np.log(top[:, -1] / top[:, -2]))))
+
+
 @pytest.mark.parametrize("variant", ["v1", "v2"])
-def test_init_sets_centroids_and_ratio_100(image_paths, variant):
+def test_init_sets_centroids_and_ratio_100(image_paths, variant, monkeypatch):
     root, paths = image_paths
     model = build_model("tiny", num_clusters=8, variant=variant)
+    clustered = []  # the descriptors k-means saw: the sample the ratio is defined on
+    kmeans = faiss_index.kmeans
+
+    def spy(x, *args, **kwargs):
+        clustered.append(np.array(x))
+        return kmeans(x, *args, **kwargs)
+
+    monkeypatch.setattr(faiss_index, "kmeans", spy)
     stats = initialize_netvlad(model, paths, root=root, num_images=10, per_image=20, niter=20,
                                seed=1, progress=False)
     assert stats["num_descriptors"] == 10 * 20
-    assert stats["assignment_ratio"] == pytest.approx(100.0, rel=1e-3)
+    (x,) = clustered
+    x = x.astype("float64")
+    assert x.shape == (200, 64)
+    # They are genuine preL2 local features of the images: unit rows, each one of the 6 x 8 = 48
+    # locations of the tiny backbone's feature map of one of the images.
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    images = np.stack([pipelines.load_image(str(root / name)).numpy() for name in paths])
+    local = model.local_features_model().predict(images, verbose=0).reshape(-1, 64).astype("float64")
+    local /= np.linalg.norm(local, axis=1, keepdims=True)
+    assert np.all((x @ local.T).max(axis=1) > 1 - 1e-5)
+    # Independent soft-assignment of the initialised layer on that sample, in NumPy: the conv form
+    # with the layer's own weights (v1: no bias), and for v2 also softmax(-alpha |x - c_k|^2).
     layer = model.netvlad
+    logits = x @ layer.assignment_kernel.numpy().astype("float64")
+    if variant == "v2":
+        logits += layer.assignment_bias.numpy()
+        d2 = ((x[:, None, :] - layer.centroids.numpy()[None].astype("float64")) ** 2).sum(-1)
+        np.testing.assert_allclose(_softmax(logits), _softmax(-stats["alpha"] * d2), atol=1e-4)
+    ratio = _top2_ratio(_softmax(logits))
+    assert ratio == pytest.approx(100.0, rel=2e-3)  # the reference's rule: a1 / a2 = 100 on average
+    assert stats["assignment_ratio"] == pytest.approx(ratio, rel=2e-3)
     centroids = layer.centroids.numpy()
     kernel = layer.assignment_kernel.numpy()
     if variant == "v1":  # w_k = alpha * c_hat_k

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from tf_netvlad.defaults import LOSS_REDUCTIONS
 import tensorflow as tf
 
+from tf_netvlad.defaults import LOSS_REDUCTIONS
 from tf_netvlad.models import losses
 
 

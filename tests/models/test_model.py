@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from tf_netvlad.models import backbones
-from tf_netvlad.models.model import NetVLADModel, build_model, load_model, with_whitening
+from tests.layer_checks import check_keras_class
 from tf_netvlad.layers.preprocessing import ImagePreprocessing
 from tf_netvlad.layers.whitening import fit_pca_whitening
+from tf_netvlad.models import backbones
+from tf_netvlad.models.model import NetVLADModel, build_model, load_model, with_whitening
 
 
 @pytest.fixture
@@ -111,3 +112,22 @@ def test_bad_input_errors(tmp_path):
         load_model(tmp_path / "plain.keras")
     with pytest.raises(ValueError, match="local feature map"):
         NetVLADModel(plain)
+
+
+@pytest.mark.parametrize("variant, whitening_dim", [("v1", None), ("v2", 5)])
+def test_netvlad_model_passes_the_shared_keras_checks(tmp_path, images, variant, whitening_dim):
+    """Config/JSON, serialize/deserialize, .keras round trip and mixed_float16: the backbone and the
+    preprocessing compute in float16, the NetVLAD and whitening layers in float32 (float32
+    descriptors)."""
+    out = check_keras_class(
+        lambda: build_model("tiny", num_clusters=3, variant=variant, whitening_dim=whitening_dim, name="m"),
+        images[:, :24, :32], tmp_path, float32_layers=("netvlad", "whitening"))
+    assert out.shape == (2, whitening_dim or 3 * 64)
+
+
+def test_netvlad_model_from_config_can_use_a_config_twice():
+    # keras.layers.deserialize empties the nested backbone config it reads: a shallow copy in
+    # from_config let the first call consume the caller's dict.
+    config = build_model("tiny", num_clusters=2).get_config()
+    NetVLADModel.from_config(config)
+    assert NetVLADModel.from_config(config).num_clusters == 2

@@ -5,64 +5,46 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.helpers import write_block_images
 from tf_netvlad.data import pipelines
 from tf_netvlad.models import extract
-from tf_netvlad.search import faiss_index as faiss_lib
-from tf_netvlad.retrieval import index as ri
 from tf_netvlad.models.identity import ModelMismatchError
 from tf_netvlad.models.model import build_model, load_model
+from tf_netvlad.retrieval import index as ri
+from tf_netvlad.search import faiss_index as faiss_lib
 
 SIZE = (32, 40)
-
-
-def _write_images(folder, count, seed=0):
-    """Blocky random colour patterns (distinct places), 32x40 PNG; returns relative names."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(count):
-        blocks = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
-        image = Image.fromarray(blocks).resize((SIZE[1], SIZE[0]), Image.NEAREST)
-        names.append(f"img{i:02d}.png")
-        image.save(folder / names[-1])
-    return names
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_model("tiny", num_clusters=4)
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("db")
-    names = _write_images(folder, 12)
+    names = write_block_images(folder, 12, seed=0, size=SIZE)
     positions = np.stack([np.arange(12) * 100.0, np.full(12, 5000.0)], axis=1)
     return folder, names, positions
 
 
 @pytest.fixture(scope="module")
-def reference(model, images):
+def reference(tiny_model, images):
     """Descriptors computed independently: the model on the decoded images, one call."""
     folder, names, _ = images
     pixels = np.stack([pipelines.load_image(str(folder / n)).numpy() for n in names])
-    return np.asarray(model.predict_on_batch(pixels), np.float32)
+    return np.asarray(tiny_model.predict_on_batch(pixels), np.float32)
 
 
-def _build(model, out, images, **kwargs):
+def _build(tiny_model, out, images, **kwargs):
     folder, names, positions = images
     kwargs.setdefault("chunk_size", 5)
     kwargs.setdefault("batch_size", 4)
-    return ri.build_retrieval_index(model, out, names, positions=positions, root=folder,
+    return ri.build_retrieval_index(tiny_model, out, names, positions=positions, root=folder,
                                     progress=False, **kwargs)
 
 
-def test_round_trip_search_equals_brute_force_on_stored_memmap(tmp_path, model, images, reference):
-    built = _build(model, tmp_path / "idx", images)
+def test_round_trip_search_equals_brute_force_on_stored_memmap(tmp_path, tiny_model, images, reference):
+    built = _build(tiny_model, tmp_path / "idx", images)
     index = ri.RetrievalIndex.load(tmp_path / "idx")
-    assert index.count == 12 and index.dim == 256 == model.descriptor_dim
+    assert index.count == 12 and index.dim == 256 == tiny_model.descriptor_dim
     assert isinstance(index.descriptors, np.memmap) and index.descriptors.dtype == np.float32
     assert os.path.getsize(tmp_path / "idx" / "descriptors.f32") == 12 * 256 * 4
     np.testing.assert_allclose(index.descriptors, reference, atol=1e-5)
@@ -79,30 +61,30 @@ def test_round_trip_search_equals_brute_force_on_stored_memmap(tmp_path, model, 
     np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :5], atol=1e-5)
     assert built.metadata == index.metadata
     meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
-    assert meta["model"]["fingerprint"] == ri.model_fingerprint(model)["fingerprint"]
+    assert meta["model"]["fingerprint"] == ri.model_fingerprint(tiny_model)["fingerprint"]
     assert meta["image_size"] == "keep" and meta["kind"] == "flat" and meta["count"] == 12
     assert meta["index_file"] is None and meta["format_version"] == 3
     assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
 
 
-def test_format_1_index_with_a_stored_flat_file_still_loads(tmp_path, model, images, reference):
+def test_format_1_index_with_a_stored_flat_file_still_loads(tmp_path, tiny_model, images, reference):
     """Indexes written before format 2 kept an `index-0.faiss` beside the descriptors."""
     from tf_netvlad.retrieval.storage import write_faiss
 
-    built = _build(model, tmp_path / "idx", images)
+    built = _build(tiny_model, tmp_path / "idx", images)
     stored = faiss_lib.build_index(reference[::-1].copy())  # distinguishable from a rebuild
     write_faiss(stored, tmp_path / "idx" / "index-0.faiss")
     meta = dict(built.metadata, format_version=1, index_file="index-0.faiss")
     (tmp_path / "idx" / "metadata.json").write_text(json.dumps(meta))
     old = ri.RetrievalIndex.load(tmp_path / "idx")
     assert old.search(reference[:1], k=1)[1][0, 0] == 11  # the stored file was read
-    old.add(model, [images[1][0]], root=images[0], progress=False)  # rewrites as format 2
+    old.add(tiny_model, [images[1][0]], root=images[0], progress=False)  # rewrites as format 2
     assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
     assert ri.RetrievalIndex.load(tmp_path / "idx").metadata["format_version"] == 3
 
 
-def test_float16_storage(tmp_path, model, images, reference):
-    index = _build(model, tmp_path / "idx16", images, float16=True)
+def test_float16_storage(tmp_path, tiny_model, images, reference):
+    index = _build(tiny_model, tmp_path / "idx16", images, float16=True)
     assert index.descriptors.dtype == np.float16 and index.metadata["dtype"] == "float16"
     assert index.metadata["factory"] == "SQfp16"  # the faiss index stores float16 too
     assert os.path.getsize(tmp_path / "idx16" / "descriptors.f16") == 12 * 256 * 2
@@ -118,9 +100,9 @@ def test_float16_storage(tmp_path, model, images, reference):
     np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :4], atol=1e-5)
 
 
-def test_resume_after_interruption_matches_uninterrupted_build(tmp_path, model, images,
+def test_resume_after_interruption_matches_uninterrupted_build(tmp_path, tiny_model, images,
                                                                monkeypatch):
-    full = _build(model, tmp_path / "full", images, chunk_size=3)
+    full = _build(tiny_model, tmp_path / "full", images, chunk_size=3)
     real, calls = extract.extract_descriptors, []
 
     def crash_on_third_chunk(*args, **kwargs):
@@ -131,7 +113,7 @@ def test_resume_after_interruption_matches_uninterrupted_build(tmp_path, model, 
 
     monkeypatch.setattr(extract, "extract_descriptors", crash_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
-        _build(model, tmp_path / "part", images, chunk_size=3)
+        _build(tiny_model, tmp_path / "part", images, chunk_size=3)
     state = json.loads((tmp_path / "part" / ri.PROGRESS_FILE).read_text())
     assert state["images_done"] == 6 and state["rows_done"] == 6
     assert not (tmp_path / "part" / ri.METADATA_FILE).exists()
@@ -141,7 +123,7 @@ def test_resume_after_interruption_matches_uninterrupted_build(tmp_path, model, 
     with open(tmp_path / "part" / "descriptors.f32", "ab") as handle:
         handle.write(b"\x7f" * 1000)
     calls.clear()
-    resumed = _build(model, tmp_path / "part", images, chunk_size=3)
+    resumed = _build(tiny_model, tmp_path / "part", images, chunk_size=3)
     assert calls == [3, 3]  # only the two missing chunks were extracted
     assert (tmp_path / "part" / "descriptors.f32").read_bytes() == \
         (tmp_path / "full" / "descriptors.f32").read_bytes()
@@ -150,7 +132,7 @@ def test_resume_after_interruption_matches_uninterrupted_build(tmp_path, model, 
                                   full.search(full.descriptors[:4], 3)[1])
 
 
-def test_resume_refuses_other_inputs_and_resume_false_starts_over(tmp_path, model, images,
+def test_resume_refuses_other_inputs_and_resume_false_starts_over(tmp_path, tiny_model, images,
                                                                   monkeypatch):
     real = extract.extract_descriptors
 
@@ -159,36 +141,36 @@ def test_resume_refuses_other_inputs_and_resume_false_starts_over(tmp_path, mode
 
     monkeypatch.setattr(extract, "extract_descriptors", crash)
     with pytest.raises(KeyboardInterrupt):
-        _build(model, tmp_path / "idx", images)
+        _build(tiny_model, tmp_path / "idx", images)
     monkeypatch.setattr(extract, "extract_descriptors", real)
     folder, names, positions = images
     with pytest.raises(ValueError, match="interrupted build.*different `inputs_sha256`"):
-        ri.build_retrieval_index(model, tmp_path / "idx", names[:5], positions=positions[:5],
+        ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:5], positions=positions[:5],
                                  root=folder, progress=False)
-    index = ri.build_retrieval_index(model, tmp_path / "idx", names[:5], positions=positions[:5],
+    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:5], positions=positions[:5],
                                      root=folder, progress=False, resume=False)
     assert index.count == 5 and index.paths == names[:5]
 
 
-def test_existing_complete_index_is_not_overwritten_by_default(tmp_path, model, images):
+def test_existing_complete_index_is_not_overwritten_by_default(tmp_path, tiny_model, images):
     folder, names, positions = images
-    ri.build_retrieval_index(model, tmp_path / "idx", names[:3], root=folder, progress=False)
+    ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:3], root=folder, progress=False)
     with pytest.raises(FileExistsError, match="already holds a complete retrieval index"):
-        ri.build_retrieval_index(model, tmp_path / "idx", names[:4], root=folder, progress=False)
-    index = ri.build_retrieval_index(model, tmp_path / "idx", names[:4], root=folder,
+        ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], root=folder, progress=False)
+    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], root=folder,
                                      progress=False, overwrite=True)
     assert index.count == 4 and np.isnan(index.positions).all()
     assert index.metadata["positions"] == [None] * 4
 
 
-def test_add_appends_and_search_finds_new_images(tmp_path, model, images, reference):
+def test_add_appends_and_search_finds_new_images(tmp_path, tiny_model, images, reference):
     folder, names, positions = images
-    index = ri.build_retrieval_index(model, tmp_path / "idx", names[:8], positions=positions[:8],
+    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:8], positions=positions[:8],
                                      root=folder, progress=False, chunk_size=3)
     extra = tmp_path / "extra"
-    extra_names = _write_images(extra, 2, seed=7)
-    index.add(model, names[8:], positions=positions[8:], root=folder, progress=False)
-    index.add(model, [str(extra / n) for n in extra_names], progress=False)  # no positions
+    extra_names = write_block_images(extra, 2, seed=7, size=SIZE)
+    index.add(tiny_model, names[8:], positions=positions[8:], root=folder, progress=False)
+    index.add(tiny_model, [str(extra / n) for n in extra_names], progress=False)  # no positions
     assert index.count == 14 and index.faiss_index.ntotal == 14
     reloaded = ri.RetrievalIndex.load(tmp_path / "idx")
     assert reloaded.paths[:12] == names and reloaded.paths[12] == str(extra / extra_names[0])
@@ -201,10 +183,10 @@ def test_add_appends_and_search_finds_new_images(tmp_path, model, images, refere
     assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
 
 
-def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, model, images, reference,
+def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, tiny_model, images, reference,
                                                           monkeypatch):
     folder, names, positions = images
-    index = ri.build_retrieval_index(model, tmp_path / "idx", names[:4], positions=positions[:4],
+    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], positions=positions[:4],
                                      root=folder, progress=False)
     real, calls = extract.extract_descriptors, []
 
@@ -216,12 +198,12 @@ def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, model, ima
 
     monkeypatch.setattr(extract, "extract_descriptors", crash_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        index.add(model, names[4:10], positions=positions[4:10], root=folder, chunk_size=3,
+        index.add(tiny_model, names[4:10], positions=positions[4:10], root=folder, chunk_size=3,
                   progress=False)
     during = ri.RetrievalIndex.load(tmp_path / "idx")  # still the old, consistent index
     assert during.count == 4 and during.search(reference[:4], 1)[1][:, 0].tolist() == [0, 1, 2, 3]
     calls.clear()
-    during.add(model, names[4:10], positions=positions[4:10], root=folder, chunk_size=3,
+    during.add(tiny_model, names[4:10], positions=positions[4:10], root=folder, chunk_size=3,
                progress=False)
     assert calls == [3]  # the first chunk of the add was kept
     after = ri.RetrievalIndex.load(tmp_path / "idx")
@@ -234,9 +216,9 @@ def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, model, ima
     ("flat", r"Descriptor file .* has 3072 bytes but the metadata needs 4096 .*damaged"),
     ("IVF1,Flat", "faiss index holds 3 vectors.*says 4.*damaged"),
 ])
-def test_damaged_index_is_reported(tmp_path, model, images, kind, message):
+def test_damaged_index_is_reported(tmp_path, tiny_model, images, kind, message):
     folder, names, _ = images
-    ri.build_retrieval_index(model, tmp_path / "idx", names[:3], root=folder, progress=False,
+    ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:3], root=folder, progress=False,
                              kind=kind)
     meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
     meta["count"] = 4
@@ -245,7 +227,7 @@ def test_damaged_index_is_reported(tmp_path, model, images, kind, message):
         ri.RetrievalIndex.load(tmp_path / "idx")
 
 
-def test_corrupt_and_missing_images_are_skipped_and_reported(tmp_path, model, images, reference):
+def test_corrupt_and_missing_images_are_skipped_and_reported(tmp_path, tiny_model, images, reference):
     folder, names, positions = images
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -255,7 +237,7 @@ def test_corrupt_and_missing_images_are_skipped_and_reported(tmp_path, model, im
     paths = paths[:1] + [str(bad / "broken.png")] + paths[1:3] + [str(bad / "empty.jpg"),
                                                                   str(bad / "gone.png")] + paths[3:]
     pos = np.arange(len(paths) * 2, dtype=float).reshape(-1, 2)
-    index = ri.build_retrieval_index(model, tmp_path / "idx", paths, positions=pos,
+    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", paths, positions=pos,
                                      progress=False, chunk_size=3)
     assert index.count == 4 and index.paths == [str(folder / n) for n in names[:4]]
     np.testing.assert_allclose(index.positions, pos[[0, 2, 3, 6]])
@@ -266,36 +248,36 @@ def test_corrupt_and_missing_images_are_skipped_and_reported(tmp_path, model, im
     assert "empty" in skipped["empty.jpg"] and "does not exist" in skipped["gone.png"]
 
 
-def test_on_error_raise_names_the_file_and_writes_nothing(tmp_path, model, images):
+def test_on_error_raise_names_the_file_and_writes_nothing(tmp_path, tiny_model, images):
     folder, names, _ = images
     with pytest.raises(pipelines.ImageReadError, match="gone.png"):
-        ri.build_retrieval_index(model, tmp_path / "idx", [str(folder / names[0]),
+        ri.build_retrieval_index(tiny_model, tmp_path / "idx", [str(folder / names[0]),
                                                            str(tmp_path / "gone.png")],
                                  on_error="raise", progress=False)
     assert not (tmp_path / "idx").exists()
 
 
-def test_bad_arguments_are_refused_before_writing(tmp_path, model, images):
+def test_bad_arguments_are_refused_before_writing(tmp_path, tiny_model, images):
     folder, names, positions = images
     out = tmp_path / "idx"
     with pytest.raises(ValueError, match=r"`positions` must have shape \(12, 2\).*\(3, 2\)"):
-        ri.build_retrieval_index(model, out, names, positions=positions[:3], root=folder)
+        ri.build_retrieval_index(tiny_model, out, names, positions=positions[:3], root=folder)
     with pytest.raises(ValueError, match="`kind`.*Received: kind='IVF-nonsense'"):
-        ri.build_retrieval_index(model, out, names, root=folder, kind="IVF-nonsense")
+        ri.build_retrieval_index(tiny_model, out, names, root=folder, kind="IVF-nonsense")
     with pytest.raises(ValueError, match="`images` is empty"):
-        ri.build_retrieval_index(model, out, [], root=folder)
+        ri.build_retrieval_index(tiny_model, out, [], root=folder)
     with pytest.raises(FileNotFoundError, match="no-such-dir"):
-        ri.build_retrieval_index(model, out, tmp_path / "no-such-dir")
+        ri.build_retrieval_index(tiny_model, out, tmp_path / "no-such-dir")
     with pytest.raises(ValueError, match="chunk_size"):
-        ri.build_retrieval_index(model, out, names, root=folder, chunk_size=0)
+        ri.build_retrieval_index(tiny_model, out, names, root=folder, chunk_size=0)
     assert not out.exists()
     with pytest.raises(FileNotFoundError, match="not a tf_netvlad retrieval index"):
         ri.RetrievalIndex.load(tmp_path)
 
 
-def test_other_model_or_dimension_is_refused(tmp_path, model, images):
+def test_other_model_or_dimension_is_refused(tmp_path, tiny_model, images):
     folder, names, _ = images
-    index = ri.build_retrieval_index(model, tmp_path / "idx", names[:3], root=folder,
+    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:3], root=folder,
                                      progress=False)
     smaller = build_model("tiny", num_clusters=2)
     with pytest.raises(ModelMismatchError, match=r"idx'.*256-D descriptors.*128-D"):
@@ -306,26 +288,26 @@ def test_other_model_or_dimension_is_refused(tmp_path, model, images):
     assert ri.RetrievalIndex.load(tmp_path / "idx").count == 3
     # The same model saved and reloaded (another object) has the same fingerprint.
     path = tmp_path / "m.keras"
-    model.save(path)
+    tiny_model.save(path)
     index.add(path, names[3:5], root=folder, progress=False)
     assert index.count == 5
     assert index.metadata["model"]["weights_sha256"] == \
         ri.model_fingerprint(load_model(path, compile=False))["weights_sha256"]
 
 
-def test_folder_input_reads_positions_from_utm_names(tmp_path, model):
+def test_folder_input_reads_positions_from_utm_names(tmp_path, tiny_model):
     folder = tmp_path / "imgs"
-    _write_images(folder / "sub", 2)
+    write_block_images(folder / "sub", 2, seed=0, size=SIZE)
     for i, name in enumerate(sorted(os.listdir(folder / "sub"))):
         os.rename(folder / "sub" / name, folder / "sub" / f"@{500 + i}.5@{4000 + i}@17@T@.png")
-    index = ri.build_retrieval_index(model, tmp_path / "idx", folder, progress=False)
+    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", folder, progress=False)
     assert index.root == str(folder) and index.paths[0].startswith("sub" + os.sep)
     np.testing.assert_allclose(index.positions, [[500.5, 4000], [501.5, 4001]])
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "IVF2,Flat"])
-def test_approximate_kinds_build_end_to_end(tmp_path, model, images, reference, kind):
-    index = _build(model, tmp_path / "idx", images, kind=kind)
+def test_approximate_kinds_build_end_to_end(tmp_path, tiny_model, images, reference, kind):
+    index = _build(tiny_model, tmp_path / "idx", images, kind=kind)
     reloaded = ri.RetrievalIndex.load(tmp_path / "idx")
     assert reloaded.metadata["kind"] == kind and reloaded.faiss_index.ntotal == 12
     assert reloaded.metadata["index_file"] == "index-0.faiss"  # trained kinds are stored
@@ -345,13 +327,13 @@ def test_approximate_kinds_build_end_to_end(tmp_path, model, images, reference, 
     assert (index_bytes < 12 * 256 * 4) is graph_only
 
 
-def test_hnsw_graph_only_file_add_and_format_2_file(tmp_path, model, images, reference):
+def test_hnsw_graph_only_file_add_and_format_2_file(tmp_path, tiny_model, images, reference):
     from tf_netvlad.retrieval.storage import write_faiss
 
     folder, names, positions = images
-    built = ri.build_retrieval_index(model, tmp_path / "idx", names[:8], positions=positions[:8],
+    built = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:8], positions=positions[:8],
                                      root=folder, progress=False, kind="hnsw")
-    built.add(model, names[8:], positions=positions[8:], root=folder, progress=False)
+    built.add(tiny_model, names[8:], positions=positions[8:], root=folder, progress=False)
     reloaded = ri.RetrievalIndex.load(tmp_path / "idx")
     assert reloaded.count == 12 and reloaded.metadata["index_file"] == "index-1.faiss"
     assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "index-1.faiss", "metadata.json"]
@@ -367,7 +349,7 @@ def test_hnsw_graph_only_file_add_and_format_2_file(tmp_path, model, images, ref
     for got, want in zip(old.search(reference, k=4), built.search(reference, k=4)):
         np.testing.assert_array_equal(got, want)
     # float16 descriptors: the graph was built on their float32 values, re-attached identically
-    half = ri.build_retrieval_index(model, tmp_path / "half", names, root=folder, progress=False,
+    half = ri.build_retrieval_index(tiny_model, tmp_path / "half", names, root=folder, progress=False,
                                     kind="hnsw", float16=True)
     half_loaded = ri.RetrievalIndex.load(tmp_path / "half")
     assert half_loaded.descriptors.dtype == np.float16
@@ -389,7 +371,7 @@ def test_approximate_kinds_recall_vs_exact_on_neardup_queries(kind):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     factory, params = ri.resolve_kind(kind, len(db), 64)
     approx = faiss_lib.build_index(db, kind=factory, train_size=len(db))
-    ri._apply_search_params(approx, params)
+    ri.apply_search_params(approx, params)
     exact_ids = faiss_lib.search(db, queries, 1)[1][:, 0]
     approx_ids = faiss_lib.search(approx, queries, 1)[1][:, 0]
     assert (exact_ids == truth).mean() == 1.0

@@ -6,34 +6,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import write_block_images
 from tf_netvlad.data import pipelines
-from tf_netvlad.retrieval import localize as loc
-from tf_netvlad.models.model import build_model
 from tf_netvlad.data.places import PlaceSplit
 from tf_netvlad.models.identity import ModelMismatchError
+from tf_netvlad.models.model import build_model
+from tf_netvlad.retrieval import localize as loc
 from tf_netvlad.retrieval.index import build_retrieval_index
 
 
 @pytest.fixture(scope="module")
-def model():
-    return build_model("tiny", num_clusters=4)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, model):
+def setup(tmp_path_factory, tiny_model):
     """8 database images 100 m apart along x (plus a copy of image 2 at +10 m), flat index."""
     folder = tmp_path_factory.mktemp("loc")
-    rng = np.random.default_rng(3)
-    names = []
-    for i in range(8):
-        blocks = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
-        Image.fromarray(blocks).resize((40, 32), Image.NEAREST).save(folder / f"db{i}.png")
-        names.append(f"db{i}.png")
+    names = write_block_images(folder, 8, seed=3, name="db{}.png", size=(32, 40))
     Image.open(folder / "db2.png").save(folder / "db2_copy.png")
     names.append("db2_copy.png")
     positions = np.stack([np.arange(9) * 100.0, np.full(9, 7000.0)], axis=1)
     positions[8] = [210.0, 7000.0]
-    index = build_retrieval_index(model, folder / "index", names, positions=positions,
+    index = build_retrieval_index(tiny_model, folder / "index", names, positions=positions,
                                   root=folder, image_size=(24, 32), progress=False)
     return folder, names, positions, index
 
@@ -53,11 +44,11 @@ def test_estimate_position_hand_computed():
         loc.estimate_position([[0, 0], [1, 1]], [1.0])
 
 
-def test_localize_database_images_top1_and_estimate(setup, model):
+def test_localize_database_images_top1_and_estimate(setup, tiny_model):
     folder, names, positions, index = setup
     queries = [str(folder / n) for n in ("db5.png", "db2.png", "db0.png")]
     gt = positions[[5, 2, 0]] + [[3.0, 4.0], [0, 0], [30.0, 0]]
-    results = loc.localize(folder / "index", model, queries, k=3, gt_positions=gt)
+    results = loc.localize(folder / "index", tiny_model, queries, k=3, gt_positions=gt)
     assert [r["top"][0]["id"] for r in results] == [5, 2, 0] or \
         [r["top"][0]["id"] for r in results] == [5, 8, 0]
     for result, row in zip(results, (5, 2, 0)):
@@ -71,7 +62,7 @@ def test_localize_database_images_top1_and_estimate(setup, model):
     assert results[0]["error_m"] == pytest.approx(5.0)
     assert results[0]["top1_correct"] is True and results[0]["top"][0]["distance_m"] == 5.0
     assert results[2]["top1_correct"] is False and results[2]["error_m"] == pytest.approx(30.0)
-    unknown = loc.localize(folder / "index", model, queries[:2], k=2,
+    unknown = loc.localize(folder / "index", tiny_model, queries[:2], k=2,
                            gt_positions=[positions[5], [np.nan, np.nan]])
     assert unknown[0]["top1_correct"] is True and unknown[0]["top"][0]["correct"] is True
     assert unknown[1]["top1_correct"] is None and unknown[1]["error_m"] is None
@@ -85,50 +76,50 @@ def test_localize_database_images_top1_and_estimate(setup, model):
     assert len(text) == 4
 
 
-def test_localize_uses_the_index_resize_policy_by_default(setup, model):
+def test_localize_uses_the_index_resize_policy_by_default(setup, tiny_model):
     folder, names, _, index = setup
     query = str(folder / "db3.png")
-    own = loc.localize(index, model, [query], k=1)[0]["top"][0]
+    own = loc.localize(index, tiny_model, [query], k=1)[0]["top"][0]
     assert own["id"] == 3 and own["score"] == pytest.approx(1.0, abs=1e-5)
     # The policy matters: the full-size image gives another descriptor.
-    full = loc.localize(index, model, [query], k=1, image_size="keep")[0]["top"][0]
+    full = loc.localize(index, tiny_model, [query], k=1, image_size="keep")[0]["top"][0]
     expected = float(np.dot(
-        model.predict_on_batch(pipelines.load_image(query)[None].numpy())[0], index.descriptors[3]))
+        tiny_model.predict_on_batch(pipelines.load_image(query)[None].numpy())[0], index.descriptors[3]))
     assert full["score"] == pytest.approx(expected, abs=1e-4) and full["score"] < 0.9999
 
 
-def test_localize_without_positions_or_truth(tmp_path, model, setup):
+def test_localize_without_positions_or_truth(tmp_path, tiny_model, setup):
     folder, names, _, _ = setup
-    index = build_retrieval_index(model, tmp_path / "nopos", names[:3], root=folder,
+    index = build_retrieval_index(tiny_model, tmp_path / "nopos", names[:3], root=folder,
                                   image_size=(24, 32), progress=False)
-    result = loc.localize(index, model, str(folder / "db1.png"), k=2)[0]
+    result = loc.localize(index, tiny_model, str(folder / "db1.png"), k=2)[0]
     assert result["estimated_position"] is None and result["top"][0]["position"] is None
     assert "correct" not in result["top"][0] and "gt_position" not in result
 
 
-def test_localize_refuses_other_model_and_bad_input(setup, model):
+def test_localize_refuses_other_model_and_bad_input(setup, tiny_model):
     folder, _, _, index = setup
     with pytest.raises(ModelMismatchError, match="different weights"):
         loc.localize(index, build_model("tiny", num_clusters=4), [str(folder / "db1.png")])
     with pytest.raises(pipelines.ImageReadError, match="nothing.png"):
-        loc.localize(index, model, [str(folder / "nothing.png")])
+        loc.localize(index, tiny_model, [str(folder / "nothing.png")])
     with pytest.raises(ValueError, match=r"`gt_positions` must have shape \(1, 2\)"):
-        loc.localize(index, model, [str(folder / "db1.png")], gt_positions=[1.0, 2.0, 3.0])
+        loc.localize(index, tiny_model, [str(folder / "db1.png")], gt_positions=[1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="`image_paths` is empty"):
-        loc.localize(index, model, [])
+        loc.localize(index, tiny_model, [])
 
 
-def test_localize_skips_unreadable_queries_and_keeps_the_rest(tmp_path, setup, model):
+def test_localize_skips_unreadable_queries_and_keeps_the_rest(tmp_path, setup, tiny_model):
     folder, _, positions, index = setup
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
     queries = [str(folder / "db4.png"), str(tmp_path / "missing.png"), str(corrupt),
                str(folder / "db6.png")]
     gt = positions[[4, 0, 0, 6]]
-    results = loc.localize(index, model, queries, k=2, gt_positions=gt, on_error="skip")
+    results = loc.localize(index, tiny_model, queries, k=2, gt_positions=gt, on_error="skip")
     assert [r["query"] for r in results] == queries
     # The readable queries get exactly what they get alone.
-    alone = loc.localize(index, model, [queries[0], queries[3]], k=2, gt_positions=gt[[0, 3]])
+    alone = loc.localize(index, tiny_model, [queries[0], queries[3]], k=2, gt_positions=gt[[0, 3]])
     assert [results[0], results[3]] == alone
     assert [r["top"][0]["id"] for r in alone] == [4, 6]
     assert results[1] == {"query": queries[1], "error": "file does not exist", "top": [],
@@ -139,16 +130,16 @@ def test_localize_skips_unreadable_queries_and_keeps_the_rest(tmp_path, setup, m
     json.loads(json.dumps(results, allow_nan=False))
     png = loc.plot_localization(results, tmp_path / "grid.png")  # unreadable: a grey cell
     assert Image.open(png).format == "PNG"
-    only_bad = loc.localize(index, model, [queries[1]], on_error="skip")
+    only_bad = loc.localize(index, tiny_model, [queries[1]], on_error="skip")
     assert only_bad[0]["error"] == "file does not exist"
     with pytest.raises(ValueError, match="`on_error` must be 'raise' or 'skip'"):
-        loc.localize(index, model, queries[:1], on_error="ignore")
+        loc.localize(index, tiny_model, queries[:1], on_error="ignore")
 
 
-def test_results_json_and_plot_png(tmp_path, setup, model):
+def test_results_json_and_plot_png(tmp_path, setup, tiny_model):
     folder, _, positions, index = setup
     queries = [str(folder / "db4.png"), str(folder / "db6.png")]
-    results = loc.localize(index, model, queries, k=3)
+    results = loc.localize(index, tiny_model, queries, k=3)
     path = loc.write_results(results, tmp_path / "out" / "results.json")
     assert json.loads(open(path).read()) == results
     gt = positions[[4, 1]]  # the second query's truth is wrong on purpose

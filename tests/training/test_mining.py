@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tf_netvlad.training import mining
 from tf_netvlad.data.places import PlaceSplit
+from tf_netvlad.training import mining
 
 
 def _line_split(num_db=40, query_x=(0.0, 50.0, 100.0, 1000.0), spacing=5.0):

@@ -62,8 +62,8 @@ def test_fractional_decay_and_bad_arguments():
 
 
 def test_miner_visits_every_query_once_per_pass_with_the_matlab_schedule():
-    from tf_netvlad.training.mining import HardNegativeMiner
     from tf_netvlad.data.places import PlaceSplit
+    from tf_netvlad.training.mining import HardNegativeMiner
 
     db_utm = np.stack([np.arange(40) * 5.0, np.zeros(40)], 1)
     q_utm = np.stack([np.arange(23) * 8.0, np.zeros(23)], 1)

@@ -3,24 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from tests.helpers import mean_values
 from tf_netvlad.training.tuples import TuplePipeline
-
-
-@pytest.fixture
-def colour_images(tmp_path):
-    """8 PNG images of 6x8 pixels, image k filled with the value 10*k (lossless)."""
-    paths = []
-    for k in range(8):
-        path = tmp_path / f"img{k}.png"
-        Image.fromarray(np.full((6, 8, 3), 10 * k, np.uint8)).save(path)
-        paths.append(path.name)
-    return tmp_path, paths
-
-
-def _values(images):
-    return images.reshape(images.shape[:-3] + (-1,)).mean(axis=-1)
 
 
 def test_elements_follow_the_table(colour_images):
@@ -34,11 +19,11 @@ def test_elements_follow_the_table(colour_images):
     first = batches[0]
     assert first["query"].shape == (2, 6, 8, 3) and first["query"].dtype == np.float32
     assert first["positives"].shape == (2, 2, 6, 8, 3) and first["negatives"].shape == (2, 3, 6, 8, 3)
-    np.testing.assert_array_equal(_values(first["query"]), [0, 20])
-    np.testing.assert_array_equal(_values(first["positives"]), [[10, 0], [30, 40]])  # padding is black
+    np.testing.assert_array_equal(mean_values(first["query"]), [0, 20])
+    np.testing.assert_array_equal(mean_values(first["positives"]), [[10, 0], [30, 40]])  # padding is black
     np.testing.assert_array_equal(first["positive_mask"], [[1, 0], [1, 1]])
-    np.testing.assert_array_equal(_values(first["negatives"]), [[50, 60, 70], [0, 10, 20]])
-    np.testing.assert_array_equal(_values(batches[1]["negatives"]), [[30, 40, 50]])
+    np.testing.assert_array_equal(mean_values(first["negatives"]), [[50, 60, 70], [0, 10, 20]])
+    np.testing.assert_array_equal(mean_values(batches[1]["negatives"]), [[30, 40, 50]])
 
 
 def test_reassigned_table_and_start_row_reach_the_next_iteration(colour_images):
@@ -47,11 +32,11 @@ def test_reassigned_table_and_start_row_reach_the_next_iteration(colour_images):
                          batch_size=1)
     ds = pipe.dataset()  # built once, iterated per epoch like keras.fit
     pipe.assign([[0, 1, 2], [1, 2, 3], [2, 3, 4]])
-    assert [int(_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [0, 10, 20]
+    assert [int(mean_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [0, 10, 20]
     pipe.assign([[5, 1, 2], [6, 2, 3], [7, 3, 4]], start_row=1)
-    assert [int(_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [60, 70]
+    assert [int(mean_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [60, 70]
     pipe.assign([[4, 1, 2]])
-    assert [int(_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [40]
+    assert [int(mean_values(b["query"])[0]) for b in ds.as_numpy_iterator()] == [40]
 
 
 def _corrupt(root, name):
@@ -67,9 +52,9 @@ def test_bad_image_skip_pads_the_tuple_in_place_and_counts_it(colour_images):
     pipe.assign(rows)
     batches = list(pipe.dataset().as_numpy_iterator())
     assert [len(b["query"]) for b in batches] == [2, 2, 1]  # every row keeps its slot
-    queries = np.concatenate([_values(b["query"]) for b in batches])
+    queries = np.concatenate([mean_values(b["query"]) for b in batches])
     masks = np.concatenate([b["positive_mask"][:, 0] for b in batches])
-    negatives = np.concatenate([_values(b["negatives"]) for b in batches])
+    negatives = np.concatenate([mean_values(b["negatives"]) for b in batches])
     np.testing.assert_array_equal(queries, [0, 0, 20, 0, 60])  # failed rows are black padding
     np.testing.assert_array_equal(masks, [1, 0, 1, 0, 1])  # ... with no positive: they train nothing
     np.testing.assert_array_equal(negatives[[1, 3]], 0)

@@ -1,16 +1,34 @@
-"""`tf_netvlad` command line: the entry point of the console script.
+"""The `tf_netvlad` command: the entry point `main(argv)` of the console script and `python -m tf_netvlad`.
 
-The parser is `tf_netvlad.cli.parser`, the subcommand handlers `tf_netvlad.cli.commands`.
-TensorFlow is imported only after parsing (quietly) and inside the handlers, so
-`tf_netvlad --help` is instant.
+Builds the top-level parser (--debug, --verbose) with every subcommand group's parser, sets up
+logging, imports TensorFlow quietly once the arguments are parsed, runs the subcommand's handler and
+maps its errors to one line on stderr and exit status 2. Building the parsers imports no TensorFlow,
+so `tf_netvlad --help` and `tf_netvlad SUB --help` are instant.
 """
 
+import argparse
 import logging
 import os
 import sys
 
-from tf_netvlad.cli.commands import CommandError
-from tf_netvlad.cli.parser import build_parser
+from tf_netvlad.cli import demo, evaluate, export, model, retrieval, train
+from tf_netvlad.cli.flags import CommandError
+
+# Each group module adds its subcommands, in this order in --help: from the demo to deployment.
+GROUPS = (demo, train, model, evaluate, export, retrieval)
+
+
+def build_parser():
+    """The `tf_netvlad` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tf_netvlad", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="NetVLAD place recognition with Keras 3 / TensorFlow.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.add_commands(subparsers)
+    return parser
 
 
 def _configure_logging(verbose):
@@ -58,10 +76,14 @@ def import_tensorflow_quietly():
 
 
 def main(argv=None):
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    """Runs `tf_netvlad` with `argv` (default: `sys.argv[1:]`); returns the exit status.
+
+    A bad flag value exits through argparse (status 2, with the usage); an error a handler raises
+    is printed as one line (status 2; `--debug` shows the traceback instead).
+    """
+    args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    if args.command != "demo-data" and not args.verbose:
+    if args.needs_tensorflow and not args.verbose:
         import_tensorflow_quietly()
     try:
         return args.func(args)

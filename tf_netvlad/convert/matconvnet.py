@@ -12,8 +12,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from tf_netvlad.models.backbones import MatConvNetLRN
 from tf_netvlad.convert.common import check_input_file, check_out_path
+from tf_netvlad.layers.netvlad import L2_EPSILON
+from tf_netvlad.models.backbones import MatConvNetLRN
 from tf_netvlad.models.model import save_model
 
 _HOW_TO_STRUCT = (
@@ -24,7 +25,6 @@ _HOW_TO_STRUCT = (
     "TokyoTM_struct.mat)."
 )
 _HEAD_NAMES = ("vlad:core", "vlad:intranorm", "postL2", "WPCA", "finalL2")
-_EPSILON = 1e-12  # the NetVLAD / PCAWhitening layers' ε
 
 
 def _read_net(path):
@@ -190,7 +190,7 @@ def _build_backbone(layer_list, path):
 def _check_full_l2(layer, dim, what):
     """Checks that a `normalize` layer is x / sqrt(Σx² + 1e-12) over all `dim` channels."""
     depth, kappa, alpha, beta = _normalize_param(layer)
-    if (depth - 1) // 2 < dim - 1 or alpha != 1 or beta != 0.5 or not np.isclose(kappa, _EPSILON, rtol=1e-3, atol=0):
+    if (depth - 1) // 2 < dim - 1 or alpha != 1 or beta != 0.5 or not np.isclose(kappa, L2_EPSILON, rtol=1e-3, atol=0):
         raise ValueError(
             f"Layer {_name(layer)!r} ({what}): expected an L2 normalisation over all {dim} channels, "
             f"param [N >= {2 * dim - 1}, 1e-12, 1, 0.5]. Found param {[depth, kappa, alpha, beta]}"
@@ -290,8 +290,8 @@ def convert_matconvnet(mat_path, out_path=None):
     Returns:
         `NetVLADModel` (float32 descriptors of size P with WPCA, K·D without).
     """
-    from tf_netvlad.models.model import NetVLADModel
     from tf_netvlad.layers.preprocessing import ImagePreprocessing
+    from tf_netvlad.models.model import NetVLADModel
 
     mat_path = check_input_file(mat_path, "mat_path")
     out_path = check_out_path(out_path)

@@ -211,8 +211,8 @@ def convert_pytorch(checkpoint_path, out_path=None, arch=None, weights_only=True
     Returns:
         `NetVLADModel`.
     """
-    from tf_netvlad.models.model import NetVLADModel
     from tf_netvlad.layers.preprocessing import ImagePreprocessing
+    from tf_netvlad.models.model import NetVLADModel
 
     checkpoint_path = check_input_file(checkpoint_path, "checkpoint_path")
     out_path = check_out_path(out_path)

@@ -1,7 +1,7 @@
 """Decoding and resizing one image with TensorFlow ops (graph-safe: reused in the serving signature).
 
-The resize policy (`tf_netvlad.data.image_size`) and its pixel semantics are described in
-`tf_netvlad.data.pipelines`, which re-exports everything here.
+The resize policy arrives parsed (`tf_netvlad.data.image_size`); what it does to the pixels is
+described in `tf_netvlad.data.pipelines`.
 """
 
 import os
@@ -9,7 +9,7 @@ import re
 
 import tensorflow as tf
 
-from tf_netvlad.data.image_size import parse_image_size
+from tf_netvlad.data.image_size import check_image_size
 
 
 def decode_image(encoded):
@@ -34,8 +34,8 @@ def decode_image(encoded):
 
 
 def target_size(height, width, image_size):
-    """Output `(H, W)` int32 tensors of the resize policy for an input of `height` x `width`."""
-    image_size = parse_image_size(image_size)
+    """Output `(H, W)` int32 tensors of the parsed resize policy for an input of `height` x `width`."""
+    image_size = check_image_size(image_size)
     height = tf.cast(height, tf.int32)
     width = tf.cast(width, tf.int32)
     if image_size is None:
@@ -53,12 +53,12 @@ def target_size(height, width, image_size):
 
 
 def resize_image(image, image_size):
-    """Applies the resize policy to one image `[H, W, 3]` (any dtype); returns float32 0..255.
+    """Applies the parsed resize policy to one image `[H, W, 3]` (any dtype); returns float32 0..255.
 
     Bilinear, `antialias=False`, half-pixel centres (`tf.image.resize`). No resampling happens when
     the target equals the input size, so "keep" and "max side" are exact for small images.
     """
-    image_size = parse_image_size(image_size)
+    image_size = check_image_size(image_size)
     image = tf.convert_to_tensor(image)
     as_float = tf.cast(image, tf.float32)
     if image_size is None:

@@ -1,8 +1,8 @@
-"""Image input pipeline: decoding, the shared resize policy, and order-preserving tf.data batches.
+"""Image input pipeline: order-preserving tf.data batches of decoded, resized images.
 
-Everything here uses TensorFlow ops only (`tf.io`, `tf.image`, `tf.data`), so `decode_image` and
-`resize_image` can be reused unchanged inside a SavedModel serving signature (they are graph-safe
-without autograph: no Python control flow on tensors).
+Images are read, decoded and resized with TensorFlow ops only (`tf_netvlad.data.images`: `tf.io`,
+`tf.image`), the same graph-safe functions the SavedModel serving signature runs, so extraction
+and serving give identical pixels.
 
 Resize policy (`image_size`), shared by extraction, evaluation and serving:
 
@@ -19,8 +19,8 @@ serving signature runs, so extraction and serving give identical pixels. Without
 downscaling (more than about 2x) aliases; pre-shrink such images offline if that matters.
 Pixel values stay float32 in 0..255 RGB; normalisation lives inside the model.
 
-The policy value is parsed in `tf_netvlad.data.image_size` (no TensorFlow) and one image is decoded and
-resized in `tf_netvlad.data.images`; both are re-exported here. This module holds the datasets.
+The functions here take the policy already parsed (`tf_netvlad.data.image_size.parse_image_size`,
+called by the public functions that read images, such as `extract_descriptors`).
 """
 
 import logging
@@ -30,12 +30,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data.fileio import resolve_paths
-from tf_netvlad.data.image_size import _is_int, is_fixed_size, parse_image_size
+from tf_netvlad.data.image_size import check_image_size, is_fixed_size
 from tf_netvlad.data.images import diagnose_image, load_image
-from tf_netvlad.defaults import ON_ERROR_CHOICES
+from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, ON_ERROR_CHOICES
 
 logger = logging.getLogger(__name__)
-
 
 
 class ImageReadError(ValueError):
@@ -47,11 +46,15 @@ class ImageReadError(ValueError):
         self.index = index
 
 
+def check_positive_int(value, name):
+    """Raises `ValueError` naming `name` unless `value` is an int (not a bool) >= 1."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < 1):
+        raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+
+
 def check_batch_size(batch_size):
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}"
-        )
+    check_positive_int(batch_size, "batch_size")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -79,12 +82,12 @@ def check_files_exist(paths, max_listed=5):
 
 
 def _batch_shape(image_size):
-    size = parse_image_size(image_size)
-    return [size[0], size[1], 3] if isinstance(size, tuple) else [None, None, 3]
+    return [image_size[0], image_size[1], 3] if isinstance(image_size, tuple) else [None, None, 3]
 
 
 def image_dataset(
-    paths, root=None, image_size=None, batch_size=8, on_error="raise", with_indices=False
+    paths, root=None, image_size=None, batch_size=EXTRACT_BATCH_SIZE, on_error="raise",
+    with_indices=False
 ):
     """Builds an order-preserving tf.data pipeline of float32 image batches (0..255 RGB).
 
@@ -96,7 +99,8 @@ def image_dataset(
     Args:
         paths: sequence of image paths, relative to `root` unless absolute.
         root: optional directory the relative paths are joined onto.
-        image_size: resize policy, see the module docstring and `parse_image_size`.
+        image_size: the parsed resize policy (`data.image_size.parse_image_size`), see the
+            module docstring.
         batch_size: int >= 1, images per batch for the fixed-size policy.
         on_error: "raise" stops with an error naming the file that could not be read or decoded
             (missing files are reported before any decoding starts); "skip" drops such images
@@ -109,7 +113,7 @@ def image_dataset(
     """
     check_on_error(on_error)
     check_batch_size(batch_size)
-    image_size = parse_image_size(image_size)
+    check_image_size(image_size)
     full_paths = resolve_paths(paths, root)
     if on_error == "raise":
         check_files_exist(full_paths)
@@ -172,7 +176,7 @@ class ImageBatches:
     is preserved and memory stays bounded (at most one batch is held).
 
     Args:
-        paths, root, image_size, batch_size: as in `image_dataset`.
+        paths, root, image_size, batch_size: as in `image_dataset` (`image_size` parsed).
         on_error: "raise" raises `ImageReadError` naming the file and the reason (missing files are
             reported before any decoding); "skip" logs a warning per file and leaves its index out.
 
@@ -185,11 +189,12 @@ class ImageBatches:
     >>> for indices, images in batches: ...
     """
 
-    def __init__(self, paths, root=None, image_size=None, batch_size=8, on_error="raise"):
+    def __init__(self, paths, root=None, image_size=None, batch_size=EXTRACT_BATCH_SIZE,
+                 on_error="raise"):
         check_on_error(on_error)
         check_batch_size(batch_size)
         self.paths = resolve_paths(paths, root)
-        self.image_size = parse_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.batch_size = int(batch_size)
         self.on_error = on_error
         self.skipped = []

@@ -3,9 +3,9 @@
 Pure NumPy/SciPy (no TensorFlow). A `PlaceSplit` is read from the official NetVLAD
 `dbStruct` `.mat` files (Pittsburgh, Tokyo 24/7, TokyoTM), from a CSV manifest, or from a
 VPR-datasets-downloader folder (`@utm_east@utm_north@zone@letter@lat@lon@...@.jpg` names).
-Positives are radius searches on UTM coordinates with a KD-tree. The file formats live in
-`tf_netvlad.data.split_files` and the WGS84 -> UTM conversion in `tf_netvlad.data.utm`; both are
-re-exported here.
+Positives are radius searches on UTM coordinates with a KD-tree; the radii default to the
+reference's 25 m (evaluation) and 10 m (training), `defaults.POS_DIST_THR_M` and
+`defaults.NON_TRIV_POS_DIST_SQ_THR_M2`. The files are read by `tf_netvlad.data.split_files`.
 """
 
 import dataclasses
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tf_netvlad.data import split_files
-
+from tf_netvlad.defaults import NON_TRIV_POS_DIST_SQ_THR_M2, POS_DIST_THR_M
 
 
 def _as_paths(value, what):
@@ -84,8 +84,8 @@ class PlaceSplit:
     query_utm: np.ndarray = dataclasses.field(repr=False)
     db_timestamps: np.ndarray = dataclasses.field(default=None, repr=False)
     query_timestamps: np.ndarray = dataclasses.field(default=None, repr=False)
-    pos_dist_thr: float = 25.0
-    non_triv_pos_dist_sq_thr: float = 100.0
+    pos_dist_thr: float = POS_DIST_THR_M
+    non_triv_pos_dist_sq_thr: float = NON_TRIV_POS_DIST_SQ_THR_M2
     root: str = None
     query_conditions: tuple = dataclasses.field(default=None, repr=False)
 
@@ -266,16 +266,16 @@ class PlaceSplit:
         return split_files.read_mat(cls, path, root=root, name=name)
 
     @classmethod
-    def from_csv(cls, path, root=None, name=None, pos_dist_thr=25.0,
-                 non_triv_pos_dist_sq_thr=100.0):
+    def from_csv(cls, path, root=None, name=None, pos_dist_thr=POS_DIST_THR_M,
+                 non_triv_pos_dist_sq_thr=NON_TRIV_POS_DIST_SQ_THR_M2):
         """Read a CSV manifest with columns `path, role, easting, northing` (or
         `path, role, latitude, longitude`), optional `timestamp` and `conditions`."""
         return split_files.read_csv(cls, path, root=root, name=name, pos_dist_thr=pos_dist_thr,
                          non_triv_pos_dist_sq_thr=non_triv_pos_dist_sq_thr)
 
     @classmethod
-    def from_folder(cls, db_dir, query_dir, root=None, name=None, pos_dist_thr=25.0,
-                    non_triv_pos_dist_sq_thr=100.0):
+    def from_folder(cls, db_dir, query_dir, root=None, name=None, pos_dist_thr=POS_DIST_THR_M,
+                    non_triv_pos_dist_sq_thr=NON_TRIV_POS_DIST_SQ_THR_M2):
         """Read VPR-datasets-downloader folders of `@utm_east@utm_north@...@.jpg` images."""
         return split_files.read_folder(cls, db_dir, query_dir, root=root, name=name,
                             pos_dist_thr=pos_dist_thr,

@@ -16,6 +16,7 @@ import numpy as np
 
 from tf_netvlad.data.fileio import atomic_path
 from tf_netvlad.data.utm import latlon_to_utm
+from tf_netvlad.defaults import NON_TRIV_POS_DIST_SQ_THR_M2, POS_DIST_THR_M
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -96,7 +97,7 @@ def read_mat(cls, path, root=None, name=None):
                              f"the file lists {n} image names.")
     pos_thr = _mat_scalar(fields, "posDistThr", None)
     if pos_thr is None:
-        sq = _mat_scalar(fields, "posDistSqThr", 625.0)
+        sq = _mat_scalar(fields, "posDistSqThr", POS_DIST_THR_M**2)
         pos_thr = math.sqrt(sq)
     times = {}
     for key in ("dbTimeStamp", "qTimeStamp"):
@@ -108,7 +109,8 @@ def read_mat(cls, path, root=None, name=None):
         query_paths=q_paths, query_utm=_mat_utm(fields["utmQ"], len(q_paths), "utmQ"),
         db_timestamps=times.get("dbTimeStamp"), query_timestamps=times.get("qTimeStamp"),
         pos_dist_thr=pos_thr,
-        non_triv_pos_dist_sq_thr=_mat_scalar(fields, "nonTrivPosDistSqThr", 100.0),
+        non_triv_pos_dist_sq_thr=_mat_scalar(fields, "nonTrivPosDistSqThr",
+                                             NON_TRIV_POS_DIST_SQ_THR_M2),
         root=os.fspath(root) if root is not None else str(path.parent))
 
 

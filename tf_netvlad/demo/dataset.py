@@ -25,6 +25,7 @@ import numpy as np
 
 from tf_netvlad.data import places
 from tf_netvlad.data.split_files import write_csv, write_mat
+from tf_netvlad.defaults import DEMO_IMAGE_SIZE, NON_TRIV_POS_DIST_SQ_THR_M2, POS_DIST_THR_M
 from tf_netvlad.demo.render import render_view
 from tf_netvlad.demo.scene import ACCENT_PALETTE, Street
 
@@ -155,7 +156,8 @@ def _generate_split(split_name, split_idx, spec, seed, image_size, db_spacing_m,
     return places.PlaceSplit(
         name=f"demo_{split_name}", db_paths=rel["db"], db_utm=np.array(utm["db"]),
         query_paths=rel["query"], query_utm=np.array(utm["query"]).reshape(-1, 2),
-        query_conditions=conds, pos_dist_thr=25.0, non_triv_pos_dist_sq_thr=100.0,
+        query_conditions=conds, pos_dist_thr=POS_DIST_THR_M,
+        non_triv_pos_dist_sq_thr=NON_TRIV_POS_DIST_SQ_THR_M2,
         root=str(out_root))
 
 
@@ -219,7 +221,7 @@ def _remove_stale_temp_dirs(out_dir):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def generate_demo_data(out_dir, seed=0, image_size=(96, 128), scale=1.0, db_spacing_m=3.0,
+def generate_demo_data(out_dir, seed=0, image_size=DEMO_IMAGE_SIZE, scale=1.0, db_spacing_m=3.0,
                        jpeg_quality=75, progress=True):
     """Generate the demo dataset into `out_dir` (a no-op when it is already complete).
 

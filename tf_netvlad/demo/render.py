@@ -8,7 +8,21 @@ nearby positions see overlapping facade strips with real perspective and paralla
 
 import numpy as np
 
-from tf_netvlad.demo.scene import CAR_DEPTH_M, FACADE_DIST_M, GLASS, LEDGE, PED_DEPTH_M, PX_PER_M, ROOF, SIDEWALK_M, SIGN, SKY, TREE_DEPTH_M, WALL, smooth_noise
+from tf_netvlad.demo.scene import (
+    CAR_DEPTH_M,
+    FACADE_DIST_M,
+    GLASS,
+    LEDGE,
+    PED_DEPTH_M,
+    PX_PER_M,
+    ROOF,
+    SIDEWALK_M,
+    SIGN,
+    SKY,
+    TREE_DEPTH_M,
+    WALL,
+    smooth_noise,
+)
 
 
 def _rays(h, w, focal, yaw, pitch, roll):

@@ -5,9 +5,9 @@ import logging
 import os
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from tf_netvlad.defaults import SEED
 
-RECALL_NS = (1, 5, 10, 20)
+log = logging.getLogger(__name__)
 
 
 def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_models/tiny_netvlad_demo",
@@ -27,15 +27,14 @@ def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_m
     Returns:
         dict with `before` / `after` results, `artefacts` (paths) and the training summary.
     """
+    from tf_netvlad.data import places
     from tf_netvlad.demo import dataset
-    from tf_netvlad.evaluation import recall
+    from tf_netvlad.evaluation import plots, recall
     from tf_netvlad.evaluation.report import write_json
     from tf_netvlad.export import saved_model
-    from tf_netvlad.data import places
-    from tf_netvlad.evaluation import plots
+    from tf_netvlad.models.model import load_model
     from tf_netvlad.training import train
     from tf_netvlad.training.config import CPU_RECIPE
-    from tf_netvlad.models.model import load_model
 
     run_dir = Path(run_dir)
     if fresh and run_dir.exists():
@@ -47,7 +46,7 @@ def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_m
     val_split = places.load_split(data["val_mat"])
     test_split = places.load_split(data["test_mat"])
 
-    overrides = dict(CPU_RECIPE, time_limit_s=60.0 * minutes, seed=43 + seed)
+    overrides = dict(CPU_RECIPE, time_limit_s=60.0 * minutes, seed=SEED + seed)
     if epochs is not None:
         overrides["epochs"] = epochs
     config = dataclasses.replace(train.TrainConfig(), **overrides)
@@ -59,7 +58,8 @@ def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_m
     for stage, file in (("before", "init.keras"), ("after", "best.keras")):
         model = load_model(run_dir / file, compile=False)
         results[stage], ids[stage] = recall.evaluate(
-            model, test_split, image_size=image_size, ns=RECALL_NS, progress=progress, return_ids=True)
+            model, test_split, image_size=image_size, ns=recall.DEFAULT_RECALL_NS, progress=progress,
+            return_ids=True)
         results[stage]["model"] = str(run_dir / file)
     artefacts = {
         "dataset": str(data["root"]),

@@ -1,7 +1,8 @@
 """Retrieval metrics of the Oxford5k / Paris6k protocols: AP, mAP, mP@k, and exact full ranking.
 
 Pure NumPy (`rank_database` uses faiss through `tf_netvlad.evaluation.ranking` only for a top-k). Ground truth
-comes from `tf_netvlad.evaluation.ground_truth`; the end-to-end evaluation is `retrieval_map.evaluate_map`.
+comes from `tf_netvlad.evaluation.ground_truth`; the end-to-end evaluation is
+`tf_netvlad.evaluation.oxford_paris.evaluate_map`.
 
 AP (`average_precision`, `compute_map`): junk images are removed from the ranking (they do not count
 and do not take a rank); with r_j the 0-based rank of the j-th retrieved positive (j = 0, 1, ...)
@@ -30,7 +31,12 @@ import logging
 
 import numpy as np
 
-from tf_netvlad.evaluation.ground_truth import REVISITED_PROTOCOLS, ground_truth_from_revisited, index_array, revisited_lists
+from tf_netvlad.evaluation.ground_truth import (
+    REVISITED_PROTOCOLS,
+    ground_truth_from_revisited,
+    index_array,
+    revisited_lists,
+)
 
 DEFAULT_KS = (1, 5, 10)
 _WORK_ELEMENTS = 2**20  # elements of the per-chunk (queries x ranked) work arrays
@@ -62,7 +68,8 @@ def average_precision(ranks, num_positives):
     return float(np.sum(p0 + p1) / (2.0 * num_positives))
 
 
-def _check_ks(ks):
+def check_ks(ks):
+    """The k values of mP@k as a tuple of ints; `ValueError` unless all are ints >= 1."""
     ks = tuple(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
                      for k in ks):
@@ -116,7 +123,7 @@ def compute_map(ranked_ids, positives, junk=None, ks=DEFAULT_KS, num_db=None):
         (scored), "num_queries_skipped" (no positive), "ap" float64 `(Q,)` and "precision"
         `(Q, len(ks))` (NaN for skipped queries).
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     ranked = _check_ranked(ranked_ids, len(positives))
     junk = [()] * len(positives) if junk is None else junk
     if len(junk) != len(positives):

@@ -1,22 +1,21 @@
 """Oxford5k / Paris6k retrieval mAP with ok/junk lists: the original and the revisited protocols.
 
-Ground truth (`RetrievalGroundTruth`: the revisited easy/medium/hard protocols or the original
-good+ok/junk one) is loaded by `tf_netvlad.evaluation.ground_truth`.
-
-The metrics (AP with junk removal, mP@k, full exact ranking) are in `tf_netvlad.evaluation.map_metrics` and
-re-exported here.
-
-`evaluate_map` runs a model end to end: database descriptors (`extract.extract_descriptors`), query
-descriptors from the query images cropped to their boxes, full exact inner-product ranking, the
-metrics, optional JSON and PNG. Importing this module does not import TensorFlow.
+`evaluate_map` runs a model end to end on a `RetrievalGroundTruth` (the revisited
+easy/medium/hard protocols or the original good+ok/junk one, `tf_netvlad.evaluation.ground_truth`):
+database descriptors (`extract.extract_descriptors`), query descriptors from the query images
+cropped to their boxes (`extract_query_descriptors`), full exact inner-product ranking, the metrics
+of `tf_netvlad.evaluation.map_metrics` (AP with junk removal, mP@k), optional JSON and PNG. Both
+public functions parse `image_size` once. Importing this module does not import TensorFlow.
 """
 
 import logging
 
 import numpy as np
 
-from tf_netvlad.evaluation.map_metrics import DEFAULT_KS, _check_ks, evaluate_rankings, rank_database
+from tf_netvlad.data.image_size import format_image_size, is_fixed_size, parse_image_size
+from tf_netvlad.defaults import EXTRACT_BATCH_SIZE
 from tf_netvlad.evaluation.ground_truth import RetrievalGroundTruth, load_ground_truth
+from tf_netvlad.evaluation.map_metrics import DEFAULT_KS, check_ks, evaluate_rankings, rank_database
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def crop_box(box, height, width, margin=0.0):
 
 
 def _query_image(path, box, image_size, margin, query_resize):
-    """One query as float32 `[H, W, 3]`: cropped to its box, resized by the policy."""
+    """One query as float32 `[H, W, 3]`: cropped to its box, resized by the parsed policy."""
     import tensorflow as tf
 
     from tf_netvlad.data.images import decode_image, resize_image
@@ -65,8 +64,8 @@ def _query_image(path, box, image_size, margin, query_resize):
 
 
 def extract_query_descriptors(model, gt, images_dir, image_size=None, crop_queries=True,
-                              box_margin=0.0, query_resize="crop", ext=".jpg", batch_size=8,
-                              progress=True):
+                              box_margin=0.0, query_resize="crop", ext=".jpg",
+                              batch_size=EXTRACT_BATCH_SIZE, progress=True):
     """Query descriptors `(Q, D)` float32 from the query images, cropped to their boxes.
 
     `query_resize="crop"` (default, as the revisited code: crop, then `image.thumbnail`) crops in
@@ -80,8 +79,10 @@ def extract_query_descriptors(model, gt, images_dir, image_size=None, crop_queri
     from tqdm.auto import tqdm
 
     from tf_netvlad.data import pipelines
+    from tf_netvlad.data.images import diagnose_image
     from tf_netvlad.models import extract
 
+    image_size = parse_image_size(image_size)
     if query_resize not in QUERY_RESIZE_CHOICES:
         raise ValueError(f"`query_resize` must be one of {QUERY_RESIZE_CHOICES}. Received: "
                          f"query_resize={query_resize!r}")
@@ -90,7 +91,7 @@ def extract_query_descriptors(model, gt, images_dir, image_size=None, crop_queri
         raise ValueError(f"{gt.name!r} has no query boxes; use crop_queries=False.")
     paths = gt.image_paths(images_dir, ext, which="query")
     pipelines.check_files_exist(paths)
-    fixed = pipelines.is_fixed_size(image_size) and (not crop_queries or query_resize == "crop")
+    fixed = is_fixed_size(image_size) and (not crop_queries or query_resize == "crop")
     predict = extract.make_predict_fn(model, image_size if fixed else None)
     out, pending = None, []
 
@@ -107,7 +108,7 @@ def extract_query_descriptors(model, gt, images_dir, image_size=None, crop_queri
         try:
             image = _query_image(paths[q], box, image_size, box_margin, query_resize)
         except (tf.errors.OpError, ValueError) as error:
-            reason = pipelines.diagnose_image(paths[q]) or str(error).strip().splitlines()[0]
+            reason = diagnose_image(paths[q]) or str(error).strip().splitlines()[0]
             raise pipelines.ImageReadError(f"Could not use query image '{paths[q]}' (query {q}, "
                                       f"{gt.query_names[q]!r}): {reason}", path=paths[q],
                                       index=q) from error
@@ -142,9 +143,9 @@ def format_map_table(results):
     return "\n".join(lines)
 
 
-def evaluate_map(model, gnd, images_dir, image_size=None, crop_queries=True, batch_size=8,
-                 progress=True, ext=".jpg", box_margin=0.0, query_resize="crop", ks=DEFAULT_KS,
-                 k=None, json_path=None, plot_path=None, retrievals_path=None, return_ids=False):
+def evaluate_map(model, gnd, images_dir, image_size=None, crop_queries=True,
+                 batch_size=EXTRACT_BATCH_SIZE, progress=True, ext=".jpg", box_margin=0.0,
+                 query_resize="crop", ks=DEFAULT_KS, k=None, json_path=None, plot_path=None, retrievals_path=None, return_ids=False):
     """Oxford/Paris mAP of `model`: extraction, exact ranking, every protocol of the ground truth.
 
     Args:
@@ -172,11 +173,11 @@ def evaluate_map(model, gnd, images_dir, image_size=None, crop_queries=True, bat
         (or `(results, ids)`).
     """
     from tf_netvlad.data import pipelines
-    from tf_netvlad.data.image_size import format_image_size
     from tf_netvlad.models import extract
 
+    image_size = parse_image_size(image_size)
     gt = gnd if isinstance(gnd, RetrievalGroundTruth) else load_ground_truth(gnd, images_dir, ext)
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     db_paths = gt.image_paths(images_dir, ext, which="db")
     pipelines.check_files_exist(db_paths + gt.image_paths(images_dir, ext, which="query"))
     db_desc = extract.extract_descriptors(model, db_paths, image_size=image_size,
@@ -211,7 +212,7 @@ def plot_ap_histograms(per_protocol, path, title="AP per query"):
     """One histogram of per-query AP per protocol (bins of 0.1), mAP in each panel's title."""
     from tf_netvlad.evaluation import plots
 
-    figure = plots._figure(3.2 * len(per_protocol), 3.0)
+    figure = plots.new_figure(3.2 * len(per_protocol), 3.0)
     for i, (name, metrics) in enumerate(per_protocol.items()):
         ap = np.asarray(metrics["ap"], np.float64)
         ap = ap[np.isfinite(ap)]
@@ -223,7 +224,7 @@ def plot_ap_histograms(per_protocol, path, title="AP per query"):
         axes.set_title(f"{name}: mAP {100 * metrics['mAP']:.1f}%", fontsize=9)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    return plots._save(figure, path)
+    return plots.save_figure(figure, path)
 
 
 def plot_map_retrievals(gt, ranked_ids, path, images_dir, protocol=None, queries=None, top=6,

@@ -12,7 +12,8 @@ import numpy as np
 from tf_netvlad.data.fileio import atomic_path, resolve_paths
 
 
-def _figure(width, height):
+def new_figure(width, height):
+    """An Agg-backed matplotlib `Figure` of `width` x `height` inches (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -21,7 +22,8 @@ def _figure(width, height):
     return figure
 
 
-def _save(figure, path):
+def save_figure(figure, path):
+    """Writes `figure` as a PNG to `path` atomically; returns the path as a string."""
     with atomic_path(path, ".png") as tmp:
         figure.savefig(tmp, format="png")
     return os.fspath(path)
@@ -50,7 +52,7 @@ def plot_recall_curve(results_or_list, path, labels=None, title="recall@N"):
         labels = [r.get("split") or f"run {i + 1}" for i, r in enumerate(runs)]
     if len(labels) != len(runs):
         raise ValueError(f"`labels` has {len(labels)} entries for {len(runs)} results.")
-    figure = _figure(6.4, 4.4)
+    figure = new_figure(6.4, 4.4)
     axes = figure.add_subplot(1, 1, 1)
     for run, label in zip(runs, labels):
         ns = recall_ns(run)
@@ -68,7 +70,7 @@ def plot_recall_curve(results_or_list, path, labels=None, title="recall@N"):
     axes.set_title(title)
     axes.legend(loc="lower right")
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _thumbnail(path, size):
@@ -133,7 +135,7 @@ def draw_grid(rows, path, thumb_size=160, fontsize=8, row_height=1.7):
     A file that cannot be read becomes a grey "missing" cell. Returns `path`.
     """
     columns = max(len(row) for row in rows)
-    figure = _figure(1.9 * columns, row_height * len(rows) + 0.3)
+    figure = new_figure(1.9 * columns, row_height * len(rows) + 0.3)
     for r, cells in enumerate(rows):
         for col, (image_path, text, color) in enumerate(cells):
             axes = figure.add_subplot(len(rows), columns, r * columns + col + 1)
@@ -151,4 +153,4 @@ def draw_grid(rows, path, thumb_size=160, fontsize=8, row_height=1.7):
                 spine.set_linewidth(4)
             axes.set_title(text, fontsize=fontsize, color=color)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -31,6 +31,7 @@ import re
 
 import numpy as np
 
+from tf_netvlad.data.image_size import check_image_size
 from tf_netvlad.search.index_kinds import largest_divisor
 
 PROTOCOLS = ("auto", "pitts", "tokyo247", "tokyotm")
@@ -74,20 +75,25 @@ def resolve_protocol(protocol="auto", split=None):
     return protocol
 
 
+def is_auto(query_image_size):
+    """True for the "auto" query policy (the only value `query_image_size` takes besides a policy)."""
+    return isinstance(query_image_size, str) and query_image_size == "auto"
+
+
 def query_image_size(protocol, image_size, query_image_size="auto"):
-    """The resize policy for the query images.
+    """The parsed resize policy for the query images, from the parsed database policy.
 
     "auto" gives `image_size` itself, except for Tokyo 24/7 where queries are downscaled to at
     most 640 pixels on the longer side (`TOKYO247_QUERY_IMAGE_SIZE`): with `image_size` None
     (full resolution) or a larger max side, 640 is used; a smaller max side or a fixed `(H, W)`
-    the caller chose for both sides is kept. Anything else is returned unchanged.
+    the caller chose for both sides is kept. A parsed policy is returned unchanged.
     """
-    if not (isinstance(query_image_size, str) and query_image_size == "auto"):
-        return query_image_size
+    check_image_size(image_size)
+    if not is_auto(query_image_size):
+        return check_image_size(query_image_size)
     if protocol != "tokyo247":
         return image_size
-    if image_size is None or (isinstance(image_size, (int, np.integer))
-                              and not isinstance(image_size, bool)
+    if image_size is None or (isinstance(image_size, int)
                               and image_size > TOKYO247_QUERY_IMAGE_SIZE):
         return TOKYO247_QUERY_IMAGE_SIZE
     return image_size

@@ -11,8 +11,9 @@ TF-free; faiss is reached only through `tf_netvlad.search.faiss_index`.
 
 import numpy as np
 
-from tf_netvlad.search import faiss_index as faiss_index
+from tf_netvlad.defaults import SEED
 from tf_netvlad.evaluation import protocols
+from tf_netvlad.search import faiss_index as faiss_index
 
 DB_BLOCK_BYTES = 256 * 2**20  # float32 bytes per exact-search database block
 
@@ -107,7 +108,7 @@ def check_approximate(num_db, dim, factory="auto", train_size=None, nprobe=None)
     return factory, rows, nprobe
 
 
-def approximate_index(db, factory="auto", train_size=None, nprobe=None, seed=43,
+def approximate_index(db, factory="auto", train_size=None, nprobe=None, seed=SEED,
                       chunk_size=faiss_index.DEFAULT_CHUNK_SIZE):
     """An approximate faiss index over `db` (inner product) and a dict describing it.
 

@@ -13,8 +13,9 @@ images dropped), Tokyo 24/7 (panorama non-max suppression, day/sunset/night reca
 640x480). Memory: database descriptors stay float32 (or float16, or an `np.memmap`) and are
 searched block by block (`tf_netvlad.evaluation.ranking`), never copied whole or converted to float64; the
 positives come from a KD-tree over the UTM positions. An approximate IVF-PQ index can be scored
-beside the exact search (`approximate=`). Tables and JSON: `tf_netvlad.evaluation.report` (re-exported).
+beside the exact search (`approximate=`).
 
+`evaluate` parses `image_size` and `query_image_size` once and records their text in the results.
 Importing this module does not import TensorFlow; `evaluate` imports `extract` lazily.
 """
 
@@ -23,9 +24,10 @@ import os
 
 import numpy as np
 
+from tf_netvlad.data.image_size import format_image_size, parse_image_size
+from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, SEED
+from tf_netvlad.evaluation import protocols, ranking
 from tf_netvlad.search import faiss_index as faiss_index
-from tf_netvlad.evaluation import protocols
-from tf_netvlad.evaluation import ranking
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +153,7 @@ def _check_conditions(conditions, num_queries):
 def evaluate_descriptors(
     db_desc, query_desc, positives, ns=DEFAULT_RECALL_NS, chunk_size=faiss_index.DEFAULT_CHUNK_SIZE,
     return_ids=False, exclude=None, protocol="pitts", conditions=None, approximate=None,
-    approx_train_size=None, approx_nprobe=None, seed=43, db_chunk_rows=None,
+    approx_train_size=None, approx_nprobe=None, seed=SEED, db_chunk_rows=None,
 ):
     """recall@N from precomputed descriptors (exact faiss inner-product search, streamed).
 
@@ -251,10 +253,11 @@ def _extract(extract, model, paths, root, image_size, batch_size, progress, on_e
 
 
 def _reason(path, root):
-    from tf_netvlad.data import pipelines
+    from tf_netvlad.data.fileio import resolve_paths
+    from tf_netvlad.data.images import diagnose_image
 
-    full = pipelines.resolve_paths([path], root)[0]
-    return pipelines.diagnose_image(full) or "could not be read or decoded"
+    full = resolve_paths([path], root)[0]
+    return diagnose_image(full) or "could not be read or decoded"
 
 
 def _approximate_recall(db_desc, query_desc, positives, ns, k, exclude, protocol, conditions,
@@ -280,7 +283,7 @@ def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
         raise ValueError(f"`descriptor_dtype` must be 'float32' or 'float16'. Received: {dtype!r}")
     if dtype == "float32" and memmap_dir is None:
         return None
-    dim = extract._static_dim(model)
+    dim = extract.static_output_dim(model)
     if dim is None:
         raise ValueError(
             f"Model {model.name!r} has no static output dim, so descriptor_dtype={dtype!r} / "
@@ -296,7 +299,8 @@ def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
 
 
 def evaluate(
-    model, split, root=None, image_size=None, ns=DEFAULT_RECALL_NS, batch_size=8, progress=True,
+    model, split, root=None, image_size=None, ns=DEFAULT_RECALL_NS, batch_size=EXTRACT_BATCH_SIZE,
+    progress=True,
     return_ids=False, protocol="auto", query_image_size="auto", approximate=None,
     approx_train_size=None, approx_nprobe=None, descriptor_dtype="float32", memmap_dir=None,
     on_error="raise",
@@ -308,14 +312,15 @@ def evaluate(
         split: a `places.PlaceSplit` (`db_paths`, `query_paths`, `positives()`, `root`, `name`).
         root: image root; defaults to `split.root`.
         image_size: resize policy of the database images, and of the queries unless
-            `query_image_size` says otherwise (`None` = full resolution, as MATLAB).
+            `query_image_size` says otherwise (`None`/"keep" = full resolution, as MATLAB; a max
+            side 640 or "640"; `(H, W)` or "480x640").
         ns: N values; `REFERENCE_RECALL_NS` gives MATLAB's [1:5, 10:5:100].
         batch_size, progress: passed to `extract.extract_descriptors`.
         return_ids: also return the retrieved db ids `(Q, max N)` (-1 in empty slots).
         protocol: "auto" (from the split: Tokyo 24/7 by name, TokyoTM by time stamps, else
             Pittsburgh), "pitts", "tokyo247" or "tokyotm"; see `tf_netvlad.evaluation.protocols`.
         query_image_size: "auto" (= `image_size`, but at most 640 on the longer side for Tokyo
-            24/7, see `protocols.query_image_size`) or an explicit policy.
+            24/7, see `protocols.query_image_size`) or an explicit policy (as `image_size`).
         approximate, approx_train_size, approx_nprobe: IVF-PQ recall beside the exact one, see
             `evaluate_descriptors`.
         descriptor_dtype: "float32" (default) or "float16" (half the memory) for the database
@@ -334,9 +339,11 @@ def evaluate(
     import contextlib
 
     from tf_netvlad.data import pipelines
-    from tf_netvlad.data.image_size import format_image_size
     from tf_netvlad.models import extract
 
+    image_size = parse_image_size(image_size)
+    if not protocols.is_auto(query_image_size):
+        query_image_size = parse_image_size(query_image_size)
     ns = _check_ns(ns)
     protocol = protocols.resolve_protocol(protocol, split)
     query_size = protocols.query_image_size(protocol, image_size, query_image_size)
@@ -346,7 +353,7 @@ def evaluate(
     if protocol == "tokyo247":
         protocols.check_panorama_layout(len(split.db_paths))
     pipelines.check_on_error(on_error)
-    dim = extract._static_dim(model)
+    dim = extract.static_output_dim(model)
     if approximate and dim is not None:  # fail before the extraction, not after it
         ranking.check_approximate(len(split.db_paths), dim, approximate, approx_train_size,
                                   approx_nprobe)

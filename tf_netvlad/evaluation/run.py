@@ -1,23 +1,24 @@
 """recall@N of a model on a split, with the JSON, curve and retrieval-grid outputs the CLI and notebooks show."""
 
+from tf_netvlad.defaults import EXTRACT_BATCH_SIZE
 
-def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size=8,
+
+def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size=EXTRACT_BATCH_SIZE,
                    json_path=None, plot_path=None, retrievals_path=None, num_examples=8,
                    top_k=5, label=None, progress=True, **protocol_options):
     """recall@N of `model` on `split`.
 
-    `protocol_options` go to `evaluation.evaluate` (`protocol`, `query_image_size`,
-    `approximate`, `approx_train_size`, `approx_nprobe`, `descriptor_dtype`, `memmap_dir`,
-    `on_error`).
+    `image_size` (parsed there) and `protocol_options` go to `evaluation.recall.evaluate`
+    (`protocol`, `query_image_size`, `approximate`, `approx_train_size`, `approx_nprobe`,
+    `descriptor_dtype`, `memmap_dir`, `on_error`).
     Optionally writes the results as JSON, a recall@N curve PNG, and a PNG grid of the first
     `num_examples` queries with their top `top_k` retrieved images (green: within the positive
     radius, red: not; after panorama NMS for Tokyo 24/7).
     """
     import numpy as np
 
-    from tf_netvlad.evaluation import recall
+    from tf_netvlad.evaluation import plots, recall
     from tf_netvlad.evaluation.report import write_json
-    from tf_netvlad.evaluation import plots
 
     results, ids = recall.evaluate(
         model, split, root=root, image_size=image_size,

@@ -10,16 +10,13 @@ Layout written by `export_saved_model(model, "saved_models/netvlad")`::
         assets.extra/tf_serving_warmup_requests   PredictionLog records replayed at load time
         assets.extra/tf_netvlad.json              metadata (backbone, K, dims, preprocessing, ...)
 
-The signature keys, the warmup requests, the metadata and the example server configs are written by
-`tf_netvlad.export.serving_files`.
-
 Signatures (all `method_name: tensorflow/serving/predict`, all returning
 `{"descriptor": float32 [B, D]}` with unit L2 norm):
 
 * `serving_default(images: float32 [B, H, W, 3])`: RGB 0..255, any H and W (one size per request).
 * `serve_bytes(image_bytes: string [B])`: encoded JPEG/PNG/GIF/BMP; decoded in the graph exactly
-  as `tf_netvlad.data.pipelines.decode_image` (JPEG bit-exact with PIL) and resized with the same policy
-  as extraction (`tf_netvlad.data.pipelines.resize_image`). A fixed `(H, W)` size decodes the whole request
+  as `tf_netvlad.data.images.decode_image` (JPEG bit-exact with PIL) and resized with the same policy
+  as extraction (`tf_netvlad.data.images.resize_image`). A fixed `(H, W)` size decodes the whole request
   and runs one batched forward pass; "keep" or a max side run the model once per image (images of
   different shapes cannot be stacked), which is exact but slower on GPU.
 
@@ -37,14 +34,27 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_netvlad.data import pipelines
+from tf_netvlad.data.image_size import check_image_size, parse_image_size
 from tf_netvlad.data.images import decode_and_resize
+from tf_netvlad.defaults import PAPER_IMAGE_SIZE
+from tf_netvlad.export.serving_files import (
+    BATCHING_PARAMETERS,
+    BYTES_KEY,
+    IMAGES_KEY,
+    METADATA_FILE,
+    MODELS_CONFIG,
+    OUTPUT_KEY,
+    SERVING_API_HINT,
+    SIGNATURES,
+    WARMUP_FILE,
+    metadata,
+    write_if_absent,
+    write_warmup,
+)
+from tf_netvlad.layers.netvlad import L2_EPSILON
 from tf_netvlad.models.model import resolve_model
-from tf_netvlad.export.serving_files import _SERVING_API_HINT, BATCHING_PARAMETERS, BYTES_KEY, DEFAULT_IMAGE_SIZE, IMAGES_KEY, METADATA_FILE, MODELS_CONFIG, OUTPUT_KEY, SIGNATURES, WARMUP_FILE, metadata, write_if_absent, write_warmup
 
 logger = logging.getLogger(__name__)
-
-_L2_EPSILON = 1e-12  # as PCAWhitening's final L2
 
 
 # --------------------------------------------------------------------------- inputs
@@ -74,14 +84,15 @@ def _check_descriptor_dim(model, descriptor_dim):
 # --------------------------------------------------------------------------- serving functions
 
 
-def serving_functions(model, image_size=DEFAULT_IMAGE_SIZE, descriptor_dim=None):
+def serving_functions(model, image_size, descriptor_dim=None):
     """The signature functions and input specs: `{name: (fn, [tf.TensorSpec])}`.
 
     Each fn takes one tensor and returns `{"descriptor": float32 [B, D]}`; they are graph-safe
-    without autograph (what `ExportArchive.add_endpoint` traces). `descriptor_dim` keeps the first
-    dims of the whitened output and L2-normalises again (MATLAB `cropToDim`).
+    without autograph (what `ExportArchive.add_endpoint` traces). `image_size` is the parsed
+    resize policy of `serve_bytes`. `descriptor_dim` keeps the first dims of the whitened output
+    and L2-normalises again (MATLAB `cropToDim`).
     """
-    image_size = pipelines.parse_image_size(image_size)
+    check_image_size(image_size)
     crop = _check_descriptor_dim(model, descriptor_dim)
     dim = crop or model.descriptor_dim
 
@@ -89,7 +100,7 @@ def serving_functions(model, image_size=DEFAULT_IMAGE_SIZE, descriptor_dim=None)
         out = tf.cast(model(images, training=False), tf.float32)
         if crop is not None:
             out = out[:, :crop]
-            out = out / (tf.sqrt(tf.reduce_sum(tf.square(out), axis=-1, keepdims=True)) + _L2_EPSILON)
+            out = out / (tf.sqrt(tf.reduce_sum(tf.square(out), axis=-1, keepdims=True)) + L2_EPSILON)
         return out
 
     # Loaded signatures (and TF Serving) do not check feeds against the placeholder shape: a
@@ -186,7 +197,7 @@ def _move_into_place(tmp, target, overwrite):
 
 
 def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
-                       image_size=DEFAULT_IMAGE_SIZE, descriptor_dim=None, model_name=None,
+                       image_size=PAPER_IMAGE_SIZE, descriptor_dim=None, model_name=None,
                        warmup=True):
     """Writes a TF Serving SavedModel to `base_dir/<version>/` and returns that path.
 
@@ -196,9 +207,10 @@ def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
             `saved_models/netvlad`. Created if needed.
         version: positive int, or None for the next free integer version (1 for a new base_dir).
         overwrite: replace an existing `version`. Without it an existing version is an error.
-        image_size: resize policy of `serve_bytes`, as in `tf_netvlad.data.pipelines.parse_image_size`:
-            `(H, W)` (default `(480, 640)`: one batched forward pass per request), an int max
-            side, or None ("keep", full resolution). Use the policy the database descriptors
+        image_size: resize policy of `serve_bytes`, as in
+            `tf_netvlad.data.image_size.parse_image_size`: `(H, W)` or "HxW" (default
+            `(480, 640)`: one batched forward pass per request), an int max side, or None
+            ("keep", full resolution). Use the policy the database descriptors
             were extracted with, or query and database descriptors will not match.
         descriptor_dim: None, or keep the first `descriptor_dim` dims of the whitened output and
             L2-normalise again. Needs a model with whitening; at most its whitened size.
@@ -213,8 +225,8 @@ def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
     place only when it is complete, so TF Serving never sees a half-written version and a failed
     export leaves nothing behind.
     """
+    image_size = parse_image_size(image_size)
     model, source = resolve_model(model_or_path)
-    image_size = pipelines.parse_image_size(image_size)
     functions = serving_functions(model, image_size, descriptor_dim)
     crop = _check_descriptor_dim(model, descriptor_dim)
     base_dir = Path(base_dir)
@@ -226,7 +238,7 @@ def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
         try:
             import tensorflow_serving.apis.prediction_log_pb2  # noqa: F401
         except ImportError as err:
-            raise ImportError(_SERVING_API_HINT) from err
+            raise ImportError(SERVING_API_HINT) from err
     base_dir.mkdir(parents=True, exist_ok=True)
     target = base_dir / str(version)
     tmp = base_dir / f".tmp-export-{version}-{uuid.uuid4().hex[:8]}"

@@ -1,7 +1,8 @@
 """The files written beside an exported SavedModel: signature names and keys, warmup requests,
 metadata, and the example TF Serving configs (`models.config`, `batching_parameters.txt`).
 
-Used by `tf_netvlad.export.saved_model.export_saved_model`, which re-exports the constants.
+Every function here takes the parsed resize policy (`tf_netvlad.data.image_size`) that
+`export_saved_model` parsed.
 """
 
 import datetime
@@ -13,9 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data.image_size import format_image_size
+from tf_netvlad.defaults import PAPER_IMAGE_SIZE
 
-# Pittsburgh / Tokyo 24/7 images are 640 x 480 (landscape); the NetVLAD training resolution.
-DEFAULT_IMAGE_SIZE = (480, 640)
 OUTPUT_KEY = "descriptor"
 IMAGES_KEY = "images"
 BYTES_KEY = "image_bytes"
@@ -23,7 +23,7 @@ SIGNATURES = ("serving_default", "serve_bytes")
 METADATA_FILE = "tf_netvlad.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 
-_SERVING_API_HINT = (
+SERVING_API_HINT = (
     "Writing the TF Serving warmup file needs the protos of `tensorflow-serving-api`. Install it "
     "with `pip install --no-deps tensorflow-serving-api` (without --no-deps pip also installs the "
     "full `tensorflow` wheel over tensorflow-cpu), or export with warmup=False."
@@ -31,11 +31,13 @@ _SERVING_API_HINT = (
 
 
 def _warmup_shape(image_size):
+    """(H, W) of the warmup images: the fixed size, a 4:3 image of the max side, or for "keep"
+    a Pittsburgh-sized one."""
     if isinstance(image_size, tuple):
         return image_size
     if isinstance(image_size, int):
         return (max(1, (image_size * 3) // 4), image_size)
-    return DEFAULT_IMAGE_SIZE
+    return PAPER_IMAGE_SIZE
 
 
 def _synthetic_image(height, width, seed):
@@ -51,7 +53,7 @@ def write_warmup(path, model_name, image_size):
     try:
         from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
     except ImportError as err:
-        raise ImportError(_SERVING_API_HINT) from err
+        raise ImportError(SERVING_API_HINT) from err
     height, width = _warmup_shape(image_size)
     jpegs = [
         tf.io.encode_jpeg(_synthetic_image(h, w, seed), quality=90).numpy()
@@ -72,12 +74,12 @@ def write_warmup(path, model_name, image_size):
 
 
 def metadata(model, image_size, descriptor_dim, source, version):
-    import tf_netvlad
+    from tf_netvlad.version import __version__
 
     netvlad_dim = int(model.netvlad.output.shape[-1])
     return {
         "format": "tf_netvlad.saved_model/1",
-        "tf_netvlad_version": tf_netvlad.__version__,
+        "tf_netvlad_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

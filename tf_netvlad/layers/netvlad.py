@@ -1,20 +1,25 @@
-"""The NetVLAD layer (soft-assignment VLAD pooling) and its k-means α rule."""
+"""The NetVLAD layer (soft-assignment VLAD pooling), its k-means α rule, and the two L2
+normalisations (MatConvNet and MATLAB semantics) the model's layers share."""
 
 import math
 
 import keras
 import numpy as np
 from keras import ops
+
 from tf_netvlad.defaults import DEFAULT_VARIANT, NETVLAD_VARIANTS, NUM_CLUSTERS
 
+# ε of every L2 normalisation of the model (NetVLAD, PCAWhitening, the export's re-L2 after a
+# crop), as MatConvNet's `normalize` layers of the official models (checked by the converter).
+L2_EPSILON = 1e-12
 
 
-def l2_normalize_sqrt(x, axis=-1, epsilon=1e-12):
+def l2_normalize_sqrt(x, axis=-1, epsilon=L2_EPSILON):
     """MatConvNet `normalize` semantics: x / sqrt(sum(x²) + ε) (preL2, intra-normalisation)."""
     return x / ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True) + epsilon)
 
 
-def l2_normalize_norm(x, axis=-1, epsilon=1e-12):
+def l2_normalize_norm(x, axis=-1, epsilon=L2_EPSILON):
     """MATLAB `relja_l2normalize_col` semantics: x / (‖x‖ + ε) (postL2, finalL2)."""
     return x / (ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True)) + epsilon)
 
@@ -71,7 +76,7 @@ class NetVLAD(keras.layers.Layer):
         variant=DEFAULT_VARIANT,
         pre_l2=True,
         intra_normalize=True,
-        epsilon=1e-12,
+        epsilon=L2_EPSILON,
         **kwargs,
     ):
         super().__init__(**kwargs)

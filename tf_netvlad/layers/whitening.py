@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_netvlad.layers.netvlad import l2_normalize_norm
+from tf_netvlad.layers.netvlad import L2_EPSILON, l2_normalize_norm
 
 
 def fit_pca_whitening(descriptors, num_components, epsilon=1e-9):
@@ -73,7 +73,7 @@ class PCAWhitening(keras.layers.Layer):
         float tensor `(batch, num_components)` with unit L2 norm.
     """
 
-    def __init__(self, num_components, epsilon=1e-12, **kwargs):
+    def __init__(self, num_components, epsilon=L2_EPSILON, **kwargs):
         super().__init__(**kwargs)
         if isinstance(num_components, bool) or not isinstance(num_components, (int, np.integer)) or num_components < 1:
             raise ValueError(

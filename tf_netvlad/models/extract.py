@@ -3,8 +3,10 @@
 This is the only place that turns images into NumPy arrays. It accepts any `keras.Model` that maps
 float32 RGB images `[B, H, W, 3]` in 0..255 to descriptors `[B, D]` (or, for
 `sample_local_features`, to local features `[B, h, w, D]`); preprocessing lives inside the model.
-Images are read with `data.ImageBatches` (parallel decode, prefetch, input order kept, errors name
-the file). Outputs are float32 and never go through float64.
+Images are read with `data.pipelines.ImageBatches` (parallel decode, prefetch, input order kept,
+errors name the file). `extract_descriptors` and `sample_local_features` parse `image_size`
+(`data.image_size.parse_image_size`); `make_predict_fn` takes the parsed policy. Outputs are
+float32 and never go through float64.
 """
 
 import logging
@@ -14,6 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data import pipelines
+from tf_netvlad.data.fileio import resolve_paths
+from tf_netvlad.data.image_size import check_image_size, parse_image_size
+from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INIT_IMAGES, INIT_PER_IMAGE, SEED
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +44,12 @@ _PREDICT_FNS = weakref.WeakKeyDictionary()
 def make_predict_fn(model, image_size=None):
     """Wraps `model(images, training=False)` in one `tf.function` traced once per policy.
 
-    The input signature is `[None, H, W, 3]` for a fixed `(H, W)` policy and `[None, None, None, 3]`
-    otherwise, so "keep" does not retrace for every new image shape. The function is cached per
-    model and policy, so repeated extractions (cache refreshes, per-epoch validation) reuse
-    one trace.
+    `image_size` is the parsed policy. The input signature is `[None, H, W, 3]` for a fixed
+    `(H, W)` policy and `[None, None, None, 3]` otherwise, so "keep" does not retrace for every new
+    image shape. The function is cached per model and policy, so repeated extractions (cache
+    refreshes, per-epoch validation) reuse one trace.
     """
-    size = pipelines.parse_image_size(image_size)
+    size = check_image_size(image_size)
     height, width = size if isinstance(size, tuple) else (None, None)
     cache = _PREDICT_FNS.setdefault(model, {})
     if (height, width) not in cache:
@@ -80,7 +85,7 @@ def extract_descriptors(
     paths,
     root=None,
     image_size=None,
-    batch_size=8,
+    batch_size=EXTRACT_BATCH_SIZE,
     progress=True,
     on_error="raise",
     out=None,
@@ -91,7 +96,8 @@ def extract_descriptors(
         model: `keras.Model` mapping float32 images `[B, H, W, 3]` (0..255 RGB) to `[B, D]`.
         paths: sequence of image paths, relative to `root` unless absolute.
         root: optional directory joined onto relative paths.
-        image_size: resize policy (`None`/"keep", max side int, or `(H, W)`); see `tf_netvlad.data.pipelines`.
+        image_size: resize policy (`None`/"keep", max side int or "640", `(H, W)` or "480x640");
+            see `tf_netvlad.data.pipelines`.
         batch_size: images per model call (consecutive equal-shaped images for "keep"/max side).
         progress: show a tqdm progress bar.
         on_error: "raise" raises `data.ImageReadError` naming the first file that cannot be loaded;
@@ -104,9 +110,10 @@ def extract_descriptors(
         `(descriptors, skipped)` where `skipped` is an int64 array of indices into `paths` whose rows
         are NaN.
     """
+    image_size = parse_image_size(image_size)
     batches = pipelines.ImageBatches(paths, root, image_size, batch_size, on_error)
     count = len(batches)
-    dim = _static_dim(model)
+    dim = static_output_dim(model)
     if out is not None:
         _check_out(out, count, dim)
     predict = make_predict_fn(model, image_size)
@@ -148,7 +155,8 @@ def _contiguous(indices):
     return indices[-1] - indices[0] + 1 == len(indices)
 
 
-def _static_dim(model):
+def static_output_dim(model):
+    """The descriptor dim D of a model with a static `[B, D]` output, else None."""
     try:
         shape = model.output_shape
     except (AttributeError, ValueError):
@@ -164,11 +172,11 @@ def sample_local_features(
     feature_model,
     paths,
     root=None,
-    num_images=500,
-    per_image=100,
+    num_images=INIT_IMAGES,
+    per_image=INIT_PER_IMAGE,
     image_size=None,
-    seed=43,
-    batch_size=8,
+    seed=SEED,
+    batch_size=EXTRACT_BATCH_SIZE,
     progress=True,
 ):
     """Samples local features for k-means initialisation of NetVLAD (MATLAB `getClusters.m` recipe).
@@ -192,10 +200,10 @@ def sample_local_features(
         float32 array `(sum_i min(per_image, h_i * w_i), D)`, which is
         `(min(num_images, n) * per_image, D)` whenever every map has >= `per_image` locations.
     """
-    for name, value in (("num_images", num_images), ("per_image", per_image)):
-        if not pipelines._is_int(value) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
-    full_paths = pipelines.resolve_paths(paths, root)
+    pipelines.check_positive_int(num_images, "num_images")
+    pipelines.check_positive_int(per_image, "per_image")
+    image_size = parse_image_size(image_size)
+    full_paths = resolve_paths(paths, root)
     if not full_paths:
         raise ValueError("`paths` is empty: need at least one image to sample local features.")
     rng = np.random.default_rng(seed)

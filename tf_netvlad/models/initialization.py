@@ -1,19 +1,35 @@
-"""k-means initialisation of the NetVLAD layer on sampled local features (the reference recipe)."""
+"""Fitting a model to database images: k-means initialisation of the NetVLAD layer on sampled
+local features (the reference recipe, `initialize_netvlad` / `init_model`) and PCA-whitening on
+database descriptors (`fit_whitening`). Each public function parses `image_size` once."""
 
 import logging
 
 import numpy as np
 
+from tf_netvlad.data.image_size import parse_image_size
+from tf_netvlad.defaults import (
+    DEFAULT_VARIANT,
+    EXTRACT_BATCH_SIZE,
+    INIT_IMAGES,
+    INIT_PER_IMAGE,
+    KMEANS_NITER,
+    NUM_CLUSTERS,
+    SEED,
+    WHITEN_MAX_IMAGES,
+)
+from tf_netvlad.layers.netvlad import default_alpha, top2_margins
 from tf_netvlad.models import extract
 from tf_netvlad.search import faiss_index
-from tf_netvlad.layers.netvlad import default_alpha, top2_margins
-from tf_netvlad.defaults import DEFAULT_VARIANT, NUM_CLUSTERS
+
+# Whitened dimensions kept by `fit_whitening` (the paper's 4096-D whitened NetVLAD).
+WHITEN_COMPONENTS = 4096
 
 log = logging.getLogger(__name__)
 
 
-def initialize_netvlad(model, paths, root=None, image_size=None, num_images=500, per_image=100,
-                       niter=100, seed=43, batch_size=8, progress=True):
+def initialize_netvlad(model, paths, root=None, image_size=None, num_images=INIT_IMAGES,
+                       per_image=INIT_PER_IMAGE, niter=KMEANS_NITER, seed=SEED,
+                       batch_size=EXTRACT_BATCH_SIZE, progress=True):
     """Sets a model's NetVLAD centroids by k-means and α by the reference rule.
 
     Samples `per_image` local features from each of `num_images` database images (default
@@ -26,6 +42,7 @@ def initialize_netvlad(model, paths, root=None, image_size=None, num_images=500,
         dict with `num_descriptors`, `alpha`, `assignment_ratio` (geometric mean of the
         top-1/top-2 soft-assignment ratio after init, ≈ 100), `median_ratio` and `kmeans_mse`.
     """
+    image_size = parse_image_size(image_size)
     layer = model.netvlad
     local = extract.sample_local_features(
         model.local_features_model(), paths, root=root, num_images=num_images,
@@ -57,8 +74,8 @@ def initialize_netvlad(model, paths, root=None, image_size=None, num_images=500,
 
 
 def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=NUM_CLUSTERS, variant=DEFAULT_VARIANT,
-               whitening_dim=None, image_size=None, num_images=500, per_image=100, niter=100,
-               seed=43, batch_size=8, progress=True):
+               whitening_dim=None, image_size=None, num_images=INIT_IMAGES, per_image=INIT_PER_IMAGE,
+               niter=KMEANS_NITER, seed=SEED, batch_size=EXTRACT_BATCH_SIZE, progress=True):
     """Builds a model and initialises its NetVLAD layer by k-means on `split`'s database images.
 
     This is the paper's "off-the-shelf NetVLAD". Returns `(model, init_stats)`.
@@ -67,6 +84,7 @@ def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=NU
 
     if whitening_dim is not None:
         raise ValueError("Whitening is fitted after initialisation: use `fit-whitening`.")
+    image_size = parse_image_size(image_size)
     model = build_model(backbone, weights=weights, num_clusters=num_clusters, variant=variant)
     stats = initialize_netvlad(
         model, split.db_paths, root=root if root is not None else split.root,
@@ -76,8 +94,9 @@ def init_model(split, root=None, backbone="vgg16", weights=None, num_clusters=NU
     return model, stats
 
 
-def fit_whitening(model, paths, root=None, image_size=None, num_components=4096, max_images=10000,
-                  seed=43, batch_size=8, progress=True):
+def fit_whitening(model, paths, root=None, image_size=None, num_components=WHITEN_COMPONENTS,
+                  max_images=WHITEN_MAX_IMAGES, seed=SEED, batch_size=EXTRACT_BATCH_SIZE,
+                  progress=True):
     """Fits PCA-whitening on database descriptors and returns the model with it appended.
 
     As MATLAB `addPCA.m`: NetVLAD descriptors of at most `max_images` random database images
@@ -85,11 +104,12 @@ def fit_whitening(model, paths, root=None, image_size=None, num_components=4096,
     `PCAWhitening` layer (+ L2) on a copy of `model` (`model.with_whitening`). `num_components`
     must be <= min(descriptor dim, number of images − 1).
     """
-    from tf_netvlad.models.model import with_whitening
     from tf_netvlad.layers.whitening import fit_pca_whitening
+    from tf_netvlad.models.model import with_whitening
 
     if model.whitening_dim is not None:
         raise ValueError(f"Model {model.name!r} is already whitened (dim {model.whitening_dim}).")
+    image_size = parse_image_size(image_size)
     paths = list(paths)
     if not paths:
         raise ValueError("`paths` is empty: PCA-whitening needs database images.")

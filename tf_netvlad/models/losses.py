@@ -22,8 +22,8 @@ over replicas equal the single-device gradient (`NetVLADModel.train_step` does t
 """
 
 from keras import ops
-from tf_netvlad.defaults import LOSS_REDUCTIONS
 
+from tf_netvlad.defaults import LOSS_REDUCTIONS, MARGIN
 
 # Stands in for the distance to a masked-out positive: larger than any d² between unit vectors (4).
 _MASKED_DISTANCE = 1e9
@@ -41,7 +41,8 @@ def squared_distances(query, candidates):
     return ops.sum(ops.square(diff), axis=-1)
 
 
-def ranking_loss_terms(query, positives, negatives, positive_mask=None, negative_mask=None, margin=0.1):
+def ranking_loss_terms(query, positives, negatives, positive_mask=None, negative_mask=None,
+                       margin=MARGIN):
     """The hinge terms of the ranking loss and the quantities reported as metrics.
 
     Args:
@@ -105,7 +106,7 @@ def reduce_ranking_loss(hinge_sum, num_queries, num_violating, reduction="sum"):
     return ops.divide_no_nan(hinge_sum, ops.cast(denominator, "float32"))
 
 
-def ranking_loss(query, positives, negatives, positive_mask=None, negative_mask=None, margin=0.1,
+def ranking_loss(query, positives, negatives, positive_mask=None, negative_mask=None, margin=MARGIN,
                  reduction="sum"):
     """The NetVLAD ranking loss of one batch (single device). See the module docstring.
 

@@ -1,16 +1,17 @@
 """NetVLADModel: images -> preprocessing -> backbone -> NetVLAD -> (whitening) -> descriptor."""
 
+import copy
 import os
 
 import keras
 
-from tf_netvlad.models import backbones as backbones_lib
-from tf_netvlad.models import losses
+from tf_netvlad.data.fileio import atomic_path
+from tf_netvlad.defaults import DEFAULT_VARIANT, MARGIN, NUM_CLUSTERS
 from tf_netvlad.layers.netvlad import NetVLAD
 from tf_netvlad.layers.preprocessing import ImagePreprocessing
 from tf_netvlad.layers.whitening import PCAWhitening
-from tf_netvlad.data.fileio import atomic_path
-from tf_netvlad.defaults import DEFAULT_VARIANT, NUM_CLUSTERS
+from tf_netvlad.models import backbones as backbones_lib
+from tf_netvlad.models import losses
 
 
 def _as_preprocessing(preprocessing):
@@ -69,7 +70,7 @@ class NetVLADModel(keras.Model):
     """
 
     def __init__(self, backbone, preprocessing="raw", num_clusters=NUM_CLUSTERS, variant=DEFAULT_VARIANT, pre_l2=True,
-                 intra_normalize=True, whitening_dim=None, margin=0.1, backbone_name=None, **kwargs):
+                 intra_normalize=True, whitening_dim=None, margin=MARGIN, backbone_name=None, **kwargs):
         if not isinstance(backbone, keras.Model):
             raise ValueError(f"`backbone` must be a keras.Model. Received: {type(backbone).__name__}")
         if len(backbone.output_shape) != 4:
@@ -279,7 +280,7 @@ class NetVLADModel(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras's deserialisation consumes the nested dicts it reads
         config["backbone"] = keras.layers.deserialize(config["backbone"], custom_objects=custom_objects)
         config["preprocessing"] = keras.layers.deserialize(config["preprocessing"], custom_objects=custom_objects)
         return cls(**config)
@@ -295,7 +296,7 @@ def _multi_worker(strategy):
 
 def build_model(backbone="tiny", weights=None, trainable_from="default", preprocessing=None,
                 num_clusters=NUM_CLUSTERS, variant=DEFAULT_VARIANT, pre_l2=True, intra_normalize=True,
-                whitening_dim=None, margin=0.1, name=None):
+                whitening_dim=None, margin=MARGIN, name=None):
     """Builds a `NetVLADModel` from keyword arguments.
 
     `backbone` is a name from `tf_netvlad.BACKBONES` (or a ready `keras.Model`); `weights` is

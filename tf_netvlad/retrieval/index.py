@@ -25,7 +25,10 @@ others are indexed (`on_error="skip"`, the default here).
 The model fingerprint (`tf_netvlad.models.identity`) is a SHA-256 of the model's architecture and
 one of its weight values. Searching or adding with a model whose fingerprint, weights or dim
 differ from the index's is refused, because its descriptors are not comparable with the stored
-ones. The file handling lives in `tf_netvlad.retrieval.storage`.
+ones.
+
+`build_retrieval_index` parses `image_size` once and stores its text (`format_image_size`);
+`RetrievalIndex.image_size` parses the stored text back, and `add` extracts with it.
 
 This module imports TensorFlow only when a model is loaded or images are extracted.
 """
@@ -34,16 +37,23 @@ import logging
 import os
 from pathlib import Path
 
-from tf_netvlad.search import faiss_index as faiss_lib
-from tf_netvlad.retrieval import storage as storage
 from tf_netvlad.data.fileio import resolve_paths
-from tf_netvlad.search.index_kinds import IVF_TRAIN_SIZE, KINDS, TRAIN_BYTES, _apply_search_params, _check_factory, resolve_kind
-from tf_netvlad.retrieval.storage import FORMAT, FORMAT_VERSION, METADATA_FILE, PROGRESS_FILE
+from tf_netvlad.data.image_size import format_image_size, parse_image_size
+from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INDEX_CHUNK_SIZE, SEED
 from tf_netvlad.models.identity import check_compatible, load_descriptor_model, model_fingerprint
+from tf_netvlad.retrieval import storage as storage
+from tf_netvlad.retrieval.storage import FORMAT, FORMAT_VERSION, METADATA_FILE, PROGRESS_FILE
+from tf_netvlad.search import faiss_index as faiss_lib
+from tf_netvlad.search.index_kinds import (
+    IVF_TRAIN_SIZE,
+    KINDS,
+    TRAIN_BYTES,
+    apply_search_params,
+    check_factory,
+    resolve_kind,
+)
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CHUNK_SIZE = 256
 
 
 # --------------------------------------------------------------------------- build
@@ -51,8 +61,8 @@ DEFAULT_CHUNK_SIZE = 256
 
 def build_retrieval_index(
     model_or_path, out_dir, images, positions=None, root=None, image_size=None, kind="flat",
-    float16=False, batch_size=8, chunk_size=DEFAULT_CHUNK_SIZE, on_error="skip", resume=True,
-    overwrite=False, progress=True, seed=43,
+    float16=False, batch_size=EXTRACT_BATCH_SIZE, chunk_size=INDEX_CHUNK_SIZE, on_error="skip",
+    resume=True, overwrite=False, progress=True, seed=SEED,
 ):
     """Extracts descriptors of database images into `out_dir` and builds a faiss index over them.
 
@@ -65,8 +75,8 @@ def build_retrieval_index(
         positions: optional `(n, 2)` UTM positions (easting, northing), NaN where unknown;
             overrides the split's/folder's.
         root: image root for relative paths (default: the split's root).
-        image_size: resize policy (None/"keep", max side, or (H, W)); stored and reused by
-            `localize`.
+        image_size: resize policy (None/"keep", max side int or "640", (H, W) or "480x640");
+            stored and reused by `add` and `localize`.
         kind: "flat" (exact inner product, default), "ivfpq", "hnsw" or a faiss factory string;
             see `resolve_kind`. Approximate kinds are trained on a seeded random sample of up
             to 100k stored descriptors (and at most 1 GiB as float32).
@@ -86,9 +96,9 @@ def build_retrieval_index(
         the loaded `RetrievalIndex`.
     """
     from tf_netvlad.data import pipelines
-    from tf_netvlad.data.image_size import format_image_size
 
-    image_size = storage.check_options(image_size, batch_size, chunk_size, on_error)
+    image_size = parse_image_size(image_size)
+    storage.check_options(batch_size, chunk_size, on_error)
     resolve_kind(kind, 1, 4)
     paths, positions, root = storage.resolve_images(images, positions, root)
     full_paths = resolve_paths(paths, root)
@@ -98,7 +108,7 @@ def build_retrieval_index(
     fingerprint = model_fingerprint(model)
     dim = fingerprint["descriptor_dim"]
     if kind not in KINDS:
-        _check_factory(kind, dim)
+        check_factory(kind, dim)
     directory = _prepare_directory(out_dir, overwrite)
     dtype = "float16" if float16 else "float32"
     expected = {
@@ -176,7 +186,7 @@ def _finish_build(directory, state, paths, positions, root, kind, model_info, se
             "Use kind='flat' for small databases; the extracted descriptors are kept, so a "
             "re-run with another kind resumes without extracting again."
         ) from error
-    _apply_search_params(faiss_index, params)
+    apply_search_params(faiss_index, params)
     metadata.update(factory=factory, search_params=params)
     del db
     storage.commit(directory, metadata, faiss_index)
@@ -258,7 +268,7 @@ class RetrievalIndex:
                 f"of dim {faiss_index.d} but the metadata says {metadata['count']} of dim "
                 f"{metadata['dim']}: the index is damaged; rebuild it."
             )
-        _apply_search_params(faiss_index, metadata.get("search_params") or {})
+        apply_search_params(faiss_index, metadata.get("search_params") or {})
         return cls(directory, metadata, faiss_index)
 
     # ------------------------------------------------------------------ basics
@@ -280,9 +290,8 @@ class RetrievalIndex:
 
     @property
     def image_size(self):
-        from tf_netvlad.data import pipelines
-
-        return pipelines.parse_image_size(self.metadata["image_size"])
+        """The parsed resize policy the descriptors were extracted with (from the metadata)."""
+        return parse_image_size(self.metadata["image_size"])
 
     def full_path(self, i):
         """Path of indexed image `i`, joined onto the index root when relative."""
@@ -307,8 +316,8 @@ class RetrievalIndex:
         check_compatible(model, self.metadata["model"], f"Index {os.fspath(self.directory)!r}", label)
 
     # ------------------------------------------------------------------ growing
-    def add(self, model_or_path, images, positions=None, root=None, batch_size=8,
-            chunk_size=DEFAULT_CHUNK_SIZE, on_error="skip", progress=True):
+    def add(self, model_or_path, images, positions=None, root=None, batch_size=EXTRACT_BATCH_SIZE,
+            chunk_size=INDEX_CHUNK_SIZE, on_error="skip", progress=True):
         """Extracts and appends images to this index (same model and resize policy required).
 
         Args:
@@ -322,7 +331,8 @@ class RetrievalIndex:
         Returns:
             `self`, updated (new ids are `old count ... count - 1`, in input order minus skips).
         """
-        storage.check_options(self.metadata["image_size"], batch_size, chunk_size, on_error)
+        image_size = self.image_size
+        storage.check_options(batch_size, chunk_size, on_error)
         model, label = load_descriptor_model(model_or_path)
         self.check_model(model, label)
         paths, positions, root = storage.resolve_images(images, positions, root)
@@ -345,7 +355,7 @@ class RetrievalIndex:
                          descriptors_file=self.metadata["descriptors_file"], images_done=0,
                          rows_done=self.count, skipped=[])
             storage.write_json(state, self.directory / PROGRESS_FILE)
-        state = storage.extract_into(self.directory, state, model, full_paths, self.image_size,
+        state = storage.extract_into(self.directory, state, model, full_paths, image_size,
                                      batch_size, chunk_size, on_error, progress)
         kept = storage.kept_input_indices(len(paths), state["skipped"])
         metadata = dict(self.metadata)
@@ -356,9 +366,7 @@ class RetrievalIndex:
             {"path": stored_paths[s["input_index"]], "reason": s["reason"]}
             for s in state["skipped"]]
         db = storage.open_descriptors(self.directory, metadata)
-        for start in range(self.count, len(db), faiss_lib.DEFAULT_CHUNK_SIZE):
-            stop = min(len(db), start + faiss_lib.DEFAULT_CHUNK_SIZE)
-            self.faiss_index.add(faiss_lib._as_float32(db[start:stop], "descriptors", start))
+        faiss_lib.add_vectors(self.faiss_index, db, start=self.count)
         del db
         storage.commit(self.directory, metadata, self.faiss_index)
         storage.remove(self.directory, [PROGRESS_FILE])

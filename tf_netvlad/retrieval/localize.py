@@ -9,7 +9,7 @@ the first retrieved image that has one is the anchor. Weights are the inner-prod
 clipped to >= 1e-6. It returns None when no retrieved image has a position.
 
 A retrieval counts as correct when it lies within `radius` of the query's ground-truth position
-(25 m, as the Pittsburgh/Tokyo protocols).
+(25 m, the positive radius of the Pittsburgh/Tokyo protocols: `defaults.POS_DIST_THR_M`).
 
 Importing this module does not import TensorFlow; `localize` does, to run the model.
 """
@@ -18,12 +18,12 @@ import os
 
 import numpy as np
 
-from tf_netvlad.data.fileio import atomic_path
+from tf_netvlad.data.fileio import atomic_path, resolve_paths
+from tf_netvlad.data.image_size import parse_image_size
+from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, LOCALIZE_TOP_K, POS_DIST_THR_M
 
-DEFAULT_RADIUS = 25.0
 
-
-def estimate_position(positions, scores, radius=DEFAULT_RADIUS):
+def estimate_position(positions, scores, radius=POS_DIST_THR_M):
     """Similarity-weighted mean position of the retrievals within `radius` of the first one.
 
     Args:
@@ -62,8 +62,9 @@ def _position(p):
     return None if p is None or not np.isfinite(p).all() else [float(p[0]), float(p[1])]
 
 
-def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positions=None,
-             root=None, batch_size=8, radius=DEFAULT_RADIUS, progress=False, on_error="raise"):
+def localize(index, model_or_path, image_paths, k=LOCALIZE_TOP_K, image_size=None,
+             gt_positions=None, root=None, batch_size=EXTRACT_BATCH_SIZE, radius=POS_DIST_THR_M,
+             progress=False, on_error="raise"):
     """Retrieves the top-k database images for each query and estimates its position.
 
     Args:
@@ -72,7 +73,8 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
             refused with `ModelMismatchError`.
         image_paths: query image paths (relative to `root` unless absolute).
         k: number of retrieved database images per query.
-        image_size: resize policy for the queries; None uses the index's policy.
+        image_size: resize policy for the queries ("keep", max side, (H, W) or their text);
+            None uses the index's policy.
         gt_positions: optional `(Q, 2)` ground-truth positions (NaN rows = unknown).
         root: optional root for relative query paths.
         batch_size: images per model call.
@@ -90,7 +92,7 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
         unknown, i.e. a NaN row of `gt_positions`, or nothing was retrieved). A skipped query's dict
         has `query`, `error`, `top: []` and `estimated_position: None`.
     """
-    from tf_netvlad.data import pipelines
+    from tf_netvlad.data.images import diagnose_image
     from tf_netvlad.models import extract
     from tf_netvlad.models.identity import load_descriptor_model
     from tf_netvlad.retrieval.index import RetrievalIndex
@@ -99,13 +101,13 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
         index = RetrievalIndex.load(index)
     if isinstance(image_paths, (str, os.PathLike)):
         image_paths = [image_paths]
-    queries = pipelines.resolve_paths(image_paths, root)
+    queries = resolve_paths(image_paths, root)
     if not queries:
         raise ValueError("`image_paths` is empty: give at least one query image.")
     gt = _as_gt(gt_positions, len(queries))
     model, label = load_descriptor_model(model_or_path)
     index.check_model(model, label)
-    policy = index.image_size if image_size is None else pipelines.parse_image_size(image_size)
+    policy = index.image_size if image_size is None else parse_image_size(image_size)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"`on_error` must be 'raise' or 'skip'. Received: {on_error!r}")
     extracted = extract.extract_descriptors(model, queries, image_size=policy, batch_size=batch_size,
@@ -118,7 +120,7 @@ def localize(index, model_or_path, image_paths, k=5, image_size=None, gt_positio
         results[q] = _result(index, queries[q], scores[row], ids[row],
                              None if gt is None else gt[q], radius)
     for q in skipped:
-        reason = pipelines.diagnose_image(queries[q]) or "could not be read or decoded"
+        reason = diagnose_image(queries[q]) or "could not be read or decoded"
         results[q] = {"query": queries[q], "error": reason, "top": [], "estimated_position": None}
     return results
 
@@ -226,7 +228,7 @@ def format_results(results):
     return "\n".join(lines)
 
 
-def plot_localization(results, path, gt=None, radius=DEFAULT_RADIUS, thumb_size=160):
+def plot_localization(results, path, gt=None, radius=POS_DIST_THR_M, thumb_size=160):
     """PNG grid: each row a query then its retrieved images, best first.
 
     Retrievals get a green frame when within `radius` of the query's ground truth, red when

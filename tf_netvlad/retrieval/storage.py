@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_netvlad.search import faiss_index as faiss_lib
 from tf_netvlad.data.fileio import atomic_path
+from tf_netvlad.search import faiss_index as faiss_lib
 
 logger = logging.getLogger("tf_netvlad.retrieval.index")
 
@@ -183,16 +183,13 @@ def index_files(directory):
 # --------------------------------------------------------------------------- resumable streaming extraction
 
 
-def check_options(image_size, batch_size, chunk_size, on_error):
+def check_options(batch_size, chunk_size, on_error):
+    """Validates the extraction options of a build or an add before any work starts."""
     from tf_netvlad.data import pipelines
 
-    image_size = pipelines.parse_image_size(image_size)
     pipelines.check_batch_size(batch_size)
     pipelines.check_on_error(on_error)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive int. Received: chunk_size={chunk_size!r}")
-    return image_size
+    pipelines.check_positive_int(chunk_size, "chunk_size")
 
 
 def pending_state(directory, expected, what):
@@ -216,7 +213,8 @@ def pending_state(directory, expected, what):
 def extract_into(directory, state, model, full_paths, image_size, batch_size, chunk_size,
                  on_error, progress):
     """Appends descriptors of `full_paths[state.images_done:]` to the descriptor file, chunk by
-    chunk, moving `progress.json` forward after each flushed chunk. Mutates and returns `state`."""
+    chunk, moving `progress.json` forward after each flushed chunk. Mutates and returns `state`.
+    `image_size` is the parsed policy."""
     from tqdm.auto import tqdm
 
     from tf_netvlad.models import extract
@@ -258,9 +256,9 @@ def extract_into(directory, state, model, full_paths, image_size, batch_size, ch
 
 
 def diagnose(path):
-    from tf_netvlad.data import pipelines
+    from tf_netvlad.data.images import diagnose_image
 
-    return pipelines.diagnose_image(path) or "could not be read or decoded"
+    return diagnose_image(path) or "could not be read or decoded"
 
 
 def kept_input_indices(count, skipped):

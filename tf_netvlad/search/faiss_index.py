@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from tf_netvlad.defaults import KMEANS_NITER, SEED
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("ip", "l2")
@@ -65,7 +67,7 @@ def _check_metric(metric):
         raise ValueError(f"`metric` must be one of {METRICS}. Received: metric={metric!r}")
 
 
-def kmeans(x, k, niter=100, seed=43, max_points_per_centroid=None, verbose=False):
+def kmeans(x, k, niter=KMEANS_NITER, seed=SEED, max_points_per_centroid=None, verbose=False):
     """k-means with `faiss.Kmeans`, as MATLAB NetVLAD's `yael_kmeans(x, K, niter=100, seed=43)`.
 
     By default every point is used: faiss would otherwise subsample to 256 points per centroid
@@ -141,7 +143,7 @@ def empty_index(dim, kind="flat", metric="ip"):
 
 def build_index(
     db, kind="flat", metric="ip", chunk_size=DEFAULT_CHUNK_SIZE, nprobe=None, train_size=None,
-    seed=43,
+    seed=SEED,
 ):
     """Builds a faiss index over database descriptors.
 
@@ -171,8 +173,16 @@ def build_index(
             index.train(_as_float32(db[rows], "db"))
     if nprobe is not None:
         set_nprobe(index, nprobe)
-    for _, chunk in _chunks(db, chunk_size, "db"):
-        index.add(chunk)
+    return add_vectors(index, db, chunk_size=chunk_size, name="db")
+
+
+def add_vectors(index, x, start=0, chunk_size=DEFAULT_CHUNK_SIZE, name="descriptors"):
+    """Adds the rows `x[start:]` to `index` in float32 chunks (their ids follow `index.ntotal`).
+
+    A NaN or inf row raises `ValueError` naming `name` and its row in `x`. Returns `index`.
+    """
+    for offset in range(start, len(x), chunk_size):
+        index.add(_as_float32(x[offset : offset + chunk_size], name, offset))
     return index
 
 

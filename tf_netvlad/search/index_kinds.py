@@ -1,6 +1,7 @@
 """Retrieval-index kinds: "flat" | "ivfpq" | "hnsw" | a faiss factory string -> factory and
-search parameters, and the training-sample caps. Used by `tf_netvlad.retrieval.index` (which
-re-exports them); faiss itself is reached through `tf_netvlad.search.faiss_index`.
+search parameters, their check and application, and the training-sample caps of a retrieval
+index (`tf_netvlad.retrieval.index`). faiss itself is reached through
+`tf_netvlad.search.faiss_index`.
 """
 
 import math
@@ -49,14 +50,16 @@ def resolve_kind(kind, count, dim, float16=False):
     )
 
 
-def _apply_search_params(index, params):
+def apply_search_params(index, params):
+    """Sets the search parameters `resolve_kind` returned (`nprobe`, `efSearch`) on `index`."""
     if "nprobe" in params:
         faiss_lib.set_nprobe(index, int(params["nprobe"]))
     if "efSearch" in params and hasattr(index, "hnsw"):
         index.hnsw.efSearch = int(params["efSearch"])
 
 
-def _check_factory(kind, dim):
+def check_factory(kind, dim):
+    """Raises `ValueError` unless `kind` is a faiss factory string valid for `dim`-D vectors."""
     try:
         faiss_lib.empty_index(int(dim), kind)
     except ValueError as error:

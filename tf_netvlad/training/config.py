@@ -1,7 +1,10 @@
 """`TrainConfig`: every number of the training recipe, validated; `CPU_RECIPE`; `RESUME_KEYS`.
 
-Imports only the standard library, NumPy and `data.image_size`, so the CLI reads its defaults without
-TensorFlow.
+`TrainConfig`'s field defaults are the recipe's one home: the training modules' own defaults
+(mining, tuples, refresh schedule) read them (`TrainConfig.num_negatives`, ...), and the values
+shared with other levels come from `tf_netvlad.defaults`. `image_size` is parsed here, at the
+boundary, into the `(H, W)` tuple the training pipeline uses. Imports only the standard library,
+NumPy and `data.image_size`, so the CLI reads its defaults without TensorFlow.
 """
 
 import dataclasses
@@ -9,8 +12,21 @@ import dataclasses
 import numpy as np
 
 from tf_netvlad.data.image_size import parse_image_size
-from tf_netvlad.defaults import (DEFAULT_VARIANT, LOSS_REDUCTIONS, NUM_CLUSTERS, ON_BAD_IMAGE_CHOICES,
-                                 OPTIMIZERS)
+from tf_netvlad.defaults import (
+    DEFAULT_VARIANT,
+    DEMO_IMAGE_SIZE,
+    EXTRACT_BATCH_SIZE,
+    INIT_IMAGES,
+    INIT_PER_IMAGE,
+    LOSS_REDUCTIONS,
+    MARGIN,
+    NUM_CLUSTERS,
+    ON_BAD_IMAGE_CHOICES,
+    OPTIMIZERS,
+    PAPER_IMAGE_SIZE,
+    SEED,
+    WHITEN_MAX_IMAGES,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +55,10 @@ class TrainConfig:
     trainable_from: str = "default"
     num_clusters: int = NUM_CLUSTERS
     variant: str = DEFAULT_VARIANT
-    margin: float = 0.1
-    init_images: int = 500
-    init_per_image: int = 100
-    image_size: tuple = (480, 640)
+    margin: float = MARGIN
+    init_images: int = INIT_IMAGES
+    init_per_image: int = INIT_PER_IMAGE
+    image_size: tuple = PAPER_IMAGE_SIZE
     batch_size: int = 4
     num_positives: int = 1
     num_negatives: int = 10
@@ -51,7 +67,7 @@ class TrainConfig:
     exclude_very_hard: bool = False
     cache_refresh_queries: int = 1000
     refresh_slowdown: bool = True
-    cache_batch_size: int = 8
+    cache_batch_size: int = EXTRACT_BATCH_SIZE
     epochs: int = 30
     optimizer: str = "sgd"
     lr: float = 1e-3
@@ -67,8 +83,8 @@ class TrainConfig:
     time_limit_s: float = None
     on_bad_image: str = "stop"
     whiten: int = None
-    whiten_max_images: int = 10000
-    seed: int = 43
+    whiten_max_images: int = WHITEN_MAX_IMAGES
+    seed: int = SEED
     deterministic: bool = False
 
     def __post_init__(self):
@@ -123,7 +139,7 @@ RESUME_DEFAULTS = {"refresh_slowdown": False}
 # * Adam at 3e-4 (1e-3 is worse than the k-means init), halved every 1.5 passes over the queries
 #   so that the last epochs stop oscillating; 4 positives per query (the best is taken in the graph).
 CPU_RECIPE = dict(backbone="tiny", weights=None, trainable_from=None, num_clusters=16,
-                  image_size=(96, 128), init_images=300, init_per_image=50, batch_size=4,
+                  image_size=DEMO_IMAGE_SIZE, init_images=300, init_per_image=50, batch_size=4,
                   num_positives=4, num_negatives=5, negative_pool_size=300, exclude_very_hard=True,
                   cache_refresh_queries=1000, refresh_slowdown=False, optimizer="adam", lr=3e-4,
                   weight_decay=0.0, lr_decay_every=1.5, lr_decay_factor=0.5, epochs=100, time_limit_s=600)

@@ -11,6 +11,7 @@ identical on every worker, and no worker holds the whole database cache.
 
 import numpy as np
 
+from tf_netvlad.training.config import TrainConfig
 from tf_netvlad.training.tuple_mining import TupleRows, plan_query, sq_dists
 
 
@@ -42,8 +43,11 @@ def exchange_cache_blocks(group, q_block, q_lo, num_queries, bad_q, bad_db, db_l
 
 
 def mine_tuples_sharded(query_ids, query_desc, db_shard, db_lo, num_db, positives, non_negatives,
-                        neg_cache, rng, all_reduce_sum, *, num_positives=1, num_negatives=10,
-                        pool_size=1000, keep_factor=10, margin=0.1, bad_db=None, exclude_very_hard=False):
+                        neg_cache, rng, all_reduce_sum, *, num_positives=TrainConfig.num_positives,
+                        num_negatives=TrainConfig.num_negatives,
+                        pool_size=TrainConfig.negative_pool_size, keep_factor=TrainConfig.keep_factor,
+                        margin=TrainConfig.margin, bad_db=None,
+                        exclude_very_hard=TrainConfig.exclude_very_hard):
     """`mine_tuples` when each worker holds only a block of the database descriptors.
 
     Every worker calls this with the same queries, query descriptors, memory and `rng` state and its

@@ -32,9 +32,10 @@ end and grow at every LR drop, as MATLAB's (`tf_netvlad.training.refresh_schedul
 `default_rng([seed, e, 1])`. Both depend only on (seed, cycle), so a resumed run mines exactly what
 an uninterrupted one would.
 
-Modules: this one holds the stateful part (`HardNegativeMiner`, `MiningCallback`); steps 2-5 on a
-cache are `tuple_mining.mine_tuples` (re-exported here with `sample_pool`); the
-multi-worker exchanges are in `distributed_mining`.
+This module holds the stateful part (`HardNegativeMiner`, `MiningCallback`); steps 2-5 on a cache
+are the stateless `tuple_mining.mine_tuples` (`distributed_mining.mine_tuples_sharded` across
+workers). Default recipe numbers are `TrainConfig`'s; `image_size` is the parsed policy of the
+training run (`TrainConfig.image_size`).
 """
 
 import logging
@@ -42,6 +43,7 @@ import logging
 import keras
 import numpy as np
 
+from tf_netvlad.training.config import TrainConfig
 from tf_netvlad.training.distributed import shard_range
 from tf_netvlad.training.distributed_mining import exchange_cache_blocks, mine_tuples_sharded
 from tf_netvlad.training.refresh_schedule import RefreshSchedule
@@ -56,7 +58,8 @@ class HardNegativeMiner:
     Args:
         split: training `places.PlaceSplit`.
         root: image root (default `split.root`).
-        image_size: resize policy of the descriptor cache (use the training size).
+        image_size: parsed resize policy of the descriptor cache (the training size,
+            `TrainConfig.image_size`).
         num_positives, num_negatives, pool_size, keep_factor, margin: mining recipe.
         cache_refresh_queries: queries per refresh cycle (one Keras epoch).
         refresh_slowdown, lr_decay_every, lr_decay_factor: MATLAB's refresh schedule (a refresh
@@ -78,10 +81,14 @@ class HardNegativeMiner:
         neg_cache: int64 `(num_queries, num_negatives)` remembered negatives (-1 = empty).
     """
 
-    def __init__(self, split, root=None, image_size=None, num_positives=1, num_negatives=10,
-                 pool_size=1000, keep_factor=10, margin=0.1, cache_refresh_queries=1000, seed=43,
-                 batch_size=8, on_bad_image="stop", progress=True, exclude_very_hard=False, group=None,
-                 refresh_slowdown=False, lr_decay_every=5.0, lr_decay_factor=0.5):
+    def __init__(self, split, root=None, image_size=None, num_positives=TrainConfig.num_positives,
+                 num_negatives=TrainConfig.num_negatives, pool_size=TrainConfig.negative_pool_size,
+                 keep_factor=TrainConfig.keep_factor, margin=TrainConfig.margin,
+                 cache_refresh_queries=TrainConfig.cache_refresh_queries, seed=TrainConfig.seed,
+                 batch_size=TrainConfig.cache_batch_size, on_bad_image=TrainConfig.on_bad_image,
+                 progress=True, exclude_very_hard=TrainConfig.exclude_very_hard, group=None,
+                 refresh_slowdown=False, lr_decay_every=TrainConfig.lr_decay_every,
+                 lr_decay_factor=TrainConfig.lr_decay_factor):
         self.split = split
         self.group = group
         self.root = split.root if root is None else root

@@ -16,6 +16,8 @@ Pure Python; `HardNegativeMiner` draws the query order of each pass from its see
 
 import math
 
+from tf_netvlad.training.config import TrainConfig
+
 
 class RefreshSchedule:
     """Refresh cycles over `num_queries` training queries.
@@ -27,7 +29,8 @@ class RefreshSchedule:
         lr_decay_every: passes between learning-rate drops; lr_decay_factor: LR multiplier per drop.
     """
 
-    def __init__(self, num_queries, size, slowdown=False, lr_decay_every=5.0, lr_decay_factor=0.5):
+    def __init__(self, num_queries, size, slowdown=False, lr_decay_every=TrainConfig.lr_decay_every,
+                 lr_decay_factor=TrainConfig.lr_decay_factor):
         if int(num_queries) < 1 or int(size) < 1:
             raise ValueError(f"`num_queries` and `size` must be >= 1. Received: {num_queries}, {size}")
         if not (lr_decay_every > 0 and lr_decay_factor > 0):

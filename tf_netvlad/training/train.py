@@ -14,9 +14,9 @@ default, MATLAB's schedule) a refresh also happens at every pass end and the cyc
 `train` writes `out_dir` (`init.keras`, `best.keras`, the atomic `last` checkpoint, logs and
 `summary.json`; see `tf_netvlad.training.checkpointing`) and resumes from it exactly (`resume=True`).
 
-Modules: `train_config` (`TrainConfig`, `CPU_RECIPE`, re-exported here), `checkpointing` (run
-directory, checkpoints, resume checks), `training_callbacks` (run control, LR schedule,
-validation, checkpoint callbacks); multi-worker exchanges in `distributed` and `distributed_mining`.
+The recipe is a `TrainConfig` (`tf_netvlad.training.config`), whose `image_size` is already the
+parsed `(H, W)`: `train` hands it unchanged to the tuple pipeline, the mining cache, the k-means
+initialisation, validation and whitening.
 """
 
 import dataclasses
@@ -29,20 +29,27 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_netvlad.data import pipelines
-from tf_netvlad.training import distributed
+from tf_netvlad.data import pipelines, places
+from tf_netvlad.data.fileio import resolve_paths
+from tf_netvlad.data.images import diagnose_image
 from tf_netvlad.evaluation import recall
 from tf_netvlad.evaluation.report import write_json
-from tf_netvlad.training import mining
-from tf_netvlad.data import places
-from tf_netvlad.training import tuples
-from tf_netvlad.training.checkpointing import check_resume, prepare_out_dir, prepare_out_dir_multi, split_fingerprint
-from tf_netvlad.models.initialization import initialize_netvlad
-from tf_netvlad.models.model import build_model, load_model
+from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
+from tf_netvlad.models.model import build_model, load_model, save_model
+from tf_netvlad.training import distributed, mining, tuples
+from tf_netvlad.training.callbacks import (
+    LearningRateSchedule,
+    RunControl,
+    TrainingCheckpoint,
+    ValidationRecall,
+)
+from tf_netvlad.training.checkpointing import (
+    check_resume,
+    prepare_out_dir,
+    prepare_out_dir_multi,
+    split_fingerprint,
+)
 from tf_netvlad.training.config import TrainConfig, config_json
-from tf_netvlad.training.callbacks import LearningRateSchedule, RunControl, TrainingCheckpoint, ValidationRecall
-from tf_netvlad.models.initialization import fit_whitening
-from tf_netvlad.models.model import save_model
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +339,8 @@ def _build_initial_model(cfg, model, train_split, root, out_dir, progress):
         if cfg.on_bad_image == "skip":  # sample the init images here and leave out unloadable ones
             rng = np.random.default_rng(cfg.seed)
             chosen = np.sort(rng.choice(len(paths), size=min(cfg.init_images, len(paths)), replace=False))
-            resolved = pipelines.resolve_paths([paths[i] for i in chosen], root)
-            paths = [paths[i] for i, full in zip(chosen, resolved) if pipelines.diagnose_image(full) is None]
+            resolved = resolve_paths([paths[i] for i in chosen], root)
+            paths = [paths[i] for i, full in zip(chosen, resolved) if diagnose_image(full) is None]
             if len(paths) < len(chosen):
                 logger.warning("k-means init: skipped %d images that cannot be loaded.", len(chosen) - len(paths))
         stats = initialize_netvlad(model, paths, root=root, image_size=cfg.image_size,

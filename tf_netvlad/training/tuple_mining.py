@@ -4,10 +4,12 @@
 by cached d², a random negative pool plus the remembered negatives ranked by d², the new memory and
 the hardest — or, with `exclude_very_hard`, semi-hard — negatives of each tuple). `plan_query` and
 `TupleRows` are shared with the multi-worker variant (`distributed_mining.mine_tuples_sharded`).
-`tf_netvlad.training.mining` re-exports `mine_tuples` and `sample_pool`.
+Default recipe numbers are `TrainConfig`'s.
 """
 
 import numpy as np
+
+from tf_netvlad.training.config import TrainConfig
 
 # Rows of the (queries x database) Gram matrix computed at once: 16M float32 = 64 MiB.
 GRAM_BLOCK_ELEMENTS = 1 << 24
@@ -114,8 +116,10 @@ class TupleRows:
 
 
 def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_cache, rng, *,
-                num_positives=1, num_negatives=10, pool_size=1000, keep_factor=10, margin=0.1,
-                bad_db=None, exclude_very_hard=False):
+                num_positives=TrainConfig.num_positives, num_negatives=TrainConfig.num_negatives,
+                pool_size=TrainConfig.negative_pool_size, keep_factor=TrainConfig.keep_factor,
+                margin=TrainConfig.margin, bad_db=None,
+                exclude_very_hard=TrainConfig.exclude_very_hard):
     """Mines one tuple per query from cached descriptors (pure; updates nothing in place).
 
     Args:

@@ -12,8 +12,9 @@ and an element of the dataset (before batching) is the dict
      "negatives": (N, H, W, 3)}
 
 with float32 RGB pixels in 0..255 (padded positives are black images with mask 0). Images are
-read, decoded and resized in parallel inside the pipeline (`data.load_image`, deterministic order),
-batched and prefetched. Training needs a fixed `(H, W)` image size so tuples can be stacked.
+read, decoded and resized in parallel inside the pipeline (`data.images.load_image`, deterministic
+order), batched and prefetched. Training needs a fixed `(H, W)` image size so tuples can be stacked:
+the parsed `TrainConfig.image_size`.
 
 Keras creates a new iterator of a finite dataset at every epoch, after `on_epoch_begin`, so a table
 re-mined in `MiningCallback.on_epoch_begin` is what the next epoch reads (style guide 4.9). The rows
@@ -32,8 +33,11 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from tf_netvlad.data import pipelines
+from tf_netvlad.data.fileio import resolve_paths
+from tf_netvlad.data.image_size import check_image_size
+from tf_netvlad.data.images import diagnose_image, load_image
 from tf_netvlad.defaults import ON_BAD_IMAGE_CHOICES
+from tf_netvlad.training.config import TrainConfig
 
 ERROR_MARKER = "TUPLE_IMAGE_ERROR"
 
@@ -45,7 +49,7 @@ class TuplePipeline:
         query_paths: training query image paths (relative to `root` unless absolute).
         db_paths: training database image paths.
         root: optional image root directory.
-        image_size: `(H, W)` every image is resized to (`data.parse_image_size` syntax accepted).
+        image_size: parsed `(H, W)` every image is resized to (`TrainConfig.image_size`).
         num_rows: table capacity (tuples per epoch, e.g. `cache_refresh_queries`).
         num_positives: P, size of the (padded) positive set per query.
         num_negatives: N, negatives per query.
@@ -59,9 +63,10 @@ class TuplePipeline:
     >>> model.fit(pipe.dataset(), epochs=1)
     """
 
-    def __init__(self, query_paths, db_paths, root, image_size, num_rows, num_positives=1,
-                 num_negatives=10, batch_size=4, on_bad_image="stop"):
-        size = pipelines.parse_image_size(image_size)
+    def __init__(self, query_paths, db_paths, root, image_size, num_rows,
+                 num_positives=TrainConfig.num_positives, num_negatives=TrainConfig.num_negatives,
+                 batch_size=TrainConfig.batch_size, on_bad_image=TrainConfig.on_bad_image):
+        size = check_image_size(image_size)
         if not isinstance(size, tuple):
             raise ValueError(
                 "Training tuples need a fixed image size (H, W) so images can be batched. "
@@ -73,8 +78,8 @@ class TuplePipeline:
                             ("num_negatives", num_negatives), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
-        self.query_paths = pipelines.resolve_paths(query_paths, root)
-        self.db_paths = pipelines.resolve_paths(db_paths, root)
+        self.query_paths = resolve_paths(query_paths, root)
+        self.db_paths = resolve_paths(db_paths, root)
         if not self.query_paths or not self.db_paths:
             raise ValueError("`query_paths` and `db_paths` must not be empty.")
         self.image_size = size
@@ -139,7 +144,7 @@ class TuplePipeline:
         db_paths = tf.constant(self.db_paths)
 
         def load(path):
-            return pipelines.load_image(path, self.image_size)
+            return load_image(path, self.image_size)
 
         query = load(tf.gather(q_paths, row[0]))
         positive_ids = row[1 : 1 + self.num_positives]
@@ -263,7 +268,7 @@ class TuplePipeline:
             return None
         row = self._rows[int(match.group(1))]
         files = [self.query_paths[row[0]]] + [self.db_paths[i] for i in row[1:] if i >= 0]
-        reasons = [(path, pipelines.diagnose_image(path)) for path in dict.fromkeys(files)]
+        reasons = [(path, diagnose_image(path)) for path in dict.fromkeys(files)]
         broken = [f"'{path}' ({reason})" for path, reason in reasons if reason]
         if not broken:
             broken = [f"one of {files} (all load now; the file may have changed during training)"]

@@ -1,0 +1,65 @@
+"""`tf_netvlad init`, `fit-whitening` and `convert` (`tf_netvlad.cli.model`)."""
+
+import json
+
+import numpy as np
+
+from tf_netvlad import defaults
+from tf_netvlad.cli import main
+from tf_netvlad.models.model import load_model
+
+
+def test_init_then_evaluate_then_whiten(tiny_demo, tmp_path, capsys):
+    model_path = tmp_path / "init.keras"
+    test_mat = str(tiny_demo["test_mat"])
+    assert main.main(["init", "--dataset", test_mat, "--backbone", "tiny", "--num-clusters", "4",
+                     "--num-images", "20", "--per-image", "30", "--niter", "10",
+                     "--out", str(model_path)]) == 0
+    assert "assignment ratio 100.0" in capsys.readouterr().out
+    model = load_model(model_path)
+    assert model.output_shape == (None, 4 * 64)
+
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main.main(["evaluate", "--dataset", test_mat, "--model", str(model_path), "--json",
+                     str(out_json), "--plot", str(out_png), "--recall-ns", "1,5"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out_json.read_text())
+    assert set(results) >= {"recall@1", "recall@5", "num_queries", "num_db"}
+    assert 0.0 <= results["recall@1"] <= results["recall@5"] <= 1.0
+    assert f"{100 * results['recall@1']:.2f}%" in printed
+    assert out_png.stat().st_size > 1000
+
+    whitened = tmp_path / "white.keras"
+    assert main.main(["fit-whitening", "--dataset", test_mat, "--model", str(model_path), "--dim", "16",
+                     "--out", str(whitened)]) == 0
+    white = load_model(whitened)
+    assert white.output_shape == (None, 16)
+    image = np.random.default_rng(0).random((1, 96, 128, 3)).astype("float32") * 255
+    np.testing.assert_allclose(np.linalg.norm(white(image), axis=1), 1.0, atol=1e-5)
+
+
+def test_existing_output_is_not_overwritten(tiny_demo, tmp_path, capsys):
+    target = tmp_path / "m.keras"
+    target.write_text("keep me")
+    assert main.main(["init", "--dataset", str(tiny_demo["test_mat"]), "--backbone", "tiny",
+                     "--out", str(target)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+def test_init_and_fit_whitening_defaults_come_from_the_defaults_module():
+    parser = main.build_parser()
+    init = parser.parse_args(["init", "--dataset", "d.mat", "--out", "m.keras"])
+    assert (init.num_images, init.per_image, init.niter) == (
+        defaults.INIT_IMAGES, defaults.INIT_PER_IMAGE, defaults.KMEANS_NITER)
+    assert (init.batch_size, init.seed, init.num_clusters, init.variant) == (
+        defaults.EXTRACT_BATCH_SIZE, defaults.SEED, defaults.NUM_CLUSTERS, defaults.DEFAULT_VARIANT)
+    assert init.backbone == "vgg16" and init.weights is None and init.image_size is None
+    white = parser.parse_args(["fit-whitening", "--dataset", "d.mat", "--model", "m.keras",
+                               "--out", "w.keras", "--image-size", "48x64"])
+    assert white.max_images == defaults.WHITEN_MAX_IMAGES and white.image_size == (48, 64)
+
+
+def test_convert_needs_exactly_one_source(tmp_path, capsys):
+    assert main.main(["convert", "--out", str(tmp_path / "m.keras")]) == 2
+    assert "exactly one of --matconvnet" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""Small builders the tests share: images written to disk, a toy descriptor model, and the import of
+an optional dependency that CI requires. Fixtures built on them live in `tests/conftest.py`."""
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_solid_image(path, value, size=(10, 12), **save_kwargs):
+    """Writes an image whose pixels all equal `value` (a grey level or an RGB triple), `size` = (h, w).
+
+    A distinct value per file shows which file a pipeline read, in which order; PNG keeps it exact.
+    Returns the path as a string.
+    """
+    pixels = np.broadcast_to(np.asarray(value, np.uint8), tuple(size) + (3,))
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path, **save_kwargs)
+    return str(path)
+
+
+def write_block_images(folder, count, seed, name="img{:02d}.png", size=(32, 40), blocks=(4, 5)):
+    """Blocky random colour patterns (one distinct place each): `blocks` random colours scaled up to
+    `size` = (h, w) by nearest neighbour. Returns the file names (relative to `folder`)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    names = []
+    for i in range(count):
+        pattern = rng.integers(0, 256, tuple(blocks) + (3,), dtype=np.uint8)
+        names.append(name.format(i))
+        Image.fromarray(pattern).resize((size[1], size[0]), Image.NEAREST).save(os.path.join(folder, names[-1]))
+    return names
+
+
+def mean_values(images):
+    """The mean pixel value of each image of a `(..., h, w, 3)` batch (reads back `write_solid_image`)."""
+    images = np.asarray(images)
+    return images.reshape(images.shape[:-3] + (-1,)).mean(axis=-1)
+
+
+def mean_colour_model(name="meancolour"):
+    """A weightless descriptor model for any image size: the L2-normalised mean RGB colour."""
+    import keras
+
+    images = keras.Input(shape=(None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(images)
+    return keras.Model(images, keras.layers.UnitNormalization()(x), name=name)
+
+
+def mean_colour_reference(pixels):
+    """NumPy reference of `mean_colour_model` on one `(h, w, 3)` image."""
+    mean = np.asarray(pixels, np.float64).mean(axis=(0, 1))
+    return mean / np.linalg.norm(mean)
+
+
+def import_optional(module, require_env):
+    """Imports an optional dependency: skips the test without it, unless the environment variable
+    `require_env` is "1" (CI sets it after installing the dependency), where a missing module fails
+    the test instead of hiding it behind a skip."""
+    if os.environ.get(require_env) == "1":
+        try:
+            return importlib.import_module(module)
+        except ImportError as err:
+            pytest.fail(f"{require_env}=1 but `import {module}` failed: {err}")
+    return pytest.importorskip(module)

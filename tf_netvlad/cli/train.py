@@ -1,0 +1,149 @@
+"""`tf_netvlad train`: weakly supervised training (`tf_netvlad.training.train`) from the command line.
+
+Every `TrainConfig` field is a flag, generated from the dataclass: its type and help come from the
+field, the --help line shows the paper's and the CPU recipe's value, and a flag that is not given
+keeps the chosen recipe's value (`--recipe cpu|paper`).
+"""
+
+import argparse
+import dataclasses
+import os
+
+from tf_netvlad.cli import flags
+from tf_netvlad.defaults import (
+    BACKBONE_NAMES,
+    LOSS_REDUCTIONS,
+    NETVLAD_VARIANTS,
+    ON_BAD_IMAGE_CHOICES,
+    OPTIMIZERS,
+)
+from tf_netvlad.training.config import CPU_RECIPE, TrainConfig
+
+# Help for every TrainConfig field; the defaults shown come from the recipes themselves.
+TRAIN_HELP = {
+    "backbone": "backbone name", "weights": "backbone weights: none, imagenet or a file",
+    "trainable_from": "first trainable backbone layer ('default': conv5_1 on VGG16; 'none': all)",
+    "num_clusters": "NetVLAD clusters K", "variant": "NetVLAD variant v1 | v2",
+    "margin": "ranking-loss margin m (squared distances)",
+    "init_images": "database images sampled for the k-means init",
+    "init_per_image": "local features per image for the k-means init",
+    "image_size": "training image size HxW", "batch_size": "tuples per step",
+    "num_positives": "positive-set size P (best positive = min in the graph)",
+    "num_negatives": "mined negatives N per query", "negative_pool_size": "random negatives per query",
+    "exclude_very_hard": "semi-hard mining: skip negatives nearer than the best positive (MATLAB excludeVeryHard)",
+    "keep_factor": "hardest N*keep_factor candidates are checked for margin violation",
+    "cache_refresh_queries": "queries per descriptor-cache refresh (= one Keras epoch)",
+    "refresh_slowdown": "MATLAB schedule: also refresh at every pass end, cycles x 1/lr-decay-factor "
+                        "at every LR drop",
+    "cache_batch_size": "images per batch when caching descriptors",
+    "epochs": "refresh cycles to train", "optimizer": "sgd | adam", "lr": "learning rate",
+    "momentum": "SGD momentum", "weight_decay": "L2 weight decay",
+    "lr_decay_every": "multiply the LR by --lr-decay-factor every this many passes over the queries",
+    "lr_decay_factor": "LR multiplier at each decay", "loss_reduction": "sum | mean_violating",
+    "mixed_precision": "mixed_float16 (NetVLAD, whitening and the loss stay float32)",
+    "recall_ns": "validation recall@N values (must include 5)",
+    "val_max_queries": "validation queries per epoch (MATLAB nTestSample)",
+    "checkpoint_every_steps": "also checkpoint every this many steps (0: epoch ends only)",
+    "time_limit_s": "stop cleanly after this many seconds", "on_bad_image": "stop | skip",
+    "whiten": "fit PCA-whitening with this many dims on the best model at the end",
+    "whiten_max_images": "database images used for the whitening fit", "seed": "random seed",
+    "deterministic": "TensorFlow op determinism (slower)",
+}
+
+# Fields with a fixed set of values: argparse refuses any other.
+TRAIN_CHOICES = {"backbone": BACKBONE_NAMES, "variant": NETVLAD_VARIANTS, "optimizer": OPTIMIZERS,
+                 "loss_reduction": LOSS_REDUCTIONS, "on_bad_image": ON_BAD_IMAGE_CHOICES}
+# Tuple fields: their converter.
+TUPLE_TYPES = {"image_size": flags.image_size, "recall_ns": flags.int_list}
+RECIPES = ("cpu", "paper")
+
+
+def add_commands(subparsers):
+    """Adds `train`."""
+    p = flags.add_command(subparsers, "train", train,
+                          "Weakly supervised training with hard-negative mining.")
+    flags.add_dataset(p, "training split (.mat, CSV or @-folder)")
+    p.add_argument("--val", help="validation split: recall@N each epoch, best model by recall@5")
+    flags.add_root(p, "image root of the training split (default: its folder)")
+    p.add_argument("--val-root", help="image root of the validation split")
+    p.add_argument("--out", required=True, help="run directory (init.keras, best.keras, logs, last/)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--recipe", choices=RECIPES, default="cpu",
+                   help="base recipe; every flag below overrides one of its numbers")
+    p.add_argument("--multi-worker", action="store_true",
+                   help="train with MultiWorkerMirroredStrategy over the TF_CONFIG cluster: run the "
+                        "same command on every worker; --batch-size is the global batch "
+                        "(docs/multi-worker.md)")
+    p.add_argument("--communication", choices=("auto", "ring", "nccl"), default="auto",
+                   help="--multi-worker collectives: ring (gRPC, CPU/GPU), nccl (NVIDIA GPUs) or auto")
+    _add_config_flags(p)
+
+
+def _add_config_flags(parser):
+    """One flag per `TrainConfig` field, typed from the field; a flag not given is absent from
+    the namespace, so the recipe's value stays."""
+    paper = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        name, default = field.name, getattr(paper, field.name)
+        flag = "--" + name.replace("_", "-")
+        text = f"{TRAIN_HELP.get(name, name)} (paper: {default}"
+        text += f"; cpu: {CPU_RECIPE[name]})" if name in CPU_RECIPE else ")"
+        if field.type is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        elif name == "image_size":
+            flags.add_image_size(parser, help=text, default=argparse.SUPPRESS)
+        else:
+            convert = TUPLE_TYPES.get(name, field.type)
+            if default is None or CPU_RECIPE.get(name, default) is None:
+                convert = flags.optional(convert)  # "none" is a value of this setting
+            parser.add_argument(flag, dest=name, type=convert, choices=TRAIN_CHOICES.get(name),
+                                default=argparse.SUPPRESS, help=text)
+
+
+def train_config(recipe, overrides):
+    """The `TrainConfig` of `recipe` ('cpu' or 'paper') with `overrides` (field -> value)."""
+    base = dict(CPU_RECIPE) if recipe == "cpu" else {}
+    return dataclasses.replace(TrainConfig(), **{**base, **overrides})
+
+
+def _multi_worker_strategy(communication):
+    """MultiWorkerMirroredStrategy from TF_CONFIG; created before any other TensorFlow op."""
+    import json
+
+    import tensorflow as tf
+
+    config = os.environ.get("TF_CONFIG")
+    try:
+        cluster = json.loads(config)["cluster"] if config else None
+    except (ValueError, KeyError, TypeError):
+        raise flags.CommandError(f"TF_CONFIG is not valid JSON with a 'cluster' entry: {config!r}")
+    if not cluster:
+        raise flags.CommandError(
+            "--multi-worker needs TF_CONFIG on every worker, e.g. "
+            '\'{"cluster": {"worker": ["hostA:12345", "hostB:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}\' (see docs/multi-worker.md).')
+    implementation = getattr(tf.distribute.experimental.CommunicationImplementation,
+                             communication.upper())
+    options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def train(args):
+    strategy = _multi_worker_strategy(args.communication) if args.multi_worker else None
+    from tf_netvlad.training import train as train_lib
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if hasattr(args, f.name)}
+    config = train_config(args.recipe, overrides)
+    summary = train_lib.train(args.dataset, args.val, root=args.root, val_root=args.val_root,
+                              out_dir=args.out, config=config, resume=args.resume, strategy=strategy)
+    best = summary.get("best") or {}
+    print(f"training {summary['status']}: {summary['epochs_done']} epochs in "
+          f"{summary['wall_time_s'] / 60:.1f} min")
+    if best:
+        print("best: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in best.items()))
+    for key, path in summary.get("files", {}).items():
+        print(f"{key}: {path}")
+    return 0
