@@ -30,7 +30,8 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu==2.21.*"],
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "h5py>=3.10"],
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "h5py>=3.10",
+                 "onnxruntime>=1.17"],
         "serving": ["tensorflow-serving-api"],  # install with --no-deps, see README
         "torch": ["torch"],
     },
