@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from tests.helpers import write_solid_image
+from tf_netvlad.data.fileio import write_json
 from tf_netvlad.data.places import PlaceSplit
 from tf_netvlad.evaluation import plots, protocols, ranking, recall
-from tf_netvlad.evaluation.report import format_recall_table, recall_ns, write_json
+from tf_netvlad.evaluation.report import format_recall_table, recall_ns
 
 # --------------------------------------------------------------------------- recall_at_n
 

@@ -1,8 +1,11 @@
 """Atomic file output shared by every writer: a failed write never leaves a partial file."""
 
 import contextlib
+import json
 import os
 import tempfile
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -30,6 +33,36 @@ def atomic_path(path, suffix=""):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def jsonable(value):
+    """`value` with NumPy arrays and scalars turned into Python lists and numbers (dict keys as str)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_json(data, path, allow_nan=True):
+    """Writes `data` (NumPy values allowed) as sorted, indented JSON, atomically and durably.
+
+    The file is complete on disk (flushed and fsynced) before it replaces `path`, so a resumable
+    job that reads it after a crash sees the old or the new content, never a torn one.
+    `allow_nan=False` refuses NaN / inf (files that other programs parse as strict JSON).
+    Returns `path` as str.
+    """
+    text = json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=allow_nan) + "\n"
+    with atomic_path(path, ".json") as tmp:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return os.fspath(path)
 
 
 def resolve_paths(paths, root=None):

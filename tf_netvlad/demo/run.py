@@ -28,9 +28,9 @@ def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_m
         dict with `before` / `after` results, `artefacts` (paths) and the training summary.
     """
     from tf_netvlad.data import places
+    from tf_netvlad.data.fileio import write_json
     from tf_netvlad.demo import dataset
     from tf_netvlad.evaluation import plots, recall
-    from tf_netvlad.evaluation.report import write_json
     from tf_netvlad.export import saved_model
     from tf_netvlad.models.model import load_model
     from tf_netvlad.training import train

@@ -195,7 +195,7 @@ def evaluate_map(model, gnd, images_dir, image_size=None, crop_queries=True,
     }
     logger.info("%s mAP:\n%s", gt.name, format_map_table(results))
     if json_path is not None:
-        from tf_netvlad.evaluation.report import write_json
+        from tf_netvlad.data.fileio import write_json
 
         write_json(results, json_path)
     if plot_path is not None:

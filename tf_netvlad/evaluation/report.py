@@ -1,17 +1,11 @@
-"""Reporting of evaluation results: recall@N tables and atomic JSON files.
+"""Reporting of evaluation results: recall@N tables and the recall@N keys of a results dict.
 
 A results dict (from `evaluation.evaluate` / `evaluate_descriptors`) holds `"recall@N"` fractions,
 optionally per query condition (`"recall@N/night"`) and from an approximate index
 (`"approx/recall@N"`, `"approx/recall@N/night"`). TF-free and faiss-free.
 """
 
-import json
-import os
 import re
-
-import numpy as np
-
-from tf_netvlad.data.fileio import atomic_path
 
 _RECALL_KEY = re.compile(r"^(approx/)?recall@(\d+)(?:/(.+))?$")
 
@@ -82,24 +76,3 @@ def format_recall_table(results, labels=None):
             cells.append(("-" if value is None else f"{100 * value:.2f}%").rjust(width + 2))
         lines.append(f"{n:5d}" + "".join(cells))
     return "\n".join(lines)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def write_json(results, path):
-    """Writes `results` as JSON atomically (temp file in the same directory, then rename)."""
-    text = json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n"
-    with atomic_path(path, ".json") as tmp:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-    return os.fspath(path)

@@ -17,8 +17,8 @@ def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size
     """
     import numpy as np
 
+    from tf_netvlad.data.fileio import write_json
     from tf_netvlad.evaluation import plots, recall
-    from tf_netvlad.evaluation.report import write_json
 
     results, ids = recall.evaluate(
         model, split, root=root, image_size=image_size,

@@ -37,7 +37,7 @@ import logging
 import os
 from pathlib import Path
 
-from tf_netvlad.data.fileio import resolve_paths
+from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.image_size import format_image_size, parse_image_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INDEX_CHUNK_SIZE, SEED
 from tf_netvlad.models.identity import check_compatible, load_descriptor_model, model_fingerprint
@@ -123,7 +123,7 @@ def build_retrieval_index(
         state = dict(expected, num_inputs=len(paths), dim=dim, descriptors_file=descriptors_file,
                      images_done=0, rows_done=0, skipped=[])
         directory.mkdir(parents=True, exist_ok=True)
-        storage.write_json(state, directory / PROGRESS_FILE)
+        write_json(state, directory / PROGRESS_FILE, allow_nan=False)
     elif state["images_done"]:
         logger.info("Resuming the build in %s at image %d of %d.", directory,
                     state["images_done"], len(paths))
@@ -354,7 +354,7 @@ class RetrievalIndex:
             state = dict(expected, num_inputs=len(paths), dim=self.dim, dtype=self.metadata["dtype"],
                          descriptors_file=self.metadata["descriptors_file"], images_done=0,
                          rows_done=self.count, skipped=[])
-            storage.write_json(state, self.directory / PROGRESS_FILE)
+            write_json(state, self.directory / PROGRESS_FILE, allow_nan=False)
         state = storage.extract_into(self.directory, state, model, full_paths, image_size,
                                      batch_size, chunk_size, on_error, progress)
         kept = storage.kept_input_indices(len(paths), state["skipped"])

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from tf_netvlad.data.fileio import atomic_path, resolve_paths
+from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.image_size import parse_image_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, LOCALIZE_TOP_K, POS_DIST_THR_M
 
@@ -198,14 +198,8 @@ def positions_from_split(split, image_paths, root=None, missing="raise"):
 
 
 def write_results(results, path):
-    """Writes localisation results as JSON atomically; returns `path`."""
-    import json
-
-    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
-    with atomic_path(path, ".json") as tmp:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-    return os.fspath(path)
+    """Writes localisation results as strict JSON atomically; returns `path`."""
+    return write_json(results, path, allow_nan=False)
 
 
 def format_results(results):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_netvlad.data.fileio import atomic_path
+from tf_netvlad.data.fileio import atomic_path, write_json
 from tf_netvlad.search import faiss_index as faiss_lib
 
 logger = logging.getLogger("tf_netvlad.retrieval.index")
@@ -106,15 +106,6 @@ def inputs_sha256(paths, positions, root):
 # --------------------------------------------------------------------------- files and generations
 
 
-def write_json(data, path):
-    text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
-    with atomic_path(path, ".json") as tmp:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
 def read_json(path):
     with open(path) as handle:
         return json.load(handle)
@@ -165,7 +156,7 @@ def commit(directory, metadata, faiss_index):
         graph_only = faiss_lib.has_flat_storage(faiss_index)
         metadata["vectors_in_index_file"] = not graph_only
         write_faiss(faiss_index, directory / metadata["index_file"], skip_storage=graph_only)
-    write_json(metadata, directory / METADATA_FILE)
+    write_json(metadata, directory / METADATA_FILE, allow_nan=False)
     remove(directory, [name for name in index_files(directory) if name != metadata["index_file"]])
 
 
@@ -250,7 +241,7 @@ def extract_into(directory, state, model, full_paths, image_size, batch_size, ch
                                          "reason": reason})
             state["images_done"] = start + len(chunk)
             state["rows_done"] += int(keep.sum())
-            write_json(state, directory / PROGRESS_FILE)
+            write_json(state, directory / PROGRESS_FILE, allow_nan=False)
             bar.update(len(chunk))
     return state
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tf_netvlad.evaluation.report import write_json
+from tf_netvlad.data.fileio import write_json
 from tf_netvlad.training.config import RESUME_DEFAULTS, RESUME_KEYS, jsonable
 
 

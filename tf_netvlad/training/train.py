@@ -30,10 +30,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data import pipelines, places
-from tf_netvlad.data.fileio import resolve_paths
+from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.images import diagnose_image
 from tf_netvlad.evaluation import recall
-from tf_netvlad.evaluation.report import write_json
 from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
 from tf_netvlad.models.model import build_model, load_model, save_model
 from tf_netvlad.training import distributed, mining, tuples
