@@ -49,6 +49,9 @@ KMEANS_NITER = 100
 # PCA-whitening fit (MATLAB `addPCA.m`): descriptors of at most this many random database images
 # (`models.initialization.fit_whitening`, `TrainConfig.whiten_max_images`, CLI `fit-whitening`).
 WHITEN_MAX_IMAGES = 10_000
+# Whitened dimensions kept (`fit_whitening`, CLI `fit-whitening --dim`): the paper's 4096-D whitened
+# NetVLAD. At most min(descriptor dim, images - 1); smaller models pass a smaller value (e.g. 256).
+WHITEN_COMPONENTS = 4096
 
 # (H, W) of the Pittsburgh / Tokyo images (640 x 480 landscape), the NetVLAD training resolution:
 # `TrainConfig.image_size` and the `serve_bytes` resize policy of an export (CLI `export`).

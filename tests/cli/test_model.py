@@ -1,5 +1,6 @@
 """`tf_netvlad init`, `fit-whitening` and `convert` (`tf_netvlad.cli.model`)."""
 
+import inspect
 import json
 
 import numpy as np
@@ -58,6 +59,11 @@ def test_init_and_fit_whitening_defaults_come_from_the_defaults_module():
     white = parser.parse_args(["fit-whitening", "--dataset", "d.mat", "--model", "m.keras",
                                "--out", "w.keras", "--image-size", "48x64"])
     assert white.max_images == defaults.WHITEN_MAX_IMAGES and white.image_size == (48, 64)
+    # one default for the whitened dimension: the library's (the paper's 4096-D)
+    from tf_netvlad.models.initialization import fit_whitening
+
+    library_default = inspect.signature(fit_whitening).parameters["num_components"].default
+    assert white.dim == library_default == defaults.WHITEN_COMPONENTS == 4096
 
 
 def test_convert_needs_exactly_one_source(tmp_path, capsys):

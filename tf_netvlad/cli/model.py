@@ -10,6 +10,7 @@ from tf_netvlad.defaults import (
     INIT_PER_IMAGE,
     KMEANS_NITER,
     NETVLAD_VARIANTS,
+    WHITEN_COMPONENTS,
     WHITEN_MAX_IMAGES,
 )
 from tf_netvlad.training.config import TrainConfig
@@ -35,7 +36,8 @@ def add_commands(subparsers):
     flags.add_extraction_flags(p, "dataset whose database images are used (the training split, as "
                                   "the paper)")
     flags.add_model_file(p, "input .keras model")
-    p.add_argument("--dim", type=int, default=256, help="whitened output dimension")
+    p.add_argument("--dim", type=int, default=WHITEN_COMPONENTS,
+                   help="whitened output dimension, at most min(descriptor dim, images - 1)")
     p.add_argument("--max-images", type=int, default=WHITEN_MAX_IMAGES,
                    help="at most this many database images")
     _add_model_out(p)

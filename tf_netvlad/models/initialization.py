@@ -15,14 +15,12 @@ from tf_netvlad.defaults import (
     KMEANS_NITER,
     NUM_CLUSTERS,
     SEED,
+    WHITEN_COMPONENTS,
     WHITEN_MAX_IMAGES,
 )
 from tf_netvlad.layers.netvlad import default_alpha, top2_margins
 from tf_netvlad.models import extract
 from tf_netvlad.search import faiss_index
-
-# Whitened dimensions kept by `fit_whitening` (the paper's 4096-D whitened NetVLAD).
-WHITEN_COMPONENTS = 4096
 
 log = logging.getLogger(__name__)
 
