@@ -88,7 +88,7 @@ def index_bytes(index):
 
 
 def bench_dim(dim, args, gemm, gemm_flop):
-    from tf_netvlad.search import faiss_index as faiss_index
+    from tf_netvlad.search import faiss_index
 
     t0 = time.perf_counter()
     db, queries, source = make_data(args.num_db, args.queries, dim, args.clusters, args.query_noise,

@@ -13,7 +13,7 @@ import numpy as np
 
 from tf_netvlad.defaults import SEED
 from tf_netvlad.evaluation import protocols
-from tf_netvlad.search import faiss_index as faiss_index
+from tf_netvlad.search import faiss_index
 
 DB_BLOCK_BYTES = 256 * 2**20  # float32 bytes per exact-search database block
 

@@ -27,7 +27,7 @@ import numpy as np
 from tf_netvlad.data.image_size import format_image_size, parse_image_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, SEED
 from tf_netvlad.evaluation import protocols, ranking
-from tf_netvlad.search import faiss_index as faiss_index
+from tf_netvlad.search import faiss_index
 
 logger = logging.getLogger(__name__)
 

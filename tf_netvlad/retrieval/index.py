@@ -41,7 +41,7 @@ from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.image_size import format_image_size, parse_image_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INDEX_CHUNK_SIZE, SEED
 from tf_netvlad.models.identity import check_compatible, load_descriptor_model, model_fingerprint
-from tf_netvlad.retrieval import storage as storage
+from tf_netvlad.retrieval import storage
 from tf_netvlad.retrieval.storage import FORMAT, FORMAT_VERSION, METADATA_FILE, PROGRESS_FILE
 from tf_netvlad.search import faiss_index as faiss_lib
 from tf_netvlad.search.index_kinds import (
