@@ -7,6 +7,7 @@ import logging
 import sys
 
 from tf_netvlad.cli import flags
+from tf_netvlad.evaluation.protocols import PROTOCOLS
 
 log = logging.getLogger("tf_netvlad")
 
@@ -37,7 +38,7 @@ def add_commands(subparsers):
     p.add_argument("--json", help="write results as JSON here")
     p.add_argument("--plot", help="write a recall@N curve PNG here")
     p.add_argument("--retrievals", help="write a PNG grid of queries and their top-5 retrievals here")
-    p.add_argument("--protocol", choices=("auto", "pitts", "tokyo247", "tokyotm"), default="auto",
+    p.add_argument("--protocol", choices=PROTOCOLS, default="auto",
                    help="auto: Tokyo 24/7 if the dataset name contains tokyo247 (panorama NMS over 12 "
                         "cutouts, day/sunset/night recall, queries at most 640 px), TokyoTM if it has "
                         "time stamps (same-time db images dropped), else Pittsburgh")

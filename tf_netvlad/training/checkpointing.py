@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tf_netvlad.data.fileio import write_json
-from tf_netvlad.training.config import RESUME_DEFAULTS, RESUME_KEYS, jsonable
+from tf_netvlad.data.fileio import jsonable, write_json
+from tf_netvlad.training.config import RESUME_DEFAULTS, RESUME_KEYS
 
 
 def split_fingerprint(split):

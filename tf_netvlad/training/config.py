@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from tf_netvlad.data.fileio import jsonable
 from tf_netvlad.data.image_size import parse_image_size
 from tf_netvlad.defaults import (
     DEFAULT_VARIANT,
@@ -145,11 +146,6 @@ CPU_RECIPE = dict(backbone="tiny", weights=None, trainable_from=None, num_cluste
                   weight_decay=0.0, lr_decay_every=1.5, lr_decay_factor=0.5, epochs=100, time_limit_s=600)
 
 
-def jsonable(value):
-    """A config value as JSON stores it (tuples become lists), for comparisons with saved configs."""
-    return list(value) if isinstance(value, tuple) else value
-
-
 def config_json(cfg):
     """`cfg` as a JSON-ready dict (the form saved in checkpoints and `summary.json`)."""
-    return {k: jsonable(v) for k, v in dataclasses.asdict(cfg).items()}
+    return jsonable(dataclasses.asdict(cfg))
