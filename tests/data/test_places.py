@@ -247,7 +247,8 @@ def test_csv_bad_rows_name_the_line(tmp_path):
     with pytest.raises(ValueError, match=r"line 4.*parse"):
         PlaceSplit.from_csv(path)
     path.write_text("path,role,easting\na.jpg,db,1\n")
-    with pytest.raises(ValueError, match=r"easting, northing.*found \['path', 'role', 'easting'\]"):
+    with pytest.raises(ValueError, match=r"no coordinate columns; accepted pairs.*easting/northing, "
+                                         r"utm_east/utm_north.*lat/lon.*found \['path', 'role', 'easting'\]"):
         PlaceSplit.from_csv(path)
     path.write_text("path,role,easting,northing\na.jpg,db,1\n")
     with pytest.raises(ValueError, match=r"line 2.*northing"):
