@@ -11,7 +11,8 @@ An index directory holds:
   from the descriptor file at load; an HNSW file holds only the graph, and its vectors are
   re-attached from the descriptor file at load. So the descriptors are on disk only once.
 * `metadata.json`: image paths (relative to `root` unless absolute), positions (UTM metres, `null`
-  when unknown), the model fingerprint, the resize policy, the index kind, the storage dtype, the
+  when unknown), the UTM zone label of the positions (`utm_zone`, e.g. "17T", or null when
+  unknown; `localize` then also answers in latitude/longitude), the model fingerprint, the resize policy, the index kind, the storage dtype, the
   count and the skipped images with the reason each could not be read.
 * `progress.json`: present only while a build or an `add()` runs (or was interrupted). It records
   how many input images and descriptor rows are complete; a re-run with the same inputs truncates
@@ -30,6 +31,10 @@ ones.
 `build_retrieval_index` parses `image_size` once and stores its text (`format_image_size`);
 `RetrievalIndex.image_size` parses the stored text back, and `add` extracts with it.
 
+A build and an `add` hold the folder's writer lock (`tf_netvlad.data.locking`): a second writer
+is refused at once naming the first; searching needs no lock. File names in the JSON files must
+name files inside the folder (`storage.read_checked`). See docs/trust.md.
+
 This module imports TensorFlow only when a model is loaded or images are extracted.
 """
 
@@ -37,8 +42,12 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
+from tf_netvlad.data import utm
 from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.image_size import format_image_size, parse_image_size
+from tf_netvlad.data.locking import holds_writer_lock
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INDEX_CHUNK_SIZE, SEED
 from tf_netvlad.models.identity import check_compatible, load_descriptor_model, model_fingerprint
 from tf_netvlad.retrieval import storage
@@ -59,10 +68,11 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- build
 
 
+@holds_writer_lock("out_dir", "retrieval index")
 def build_retrieval_index(
     model_or_path, out_dir, images, positions=None, root=None, image_size=None, kind="flat",
     float16=False, batch_size=EXTRACT_BATCH_SIZE, chunk_size=INDEX_CHUNK_SIZE, on_error="skip",
-    resume=True, overwrite=False, progress=True, seed=SEED,
+    resume=True, overwrite=False, progress=True, seed=SEED, utm_zone=None,
 ):
     """Extracts descriptors of database images into `out_dir` and builds a faiss index over them.
 
@@ -91,6 +101,9 @@ def build_retrieval_index(
         overwrite: replace a complete index in `out_dir` (otherwise refused; see `add`).
         progress: show a tqdm bar.
         seed: RNG seed of the training subsample of approximate kinds.
+        utm_zone: the UTM zone label of the positions ("17T": zone number and latitude band;
+            `tf_netvlad.data.utm`). Default: the split's `utm_zone`, or the zone in the
+            `@`-file names of a folder; None when unknown. Stored for `localize`.
 
     Returns:
         the loaded `RetrievalIndex`.
@@ -100,7 +113,9 @@ def build_retrieval_index(
     image_size = parse_image_size(image_size)
     storage.check_options(batch_size, chunk_size, on_error)
     resolve_kind(kind, 1, 4)
+    images, zone = _split_and_zone(images, root, utm_zone)
     paths, positions, root = storage.resolve_images(images, positions, root)
+    zone = _positions_zone(zone, images, paths, positions, explicit=utm_zone is not None)
     full_paths = resolve_paths(paths, root)
     if on_error == "raise":
         pipelines.check_files_exist(full_paths)
@@ -130,7 +145,7 @@ def build_retrieval_index(
     state = storage.extract_into(directory, state, model, full_paths, image_size, batch_size,
                                  chunk_size, on_error, progress)
     metadata = _finish_build(directory, state, paths, positions, root, kind, dict(
-        fingerprint, source=label), seed)
+        fingerprint, source=label), seed, utm_zone=zone)
     logger.info("Indexed %d of %d images in %s (%s, %s); %d skipped.", metadata["count"],
                 len(paths), directory, metadata["factory"], dtype, len(metadata["skipped"]))
     return RetrievalIndex.load(directory)
@@ -152,7 +167,52 @@ def _prepare_directory(out_dir, overwrite):
     return directory
 
 
-def _finish_build(directory, state, paths, positions, root, kind, model_info, seed):
+def _split_and_zone(images, root, utm_zone):
+    """`(images, zone label or None)`: a split file is loaded here, so that its zone is known."""
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_file():
+        from tf_netvlad.data.places import load_split
+
+        images = load_split(images, root=root)
+    found = getattr(images, "utm_zone", None)
+    if utm_zone is not None and found is not None and not utm.same_projection(utm_zone, found):
+        raise ValueError(f"utm_zone={utm_zone!r} (CLI --utm-zone) disagrees with the split, whose "
+                         f"positions are in UTM zone {found}: leave it out.")
+    return images, utm_zone if utm_zone is not None else found
+
+
+def _positions_zone(zone, images, paths, positions, explicit):
+    """The zone label of the positions, checked against them (`utm.check_zone_fits`); for a
+    folder without one, the zone of its `@`-file names, refused when they name two zones.
+
+    A label the caller gave (`explicit`) that does not fit is refused; one read from the data
+    (made-up positions with a real label, say) is dropped with a warning: no lat/lon then."""
+    if zone is None and isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
+        from tf_netvlad.data.split_files import parse_utm_filename
+
+        try:
+            labels = {parse_utm_filename(os.path.basename(p))[2] for p in paths} - {""}
+        except ValueError:
+            labels = set()
+        if len({utm.projection_key(z) for z in labels}) > 1:
+            raise ValueError(
+                f"The images in {os.fspath(images)!r} lie in UTM zones {sorted(labels)}: "
+                "eastings/northings of different zones cannot be compared. Index each zone "
+                "separately, or pass positions re-projected into one zone "
+                "(tf_netvlad.data.utm.latlon_to_utm(lat, lon, zone=...)) and `utm_zone`."
+            )
+        zone = min(labels) if labels else None
+    if zone is None:
+        return None
+    try:
+        return utm.check_zone_fits(positions, zone, "the image positions")
+    except ValueError as error:
+        if explicit:
+            raise
+        logger.warning("Not recording the UTM zone of the positions: %s", error)
+        return None
+
+
+def _finish_build(directory, state, paths, positions, root, kind, model_info, seed, utm_zone=None):
     """Metadata and faiss index for a completed extraction; removes the progress marker."""
     from tf_netvlad.data import pipelines
 
@@ -170,6 +230,7 @@ def _finish_build(directory, state, paths, positions, root, kind, model_info, se
         "dtype": state["dtype"], "descriptors_file": state["descriptors_file"], "metric": "ip",
         "kind": kind, "image_size": state["image_size"], "root": root,
         "paths": [paths[i] for i in kept], "positions": storage.positions_json(positions[kept]),
+        "utm_zone": utm_zone,
         "model": model_info,
         "skipped": [{"path": paths[s["input_index"]], "reason": s["reason"]}
                     for s in state["skipped"]],
@@ -244,7 +305,7 @@ class RetrievalIndex:
                 f"{os.fspath(directory)!r} is not a tf_netvlad retrieval index (no "
                 f"{METADATA_FILE}). Build one with `tf_netvlad index`."
             )
-        metadata = storage.read_json(meta_path)
+        metadata = storage.read_checked(meta_path)  # file names confined to the folder
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{os.fspath(meta_path)!r} is not a {FORMAT} metadata file.")
         if metadata.get("format_version", 0) > FORMAT_VERSION:
@@ -293,6 +354,11 @@ class RetrievalIndex:
         """The parsed resize policy the descriptors were extracted with (from the metadata)."""
         return parse_image_size(self.metadata["image_size"])
 
+    @property
+    def utm_zone(self):
+        """The UTM zone label of `positions` ("17T"), or None when unknown (older indexes too)."""
+        return self.metadata.get("utm_zone")
+
     def full_path(self, i):
         """Path of indexed image `i`, joined onto the index root when relative."""
         return resolve_paths([self.paths[int(i)]], self.root)[0]
@@ -316,8 +382,9 @@ class RetrievalIndex:
         check_compatible(model, self.metadata["model"], f"Index {os.fspath(self.directory)!r}", label)
 
     # ------------------------------------------------------------------ growing
+    @holds_writer_lock("self.directory", "retrieval index")
     def add(self, model_or_path, images, positions=None, root=None, batch_size=EXTRACT_BATCH_SIZE,
-            chunk_size=INDEX_CHUNK_SIZE, on_error="skip", progress=True):
+            chunk_size=INDEX_CHUNK_SIZE, on_error="skip", progress=True, utm_zone=None):
         """Extracts and appends images to this index (same model and resize policy required).
 
         Args:
@@ -325,17 +392,23 @@ class RetrievalIndex:
             images, positions, root: as in `build_retrieval_index`. Paths under the index root
                 are stored relative to it, others absolute.
             batch_size, chunk_size, on_error, progress: as in `build_retrieval_index`.
+            utm_zone: the zone label of the added positions (default: the split's or the
+                `@`-names'); positions of another zone than the index's are refused.
 
         An interrupted `add` of the same images resumes; one of other images is discarded.
 
         Returns:
             `self`, updated (new ids are `old count ... count - 1`, in input order minus skips).
         """
+        storage.check_unchanged(self.directory, self.metadata)  # another writer may have added
         image_size = self.image_size
         storage.check_options(batch_size, chunk_size, on_error)
+        images, zone = _split_and_zone(images, root, utm_zone)
+        paths, positions, root = storage.resolve_images(images, positions, root)
+        zone = _positions_zone(zone, images, paths, positions, explicit=utm_zone is not None)
+        zone = self._merged_zone(zone, positions)
         model, label = load_descriptor_model(model_or_path)
         self.check_model(model, label)
-        paths, positions, root = storage.resolve_images(images, positions, root)
         full_paths = [os.path.abspath(p) for p in resolve_paths(paths, root)]
         if on_error == "raise":
             from tf_netvlad.data import pipelines
@@ -362,6 +435,7 @@ class RetrievalIndex:
         metadata["count"] = self.count + len(kept)
         metadata["paths"] = self.paths + [stored_paths[i] for i in kept]
         metadata["positions"] = self.metadata["positions"] + storage.positions_json(positions[kept])
+        metadata["utm_zone"] = zone
         metadata["skipped"] = self.metadata["skipped"] + [
             {"path": stored_paths[s["input_index"]], "reason": s["reason"]}
             for s in state["skipped"]]
@@ -374,6 +448,23 @@ class RetrievalIndex:
                     self.directory, metadata["count"], len(state["skipped"]))
         self.__init__(self.directory, metadata, self.faiss_index)
         return self
+
+    def _merged_zone(self, zone, positions):
+        """The index's zone after adding `positions` of zone `zone`; never mixes two zones."""
+        ours = self.utm_zone
+        if zone is None or not np.isfinite(positions).all(axis=1).any():
+            return ours
+        if ours is not None and utm.same_projection(ours, zone):
+            return ours
+        if ours is None and not np.isfinite(self.positions).all(axis=1).any():
+            return zone
+        held = f"positions in UTM zone {ours}" if ours else "positions of no recorded UTM zone"
+        raise ValueError(
+            f"Index {os.fspath(self.directory)!r} holds {held}, the images to add are in zone "
+            f"{zone}: eastings/northings of two zones cannot be mixed. Build a separate index, "
+            "or pass positions re-projected into the index's zone "
+            "(tf_netvlad.data.utm.latlon_to_utm(lat, lon, zone=...))."
+        )
 
     def _stored_path(self, full_path):
         root = self.root

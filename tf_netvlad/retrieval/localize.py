@@ -11,6 +11,11 @@ clipped to >= 1e-6. It returns None when no retrieved image has a position.
 A retrieval counts as correct when it lies within `radius` of the query's ground-truth position
 (25 m, the positive radius of the Pittsburgh/Tokyo protocols: `defaults.POS_DIST_THR_M`).
 
+Positions are UTM metres. When the index knows their zone (`RetrievalIndex.utm_zone`, e.g.
+"17T": from the split, the `@`-file names or `--utm-zone`), every position is also given as WGS84
+latitude/longitude (`tf_netvlad.data.utm.utm_to_latlon`): the estimate as `estimated_latlon`,
+each retrieval as `latlon`. An index holds positions of one zone only, so the two never mix.
+
 Importing this module does not import TensorFlow; `localize` does, to run the model.
 """
 
@@ -18,6 +23,7 @@ import os
 
 import numpy as np
 
+from tf_netvlad.data import utm
 from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.image_size import parse_image_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, LOCALIZE_TOP_K, POS_DIST_THR_M
@@ -62,6 +68,14 @@ def _position(p):
     return None if p is None or not np.isfinite(p).all() else [float(p[0]), float(p[1])]
 
 
+def _latlon(p, zone):
+    """`[latitude, longitude]` of UTM position `p` in `zone`, or None when either is unknown."""
+    if zone is None or p is None or not np.isfinite(p).all():
+        return None
+    lat, lon = utm.utm_to_latlon(p[0], p[1], zone)
+    return [float(lat), float(lon)]
+
+
 def localize(index, model_or_path, image_paths, k=LOCALIZE_TOP_K, image_size=None,
              gt_positions=None, root=None, batch_size=EXTRACT_BATCH_SIZE, radius=POS_DIST_THR_M,
              progress=False, on_error="raise"):
@@ -86,8 +100,10 @@ def localize(index, model_or_path, image_paths, k=LOCALIZE_TOP_K, image_size=Non
 
     Returns:
         a list (one per query) of JSON-serialisable dicts: `query`, `top` (list of `rank`, `id`,
-        `path`, `position` or None, `score`, and `correct`/`distance_m` with ground truth),
-        `estimated_position` ([easting, northing] or None), and with ground truth
+        `path`, `position` or None, `latlon` or None, `score`, and `correct`/`distance_m` with
+        ground truth), `estimated_position` ([easting, northing] or None), `utm_zone` (the
+        index's, or None), `estimated_latlon` ([latitude, longitude] in degrees, None without a
+        zone or an estimate), and with ground truth
         `gt_position`, `error_m` (estimate vs truth) and `top1_correct` (None where the truth is
         unknown, i.e. a NaN row of `gt_positions`, or nothing was retrieved). A skipped query's dict
         has `query`, `error`, `top: []` and `estimated_position: None`.
@@ -121,7 +137,8 @@ def localize(index, model_or_path, image_paths, k=LOCALIZE_TOP_K, image_size=Non
                              None if gt is None else gt[q], radius)
     for q in skipped:
         reason = diagnose_image(queries[q]) or "could not be read or decoded"
-        results[q] = {"query": queries[q], "error": reason, "top": [], "estimated_position": None}
+        results[q] = {"query": queries[q], "error": reason, "top": [], "estimated_position": None,
+                      "utm_zone": index.utm_zone, "estimated_latlon": None}
     return results
 
 
@@ -133,13 +150,15 @@ def _result(index, query, scores, ids, gt, radius):
     top = []
     for rank, (i, score, position) in enumerate(zip(ids, scores, positions), start=1):
         entry = {"rank": rank, "id": int(i), "path": index.full_path(i),
-                 "position": _position(position), "score": float(score)}
+                 "position": _position(position), "latlon": _latlon(position, index.utm_zone),
+                 "score": float(score)}
         if gt is not None and np.isfinite(gt).all():
             distance = float(np.linalg.norm(position - gt))
             entry["distance_m"] = distance if np.isfinite(distance) else None
             entry["correct"] = bool(distance <= radius)
         top.append(entry)
-    result = {"query": query, "top": top, "estimated_position": _position(estimate)}
+    result = {"query": query, "top": top, "estimated_position": _position(estimate),
+              "utm_zone": index.utm_zone, "estimated_latlon": _latlon(estimate, index.utm_zone)}
     if gt is not None:
         result["gt_position"] = _position(gt)
         known = estimate is not None and np.isfinite(gt).all()
@@ -209,8 +228,10 @@ def format_results(results):
         if "error" in result:
             lines.append(f"{result['query']}: not localised, {result['error']}")
             continue
-        estimate = result.get("estimated_position")
+        estimate, latlon = result.get("estimated_position"), result.get("estimated_latlon")
         where = "unknown" if estimate is None else f"({estimate[0]:.1f}, {estimate[1]:.1f})"
+        if latlon is not None:
+            where += f" UTM {result['utm_zone']} = latitude {latlon[0]:.6f}, longitude {latlon[1]:.6f}"
         error = result.get("error_m")
         lines.append(f"{result['query']}: estimated position {where}"
                      + ("" if error is None else f", {error:.1f} m from the ground truth"))
