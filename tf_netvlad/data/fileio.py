@@ -76,3 +76,23 @@ def resolve_paths(paths, root=None):
         return paths
     root = os.fspath(root)
     return [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]
+
+
+def confined_path(folder, name, source, key):
+    """`folder / name` for a file name read from the metadata file `source` under `key`.
+
+    Only a plain file name inside `folder` is accepted: a folder someone hands you must not make
+    tf_netvlad read, truncate or delete a file elsewhere, so absolute paths, `..`, separators and
+    empty names are refused with a one-line error naming `source`. Returns a `pathlib.Path`.
+    """
+    from pathlib import Path
+
+    plain = (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+             and "\\" not in name and "\0" not in name and not os.path.isabs(name))
+    if not plain:
+        raise ValueError(
+            f"{os.fspath(source)!r}: `{key}` must be the name of a file inside "
+            f"{os.fspath(folder)!r}, not {name!r}. The folder was altered or damaged; tf_netvlad "
+            "reads and writes only files inside it. Rebuild it, or restore the file."
+        )
+    return Path(folder) / name

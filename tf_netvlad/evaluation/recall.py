@@ -20,7 +20,6 @@ Importing this module does not import TensorFlow; `evaluate` imports `extract` l
 """
 
 import logging
-import os
 
 import numpy as np
 
@@ -275,8 +274,7 @@ def _approximate_recall(db_desc, query_desc, positives, ns, k, exclude, protocol
 
 def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
     """None (extract returns float32 in RAM), or a float16 array / `.npy` memmap to fill."""
-    import tempfile
-
+    from tf_netvlad.data.locking import scratch_file
     from tf_netvlad.models import extract
 
     if dtype not in ("float32", "float16"):
@@ -291,10 +289,8 @@ def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
         )
     if memmap_dir is None:
         return np.empty((count, dim), dtype)
-    os.makedirs(memmap_dir, exist_ok=True)
-    handle, path = tempfile.mkstemp(prefix=f"{tag}_", suffix=".npy", dir=memmap_dir)
-    os.close(handle)
-    stack.callback(os.remove, path)
+    # removed at the end, on SIGTERM too; a killed run's file is removed by the next run here
+    path = stack.enter_context(scratch_file(memmap_dir, tag, ".npy"))
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, dim))
 
 
@@ -325,7 +321,8 @@ def evaluate(
             `evaluate_descriptors`.
         descriptor_dtype: "float32" (default) or "float16" (half the memory) for the database
             descriptors; memmap_dir: if set, they are written to a temporary `.npy` memmap there
-            (removed afterwards) instead of RAM. Queries stay float32 in RAM.
+            (removed afterwards, on SIGTERM too; a killed run's file is removed by the next run
+            in that folder) instead of RAM. Queries stay float32 in RAM.
         on_error: "raise" stops with `data.ImageReadError` naming the first unreadable image;
             "skip" evaluates without it: an unreadable database image is removed from every
             ranking and positive list, an unreadable query is left out of recall (its `ids` row

@@ -5,9 +5,17 @@ that touch files: resolving the images to index, the atomic JSON writers, the pr
 a resumable build, the chunked extraction that appends descriptors to `descriptors.f32|f16`, and
 the commit of a new faiss index generation.
 
+File names read from `metadata.json` and `progress.json` (`descriptors_file`, `index_file`) must
+be plain names of files inside the index folder (`fileio.confined_path`), and the descriptor file
+is never written through a symbolic or hard link, so a folder someone hands you cannot make
+`add` or a resumed build truncate or delete a file elsewhere. Writers hold the folder's
+`tf_netvlad.data.locking.DirectoryLock` (taken by `build_retrieval_index` and
+`RetrievalIndex.add`); the temp files of a killed writer are removed by the next one.
+
 Importing this module does not import TensorFlow; `extract_into` does, to run the model.
 """
 
+import errno
 import hashlib
 import json
 import logging
@@ -16,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_netvlad.data.fileio import atomic_path, write_json
+from tf_netvlad.data.fileio import atomic_path, confined_path, write_json
+from tf_netvlad.data.locking import remove_orphans
 from tf_netvlad.search import faiss_index as faiss_lib
 
 logger = logging.getLogger("tf_netvlad.retrieval.index")
@@ -111,6 +120,38 @@ def read_json(path):
         return json.load(handle)
 
 
+# File names an index's JSON files hold: each must name a file inside the folder.
+NAME_KEYS = ("descriptors_file", "index_file")
+
+
+def read_checked(path):
+    """A metadata or progress JSON file whose file-name entries are plain names in its folder
+    (`confined_path`); a one-line error naming `path` otherwise."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{os.fspath(path)!r} is not a tf_netvlad index file (no JSON object).")
+    for key in NAME_KEYS:
+        if data.get(key) is not None or (key == "descriptors_file" and key in data):
+            confined_path(path.parent, data[key], path, key)
+    return data
+
+
+def check_unchanged(directory, metadata):
+    """Refuses to write from a stale in-memory index: `metadata.json` must still be `metadata`'s
+    generation (another process may have added images since this index was loaded)."""
+    path = Path(directory) / METADATA_FILE
+    on_disk = read_checked(path) if path.exists() else {}
+    if on_disk.get("generation") != metadata.get("generation") or \
+            on_disk.get("count") != metadata.get("count"):
+        raise ValueError(
+            f"{os.fspath(path)!r} changed since this index was loaded (generation "
+            f"{metadata.get('generation')} with {metadata.get('count')} images then, "
+            f"{on_disk.get('generation')} with {on_disk.get('count')} now): another writer "
+            "updated it. Load it again (RetrievalIndex.load) and repeat the add."
+        )
+
+
 def positions_json(positions):
     return [None if not np.isfinite(p).all() else [float(p[0]), float(p[1])] for p in positions]
 
@@ -125,7 +166,8 @@ def write_faiss(index, path, skip_storage=False):
 
 
 def open_descriptors(directory, metadata):
-    path = directory / metadata["descriptors_file"]
+    path = confined_path(directory, metadata["descriptors_file"], Path(directory) / METADATA_FILE,
+                         "descriptors_file")
     dtype = np.dtype(metadata["dtype"])
     shape = (int(metadata["count"]), int(metadata["dim"]))
     needed = shape[0] * shape[1] * dtype.itemsize
@@ -188,15 +230,15 @@ def pending_state(directory, expected, what):
     path = directory / PROGRESS_FILE
     if not path.exists():
         return None
-    state = read_json(path)
+    state = read_checked(path)
     for key, value in expected.items():
         if state.get(key) != value:
             raise ValueError(
                 f"{os.fspath(directory)!r} holds an interrupted {state.get('operation')} "
                 f"({state.get('images_done')} of {state.get('num_inputs')} images done) with a "
                 f"different `{key}`: {state.get(key)!r} there, {value!r} now. Re-run it with the "
-                f"same arguments to resume, pass resume=False to start the {what} over, or use "
-                "another directory."
+                f"same arguments to resume, pass --restart (Python: resume=False) to start the "
+                f"{what} over, or use another directory."
             )
     return state
 
@@ -212,10 +254,11 @@ def extract_into(directory, state, model, full_paths, image_size, batch_size, ch
 
     dtype = np.dtype(state["dtype"])
     row_bytes = state["dim"] * dtype.itemsize
-    descriptors_path = directory / state["descriptors_file"]
-    with open(descriptors_path, "ab"):
-        pass
-    os.truncate(descriptors_path, state["rows_done"] * row_bytes)  # drop a half-written chunk
+    remove_orphans(directory, [".tmp-*"])  # atomic writes a killed writer left (we hold the lock)
+    descriptors_path = confined_path(directory, state["descriptors_file"],
+                                     directory / PROGRESS_FILE, "descriptors_file")
+    with open_for_append(descriptors_path) as handle:  # drop a half-written chunk
+        os.ftruncate(handle.fileno(), state["rows_done"] * row_bytes)
     buffer = np.empty((min(chunk_size, len(full_paths)), state["dim"]), np.float32)
     total, done = len(full_paths), state["images_done"]
     with tqdm(total=total, initial=done, desc="indexing", unit="img", disable=not progress,
@@ -230,7 +273,7 @@ def extract_into(directory, state, model, full_paths, image_size, batch_size, ch
             skipped = result[1] if on_error == "skip" else np.zeros(0, np.int64)
             keep = np.ones(len(chunk), bool)
             keep[skipped] = False
-            with open(descriptors_path, "ab") as handle:
+            with open_for_append(descriptors_path) as handle:
                 handle.write(out[keep].astype(dtype).tobytes())
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -244,6 +287,23 @@ def extract_into(directory, state, model, full_paths, image_size, batch_size, ch
             write_json(state, directory / PROGRESS_FILE, allow_nan=False)
             bar.update(len(chunk))
     return state
+
+
+def open_for_append(path):
+    """Opens the descriptor file for appending (created if missing), never through a link."""
+    link = f"{os.fspath(path)!r} is a link to another file; tf_netvlad writes index files only " \
+           "inside the index folder. Rebuild the index in a new folder."
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                     0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(link.replace("a link", "a symbolic link")) from None
+        raise
+    if os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        raise ValueError(link.replace("a link", "a hard link"))
+    return os.fdopen(fd, "ab")
 
 
 def diagnose(path):
