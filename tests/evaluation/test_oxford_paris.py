@@ -294,6 +294,46 @@ def test_load_revisited_gnd_wrong_file(tmp_path):
         rgt.load_revisited_gnd(tmp_path / "missing.pkl")
 
 
+class _Payload:
+    """Unpickling runs `open(marker, "w")`: a stand-in for any code a crafted file could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_ground_truth_pickle_runs_no_code(tmp_path):
+    marker = tmp_path / "marker"
+    cfg = _tiny_gnd()
+    cfg["gnd"][0]["junk"] = _Payload(str(marker))
+    path = _write_pickle(tmp_path / "gnd_evil.pkl", cfg)
+    with open(path, "rb") as handle:  # the control: a plain pickle.load runs the payload
+        pickle.load(handle)
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ValueError, match=r"gnd_evil.pkl.*refers to (builtins|io)\.open"):
+        rgt.load_revisited_gnd(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_numpy_arrays_in_the_ground_truth_pickle_load(tmp_path, protocol):
+    # revisitop's gnd_*.pkl keeps each query's easy / hard / junk ids as NumPy arrays.
+    cfg = _tiny_gnd()
+    for g in cfg["gnd"]:
+        for key in ("easy", "hard", "junk"):
+            g[key] = np.asarray(g[key], np.int64)
+        g["bbx"] = np.asarray(g["bbx"], np.float64)
+    path = tmp_path / "gnd_rtiny5k.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump(cfg, handle, protocol=protocol)
+    gt = rgt.load_revisited_gnd(path)
+    assert [p.tolist() for p in gt.lists("medium")[0]] == [
+        sorted(set(np.concatenate([g["easy"], g["hard"]]).tolist())) for g in cfg["gnd"]]
+
+
 def _write_text_gt(folder):
     """Oxford-style folder for 2 queries; images in sub-folders (as Paris) with 1 distractor."""
     gt_dir, images = folder / "gt", folder / "images"

@@ -150,11 +150,33 @@ def ground_truth_from_revisited(cfg, name="revisited"):
     return RetrievalGroundTruth(name, db_names, query_names, box_array, protocols)
 
 
+# What a ground-truth pickle may build: containers, numbers and strings (the pickle protocol's own
+# opcodes, no lookup needed) and NumPy arrays. Any other global (os.system, builtins.eval, a class
+# whose __reduce__ runs code) is refused, so loading a crafted file runs nothing.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+    ("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes"),  # array bytes, protocol 2
+}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"it refers to {module}.{name}; a ground-truth pickle holds only lists, dicts, numbers, "
+            "strings and NumPy arrays, so nothing else is loaded (and no code from the file runs)")
+
+
 def load_revisited_gnd(path):
     """Loads `gnd_roxford5k.pkl` / `gnd_rparis6k.pkl` (or cirtorch's `gnd_oxford5k.pkl`).
 
-    The file is a pickle: load only files from a trusted source. The name is taken from the file
-    name without the "gnd_" prefix ("roxford5k").
+    The file is a pickle, read with an unpickler that builds only containers, numbers, strings
+    and NumPy arrays: a crafted file is refused instead of running code. The name is taken from
+    the file name without the "gnd_" prefix ("roxford5k").
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -162,10 +184,10 @@ def load_revisited_gnd(path):
     try:
         with open(path, "rb") as handle:
             try:
-                cfg = pickle.load(handle)
+                cfg = _DataOnlyUnpickler(handle).load()
             except UnicodeDecodeError:  # a Python 2 pickle
                 handle.seek(0)
-                cfg = pickle.load(handle, encoding="latin1")
+                cfg = _DataOnlyUnpickler(handle, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as error:
         raise ValueError(
             f"{path!r} is not a readable pickle ({type(error).__name__}: {error}); expected a "
