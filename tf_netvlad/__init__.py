@@ -28,6 +28,8 @@ _PUBLIC = {
     # data
     "PlaceSplit": "tf_netvlad.data.places",
     "load_split": "tf_netvlad.data.places",
+    "latlon_to_utm": "tf_netvlad.data.utm",
+    "utm_to_latlon": "tf_netvlad.data.utm",
     # models
     "BACKBONES": "tf_netvlad.models.backbones",
     "build_backbone": "tf_netvlad.models.backbones",
@@ -55,11 +57,13 @@ _PUBLIC = {
     "build_retrieval_index": "tf_netvlad.retrieval.index",
     "RetrievalIndex": "tf_netvlad.retrieval.index",
     "localize": "tf_netvlad.retrieval.localize",
+    "export_hloc": "tf_netvlad.retrieval.hloc",
     # export and conversion
     "export_saved_model": "tf_netvlad.export.saved_model",
     "export_onnx": "tf_netvlad.export.saved_model",
     "convert_matconvnet": "tf_netvlad.convert.matconvnet",
     "convert_pytorch": "tf_netvlad.convert.pytorch",
+    "load_pretrained": "tf_netvlad.convert.pretrained",
     # demo
     "generate_demo_data": "tf_netvlad.demo.dataset",
     "run_demo": "tf_netvlad.demo.run",
