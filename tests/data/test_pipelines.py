@@ -239,3 +239,93 @@ def test_bad_arguments_are_echoed(tmp_path):
         pipelines.ImageBatches([], on_error="ignore")
     with pytest.raises(ValueError, match="batch_size=0"):
         pipelines.image_dataset([], batch_size=0)
+
+
+# --------------------------------------------------------------------------- where decoding equals PIL
+# `serve_bytes` decodes with `decode_image` too (tests/export: its output equals extraction's), so
+# these bounds are the signature's. PNG chunks follow the PNG specification (IHDR, IDAT, IEND).
+
+
+def _png16(values):
+    """A 16-bit PNG (grey `(h, w)`, RGB or RGBA `(h, w, c)`), written chunk by chunk: PIL writes no
+    16-bit colour PNGs."""
+    import struct
+    import zlib
+
+    values = np.asarray(values, np.uint16)
+    height, width = values.shape[:2]
+    colour_type = {2: 0, 3: 2, 4: 6}[values.ndim if values.ndim == 2 else values.shape[2]]
+    raw = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _decode_diff(encoded):
+    decoded = decode_image(tf.constant(encoded)).numpy().astype(int)
+    pil = _pil_rgb(encoded).astype(int)
+    assert decoded.shape == pil.shape
+    return np.abs(decoded - pil).max()
+
+
+@pytest.mark.parametrize("kwargs", [dict(progressive=True), dict(progressive=True, subsampling=2, quality=70),
+                                    dict(optimize=True, quality=90)])
+def test_progressive_and_optimised_jpegs_are_bit_exact_with_pil(rng, kwargs):
+    pixels = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    assert _decode_diff(_encode(Image.fromarray(pixels), "JPEG", **kwargs)) == 0
+    assert _decode_diff(_encode(Image.fromarray(pixels[..., 0], "L"), "JPEG", **kwargs)) == 0
+
+
+@pytest.mark.parametrize("fmt, mode", [("GIF", "P"), ("BMP", "RGB"), ("BMP", "L"), ("PNG", "1")])
+def test_gif_bmp_and_1bit_png_are_bit_exact_with_pil(rng, fmt, mode):
+    pixels = rng.integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    assert _decode_diff(_encode(Image.fromarray(pixels).convert(mode), fmt)) == 0
+
+
+def test_16bit_colour_png_keeps_the_high_byte_as_pil(rng):
+    for channels in (3, 4):
+        values = rng.integers(0, 65536, (13, 17, channels), dtype=np.uint16)
+        encoded = _png16(values)
+        assert _decode_diff(encoded) == 0
+        np.testing.assert_array_equal(decode_image(encoded).numpy(), (values[..., :3] >> 8).astype(np.uint8))
+
+
+def test_cmyk_jpeg_is_within_one_grey_level_of_pil(rng):
+    cmyk = Image.fromarray(rng.integers(0, 256, (29, 31, 4), dtype=np.uint8), "CMYK")
+    diff = _decode_diff(_encode(cmyk, "JPEG", quality=95))
+    assert diff <= 1
+
+
+def test_16bit_grey_png_is_scaled_by_tensorflow_but_clipped_by_pil():
+    """The documented exception: TF keeps the high byte (v >> 8), PIL clips v at 255."""
+    values = np.array([[0, 255, 256, 4660], [32768, 65280, 65535, 200]], np.uint16)
+    encoded = _png16(values)
+    decoded = decode_image(encoded).numpy()
+    np.testing.assert_array_equal(decoded[..., 0], [[0, 0, 1, 18], [128, 255, 255, 0]])
+    np.testing.assert_array_equal(decoded[..., 0], decoded[..., 2])
+    np.testing.assert_array_equal(_pil_rgb(encoded)[..., 0], [[0, 255, 255, 255], [255, 255, 255, 200]])
+    assert _decode_diff(encoded) == 255  # 255 -> 0 here; a photo's darkest values differ most
+
+
+# --------------------------------------------------------------------------- minimum input size
+
+
+def test_upscale_to_min_size_stretches_short_sides_only(rng):
+    from tf_netvlad.data.images import upscale_to_min_size
+
+    one = rng.integers(0, 256, (1, 1, 3)).astype(np.float32)
+    np.testing.assert_array_equal(upscale_to_min_size(one, (8, 6)).numpy(), np.broadcast_to(one, (8, 6, 3)))
+    # 2 -> 4 rows with half-pixel centres: rows sample 0, 0.25, 0.75, 1 (clamped at the ends)
+    two = np.array([[[0.0] * 3], [[100.0] * 3]], np.float32)  # (2, 1, 3)
+    np.testing.assert_allclose(upscale_to_min_size(two, (4, 1)).numpy()[:, 0, 0], [0, 25, 75, 100])
+    batch = rng.integers(0, 256, (2, 3, 12, 3)).astype(np.float32)
+    assert upscale_to_min_size(batch, (8, 8)).shape == (2, 8, 12, 3)  # width already large enough
+    big = rng.integers(0, 256, (9, 8, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(upscale_to_min_size(big, (8, 8)).numpy(), big)  # unchanged, float32
+    assert upscale_to_min_size(big, None).dtype == tf.float32
+    fn = tf.function(lambda x: upscale_to_min_size(x, (8, 8)), autograph=False,
+                     input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    assert fn(batch).shape == (2, 8, 12, 3) and fn(big[None].astype(np.float32)).shape == (1, 9, 8, 3)

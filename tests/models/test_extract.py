@@ -145,3 +145,69 @@ def test_predict_fn_is_traced_once_per_model_and_policy():
     first(images)
     first(images * 2)
     assert first.experimental_get_tracing_count() == 1
+
+
+# --------------------------------------------------------------------------- images below the minimum size
+
+
+def _bilinear(array, out_h, out_w):
+    """NumPy reference of `tf.image.resize(..., "bilinear", antialias=False)` (half-pixel centres)
+    on an `(h, w, c)` array: each output index i samples (i + 0.5) * in / out - 0.5, clamped."""
+    def axis(values, out, along):
+        size = values.shape[along]
+        src = np.clip((np.arange(out) + 0.5) * size / out - 0.5, 0, size - 1)
+        low = np.floor(src).astype(int)
+        high = np.minimum(low + 1, size - 1)
+        weight = (src - low).reshape([-1 if a == along else 1 for a in range(values.ndim)])
+        return np.take(values, low, along) * (1 - weight) + np.take(values, high, along) * weight
+
+    return axis(axis(np.asarray(array, np.float64), out_h, 0), out_w, 1)
+
+
+def _conv_pool_model():
+    """Conv 5x3 'valid' then 2x2 max-pool: needs h - 4 >= 2 and w - 2 >= 2, i.e. at least 6 x 4."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(2, (5, 3), padding="valid")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def test_minimum_input_size_is_the_smallest_image_with_a_1x1_feature_map(tiny_model, mean_colour_model):
+    assert extract.minimum_input_size(tiny_model) == (8, 8)  # three 2x2 max-pools: 2**3
+    assert extract.minimum_input_size(tiny_model.local_features_model()) == (8, 8)
+    assert extract.minimum_input_size(_conv_pool_model()) == (6, 4)  # per axis, hand-computed
+    assert extract.minimum_input_size(mean_colour_model) is None  # a 1x1 image is fine
+    fixed = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(2, 3),
+                              keras.layers.GlobalAveragePooling2D()])
+    assert extract.minimum_input_size(fixed) is None  # fixed input: nothing to adapt
+
+
+def test_tiny_images_are_stretched_to_the_minimum_and_get_descriptors(tmp_path, tiny_model):
+    """A 1x1, a 4x4 and a 3x40 px PNG abort a plain forward pass (MaxPool of an empty map); here
+    each is stretched to at least 8x8 and matches the model on a NumPy-stretched image."""
+    rng = np.random.default_rng(1)
+    pixels = [rng.integers(0, 256, size + (3,), dtype=np.uint8) for size in [(1, 1), (4, 4), (3, 40)]]
+    paths = []
+    for i, array in enumerate(pixels):
+        paths.append(str(tmp_path / f"tiny{i}.png"))
+        Image.fromarray(array).save(paths[-1])
+    out = extract.extract_descriptors(tiny_model, paths, progress=False)
+    stretched = [np.full((8, 8, 3), pixels[0][0, 0], np.float64),  # a 1x1 image: one colour
+                 _bilinear(pixels[1], 8, 8), _bilinear(pixels[2], 8, 40)]
+    expected = np.concatenate([tiny_model.predict_on_batch(s[None].astype(np.float32)) for s in stretched])
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # a max side above the minimum never shrinks them further, so the same descriptors come out
+    np.testing.assert_allclose(extract.extract_descriptors(tiny_model, paths, image_size=640, progress=False),
+                               out, atol=1e-6)
+    local = extract.sample_local_features(tiny_model.local_features_model(), paths, per_image=1,
+                                          progress=False)
+    assert local.shape == (3, 64) and np.isfinite(local).all()
+
+
+def test_a_policy_below_the_minimum_is_refused_before_reading_images(tiny_model):
+    for size, text in [((4, 4), "'4x4'"), ((8, 6), "'8x6'"), (6, "'6'")]:
+        with pytest.raises(ValueError, match=rf"`image_size` {text} is smaller than the minimum input.*8x8"):
+            extract.extract_descriptors(tiny_model, ["does-not-exist.png"], image_size=size, progress=False)
+    with pytest.raises(ValueError, match="8x8 px"):
+        extract.sample_local_features(tiny_model.local_features_model(), ["nope.png"], image_size=(4, 4))

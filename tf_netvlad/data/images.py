@@ -15,10 +15,24 @@ from tf_netvlad.data.image_size import check_image_size
 def decode_image(encoded):
     """Decodes an encoded image (tf.string scalar) to uint8 RGB `[H, W, 3]`.
 
-    JPEG uses `dct_method="INTEGER_ACCURATE"`, which is bit-exact with PIL/libjpeg's default
-    decoder; PNG, GIF (first frame) and BMP go through `tf.io.decode_image`. Grey images are
-    replicated to 3 channels and an alpha channel is dropped (as PIL's `convert("RGB")`).
-    Graph-safe without autograph (uses `tf.cond`).
+    JPEG uses `dct_method="INTEGER_ACCURATE"` (libjpeg's default, which PIL uses); PNG, GIF (first
+    frame), BMP and WebP go through `tf.io.decode_image`. Grey images are replicated to 3 channels
+    and an alpha channel is dropped (as PIL's `convert("RGB")`). Graph-safe without autograph
+    (uses `tf.cond`). Extraction and the `serve_bytes` signature both run this function, so they
+    always decode identically.
+
+    Against PIL's `Image.open(f).convert("RGB")` (measured by `tests/data/test_pipelines.py`):
+
+    * bit-exact for baseline, progressive and optimised JPEGs in YCbCr or grey (any chroma
+      subsampling); 8-bit PNGs of every colour type (RGB, RGBA, grey, grey+alpha, palette, 1-bit);
+      16-bit RGB/RGBA PNGs (both keep the high byte); GIF; BMP;
+    * within 1 grey level for CMYK (Adobe) JPEGs: the CMYK -> RGB conversion rounds differently;
+    * not comparable for 16-bit grey PNGs: TensorFlow scales the 16-bit value to 0..255 (its high
+      byte), while PIL clips it at 255 (every value above 255 becomes white), so they differ by up
+      to 255. TensorFlow's is the meaningful image; convert such files to 8 bits beforehand if
+      PIL's behaviour matters.
+
+    Neither applies an EXIF orientation tag.
     """
     encoded = tf.convert_to_tensor(encoded, dtype=tf.string)
 
@@ -76,6 +90,44 @@ def resize_image(image, image_size):
     if isinstance(image_size, tuple):
         return tf.ensure_shape(out, [image_size[0], image_size[1], 3])
     return tf.ensure_shape(out, [None, None, 3])
+
+
+def upscale_to_min_size(images, min_size):
+    """Stretches images smaller than a model's minimum input size up to it; others pass unchanged.
+
+    A backbone needs an input of at least `min_size = (min_h, min_w)` pixels to produce a 1x1
+    feature map (`tf_netvlad.models.extract.minimum_input_size`: 8 for `tiny`, 16 for VGG16); a
+    smaller image makes its pooling layers fail (an `AbortedError ... MaxPool` in a graph). So a
+    valid but tiny image (e.g. a 1x1 or 4x4 px PNG) is treated as an image, not as an error: each
+    side shorter than its minimum is resized to exactly the minimum, the other side is kept
+    (bilinear, `antialias=False`, half-pixel centres, as `resize_image`). Only such degenerate
+    images change aspect ratio; every image at least `min_size` is returned as is, without
+    resampling. Extraction (`make_predict_fn`) and both serving signatures run this same function,
+    so a tiny image gets the same descriptor everywhere.
+
+    Args:
+        images: float `[B, H, W, 3]` or `[H, W, 3]` (any numeric dtype; returned as float32).
+        min_size: `(min_h, min_w)` ints, or None for no minimum (returned as float32 unchanged).
+
+    Graph-safe without autograph (`tf.cond`); when the static H and W are known and large enough,
+    no op is added at all.
+    """
+    images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    if min_size is None:
+        return images
+    min_h, min_w = (int(v) for v in min_size)
+    static_h, static_w = images.shape[-3], images.shape[-2]
+    if static_h is not None and static_w is not None and static_h >= min_h and static_w >= min_w:
+        return images
+    shape = tf.shape(images)
+    height, width = shape[-3], shape[-2]
+    small = tf.logical_or(height < min_h, width < min_w)
+
+    def stretched():
+        size = tf.stack([tf.maximum(height, min_h), tf.maximum(width, min_w)])
+        return tf.image.resize(images, size, method="bilinear", antialias=False)
+
+    return tf.cond(small, stretched, lambda: images)
 
 
 def decode_and_resize(encoded, image_size=None):

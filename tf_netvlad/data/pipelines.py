@@ -14,6 +14,13 @@ Resize policy (`image_size`), shared by extraction, evaluation and serving:
   image is bounded and small images keep their native pixels.
 * `(H, W)`: every image is resized to exactly H x W (aspect ratio not kept).
 
+Images smaller than the model can take (its minimum input size, the smallest image that gives a
+1x1 feature map: 16 px for VGG16, 8 for `tiny`) are valid images, not errors: the model's predict
+function stretches each too-short side up to the minimum (`data.images.upscale_to_min_size`,
+applied by `tf_netvlad.models.extract.make_predict_fn` and by the serving signatures), so a 1x1
+px PNG gets a descriptor in every command. The pipeline itself does not know the model and
+yields such images as they are.
+
 Resizing is bilinear with `antialias=False` (`tf.image.resize`, half-pixel centres), the same op the
 serving signature runs, so extraction and serving give identical pixels. Without antialiasing, strong
 downscaling (more than about 2x) aliases; pre-shrink such images offline if that matters.

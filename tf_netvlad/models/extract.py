@@ -7,6 +7,12 @@ Images are read with `data.pipelines.ImageBatches` (parallel decode, prefetch, i
 errors name the file). `extract_descriptors` and `sample_local_features` parse `image_size`
 (`data.image_size.parse_image_size`); `make_predict_fn` takes the parsed policy. Outputs are
 float32 and never go through float64.
+
+Images smaller than the model's minimum input size (`minimum_input_size`: the smallest image that
+gives a 1x1 feature map) are stretched up to it inside the predict function
+(`data.images.upscale_to_min_size`), so a valid 1x1 or 4x4 px image gets a descriptor instead of
+aborting the model; a resize policy that can never reach the minimum (a fixed size or a max side
+below it) is refused before any image is read (`check_image_size_for_model`).
 """
 
 import logging
@@ -17,7 +23,8 @@ import tensorflow as tf
 
 from tf_netvlad.data import pipelines
 from tf_netvlad.data.fileio import resolve_paths
-from tf_netvlad.data.image_size import check_image_size, parse_image_size
+from tf_netvlad.data.image_size import check_image_size, format_image_size, parse_image_size
+from tf_netvlad.data.images import upscale_to_min_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INIT_IMAGES, INIT_PER_IMAGE, SEED
 
 logger = logging.getLogger(__name__)
@@ -39,6 +46,96 @@ def _single_output(outputs):
 
 # model -> {(H, W): tf.function}; weak keys so cached functions do not keep models alive.
 _PREDICT_FNS = weakref.WeakKeyDictionary()
+# model -> (min_h, min_w) or None, see `minimum_input_size`.
+_MIN_SIZES = weakref.WeakKeyDictionary()
+# Largest side probed by `minimum_input_size`; a model that needs more is left alone.
+MIN_SIZE_PROBE_LIMIT = 4096
+
+
+def _fits(model, height, width):
+    """Whether `model` accepts a `height` x `width` image (every feature map at least 1x1)."""
+    try:
+        model.compute_output_shape((1, height, width, 3))
+    except ValueError:  # Keras: "Computed output size would be zero or negative"
+        return False
+    return True
+
+
+def _smallest(fits, low, high):
+    """The smallest n in [low, high] with fits(n), given fits(high) and monotonicity."""
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def _probe_min_size(model):
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list) and len(shape) == 1:
+        shape = shape[0]
+    if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] is None and shape[2] is None):
+        return None  # a fixed-size or non-image input: nothing to adapt
+    if _fits(model, 1, 1):
+        return None
+    side = 2
+    while not _fits(model, side, side):
+        if side >= MIN_SIZE_PROBE_LIMIT:
+            logger.warning("%s accepts no square image up to %d px; images are not upscaled.",
+                           model.name, MIN_SIZE_PROBE_LIMIT)
+            return None
+        side *= 2
+    side = _smallest(lambda n: _fits(model, n, n), side // 2 + 1, side)
+    height = _smallest(lambda n: _fits(model, n, side), 1, side)
+    width = _smallest(lambda n: _fits(model, side, n), 1, side)
+    return (height, width) if _fits(model, height, width) else (side, side)
+
+
+def minimum_input_size(model):
+    """The smallest image `(height, width)` the model accepts, or None if any size works.
+
+    An image is too small when a pooling or strided layer of the backbone would produce an empty
+    feature map (VGG16: 16 px, four 2x2 max-pools before conv5; AlexNet: 31; MobileNetV2: 31;
+    `tiny`: 8; ResNet50 cut at conv4 accepts 1 px). Found once per model from the layers' own
+    shape arithmetic (`model.compute_output_shape` on `(1, h, w, 3)`, a binary search over h and
+    w; no image is run), then cached. None for a model with a fixed input size, for one that
+    accepts 1x1 images, or when the probe fails (logged), in which case nothing is upscaled.
+    """
+    if model not in _MIN_SIZES:
+        try:
+            _MIN_SIZES[model] = _probe_min_size(model)
+        except Exception as error:  # any model kind: never let the probe itself fail extraction
+            logger.debug("Could not probe the minimum input size of %r: %s", model, error)
+            _MIN_SIZES[model] = None
+    return _MIN_SIZES[model]
+
+
+def check_image_size_for_model(model, image_size):
+    """Refuses a parsed policy that can never reach the model's minimum input size; returns it.
+
+    A fixed `(H, W)` below the minimum, or a max side below its larger side, would upscale every
+    image (the user asked for smaller ones), so it is an error raised before any image is read.
+    "keep" is always accepted: only images that are themselves too small are stretched.
+    Returns the minimum `(min_h, min_w)` or None (see `minimum_input_size`).
+    """
+    image_size = check_image_size(image_size)
+    min_size = minimum_input_size(model)
+    if min_size is None or image_size is None:
+        return min_size
+    min_h, min_w = min_size
+    if isinstance(image_size, tuple):
+        too_small = image_size[0] < min_h or image_size[1] < min_w
+    else:
+        too_small = image_size < max(min_h, min_w)
+    if too_small:
+        raise ValueError(
+            f"`image_size` {format_image_size(image_size)!r} is smaller than the minimum input of "
+            f"model {model.name!r}: {min_h}x{min_w} px (the smallest image that gives a 1x1 "
+            "feature map). Use a larger size (CLI: --image-size) or 'keep'."
+        )
+    return min_size
 
 
 def make_predict_fn(model, image_size=None):
@@ -47,7 +144,8 @@ def make_predict_fn(model, image_size=None):
     `image_size` is the parsed policy. The input signature is `[None, H, W, 3]` for a fixed
     `(H, W)` policy and `[None, None, None, 3]` otherwise, so "keep" does not retrace for every new
     image shape. The function is cached per model and policy, so repeated extractions (cache
-    refreshes, per-epoch validation) reuse one trace.
+    refreshes, per-epoch validation) reuse one trace. Images smaller than the model's
+    `minimum_input_size` are stretched up to it first (`data.images.upscale_to_min_size`).
     """
     size = check_image_size(image_size)
     height, width = size if isinstance(size, tuple) else (None, None)
@@ -55,9 +153,11 @@ def make_predict_fn(model, image_size=None):
     if (height, width) not in cache:
         model_ref = weakref.ref(model)
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+        min_size = minimum_input_size(model)
 
         @tf.function(input_signature=[spec])
         def predict(images):
+            images = upscale_to_min_size(images, min_size)
             return _single_output(model_ref()(images, training=False))
 
         cache[(height, width)] = predict
@@ -105,6 +205,10 @@ def extract_descriptors(
         out: optional preallocated float32 or float16 array (or `np.memmap`) of shape `(n, D)` to
             write into, keeping memory bounded for large databases.
 
+    An image smaller than the model's `minimum_input_size` (e.g. a valid 1x1 px PNG) is not an
+    error: it is stretched up to that size and gets a descriptor. A fixed size or max side below
+    the minimum is refused (`ValueError`) before any image is read.
+
     Returns:
         `np.ndarray (n, D)` float32 (or `out`). With `on_error="skip"`: a tuple
         `(descriptors, skipped)` where `skipped` is an int64 array of indices into `paths` whose rows
@@ -112,6 +216,7 @@ def extract_descriptors(
     """
     image_size = parse_image_size(image_size)
     batches = pipelines.ImageBatches(paths, root, image_size, batch_size, on_error)
+    check_image_size_for_model(model, image_size)
     count = len(batches)
     dim = static_output_dim(model)
     if out is not None:
@@ -191,7 +296,8 @@ def sample_local_features(
     Args:
         feature_model: `keras.Model` mapping images `[B, H, W, 3]` (0..255) to local features
             `[B, h, w, D]`, already L2-normalised per location by the caller's model.
-        paths, root, image_size, batch_size, progress: as in `extract_descriptors`.
+        paths, root, image_size, batch_size, progress: as in `extract_descriptors` (images
+            smaller than the model's minimum input are stretched up to it).
         num_images: int >= 1, images to sample (MATLAB/pytorch-NetVlad: 500).
         per_image: int >= 1, locations per image (100).
         seed: int, RNG seed (MATLAB: 43).
@@ -203,6 +309,7 @@ def sample_local_features(
     pipelines.check_positive_int(num_images, "num_images")
     pipelines.check_positive_int(per_image, "per_image")
     image_size = parse_image_size(image_size)
+    check_image_size_for_model(feature_model, image_size)
     full_paths = resolve_paths(paths, root)
     if not full_paths:
         raise ValueError("`paths` is empty: need at least one image to sample local features.")

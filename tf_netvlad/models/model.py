@@ -59,7 +59,9 @@ class NetVLADModel(keras.Model):
     over the B·(1 + P + N) images, takes the best positive (min d² over the masked positive set)
     in the graph and minimises the ranking loss of `tf_netvlad.models.losses` with margin `margin`,
     reduced by `loss_reduction` ("sum": per-query sum over negatives, mean over queries;
-    "mean_violating": ÷ number of violating triplets, as MATLAB). Layer regularisation losses are
+    "mean_violating": ÷ number of violating triplets, as MATLAB). An optional `negative_mask`
+    `(B, N)` in the data masks filler negatives, and `exclude_very_hard` (`set_training_options`)
+    re-checks MATLAB's `excludeVeryHard` on the fresh descriptors. Layer regularisation losses are
     added; `weight_decay` > 0 adds the coupled L2 term ½·wd·Σ‖W‖² over trainable kernels (rank
     >= 2; biases excluded), i.e. MATLAB/PyTorch SGD weight decay, to the optimised objective (not
     to the reported `loss`). Loss scaling (`optimizer.scale_loss`) makes `mixed_float16` work;
@@ -101,6 +103,7 @@ class NetVLADModel(keras.Model):
         # === Training state (not config) ===
         self.loss_reduction = "sum"
         self.weight_decay = 0.0
+        self.exclude_very_hard = False
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.violating_tracker = keras.metrics.Mean(name="violating_triplets")
         self.positive_tracker = keras.metrics.Mean(name="positive_d2")
@@ -123,8 +126,11 @@ class NetVLADModel(keras.Model):
         return keras.Model(self.input, self.netvlad.input, name=f"{self.name}_local_features")
 
     # ------------------------------------------------------------------ training
-    def set_training_options(self, loss_reduction=None, weight_decay=None):
-        """Sets the loss reduction ("sum" | "mean_violating") and the coupled L2 weight decay."""
+    def set_training_options(self, loss_reduction=None, weight_decay=None, exclude_very_hard=None):
+        """Sets the loss reduction ("sum" | "mean_violating"), the coupled L2 weight decay and whether
+        the step re-checks MATLAB's `excludeVeryHard` with fresh descriptors (`losses.ranking_loss_terms`)."""
+        if exclude_very_hard is not None:
+            self.exclude_very_hard = bool(exclude_very_hard)
         if loss_reduction is not None:
             self.loss_reduction = losses.check_reduction(loss_reduction)
         if weight_decay is not None:
@@ -175,6 +181,7 @@ class NetVLADModel(keras.Model):
         terms = losses.ranking_loss_terms(
             query, positives, negatives, positive_mask=x.get("positive_mask"),
             negative_mask=x.get("negative_mask"), margin=self.margin,
+            exclude_very_hard=self.exclude_very_hard,
         )
         local = losses.ranking_loss_sums(terms)
         context = tf.distribute.get_replica_context()
@@ -182,8 +189,8 @@ class NetVLADModel(keras.Model):
         total = local if replicas == 1 else context.all_reduce(tf.distribute.ReduceOp.SUM, local)
         normaliser = total["num_queries"] if self.loss_reduction == "sum" else total["num_violating"]
         normaliser = tf.cast(normaliser, tf.float32)
-        loss = tf.math.divide_no_nan(local["hinge_sum"], normaliser)
-        report = tf.math.divide_no_nan(total["hinge_sum"], normaliser)
+        loss = losses.divide_hinge_sum(local["hinge_sum"], normaliser)  # NaN/inf stay visible
+        report = losses.divide_hinge_sum(total["hinge_sum"], normaliser)
         if self.losses:
             regularisation = tf.cast(tf.add_n(self.losses), tf.float32)
             loss += regularisation / replicas
@@ -363,17 +370,82 @@ def resolve_model(model_or_path, any_keras_model=False):
     return model_or_path, None
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _one_line(error):
+    """The first two non-empty lines of an error message, joined (Keras errors span many lines)."""
+    lines = [" ".join(line.split()) for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:2]) or type(error).__name__
+
+
+def _keras_archive_problem(path):
+    """Why `path` is not a readable `.keras` zip archive (a short cause), or None if it looks fine.
+
+    A `.keras` file is a zip of `config.json`, `metadata.json` and `model.weights.h5` (Keras
+    `saving_lib`); checked here so that a broken file gets its real cause, not Keras's "File not
+    found" (for any non-zip) or h5py's "file signature not found" (no path).
+    """
+    import json
+    import zipfile
+
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head:
+        return "the file is empty (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        if head.startswith(b"PK"):
+            return "the zip archive is truncated or damaged (no readable central directory)"
+        if head == _HDF5_SIGNATURE:
+            return "it is an HDF5 file (a legacy .h5 model or a weights file), not a .keras zip archive"
+        return "it is not a zip archive, as every .keras file is"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "config.json" not in names:
+                return "the archive holds no config.json, so it is not a Keras model file"
+            weights = [n for n in ("model.weights.h5", "model.weights.npz") if n in names]
+            if not weights:
+                return "the archive holds no model.weights.h5: the weights are missing"
+            damaged = archive.testzip()
+            if damaged is not None:
+                return f"the archive member {damaged} is corrupt (CRC mismatch): the file is damaged"
+            json.loads(archive.read("config.json"))
+            if weights[0].endswith(".h5"):
+                with archive.open(weights[0]) as member:
+                    if member.read(8) != _HDF5_SIGNATURE:
+                        return f"its weights ({weights[0]}) are corrupt: not an HDF5 file"
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        return f"the zip archive is damaged ({_one_line(err)})"
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+        return f"its config.json is not valid JSON ({_one_line(err)})"
+    return None
+
+
 def load_model(path, compile=True):
-    """Loads a tf_netvlad `.keras` model; clear errors for a missing file or a foreign model."""
+    """Loads a tf_netvlad `.keras` model.
+
+    Every failure is one line naming the file and the cause: missing, a directory, not `.keras`,
+    empty, not a zip, a truncated or damaged archive, corrupt or truncated weights, weights that do
+    not fit the architecture, or a Keras model that is not a tf_netvlad `NetVLADModel`.
+    """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Model path {path} is a directory, not a .keras model file.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file not found: {path}")
     if not path.endswith(".keras"):
         raise ValueError(f"Expected a `.keras` model file. Received: {path}")
+    problem = _keras_archive_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is not a loadable tf_netvlad model: {problem}.")
     try:
         model = keras.saving.load_model(path, compile=compile)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path} is not a loadable tf_netvlad model: {err}") from err
+    except OSError as err:  # h5py on a truncated or damaged weights file
+        raise ValueError(f"{path} is not a loadable tf_netvlad model: its weights are corrupt or "
+                         f"truncated ({_one_line(err)}).") from err
+    except (TypeError, ValueError, KeyError, EOFError) as err:
+        raise ValueError(f"{path} is not a loadable tf_netvlad model: {_one_line(err)}") from err
     if not isinstance(model, NetVLADModel):
         raise ValueError(
             f"{path} holds a {type(model).__name__}, not a tf_netvlad NetVLADModel. "
