@@ -63,6 +63,11 @@ PAPER_IMAGE_SIZE = (480, 640)
 # `retrieval.localize`.
 POS_DIST_THR_M = 25.0
 NON_TRIV_POS_DIST_SQ_THR_M2 = 100.0
+# MATLAB's trivial-positive rule (`dbBase.nontrivialPosQ`: `dSq > 1`): a training positive's squared
+# distance to the query must exceed 1 m² (1 m), else it is the query's own panorama (TokyoTM) or a
+# duplicate.
+# `PlaceSplit.non_trivial_positives(exclude_trivial_m2=...)`, `TrainConfig.exclude_trivial_m2`.
+TRIVIAL_POS_DIST_SQ_M2 = 1.0
 
 # (H, W) of the generated demo images (`demo.dataset.generate_demo_data`, CLI `demo-data`); the
 # CPU recipe (`training.config.CPU_RECIPE`) trains at this native size, so nothing is resized.

@@ -5,6 +5,7 @@ import pytest
 
 from tf_netvlad.data.places import PlaceSplit
 from tf_netvlad.training import mining
+from tf_netvlad.training.tuple_mining import decode_negatives, strip_fillers
 
 
 def _line_split(num_db=40, query_x=(0.0, 50.0, 100.0, 1000.0), spacing=5.0):
@@ -41,11 +42,16 @@ def test_mine_tuples_picks_hardest_negatives_beyond_radius_and_ranked_positives(
     assert rows.shape == (1, 6)
     assert rows[0, 0] == 1
     assert sorted(rows[0, 1:3]) == [8, 11]
-    assert list(rows[0, 3:]) == list(hardest)
+    ids, trains = decode_negatives(rows[0, 3:])
+    assert list(ids) == list(hardest)
     assert list(new_cache[0]) == list(hardest)
     best = np.sort(d2[[8, 9, 10, 11, 12]])[0]
+    # the slots that do not violate the margin under the cache are fillers, written as -2 - id
+    np.testing.assert_array_equal(trains, d2[hardest] < best + 0.1)
+    np.testing.assert_array_equal(rows[0, 3:], np.where(trains, hardest, -2 - hardest))
     want_violating = np.sum(d2[hardest] < best + 0.1) / 3
     assert stats["violating_fraction"] == pytest.approx(want_violating)
+    assert stats["training_negatives_fraction"] == pytest.approx(want_violating)
 
 
 def test_positive_set_is_ranked_and_padded():
@@ -71,12 +77,12 @@ def test_remembered_negatives_join_a_small_pool():
     rows, new_cache, _ = mining.mine_tuples(
         np.array([1]), np.zeros((1, 4), np.float32), db, split.non_trivial_positives(),
         split.positives(), cache, np.random.default_rng(0), num_negatives=2, pool_size=2)
-    assert list(rows[0, 2:]) == [39, 38] and list(new_cache[0]) == [39, 38]
+    assert list(decode_negatives(rows[0, 2:])[0]) == [39, 38] and list(new_cache[0]) == [39, 38]
     cache[1] = [6, -1]  # a remembered id now inside the radius is never used
     rows, _, _ = mining.mine_tuples(
         np.array([1]), np.zeros((1, 4), np.float32), db, split.non_trivial_positives(),
         split.positives(), cache, np.random.default_rng(0), num_negatives=2, pool_size=3)
-    assert 6 not in rows[0, 2:]
+    assert 6 not in decode_negatives(rows[0, 2:])[0]
 
 
 def test_negatives_never_inside_radius_with_random_pools():
@@ -86,7 +92,7 @@ def test_negatives_never_inside_radius_with_random_pools():
     q = rng.normal(size=(30, 8)).astype(np.float32)
     rows, _, _ = mining.mine_tuples(np.arange(30), q, db, split.non_trivial_positives(), split.positives(),
                                     np.full((30, 10), -1, np.int64), rng, pool_size=50)
-    for row in rows:
+    for row in strip_fillers(rows, 1):
         dist = np.abs(split.db_utm[row[2:], 0] - split.query_utm[row[0], 0])
         assert dist.min() > 25 and len(set(row[2:])) == 10
 
@@ -131,7 +137,7 @@ def test_query_schedule_drops_queries_without_positives_and_covers_each_pass():
 
 def test_bad_splits_give_clear_errors():
     no_pos = _line_split(query_x=(1000.0, 2000.0))
-    with pytest.raises(ValueError, match="No training query .* has a database image within"):
+    with pytest.raises(ValueError, match="none of its 2 queries has a database image within 10 m"):
         mining.HardNegativeMiner(no_pos)
     few = _line_split(num_db=8)  # 8 db images over 35 m: query 0 has only 2 beyond 25 m
     with pytest.raises(ValueError, match="num_negatives=10 .* only"):
@@ -146,14 +152,21 @@ def test_exclude_very_hard_keeps_semi_hard_negatives_first():
     args = (np.array([1]), np.zeros((1, 4), np.float32), _cache_with_d2(d2), split.non_trivial_positives(),
             split.positives(), np.full((4, 3), -1, np.int64), np.random.default_rng(0))
     rows, cache, _ = mining.mine_tuples(*args, num_negatives=3)
-    assert list(rows[0, 2:]) == [20, 21, 22]
+    assert list(rows[0, 2:]) == [20, 21, 22]  # 0.1, 0.2, 0.35 < 0.3 + 0.1: all violate, no filler
     rows, cache, stats = mining.mine_tuples(*args, num_negatives=3, exclude_very_hard=True)
-    assert list(rows[0, 2:4]) == [22, 23] and d2[rows[0, 4]] == 1.9 and list(cache[0]) == [20, 21, 22]
+    ids, trains = decode_negatives(rows[0, 2:])
+    assert list(ids[:2]) == [22, 23] and d2[ids[2]] == 1.9 and list(cache[0]) == [20, 21, 22]
+    # 0.35 trains (0.3 <= 0.35 < 0.4); 0.45 and 1.9 do not violate: fillers
+    assert list(trains) == [True, False, False] and rows[0, 3] == -2 - 23
     assert stats["violating_fraction"] == pytest.approx(1 / 3)  # only 0.35 violates (< 0.3 + 0.1)
+    assert stats["training_negatives_fraction"] == pytest.approx(1 / 3)
     few = split.positives()
     few = [np.setdiff1d(np.arange(40), [20, 21, 22]) if i == 1 else p for i, p in enumerate(few)]
-    rows, _, _ = mining.mine_tuples(*args[:4], few, *args[5:], num_negatives=3, exclude_very_hard=True)
-    assert list(rows[0, 2:]) == [22, 21, 20]  # fewer than N semi-hard: filled with the least hard
+    rows, _, stats = mining.mine_tuples(*args[:4], few, *args[5:], num_negatives=3, exclude_very_hard=True)
+    # fewer than N semi-hard: filled with the least hard; the very hard 21 (0.2) and 20 (0.1)
+    # violate but are nearer than the best positive (0.3), so MATLAB's excludeVeryHard drops them
+    assert list(rows[0, 2:]) == [22, -2 - 21, -2 - 20]
+    assert stats["violating_fraction"] == pytest.approx(1) and stats["training_negatives_fraction"] == pytest.approx(1 / 3)
 
 
 def test_gram_blocks_equal_direct_squared_distances_across_blocks(monkeypatch):
@@ -194,7 +207,7 @@ def test_mine_tuples_ranks_candidates_by_d2_then_db_id():
         d2 = {int(c): float(((q[r].astype(np.float64) - db[c]) ** 2).sum()) for c in candidates}
         ranked = sorted(d2, key=lambda c: (d2[c], c))
         ties += len(d2) - len(set(d2.values()))
-        assert list(rows[r, 3:]) == ranked[:4] and list(new_cache[r]) == ranked[:4]
+        assert list(decode_negatives(rows[r, 3:])[0]) == ranked[:4] and list(new_cache[r]) == ranked[:4]
     assert ties > 100  # the id order was exercised
 
 
@@ -309,7 +322,7 @@ def test_sharded_mining_equals_whole_database_mining(workers, exclude_very_hard)
         np.testing.assert_array_equal(rows, want_rows)
         np.testing.assert_array_equal(new_cache, want_cache)
         assert stats == pytest.approx(want_stats)
-    assert not np.isin(want_rows[:, 1:], bad_db).any() and (want_rows[:, 1] >= 0).all()
+    assert not np.isin(strip_fillers(want_rows, 3)[:, 1:], bad_db).any() and (want_rows[:, 1] >= 0).all()
 
 
 class _TableMiner(mining.HardNegativeMiner):

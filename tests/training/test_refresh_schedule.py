@@ -82,3 +82,21 @@ def test_miner_visits_every_query_once_per_pass_with_the_matlab_schedule():
     again = HardNegativeMiner(split, num_negatives=2, cache_refresh_queries=5, refresh_slowdown=True,
                               lr_decay_every=1, lr_decay_factor=0.5, progress=False)
     np.testing.assert_array_equal(again.queries_for_cycle(6), cycles[6])  # deterministic: resumable
+
+
+def test_run_length_in_passes():
+    """`passes` (the paper's epochs) in refresh cycles: exact at pass ends with MATLAB's schedule
+    (30 passes of Pitts30k's 7,320 queries = 85 cycles), whole cycles with the fixed one."""
+    matlab = RefreshSchedule(7320, 1000, slowdown=True, lr_decay_every=5, lr_decay_factor=0.5)
+    assert matlab.num_cycles(30) == 85 and matlab.num_cycles(1) == 8 and matlab.num_cycles(5) == 40
+    assert matlab.num_cycles(30, max_cycles=10) == 10 and matlab.num_cycles(None, 7) == 7
+    assert matlab.num_cycles() is None  # unbounded: the time limit decides
+    assert matlab.passes_before(85) == 30
+    fixed = RefreshSchedule(250, 60, slowdown=False)
+    assert fixed.num_cycles(1) == 5  # 5 x 60 = 300 >= 250: the last cycle runs into pass 1
+    assert fixed.num_cycles(2.4) == 10  # 600 queries exactly
+    assert list(fixed.cycle_indices(3, passes=1)) == [3, 4]
+    endless = fixed.cycle_indices(2)
+    assert [next(endless) for _ in range(3)] == [2, 3, 4]
+    with pytest.raises(ValueError, match="passes"):
+        fixed.num_cycles(0)

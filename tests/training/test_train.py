@@ -78,6 +78,28 @@ def test_train_step_loss_equals_reference_on_model_descriptors(reduction):
     assert int(model.optimizer.iterations.numpy()) == 4
 
 
+def test_train_step_masks_fillers_and_rechecks_very_hard_negatives():
+    """The paper recipe's step (`violating_only`): `negative_mask` from the pipeline and the very-hard
+    exclusion on the step's own descriptors, against a NumPy reference of MATLAB's rule."""
+    keras.utils.set_random_seed(3)
+    model = build_model("tiny", num_clusters=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    model.set_training_options(loss_reduction="mean_violating", exclude_very_hard=True)
+    batch = _tuple_batch(np.random.default_rng(5))
+    batch["negatives"][:, 0] = batch["query"] * 0.95  # a very hard negative in every tuple
+    batch["negative_mask"] = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 0]], "float32")
+    q, p, n = (np.asarray(t) for t in model.tuple_descriptors(batch))
+    d2p = ((q[:, None] - p) ** 2).sum(-1)
+    d2n = ((q[:, None] - n) ** 2).sum(-1)
+    best = np.where(batch["positive_mask"] > 0, d2p, np.inf).min(1)
+    counted = (batch["negative_mask"] > 0) & (d2n >= best[:, None])
+    hinge = np.maximum(best[:, None] + model.margin - d2n, 0) * counted
+    assert (d2n[:, 0] < best).all() and (hinge > 0).sum() >= 1  # the case exercises both rules
+    logs = model.test_on_batch(batch, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], hinge.sum() / (hinge > 0).sum(), rtol=1e-4)
+    np.testing.assert_allclose(logs["violating_triplets"], (hinge > 0).sum() / counted.sum(), rtol=1e-5)
+
+
 def test_weight_decay_is_coupled_l2_on_kernels():
     keras.utils.set_random_seed(2)
     batch = _tuple_batch(np.random.default_rng(1))
@@ -170,8 +192,10 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device():
 
 
 def test_train_writes_artifacts_and_checkpoint_state(demo, tmp_path):
-    summary = train.train(demo["train_mat"], demo["val_mat"], out_dir=tmp_path / "run", epochs=2,
-                             checkpoint_every_steps=2, progress=False, verbose=0, **TINY)
+    # the paper recipe's length is in passes: 0.1 of 250 queries in cycles of 20 = 2 cycles
+    summary = train.train(demo["train_mat"], demo["val_mat"], out_dir=tmp_path / "run", passes=0.1,
+                          checkpoint_every_steps=2, progress=False, verbose=0, **TINY)
+    assert summary["cycles_planned"] == 2 and summary["passes_requested"] == 0.1
     run = tmp_path / "run"
     for name in ("init.keras", "best.keras", "summary.json", "logs/train.csv", "last/state.json"):
         assert (run / name).exists(), name
@@ -245,11 +269,14 @@ def test_bad_image_stop_names_file_and_skip_counts(demo, tmp_path):
     assert 3 not in rows
 
 
-def test_time_limit_stops_after_a_step_and_resume_continues(demo, tmp_path):
+def test_time_limit_stops_after_a_step_and_resume_continues(demo, tmp_path, caplog):
+    """A limit used up by the set-up (documented in `TrainConfig`): one step, a warning, stop."""
     run = tmp_path / "run"
-    summary = train.train(demo["train_mat"], out_dir=run, epochs=50, time_limit_s=1e-3, progress=False,
-                             verbose=0, **TINY)
-    assert summary["status"] == "time_limit" and summary["iterations"] <= 1
+    with caplog.at_level("WARNING", logger="tf_netvlad.training.train"):
+        summary = train.train(demo["train_mat"], out_dir=run, epochs=50, time_limit_s=1e-3, progress=False,
+                              verbose=0, **TINY)
+    assert summary["status"] == "time_limit" and summary["iterations"] == 1
+    assert "used up before the first training step" in caplog.text and "--time-limit-s" in caplog.text
     summary = train.train(demo["train_mat"], out_dir=run, epochs=2, resume=True, progress=False, verbose=0,
                              **TINY)
     assert summary["status"] == "completed" and summary["iterations"] == 10
@@ -275,7 +302,7 @@ def test_config_validation_and_no_positive_split(tmp_path):
 
     far = PlaceSplit(name="far", db_paths=("a.jpg", "b.jpg"), db_utm=np.array([[0.0, 0], [1, 0]]),
                      query_paths=("q.jpg",), query_utm=np.array([[500.0, 0]]))
-    with pytest.raises(ValueError, match="No training query"):
+    with pytest.raises(ValueError, match="Training split 'far' .*its only query has no database image within 10 m"):
         train.train(far, out_dir=tmp_path / "run", progress=False, **TINY)
 
 
@@ -383,9 +410,15 @@ def test_extra_callbacks_run_in_every_cycle_and_summary_reports_the_cache(demo, 
         def on_train_end(self, logs=None):
             Count.ends += 1
 
-    summary = train.train(demo["train_mat"], out_dir=tmp_path / "run", epochs=2, progress=False,
-                             verbose=0, callbacks=[Count()], **TINY)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train.train(demo["train_mat"], out_dir=tmp_path / "run", epochs=2, progress=False,
+                              verbose=2, callbacks=[Count()], **TINY)
     assert Count.ends == 2 and Count.batches == summary["iterations"] == 10  # one fit per cycle
+    # each cycle's dataset declares its 5 batches: Keras never runs out of data (issue 11)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
     assert summary["worker"] is None  # single process: no multi-worker group
     mining_stats = summary["last_mining"]
     assert mining_stats["cycle"] == 1 and mining_stats["num_tuples"] == 20

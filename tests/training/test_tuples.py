@@ -92,3 +92,56 @@ def test_bad_arguments_are_named(colour_images):
         pipe.assign(np.zeros((3, 3), np.int64))
     with pytest.raises(ValueError, match="at least one positive"):
         pipe.assign([[0, -1, 2]])
+
+
+def test_filler_negatives_are_loaded_and_masked(colour_images):
+    """Mining writes a negative that did not violate the margin as -2 - id (`mark_fillers`): the
+    pipeline loads that image and gives it `negative_mask` 0; plain ids have mask 1."""
+    root, paths = colour_images
+    pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=2, num_positives=1, num_negatives=3,
+                         batch_size=2)
+    pipe.assign([[0, 1, 5, -2 - 6, -2 - 0], [2, 3, 4, 7, 6]])  # row 0: db 6 and db 0 are fillers
+    (batch,) = list(pipe.dataset().as_numpy_iterator())
+    np.testing.assert_array_equal(mean_values(batch["negatives"]), [[50, 60, 0], [40, 70, 60]])
+    np.testing.assert_array_equal(batch["negative_mask"], [[1, 0, 0], [1, 1, 1]])
+    assert batch["negative_mask"].dtype == np.float32
+    with pytest.raises(ValueError, match="filler negative is -2 - id"):
+        pipe.assign([[0, 1, 5, -1, 2]])  # -1 is no db id and no filler
+
+
+def test_declared_length_is_the_cycle_and_fit_never_runs_out_of_data(colour_images, capsys):
+    import warnings
+
+    import keras
+
+    from tf_netvlad.models.model import build_model
+
+    root, paths = colour_images
+    pipe = TuplePipeline(paths, paths, root, (8, 8), num_rows=8, num_positives=1, num_negatives=2,
+                         batch_size=2)
+    pipe.assign([[q, (q + 1) % 8, (q + 3) % 8, (q + 5) % 8] for q in range(7)])  # 7 rows: 4 batches
+    assert pipe.num_batches == 4 and pipe.dataset().cardinality() == tf.data.UNKNOWN_CARDINALITY
+    assert pipe.dataset(num_batches=pipe.num_batches).cardinality() == 4
+    pipe.assign(pipe.rows, start_row=3)  # a cycle resumed after 3 rows: 4 rows left, 2 batches
+    assert pipe.num_batches == 2 and len(list(pipe.dataset(num_batches=2).as_numpy_iterator())) == 2
+    with pytest.raises(ValueError, match="num_batches"):
+        pipe.dataset(num_batches=0)
+
+    keras.utils.set_random_seed(0)
+    model = build_model("tiny", num_clusters=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+
+    def fit(dataset):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(dataset, epochs=1, verbose=1)
+        out = capsys.readouterr().out
+        return history, out, [str(w.message) for w in caught]
+
+    history, out, caught = fit(pipe.dataset(num_batches=pipe.num_batches))
+    assert not [w for w in caught if "ran out of data" in w] and "ran out of data" not in out
+    assert "2/2" in out and "Unknown" not in out  # Keras knew the length: n/N steps
+    assert int(model.optimizer.iterations.numpy()) == 2 and len(history.history["loss"]) == 1
+    # the same epoch without a declared length: Keras shows Unknown and warns at its end
+    _, out, caught = fit(pipe.dataset())
+    assert [w for w in caught if "ran out of data" in w]

@@ -14,11 +14,17 @@ Signatures (all `method_name: tensorflow/serving/predict`, all returning
 `{"descriptor": float32 [B, D]}` with unit L2 norm):
 
 * `serving_default(images: float32 [B, H, W, 3])`: RGB 0..255, any H and W (one size per request).
-* `serve_bytes(image_bytes: string [B])`: encoded JPEG/PNG/GIF/BMP; decoded in the graph exactly
-  as `tf_netvlad.data.images.decode_image` (JPEG bit-exact with PIL) and resized with the same policy
-  as extraction (`tf_netvlad.data.images.resize_image`). A fixed `(H, W)` size decodes the whole request
+* `serve_bytes(image_bytes: string [B])`: encoded JPEG/PNG/GIF/BMP; decoded in the graph by
+  `tf_netvlad.data.images.decode_image`, the decoder extraction uses (so always identical to
+  extraction; bit-exact with PIL for 8-bit PNGs and YCbCr/grey JPEGs, within 1 for CMYK JPEGs, and
+  different for 16-bit grey PNGs: see `decode_image`) and resized with the same policy as
+  extraction (`tf_netvlad.data.images.resize_image`). A fixed `(H, W)` size decodes the whole request
   and runs one batched forward pass; "keep" or a max side run the model once per image (images of
   different shapes cannot be stacked), which is exact but slower on GPU.
+
+Both signatures stretch an image smaller than the model's minimum input size up to it
+(`tf_netvlad.data.images.upscale_to_min_size`, as extraction does), so a tiny but valid image gets
+a descriptor instead of failing the request; a fixed size below the minimum is refused at export.
 
 The graph holds only core TensorFlow ops: no `py_function`, no `jit_compile`, no device pins.
 """
@@ -35,7 +41,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data.image_size import check_image_size, parse_image_size
-from tf_netvlad.data.images import decode_and_resize
+from tf_netvlad.data.images import decode_and_resize, upscale_to_min_size
+from tf_netvlad.data.locking import holds_writer_lock, remove_orphans
 from tf_netvlad.defaults import PAPER_IMAGE_SIZE
 from tf_netvlad.export.serving_files import (
     BATCHING_PARAMETERS,
@@ -52,6 +59,7 @@ from tf_netvlad.export.serving_files import (
     write_warmup,
 )
 from tf_netvlad.layers.netvlad import L2_EPSILON
+from tf_netvlad.models.extract import check_image_size_for_model
 from tf_netvlad.models.model import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -90,13 +98,16 @@ def serving_functions(model, image_size, descriptor_dim=None):
     Each fn takes one tensor and returns `{"descriptor": float32 [B, D]}`; they are graph-safe
     without autograph (what `ExportArchive.add_endpoint` traces). `image_size` is the parsed
     resize policy of `serve_bytes`. `descriptor_dim` keeps the first dims of the whitened output
-    and L2-normalises again (MATLAB `cropToDim`).
+    and L2-normalises again (MATLAB `cropToDim`). Images smaller than the model's minimum input
+    are stretched up to it, as in extraction; a fixed `image_size` below it is refused.
     """
     check_image_size(image_size)
+    min_size = check_image_size_for_model(model, image_size)
     crop = _check_descriptor_dim(model, descriptor_dim)
     dim = crop or model.descriptor_dim
 
     def describe(images):
+        images = upscale_to_min_size(images, min_size)
         out = tf.cast(model(images, training=False), tf.float32)
         if crop is not None:
             out = out[:, :crop]
@@ -193,9 +204,22 @@ def _move_into_place(tmp, target, overwrite):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove_leftovers(base_dir):
+    """Cleans up after an export that was killed (the caller holds the base's writer lock): its
+    temp directory is removed; a version swapped out by an interrupted overwrite (`.old-N-*`) is
+    put back if version N is missing, else removed."""
+    for old in sorted(base_dir.glob(".old-*")):
+        name = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
+        if name.isdigit() and not (base_dir / name).exists() and not old.is_symlink():
+            os.rename(old, base_dir / name)
+            logger.warning("Restored version %s of %s, left aside by an interrupted export.", name, base_dir)
+    remove_orphans(base_dir, [".tmp-export-*", ".old-*"])
+
+
 # --------------------------------------------------------------------------- public API
 
 
+@holds_writer_lock("base_dir", "SavedModel export base")
 def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
                        image_size=PAPER_IMAGE_SIZE, descriptor_dim=None, model_name=None,
                        warmup=True):
@@ -223,7 +247,9 @@ def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
 
     The SavedModel is written to a hidden temporary directory inside `base_dir` and renamed into
     place only when it is complete, so TF Serving never sees a half-written version and a failed
-    export leaves nothing behind.
+    export leaves nothing behind. The export holds `base_dir`'s writer lock
+    (`tf_netvlad.data.locking`): a second export into the same base is refused at once, and the
+    next export removes the temp directory of a killed one.
     """
     image_size = parse_image_size(image_size)
     model, source = resolve_model(model_or_path)
@@ -233,6 +259,8 @@ def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
     if base_dir.exists() and not base_dir.is_dir():
         raise NotADirectoryError(f"`base_dir` must be a directory. Received a file: {base_dir}")
     model_name = model_name or base_dir.resolve().name
+    if base_dir.is_dir():  # before a version is chosen: an interrupted overwrite is put back
+        _remove_leftovers(base_dir)
     version = _target_version(base_dir, version, overwrite)
     if warmup:
         try:

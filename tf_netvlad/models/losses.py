@@ -8,13 +8,29 @@ with squared Euclidean distances d² and margin m (0.1 in the paper and the MATL
 positive is the one nearest to the query with the *current* descriptors (the min is taken here, in
 the graph), as MATLAB `trainWeakly.m` re-computes the loss with fresh features after loading a tuple.
 
+Which negatives count (MATLAB `trainWeakly.m`, the paper recipe's `TrainConfig.violating_only`):
+
+* `negative_mask` (from the tuple pipeline) is 0 for *filler* slots: negatives that did not violate
+  the margin when they were mined and only pad the tuple to its fixed size. MATLAB never loads
+  them; here they are masked, so they add nothing to the loss, its normaliser or the metrics.
+* `exclude_very_hard=True` re-checks MATLAB's `excludeVeryHard` with the fresh descriptors of the
+  step: a negative nearer to the query than the best positive (d²(q, n) < d²(q, p*)) gets no
+  gradient and is not counted, exactly as `trainWeakly.m` recomputes `veryHardNegs` after its
+  forward pass.
+* A negative then trains iff its hinge is positive with the fresh descriptors (d²(q, n) <
+  d²(q, p*) + m): MATLAB's `violatingNegs`, re-checked after loading.
+
 Reductions over a batch (`defaults.LOSS_REDUCTIONS`):
 
 * `"sum"`: L_q summed over the negatives of each query, then averaged over the queries of the batch
-  (the paper's per-query loss; the default).
+  (the paper's per-query loss; the CPU recipe's).
 * `"mean_violating"`: all hinge terms of the batch summed and divided by the number of violating
-  triplets (terms with a positive hinge) in the batch, as the MATLAB code scales its gradient. A
-  batch without violating triplets has loss 0.
+  triplets (counted negatives with a positive hinge) in the batch: MATLAB's
+  `thisBatchSize = sum(numTriplets)`, by which `trainWeakly.m` divides the summed gradient before
+  the momentum/weight-decay update (the paper recipe's default). A batch without violating
+  triplets has loss 0 and no gradient. The normaliser is a count, so the gradient of the loss is
+  exactly MATLAB's `dzdy / thisBatchSize`: for query q, best positive p and violating negatives
+  n_j, dL/dq = 2 (Σ_j n_j − n_viol · p) / thisBatchSize.
 
 Under `tf.distribute`, a replica computes its *sums* (`ranking_loss_sums`) and divides by the
 *global* normaliser (queries or violating triplets of the whole batch), so that the gradients summed
@@ -42,7 +58,7 @@ def squared_distances(query, candidates):
 
 
 def ranking_loss_terms(query, positives, negatives, positive_mask=None, negative_mask=None,
-                       margin=MARGIN):
+                       margin=MARGIN, exclude_very_hard=False):
     """The hinge terms of the ranking loss and the quantities reported as metrics.
 
     Args:
@@ -51,8 +67,10 @@ def ranking_loss_terms(query, positives, negatives, positive_mask=None, negative
         negatives: `(B, N, d)` descriptors of the negatives.
         positive_mask: optional `(B, P)` bool/0-1; padded positives are 0 and never the best one.
             A query whose positives are all masked contributes no loss (`has_positive` is 0).
-        negative_mask: optional `(B, N)` bool/0-1; masked negatives contribute nothing.
+        negative_mask: optional `(B, N)` bool/0-1; masked negatives (fillers) contribute nothing.
         margin: m, for squared distances.
+        exclude_very_hard: also leave out negatives nearer than the best positive
+            (d²(q, n) < d²(q, p*), MATLAB `excludeVeryHard`, checked on these descriptors).
 
     Returns:
         dict of float32 tensors: `hinge (B, N)` (0 where masked), `best_positive_d2 (B,)`,
@@ -70,6 +88,8 @@ def ranking_loss_terms(query, positives, negatives, positive_mask=None, negative
     best = best * has_positive  # keeps metrics finite for queries without any positive
     weight = ops.ones_like(d2_neg) if negative_mask is None else ops.cast(negative_mask, "float32")
     weight = weight * ops.expand_dims(has_positive, 1)
+    if exclude_very_hard:  # comparisons carry no gradient: only which terms count changes
+        weight = weight * ops.cast(d2_neg >= ops.expand_dims(best, 1), "float32")
     hinge = ops.relu(ops.expand_dims(best, 1) + margin - d2_neg) * weight
     violating = ops.cast(hinge > 0, "float32")
     return {
@@ -99,15 +119,27 @@ def ranking_loss_sums(terms):
     }
 
 
+def divide_hinge_sum(hinge_sum, normaliser):
+    """`hinge_sum / normaliser`, 0 when the normaliser is 0, but NaN/inf when the sum is not finite.
+
+    Non-finite descriptors make every `hinge > 0` test false, so `mean_violating`'s normaliser is 0
+    exactly when the run has diverged: a plain `divide_no_nan` would report a loss of 0 and hide it.
+    """
+    hinge_sum = ops.cast(hinge_sum, "float32")
+    return ops.where(ops.isfinite(hinge_sum), ops.divide_no_nan(hinge_sum, ops.cast(normaliser, "float32")),
+                     hinge_sum)
+
+
 def reduce_ranking_loss(hinge_sum, num_queries, num_violating, reduction="sum"):
-    """Divides a hinge sum by the normaliser of `reduction` (0 when the normaliser is 0)."""
+    """Divides a hinge sum by the normaliser of `reduction` (0 when the normaliser is 0; a NaN/inf
+    sum stays NaN/inf, see `divide_hinge_sum`)."""
     check_reduction(reduction)
     denominator = num_queries if reduction == "sum" else num_violating
-    return ops.divide_no_nan(hinge_sum, ops.cast(denominator, "float32"))
+    return divide_hinge_sum(hinge_sum, denominator)
 
 
 def ranking_loss(query, positives, negatives, positive_mask=None, negative_mask=None, margin=MARGIN,
-                 reduction="sum"):
+                 reduction="sum", exclude_very_hard=False):
     """The NetVLAD ranking loss of one batch (single device). See the module docstring.
 
     Example:
@@ -117,6 +149,7 @@ def ranking_loss(query, positives, negatives, positive_mask=None, negative_mask=
     >>> float(ranking_loss(q, p, n, margin=0.5))               # max(0.4 + 0.5 - 0.8, 0)
     0.1
     """
-    terms = ranking_loss_terms(query, positives, negatives, positive_mask, negative_mask, margin)
+    terms = ranking_loss_terms(query, positives, negatives, positive_mask, negative_mask, margin,
+                               exclude_very_hard)
     sums = ranking_loss_sums(terms)
     return reduce_ranking_loss(sums["hinge_sum"], sums["num_queries"], sums["num_violating"], reduction)

@@ -13,6 +13,7 @@ import numpy as np
 
 from tf_netvlad.evaluation import recall
 from tf_netvlad.models.model import save_model
+from tf_netvlad.training.budget_schedule import budget_learning_rate, budget_progress
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,41 @@ class LearningRateSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = float(self.value(epoch))
+
+
+class BudgetLearningRate(keras.callbacks.Callback):
+    """Warm-up + cosine over the run's budget (`training.budget_schedule`), set before every step.
+
+    The budget is the larger used fraction of the time left at the first step (until `control`'s
+    deadline) and of `max_steps` (optimizer steps the run's `passes` / `epochs` allow; None if
+    unbounded). Without a deadline and `max_steps` there is no budget (ValueError).
+    """
+
+    def __init__(self, lr, control, max_steps=None):
+        super().__init__()
+        if control.deadline is None and not max_steps:
+            raise ValueError("lr_schedule='budget' needs a time limit (`time_limit_s`) or a bounded "
+                             "length (`passes` or `epochs`).")
+        self.lr, self.control, self.max_steps = lr, control, max_steps
+        self._t0 = self._steps0 = None
+        self.current = None
+
+    def value(self):
+        now, steps = time.monotonic(), int(self.model.optimizer.iterations.numpy())
+        if self._t0 is None:  # the budget starts at the first step (after the k-means and validation)
+            self._t0, self._steps0 = now, steps
+        deadline = self.control.deadline
+        return budget_learning_rate(self.lr, budget_progress(
+            now - self._t0, None if deadline is None else max(deadline - self._t0, 1e-9),
+            steps, self.max_steps))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.current = self.value()
+        self.model.optimizer.learning_rate = self.current
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.current is not None:
+            logs["lr"] = float(self.current)
 
 
 class ValidationRecall(keras.callbacks.Callback):

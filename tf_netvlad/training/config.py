@@ -26,29 +26,109 @@ from tf_netvlad.defaults import (
     OPTIMIZERS,
     PAPER_IMAGE_SIZE,
     SEED,
+    TRIVIAL_POS_DIST_SQ_M2,
     WHITEN_MAX_IMAGES,
 )
+
+# "step": decay every `lr_decay_every` passes (paper); "budget": warm-up + cosine over the run's budget.
+LR_SCHEDULES = ("step", "budget")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every number of the training recipe (defaults: the paper/MATLAB recipe; see `CPU_RECIPE`).
+    """Every number of the training recipe. Field defaults: the paper recipe (`--recipe paper`,
+    MATLAB `trainWeakly.m` as the authors ran it on Pitts30k); `CPU_RECIPE` overrides some of them
+    (`--recipe cpu`, the CLI default). docs/recipes.md says which recipe to pick.
 
-    Model (used when `train(model=None)`): `backbone`, `weights` ("imagenet", None or a file),
-    `trainable_from` ("default" = conv5_1 upward for VGG16), `num_clusters`, `variant`, `margin`,
-    and the k-means initialisation `init_images` × `init_per_image` local features.
-    Tuples and mining: `image_size` (H, W), `batch_size` tuples per step, `num_positives` P (the
-    positive set, min taken in the graph), `num_negatives` N, `negative_pool_size`, `keep_factor`, `exclude_very_hard` (semi-hard mining),
-    `cache_refresh_queries` (one Keras epoch), `refresh_slowdown` (MATLAB's schedule: the cache is
-    also refreshed at every pass end and the refresh interval grows by 1/`lr_decay_factor` at every
-    LR drop; see `tf_netvlad.training.refresh_schedule`), `cache_batch_size` (images per cache batch).
-    Optimisation: `epochs` (refresh cycles), `optimizer` ("sgd" | "adam"), `lr`, `momentum`,
-    `weight_decay` (coupled L2), `lr_decay_every` (passes over the queries), `lr_decay_factor`,
-    `loss_reduction` ("sum" | "mean_violating"), `mixed_precision`.
-    Validation and run control: `recall_ns`, `val_max_queries` (MATLAB `nTestSample`),
-    `checkpoint_every_steps` (also checkpoint every k steps within an epoch; 0 = epoch ends only), `time_limit_s`, `on_bad_image`
-    ("stop" | "skip"), `whiten` (None or number of PCA-whitening components fitted at the end),
-    `whiten_max_images`, `seed`, `deterministic` (TF op determinism).
+    **Model** (used when `train(model=None)`):
+
+    * `backbone`, `weights`, `trainable_from`: paper "vgg16", "imagenet", "default" (VGG16 conv5_3
+      before ReLU, ImageNet weights, conv5_1 and above trained: MATLAB `backPropToLayer` conv5_1,
+      the paper's best trade-off). CPU "tiny", None, None (4 convs with GroupNormalization, D = 64,
+      every layer trained from scratch: fits 2 cores at 96×128).
+    * `num_clusters`, `variant`: paper K = 64, "v1" (the official models); CPU K = 16 (D·K = 1024).
+    * `margin`: m = 0.1 on squared distances (paper and MATLAB `margin`), both recipes.
+    * `init_images` × `init_per_image`: k-means features; paper 500 × 100 = 50,000 (MATLAB
+      `getClusters.m`); CPU 300 × 50 (a small database and K = 16).
+
+    **Tuples and mining** (`tf_netvlad.training.mining`, `tuple_mining`):
+
+    * `image_size` (H, W): paper 480×640 (Pittsburgh / Tokyo photos, MATLAB trains at full
+      resolution); CPU 96×128 (the demo's native size: nothing is resized).
+    * `batch_size`: 4 tuples per step (MATLAB `batchSize`), both recipes.
+    * `num_positives` P: paper 1 (MATLAB: the nearest potential positive under the cached
+      descriptors); CPU 4 (the min over 4 is taken in the graph with fresh descriptors, so a stale
+      cache picks a wrong best positive less often).
+    * `exclude_trivial_m2`: training positives must be farther than this many m² from the query
+      (the `dSq > 1` rule of MATLAB `dbBase.nontrivialPosQ`, also in `dbTokyoTimeMachine`: a
+      database image within 1 m is the query's own panorama or a duplicate, nothing to learn
+      from). Paper 1.0; CPU None (no exclusion, as tuned: demo queries are separate renders, never
+      copies of database images; 46 of the 1,639 training positives of the 0.1-scale demo lie
+      within 1 m and no query loses all of them). `PlaceSplit.non_trivial_positives`.
+    * `num_negatives` N: paper 10 (MATLAB `nNegCap` = `nNegCache` = 10); CPU 5.
+    * `negative_pool_size`: random negatives (> 25 m) per query and refresh; paper 1000 (MATLAB
+      `nNegChoice`); CPU 300 (a 700-image database).
+    * `keep_factor`: the `keep_factor · N` nearest candidates are checked for margin violation
+      (MATLAB's "10x is hacky but fine"), 10 in both.
+    * `exclude_very_hard`: semi-hard mining, MATLAB `excludeVeryHard`: negatives nearer than the
+      best positive are not used. Paper False (MATLAB's default); CPU True (a backbone trained from
+      scratch collapses under hardest-negative mining: test recall@1 0.08).
+    * `violating_only`: which negatives train, as `trainWeakly.m`: only those that violated the
+      margin when mined (slots filled up with non-violating "filler" negatives, which MATLAB never
+      loads, are masked in the loss), re-checked in the step with fresh descriptors (a negative
+      trains iff d²(q, n) < d²(q, p*) + m now and, with `exclude_very_hard`, d²(q, n) >= d²(q, p*)
+      now). Paper True; CPU False (as tuned: every slot trains whenever it violates with the fresh
+      descriptors, fillers and very hard ones included).
+
+    **Cache refresh** (`tf_netvlad.training.refresh_schedule`):
+
+    * `cache_refresh_queries`: queries per refresh of the descriptor cache = one Keras epoch
+      (MATLAB `compFeatsFrequency` = 1000), both recipes.
+    * `refresh_slowdown`: MATLAB's schedule: also refresh at every pass end, and the refresh
+      interval grows by 1/`lr_decay_factor` at every LR drop. Paper True; CPU False.
+    * `cache_batch_size`: images per model call when computing caches and validation (8).
+
+    **Loss and optimisation** (`tf_netvlad.models.losses`):
+
+    * `loss_reduction`: paper "mean_violating": the hinge sum of the batch ÷ the number of
+      violating triplets in it, MATLAB's `thisBatchSize = sum(numTriplets)`, so each step has
+      MATLAB's size against the same weight decay ("sum", per query, is up to N = 10 times larger).
+      CPU "sum" (as tuned; Adam divides out the gradient's overall scale and there is no weight
+      decay, the reason for MATLAB's normaliser).
+    * `optimizer`, `lr`, `momentum`, `weight_decay`: paper SGD, 1e-3, 0.9, 1e-3 (MATLAB `demo.m`
+      for Pitts30k; use lr 1e-4 for Pitts250k and TokyoTM as `demo.m` does; weight decay coupled
+      to the kernels); CPU Adam 3e-4, no weight decay (1e-3 was worse than the k-means init).
+    * `lr_schedule`: paper "step": `lr · lr_decay_factor ** floor(passes done / lr_decay_every)`
+      with `lr_decay_every` 5 passes, `lr_decay_factor` 0.5 (MATLAB `lrDownFreq` 5, `lrDownFactor`
+      2). CPU "budget" (`tf_netvlad.training.budget_schedule`): a 5 % linear warm-up, then a cosine
+      to 2 % of `lr` over the run's budget (the time limit, or the steps `passes` / `epochs`
+      allow), so a time-limited run uses its whole budget whatever the dataset's size; a pass-based
+      decay tuned on one dataset size decays too early on a small one (400 queries: 1e-6 after a
+      third of a 10-minute run) and never on a large one. A resumed time-limited run restarts the
+      schedule over its new time limit (a warm restart).
+    * `augment`: photometric and small geometric changes of every tuple image, drawn per image and
+      per refresh cycle (`tf_netvlad.training.augment`); paper False (MATLAB has none), CPU True.
+    * `mixed_precision`: mixed_float16 (NetVLAD, whitening and the loss stay float32); off.
+
+    **Length** (a run stops at the first bound reached; at least one must be set):
+
+    * `passes`: passes over the training queries (those with a positive), the paper's epochs:
+      paper 30 (MATLAB `nEpoch`); CPU None (the time limit decides). With `refresh_slowdown` the
+      refresh cycles end at pass ends, so the run is exactly `passes` passes; without it the last
+      cycle may run up to one cycle beyond (whole cycles).
+    * `epochs`: at most this many refresh cycles (Keras epochs); paper None (no cap: `passes`
+      decides), CPU 100.
+    * `time_limit_s`: stop cleanly after this many seconds, counted from the call (k-means init and
+      the first validation included); checked after every step, so a run always trains at least
+      one step: when the set-up alone used the limit up, it trains one step, says so in a warning
+      and stops (status "time_limit"). Paper None; CPU 600.
+
+    **Validation and run control**: `recall_ns` (must include 5: `best.keras` is chosen by val
+    recall@5 as MATLAB `pickBestNet`), `val_max_queries` (MATLAB `nTestSample` = 1000 random
+    validation queries), `checkpoint_every_steps` (also checkpoint every k steps within an epoch;
+    0 = epoch ends only), `on_bad_image` ("stop" | "skip"), `whiten` (None or the number of
+    PCA-whitening components fitted on the best model at the end), `whiten_max_images`, `seed`
+    (MATLAB seeds with 43), `deterministic` (TF op determinism, slower).
     """
 
     backbone: str = "vgg16"
@@ -62,21 +142,26 @@ class TrainConfig:
     image_size: tuple = PAPER_IMAGE_SIZE
     batch_size: int = 4
     num_positives: int = 1
+    exclude_trivial_m2: float = TRIVIAL_POS_DIST_SQ_M2
     num_negatives: int = 10
     negative_pool_size: int = 1000
     keep_factor: int = 10
     exclude_very_hard: bool = False
+    violating_only: bool = True
     cache_refresh_queries: int = 1000
     refresh_slowdown: bool = True
     cache_batch_size: int = EXTRACT_BATCH_SIZE
-    epochs: int = 30
+    passes: float = 30.0
+    epochs: int = None
     optimizer: str = "sgd"
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-3
     lr_decay_every: float = 5.0
     lr_decay_factor: float = 0.5
-    loss_reduction: str = "sum"
+    lr_schedule: str = "step"
+    augment: bool = False
+    loss_reduction: str = "mean_violating"
     mixed_precision: bool = False
     recall_ns: tuple = (1, 5, 10)
     val_max_queries: int = 1000
@@ -101,34 +186,50 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, np.integer)) or self.epochs < 0:
-            raise ValueError(f"`epochs` must be an int >= 0. Received: epochs={self.epochs!r}")
+        if self.epochs is not None and (isinstance(self.epochs, bool)
+                                        or not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1):
+            raise ValueError(f"`epochs` (refresh cycles) must be an int >= 1 or None. Received: "
+                             f"epochs={self.epochs!r}")
+        for name in ("passes", "time_limit_s"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float, np.number)) and value > 0
+                                          and np.isfinite(value)):
+                raise ValueError(f"`{name}` must be a number > 0 or None. Received: {name}={value!r}")
+        if self.passes is None and self.epochs is None and self.time_limit_s is None:
+            raise ValueError("The run has no length: set `passes` (passes over the training queries), "
+                             "`epochs` (refresh cycles) or `time_limit_s` (seconds).")
+        if self.exclude_trivial_m2 is not None and not (
+                isinstance(self.exclude_trivial_m2, (int, float, np.number)) and self.exclude_trivial_m2 >= 0
+                and np.isfinite(self.exclude_trivial_m2)):
+            raise ValueError("`exclude_trivial_m2` must be a number >= 0 (m²) or None. Received: "
+                             f"exclude_trivial_m2={self.exclude_trivial_m2!r}")
         for name in ("lr", "lr_decay_every", "lr_decay_factor", "margin"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0. Received: {name}={getattr(self, name)!r}")
         if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
             raise ValueError(f"`momentum` must be in [0, 1) and `weight_decay` >= 0. Received: "
                              f"momentum={self.momentum!r}, weight_decay={self.weight_decay!r}")
-        choices = {"optimizer": OPTIMIZERS, "on_bad_image": ON_BAD_IMAGE_CHOICES,
+        choices = {"optimizer": OPTIMIZERS, "on_bad_image": ON_BAD_IMAGE_CHOICES, "lr_schedule": LR_SCHEDULES,
                    "loss_reduction": LOSS_REDUCTIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}")
-        if self.time_limit_s is not None and not self.time_limit_s > 0:
-            raise ValueError(f"`time_limit_s` must be > 0 or None. Received: {self.time_limit_s!r}")
         if self.checkpoint_every_steps < 0:
             raise ValueError(f"`checkpoint_every_steps` must be >= 0. Received: {self.checkpoint_every_steps!r}")
         if "recall@5" not in {f"recall@{n}" for n in self.recall_ns}:
             raise ValueError(f"`recall_ns` must include 5 (model selection). Received: {self.recall_ns!r}")
 
 
-# Fields that define the training state; a resume with other values is refused.
+# Fields that define the training state; a resume with other values is refused. (`passes`,
+# `epochs` and `time_limit_s` are the run's length: a resume may extend it.)
 RESUME_KEYS = ("backbone", "num_clusters", "variant", "margin", "image_size", "batch_size",
-               "num_positives", "num_negatives", "negative_pool_size", "keep_factor", "exclude_very_hard",
-               "cache_refresh_queries", "refresh_slowdown", "optimizer", "loss_reduction",
-               "mixed_precision", "seed")
-# Keys added after runs were already saved: a checkpoint without one was made with this value.
-RESUME_DEFAULTS = {"refresh_slowdown": False}
+               "num_positives", "exclude_trivial_m2", "num_negatives", "negative_pool_size", "keep_factor",
+               "exclude_very_hard", "violating_only", "cache_refresh_queries", "refresh_slowdown",
+               "optimizer", "loss_reduction", "mixed_precision", "seed")
+# Keys added after runs were already saved: a checkpoint without one was made with this value
+# (before these options existed every positive within 10 m trained, every negative slot trained,
+# and the cache refresh interval was fixed).
+RESUME_DEFAULTS = {"refresh_slowdown": False, "exclude_trivial_m2": None, "violating_only": False}
 
 # A from-scratch CPU recipe for the demo data (96x128 images, 700 db / 2500 queries in the training
 # town) and 2 CPU cores. `tf_netvlad demo` (10 min, 16-20 epochs): test recall@1/5/10/20 0.247/0.453/
@@ -139,11 +240,15 @@ RESUME_DEFAULTS = {"refresh_slowdown": False}
 # * semi-hard mining (`exclude_very_hard`): hardest-negative mining from scratch collapses;
 # * Adam at 3e-4 (1e-3 is worse than the k-means init), halved every 1.5 passes over the queries
 #   so that the last epochs stop oscillating; 4 positives per query (the best is taken in the graph).
+# The paper recipe's MATLAB rules that were not part of that tuning stay off here (`loss_reduction`
+# "sum", `violating_only` False, `exclude_trivial_m2` None): see `TrainConfig`.
 CPU_RECIPE = dict(backbone="tiny", weights=None, trainable_from=None, num_clusters=16,
                   image_size=DEMO_IMAGE_SIZE, init_images=300, init_per_image=50, batch_size=4,
-                  num_positives=4, num_negatives=5, negative_pool_size=300, exclude_very_hard=True,
-                  cache_refresh_queries=1000, refresh_slowdown=False, optimizer="adam", lr=3e-4,
-                  weight_decay=0.0, lr_decay_every=1.5, lr_decay_factor=0.5, epochs=100, time_limit_s=600)
+                  num_positives=4, exclude_trivial_m2=None, num_negatives=5, negative_pool_size=300,
+                  exclude_very_hard=True, violating_only=False, cache_refresh_queries=1000,
+                  refresh_slowdown=False, optimizer="adam", lr=3e-4, weight_decay=0.0, lr_decay_every=1.5,
+                  lr_decay_factor=0.5, lr_schedule="budget", augment=True, loss_reduction="sum",
+                  passes=None, epochs=100, time_limit_s=600)
 
 
 def config_json(cfg):

@@ -6,7 +6,7 @@ training queries:
 1. Cache: descriptors of the cycle's queries and of the whole training database are computed with
    the *current* model (float32, `extract.extract_descriptors`).
 2. Positives: the query's non-trivial potential positives (db images within 10 m, same time stamp
-   excluded) are ranked by cached d²; the `num_positives` nearest form the positive set (the first
+   excluded, with `exclude_trivial_m2` also those within 1 m: MATLAB's `dSq > 1`) are ranked by cached d²; the `num_positives` nearest form the positive set (the first
    is MATLAB's best positive; the train step takes the min again with fresh descriptors).
 3. Negatives: a pool of `pool_size` (1000) random db images beyond `pos_dist_thr` (25 m), plus the
    query's `num_negatives` remembered negatives, is ranked by cached d² (read from one Gram matrix
@@ -16,9 +16,13 @@ training queries:
 5. The tuple takes the `num_negatives` hardest negatives. Those violating the margin under the cached
    descriptors (d² < d²(q, p*) + m) are exactly MATLAB's "≤ 10 hardest violating"; when fewer
    violate, the slots are **filled with the next-hardest non-violating negatives** (a fixed tuple
-   size keeps batches static). A filler adds 0 to the loss and gets no gradient unless it violates
-   with the fresh descriptors of the train step, which re-checks every triplet as MATLAB does.
-   `stats["violating_fraction"]` reports the cached violation rate.
+   size keeps batches static), marked as fillers in the rows (`tuple_mining.mark_fillers`). With
+   `violating_only` (the paper recipe, MATLAB) the fillers are masked in the loss: only the mined
+   violating negatives can train, and the train step re-checks their violation (and the very-hard
+   exclusion) with fresh descriptors as `trainWeakly.m` does. Without it (the CPU recipe) the
+   marks are removed and every slot trains whenever it violates with the fresh descriptors.
+   `stats["violating_fraction"]` reports the cached violation rate, `training_negatives_fraction`
+   the share of slots that are not fillers.
 
 The memory (`neg_cache`, int64 `(num_queries, num_negatives)`, -1 = empty) lives in the main
 process in NumPy, owned by `HardNegativeMiner`; `state_dict()`/`load_state_dict()` put it into
@@ -39,6 +43,7 @@ training run (`TrainConfig.image_size`).
 """
 
 import logging
+import os
 
 import keras
 import numpy as np
@@ -47,9 +52,95 @@ from tf_netvlad.training.config import TrainConfig
 from tf_netvlad.training.distributed import shard_range
 from tf_netvlad.training.distributed_mining import exchange_cache_blocks, mine_tuples_sharded
 from tf_netvlad.training.refresh_schedule import RefreshSchedule
-from tf_netvlad.training.tuple_mining import mine_tuples
+from tf_netvlad.training.tuple_mining import mine_tuples, strip_fillers
 
 logger = logging.getLogger(__name__)
+
+
+def _trivial_note(exclude_trivial_m2):
+    if exclude_trivial_m2 is None:
+        return ""
+    return f" and beyond {np.sqrt(float(exclude_trivial_m2)):g} m (trivial-positive rule)"
+
+
+def _none_of(count):
+    """'none of its 3 queries has a' / 'its only query has no' (followed by 'database image')."""
+    return "its only query has no" if count == 1 else f"none of its {count} queries has a"
+
+
+def _describe_source(source, split):
+    """How an error names a split: its file as the caller gave it, else its name."""
+    if source is not None and not hasattr(source, "query_paths"):
+        return f"split '{os.fspath(source)}'"
+    return f"split {split.name!r}"
+
+
+def no_positive_message(split, label, exclude_trivial_m2=None, flag=""):
+    """The one-line error for a training split in which no query has a training positive."""
+    radius = np.sqrt(split.non_triv_pos_dist_sq_thr)
+    text = (f"Training {label}{flag}: {_none_of(split.num_queries)} database image within "
+            f"{radius:g} m (sqrt of nonTrivPosDistSqThr = {split.non_triv_pos_dist_sq_thr:g} m²)"
+            f"{_trivial_note(exclude_trivial_m2)}, so there is nothing to train on "
+            f"({split.num_db} database images).")
+    if exclude_trivial_m2 is not None:
+        plain = split.non_trivial_positives(exclude_trivial_m2=None)
+        if any(len(p) for p in plain):
+            return (text + " Every positive lies within the trivial radius: train with "
+                    "--exclude-trivial-m2 none (exclude_trivial_m2=None).")
+    return text + " Check the split's UTM positions (easting, northing in metres) and radii."
+
+
+def check_training_input(cfg, train_split, val_split=None, sources=(None, None)):
+    """Refuses, in one line, training input that cannot train, before any model or file is made.
+
+    Checked (all NumPy, from positions only): the training split has queries with a training
+    positive (within √nonTrivPosDistSqThr, beyond √`exclude_trivial_m2`), at least one batch of
+    them (`batch_size`), and enough database images beyond `pos_dist_thr` for `num_negatives`
+    negatives per query; the validation split has at least one query with a positive within
+    `pos_dist_thr` (otherwise recall@N is undefined). Validation queries without a positive are
+    not an error: recall@N leaves them out and logs how many (as MATLAB and every reference do).
+
+    Args:
+        cfg: the run's `TrainConfig`.
+        train_split, val_split: `places.PlaceSplit`s (val_split may be None).
+        sources: `(train, val)` as the caller named them (file paths name the file in the errors).
+
+    Raises:
+        ValueError naming the split file, the cause and the flag to change.
+    """
+    train_label = _describe_source(sources[0], train_split)
+    positives = train_split.non_trivial_positives(exclude_trivial_m2=cfg.exclude_trivial_m2)
+    valid = np.flatnonzero([len(p) > 0 for p in positives])
+    if len(valid) == 0:
+        raise ValueError(no_positive_message(train_split, train_label, cfg.exclude_trivial_m2, " (--dataset)"))
+    if len(valid) < cfg.batch_size:
+        raise ValueError(
+            f"Training {train_label} (--dataset): only {len(valid)} of its {train_split.num_queries} queries "
+            f"have a database image within {np.sqrt(train_split.non_triv_pos_dist_sq_thr):g} m"
+            f"{_trivial_note(cfg.exclude_trivial_m2)}, fewer than one batch of {cfg.batch_size} tuples. "
+            "Lower --batch-size (batch_size) or add training queries.")
+    non_negatives = train_split.positives()
+    available = np.array([train_split.num_db - len(non_negatives[q]) for q in valid])
+    if available.min() < cfg.num_negatives:
+        worst = int(valid[np.argmin(available)])
+        raise ValueError(
+            f"Training {train_label} (--dataset): query {worst} has only {int(available.min())} database "
+            f"images beyond {train_split.pos_dist_thr:g} m, fewer than the {cfg.num_negatives} negatives a "
+            f"tuple needs ({int(np.sum(available < cfg.num_negatives))} queries are short). Lower "
+            "--num-negatives (num_negatives) or use a larger database.")
+    if val_split is not None:
+        val_label = _describe_source(sources[1], val_split)
+        missing = val_split.queries_without_positives()
+        if val_split.num_queries == 0 or len(missing) == val_split.num_queries:
+            raise ValueError(
+                f"Validation {val_label} (--val): {_none_of(val_split.num_queries)} database "
+                f"image within {val_split.pos_dist_thr:g} m (posDistThr), so recall@N cannot be measured. "
+                "Check its UTM positions, or train without --val (val_split=None).")
+        if len(missing):
+            logger.warning("Validation %s: %d of %d queries have no database image within %g m; recall@N "
+                           "leaves them out.", val_label, len(missing), val_split.num_queries,
+                           val_split.pos_dist_thr)
+    return valid
 
 
 class HardNegativeMiner:
@@ -69,6 +160,12 @@ class HardNegativeMiner:
         batch_size: images per batch when computing the cache.
         on_bad_image: "stop" (raise naming the file) or "skip" (drop the image everywhere).
         progress: tqdm bars while computing the cache.
+        exclude_very_hard: semi-hard mining (MATLAB `excludeVeryHard`), see `mine_tuples`.
+        exclude_trivial_m2: None (default: every positive within 10 m trains) or the squared
+            distance in m² within which a database image is a trivial positive and left out
+            (MATLAB's `dSq > 1` rule: 1.0, `TrainConfig.exclude_trivial_m2`).
+        violating_only: keep the filler marks in the rows, so the pipeline masks them (MATLAB;
+            `TrainConfig.violating_only`). False (default): plain rows, every slot trains.
         group: optional `distributed.WorkerGroup` (multi-worker training). Then each worker
             extracts only its block of the database and of the cycle's queries
             (`distributed.shard_range`), the query descriptors and failed images are exchanged and
@@ -88,7 +185,7 @@ class HardNegativeMiner:
                  batch_size=TrainConfig.cache_batch_size, on_bad_image=TrainConfig.on_bad_image,
                  progress=True, exclude_very_hard=TrainConfig.exclude_very_hard, group=None,
                  refresh_slowdown=False, lr_decay_every=TrainConfig.lr_decay_every,
-                 lr_decay_factor=TrainConfig.lr_decay_factor):
+                 lr_decay_factor=TrainConfig.lr_decay_factor, exclude_trivial_m2=None, violating_only=False):
         self.split = split
         self.group = group
         self.root = split.root if root is None else root
@@ -103,21 +200,19 @@ class HardNegativeMiner:
         self.on_bad_image = on_bad_image
         self.progress = progress
         self.exclude_very_hard = bool(exclude_very_hard)
-        self.positives = split.non_trivial_positives()
+        self.exclude_trivial_m2 = exclude_trivial_m2
+        self.violating_only = bool(violating_only)
+        self.positives = split.non_trivial_positives(exclude_trivial_m2=exclude_trivial_m2)
         self.non_negatives = split.positives()
         counts = np.array([len(p) for p in self.positives], np.int64)
         self.valid_queries = np.flatnonzero(counts > 0).astype(np.int64)
         self.dropped_queries = int(split.num_queries - len(self.valid_queries))
         if len(self.valid_queries) == 0:
-            raise ValueError(
-                f"No training query of split {split.name!r} has a database image within "
-                f"sqrt(non_triv_pos_dist_sq_thr) = {np.sqrt(split.non_triv_pos_dist_sq_thr):g} m "
-                f"({split.num_queries} queries, {split.num_db} db images). Check the UTM coordinates "
-                "and radii of the split; training needs positives."
-            )
+            raise ValueError(no_positive_message(split, f"split {split.name!r}", exclude_trivial_m2))
         if self.dropped_queries:
-            logger.warning("%d of %d training queries have no positive within %.3g m and are skipped.",
-                           self.dropped_queries, split.num_queries, np.sqrt(split.non_triv_pos_dist_sq_thr))
+            logger.warning("%d of %d training queries have no positive within %.3g m%s and are skipped.",
+                           self.dropped_queries, split.num_queries, np.sqrt(split.non_triv_pos_dist_sq_thr),
+                           _trivial_note(exclude_trivial_m2))
         available = np.array([split.num_db - len(n) for n in self.non_negatives])[self.valid_queries]
         if available.min() < self.num_negatives:
             worst = int(self.valid_queries[np.argmin(available)])
@@ -265,6 +360,8 @@ class HardNegativeMiner:
                 query_ids[keep], q_desc[keep], db_shard, db_lo, self.split.num_db, self.positives,
                 self.non_negatives, self.neg_cache, rng, self.group.all_reduce_sum, **options)
         self.neg_cache[query_ids[keep]] = new_cache
+        if not self.violating_only:
+            rows = strip_fillers(rows, self.num_positives)
         stats.update(cycle=int(cycle), num_tuples=int(len(rows)),
                      extracted_db_images=int(self.last_extracted["database"]),
                      extracted_query_images=int(self.last_extracted["queries"]))
@@ -340,9 +437,9 @@ class MiningCallback(keras.callbacks.Callback):
         if self._resume is not None and self._resume[0] == epoch:
             _, rows, start = self._resume
             self._resume = None
-            self.pipeline.assign(rows, start_row=start)
+            self.pipeline.assign(rows, start_row=start, cycle=epoch)
             logger.info("Resumed cycle %d at tuple %d of %d.", epoch, start, len(rows))
             return
         if self.skip_when is not None and self.skip_when() and int(self.pipeline.end_row.numpy()) > 0:
             return
-        self.pipeline.assign(self.miner.mine(self.model, epoch))
+        self.pipeline.assign(self.miner.mine(self.model, epoch), cycle=epoch)

@@ -14,6 +14,7 @@ Two schedules, both deterministic functions of the cycle index (so a resumed run
 Pure Python; `HardNegativeMiner` draws the query order of each pass from its seed.
 """
 
+import itertools
 import math
 
 from tf_netvlad.training.config import TrainConfig
@@ -84,3 +85,28 @@ class RefreshSchedule:
     def learning_rate(self, lr, cycle):
         """The step-decayed learning rate of cycle `cycle`."""
         return lr * self.lr_decay_factor ** self.drops(self.passes_before(cycle))
+
+    def num_cycles(self, passes=None, max_cycles=None):
+        """Cycles of a run of `passes` passes over the queries, at most `max_cycles` (None: no bound).
+
+        The run trains every cycle that starts before `passes` passes are done. With `slowdown`
+        the cycles end at pass ends, so a whole number of passes is exact (MATLAB: `nEpoch` = 30
+        passes on Pitts30k's 7,320 queries with a positive are 85 cycles); with the fixed schedule
+        the last cycle may end up to one cycle beyond. Returns None when neither bounds the run.
+        """
+        if passes is None:
+            return None if max_cycles is None else int(max_cycles)
+        if not passes > 0:
+            raise ValueError(f"`passes` must be > 0. Received: {passes!r}")
+        if not self.slowdown:
+            count = math.ceil(passes * self.num_queries / self.size - 1e-9)
+        else:
+            count = 0
+            while self.passes_before(count) < passes - 1e-9:
+                count += 1
+        return count if max_cycles is None else min(count, int(max_cycles))
+
+    def cycle_indices(self, start=0, passes=None, max_cycles=None):
+        """The cycle indices `start, start + 1, ...` of a run (see `num_cycles`); endless when unbounded."""
+        stop = self.num_cycles(passes, max_cycles)
+        return itertools.count(start) if stop is None else range(start, stop)

@@ -1,15 +1,17 @@
 """Weakly supervised NetVLAD training: `train(...)`, one `fit` per refresh cycle, and its outputs.
 
 A Keras epoch is one **refresh cycle**: `cache_refresh_queries` training queries (default 1000,
-all queries if fewer) whose descriptor cache is refreshed and whose tuples are mined at the start
-of the epoch (`mining.MiningCallback`). `epochs` therefore counts refresh cycles; the learning-rate
+all queries if fewer) whose descriptor cache is refreshed and whose tuples are mined just before
+the epoch's `fit` call (`mining.MiningCallback.prepare`), so the epoch's dataset declares its exact
+number of steps. The run's length is `passes` passes over the training queries (the paper's
+epochs: 30), capped by `epochs` refresh cycles and `time_limit_s`; the learning-rate
 schedule is expressed in *passes over the training queries* (the paper's epochs), so "halve the LR
 every 5 epochs" holds whatever the refresh rate: a cycle starting after p passes has the LR
 `lr * lr_decay_factor ** floor(p / lr_decay_every)`. With `refresh_slowdown` (the paper recipe's
 default, MATLAB's schedule) a refresh also happens at every pass end and the cycles grow by
 1/`lr_decay_factor` at every LR drop (`tf_netvlad.training.refresh_schedule`): on Pitts30k (7,320 queries)
 30 paper epochs are 8 cycles per pass for 5 passes, then 4, 2 and 1 per pass (5 passes each):
-`epochs=85`. Without it, cycles of 1000 run across pass ends: 30 paper epochs = `epochs=220`.
+85 cycles for `passes=30`. Without it, cycles of 1000 run across pass ends: 220 cycles.
 
 `train` writes `out_dir` (`init.keras`, `best.keras`, the atomic `last` checkpoint, logs and
 `summary.json`; see `tf_netvlad.training.checkpointing`) and resumes from it exactly (`resume=True`).
@@ -35,17 +37,17 @@ from tf_netvlad.data.images import diagnose_image
 from tf_netvlad.evaluation import recall
 from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
 from tf_netvlad.models.model import build_model, load_model, save_model
-from tf_netvlad.training import distributed, mining, tuples
+from tf_netvlad.training import augment, distributed, mining, tuples
 from tf_netvlad.training.callbacks import (
+    BudgetLearningRate,
     LearningRateSchedule,
     RunControl,
     TrainingCheckpoint,
     ValidationRecall,
 )
 from tf_netvlad.training.checkpointing import (
+    RunDirectory,
     check_resume,
-    prepare_out_dir,
-    prepare_out_dir_multi,
     split_fingerprint,
 )
 from tf_netvlad.training.config import TrainConfig, config_json
@@ -63,7 +65,10 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
     Args:
         train_split: `places.PlaceSplit` or a split file (.mat / .csv / folder) of training images.
         val_split: optional validation split (recall@N every epoch, best-model selection).
-        root, val_root: image roots (default: the splits' own `root`).
+        root, val_root: image roots (default: the splits' own `root`). A split file is read with
+            `places.load_split` (database/query folders detected under the root); load it yourself
+            with `db_root=` / `query_root=` to give the folders. Every image of both splits is
+            checked before anything is written or computed (`places.check_images`).
         out_dir: run directory (contents: see `tf_netvlad.training.checkpointing`). Must be new or empty
             unless `resume=True`.
         model: a `NetVLADModel` to train as is (already initialised), or None to build one from
@@ -92,16 +97,29 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
     """
     start_time = time.monotonic()
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+    sources = (train_split, val_split)  # as the caller named them: errors name the files
     train_split = _as_split(train_split, root, "train_split")
     val_split = _as_split(val_split, val_root, "val_split")
     root = train_split.root if root is None else root
     val_root = (val_split.root if val_root is None else val_root) if val_split is not None else None
+    # positives, one batch, negatives, validation positives: from the positions, before anything runs
+    mining.check_training_input(cfg, train_split, val_split, sources)
+    # every image the run will read, checked before the run directory, the model and the k-means
+    places.check_images(train_split, root=root, flags=_ROOT_ARGS,
+                        source=_source(sources[0], "train_split", train_split))
+    if val_split is not None:
+        places.check_images(val_split, root=val_root, flags=("val_root=",) + _ROOT_ARGS[1:],
+                            source=_source(sources[1], "val_split", val_split))
     group = distributed.worker_group(strategy)
-    if group is None:
-        out_dir, checkpointer = prepare_out_dir(out_dir, resume)
-        resuming = resume and checkpointer.exists()
-    else:
-        out_dir, checkpointer, resuming = prepare_out_dir_multi(out_dir, resume, group)
+    # Holds the run directory's writer lock; a fresh run that fails early leaves nothing behind.
+    with RunDirectory(out_dir, resume, group) as run:
+        return _train(cfg, train_split, val_split, root, val_root, run, model, verbose, progress,
+                      strategy, callbacks, start_time)
+
+
+def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, progress, strategy,
+           callbacks, start_time):
+    group, out_dir, checkpointer, resuming = run.group, run.out_dir, run.checkpointer, run.resuming
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -117,7 +135,8 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
         margin=cfg.margin, cache_refresh_queries=cfg.cache_refresh_queries, seed=cfg.seed,
         batch_size=cfg.cache_batch_size, on_bad_image=cfg.on_bad_image, progress=progress,
         exclude_very_hard=cfg.exclude_very_hard, group=group, refresh_slowdown=cfg.refresh_slowdown,
-        lr_decay_every=cfg.lr_decay_every, lr_decay_factor=cfg.lr_decay_factor)
+        lr_decay_every=cfg.lr_decay_every, lr_decay_factor=cfg.lr_decay_factor,
+        exclude_trivial_m2=cfg.exclude_trivial_m2, violating_only=cfg.violating_only)
     previous_policy = keras.config.dtype_policy()
     if cfg.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
@@ -133,7 +152,8 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
                 model = _new_model(cfg) if model is None else model
                 init_stats = {"note": "weights broadcast from the chief (worker 0)"}
             model.compile(optimizer=_make_optimizer(cfg))
-            model.set_training_options(loss_reduction=cfg.loss_reduction, weight_decay=cfg.weight_decay)
+            model.set_training_options(loss_reduction=cfg.loss_reduction, weight_decay=cfg.weight_decay,
+                                       exclude_very_hard=cfg.exclude_very_hard and cfg.violating_only)
             model.optimizer.build(model.trainable_variables)
         if group is not None:
             group.broadcast_variables(model.weights)
@@ -168,7 +188,8 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
         train_split.query_paths, train_split.db_paths, root, cfg.image_size,
         num_rows=miner.schedule.max_size,
         num_positives=cfg.num_positives, num_negatives=cfg.num_negatives, batch_size=cfg.batch_size,
-        on_bad_image=cfg.on_bad_image)
+        on_bad_image=cfg.on_bad_image, augmentation=augment.Augmentation() if cfg.augment else None,
+        seed=cfg.seed)
     deadline = None if cfg.time_limit_s is None else start_time + cfg.time_limit_s
     control = RunControl(deadline, group)
     chief = group is None or group.is_chief
@@ -192,8 +213,7 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
     fingerprint = dict(fingerprint, init_val=init_val)
     checkpoint_cb = TrainingCheckpoint(out_dir, checkpointer, miner, pipeline, control, fingerprint,
                                        cfg.checkpoint_every_steps, best=best, history=history, write=chief)
-    callbacks = [control, checkpoint_cb, miner_cb,
-                 LearningRateSchedule(cfg.lr, miner.schedule)]
+    callbacks = [control, checkpoint_cb, miner_cb, _lr_callback(cfg, miner.schedule, control, group)]
     if val_eval is not None:
         callbacks.append(ValidationRecall(val_eval, val_root, cfg.image_size, cfg.recall_ns,
                                           cfg.cache_batch_size, progress, control))
@@ -209,26 +229,30 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
     callbacks.remove(checkpoint_cb)
     callbacks.append(checkpoint_cb)
     status = "completed"
-    # with a strategy, `fit` reads a first batch (symbolic build) before `on_epoch_begin`
-    prepare_before_fit = model.distribute_strategy is not tf.distribute.get_strategy()
-    if group is None:
-        dataset = pipeline.dataset()
-    else:  # each worker reads only its replicas' rows of every global batch
-        dataset = group.strategy.distribute_datasets_from_function(pipeline.replica_dataset)
+    distributed_dataset = None
+    if group is not None:  # each worker reads only its replicas' rows of every global batch
+        distributed_dataset = group.strategy.distribute_datasets_from_function(pipeline.replica_dataset)
+    if control.time_over():  # documented (TrainConfig.time_limit_s): one step, then stop
+        logger.warning("The time limit (time_limit_s=%g s, --time-limit-s) was used up before the first "
+                       "training step (set-up took %.1f s: model, k-means initialisation, validation): "
+                       "training one step only, then stopping. Raise the limit to train.",
+                       cfg.time_limit_s, time.monotonic() - start_time)
     try:
-        # One `fit` call per epoch: Keras learns the number of batches of a dataset of unknown
-        # length from the first epoch of a `fit` call and caps later epochs at it, which would
-        # truncate the epochs after a partial (resumed, or skip-mode) epoch.
-        for epoch in range(initial_epoch, cfg.epochs):
+        # One `fit` call per refresh cycle, on a table mined before the call: the dataset declares
+        # the cycle's exact number of batches, so Keras shows n/N steps and never runs out of data
+        # (and under a strategy, `fit` reads a first batch before `on_epoch_begin`).
+        for epoch in miner.schedule.cycle_indices(initial_epoch, cfg.passes, cfg.epochs):
             if control.time_over() and epoch > initial_epoch:
                 break
-            if prepare_before_fit:
-                miner_cb.set_model(model)
-                miner_cb.prepare(epoch)
+            miner_cb.set_model(model)
+            miner_cb.prepare(epoch)
+            if group is None:
+                dataset = pipeline.dataset(num_batches=pipeline.num_batches)
+            else:
+                dataset = distributed_dataset
             with warnings.catch_warnings():
-                # One refresh cycle per fit(): the tuple dataset is finite by design (its length is
-                # only known after mining), which Keras reports as "input ran out of data".
-                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                if group is not None:  # per-replica datasets: Keras cannot know their length
+                    warnings.filterwarnings("ignore", message="Your input ran out of data")
                 model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
                           callbacks=callbacks, verbose=verbose)
             if csv_logger is not None:
@@ -245,7 +269,7 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
         raise FloatingPointError(
             f"The training loss became NaN/inf at epoch {control.nan_at[0]}, step {control.nan_at[1]}. "
             f"Training stopped; the last good checkpoint is kept ({last}). Lower the learning rate "
-            f"(lr={cfg.lr}) or check the input images, then resume with resume=True."
+            f"(lr={cfg.lr}) or check the input images, then resume (--resume; Python: resume=True)."
         )
     if control.time_stop or (cfg.time_limit_s is not None and control.time_over()):
         status = "time_limit"
@@ -280,6 +304,8 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
         "status": status,
         "epochs_done": len(history),
         "epochs_requested": cfg.epochs,
+        "passes_requested": cfg.passes,
+        "cycles_planned": miner.schedule.num_cycles(cfg.passes, cfg.epochs),
         "iterations": int(model.optimizer.iterations.numpy()),
         "queries_per_epoch": miner.cycle_size,
         "refresh_slowdown": miner.schedule.slowdown,
@@ -305,12 +331,36 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
 # --------------------------------------------------------------------------- helpers
 
 
+_ROOT_ARGS = ("root=", "places.load_split(db_root=...)", "places.load_split(query_root=...)")
+
+
+def _source(given, what, split):
+    """How an image-check error names a split: its file when one was given, else `what` and name."""
+    return os.fspath(given) if isinstance(given, (str, os.PathLike)) else f"{what} {split.name!r}"
+
+
 def _as_split(split, root, what):
     if split is None or isinstance(split, places.PlaceSplit):
         return split
     if isinstance(split, (str, os.PathLike)):
         return places.load_split(split, root=root)
     raise TypeError(f"`{what}` must be a PlaceSplit or a path to a split file. Received: {type(split).__name__}")
+
+
+def _lr_callback(cfg, schedule, control, group):
+    """The LR schedule of `cfg.lr_schedule`: "step" (passes) or "budget" (time / step budget)."""
+    if cfg.lr_schedule == "step":
+        return LearningRateSchedule(cfg.lr, schedule)
+    max_steps = None
+    if cfg.passes is not None or cfg.epochs is not None:
+        max_steps = sum(-(-schedule.cycle(c)[2] // cfg.batch_size)
+                        for c in schedule.cycle_indices(0, cfg.passes, cfg.epochs))
+    if group is not None:  # the workers' clocks differ: a time-based LR would differ between them
+        if max_steps is None:
+            raise ValueError("lr_schedule='budget' under a multi-worker strategy follows the step "
+                             "budget: set `passes` or `epochs` (--passes / --epochs).")
+        control = RunControl(None)
+    return BudgetLearningRate(cfg.lr, control, max_steps)
 
 
 def _make_optimizer(cfg):

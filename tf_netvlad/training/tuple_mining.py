@@ -5,6 +5,13 @@ by cached d², a random negative pool plus the remembered negatives ranked by d�
 the hardest — or, with `exclude_very_hard`, semi-hard — negatives of each tuple). `plan_query` and
 `TupleRows` are shared with the multi-worker variant (`distributed_mining.mine_tuples_sharded`).
 Default recipe numbers are `TrainConfig`'s.
+
+Filler negatives: a tuple has a fixed number N of negative slots, but MATLAB `trainWeakly.m` loads
+only the (at most N) negatives that violate the margin under the cached descriptors, and, with
+`excludeVeryHard`, are not nearer than the best positive. The other slots are *fillers* (the
+next-hardest candidates) and are written into the rows as `-2 - id` (`mark_fillers`), so the
+pipeline can mask them in the loss (`TrainConfig.violating_only`); `decode_negatives` gives back the
+ids and the mask, `strip_fillers` the plain ids (recipes that train every slot).
 """
 
 import numpy as np
@@ -13,6 +20,25 @@ from tf_netvlad.training.config import TrainConfig
 
 # Rows of the (queries x database) Gram matrix computed at once: 16M float32 = 64 MiB.
 GRAM_BLOCK_ELEMENTS = 1 << 24
+
+
+def mark_fillers(ids, trains):
+    """Negative ids with the slots that do not train (`trains` False) written as `-2 - id`."""
+    ids = np.asarray(ids, np.int64)
+    return np.where(trains, ids, -2 - ids)
+
+
+def decode_negatives(ids):
+    """`(db ids, trains)` of negative slots written by `mark_fillers` (plain ids: all train)."""
+    ids = np.asarray(ids, np.int64)
+    return np.where(ids <= -2, -2 - ids, ids), ids >= 0
+
+
+def strip_fillers(rows, num_positives):
+    """Tuple rows `[query, P positives, N negatives]` with plain negative ids (no filler marks)."""
+    rows = np.array(rows, np.int64)
+    rows[:, 1 + num_positives :] = decode_negatives(rows[:, 1 + num_positives :])[0]
+    return rows
 
 
 def sq_dists(desc, rows):
@@ -96,20 +122,25 @@ class TupleRows:
         self.rows = np.full((count, 1 + num_positives + num_negatives), -1, np.int64)
         self.new_cache = np.full((count, num_negatives), -1, np.int64)
         self.num_positives, self.num_negatives, self.margin = num_positives, num_negatives, margin
-        self.violating, self.best_d2 = 0, []
+        self.violating, self.training, self.best_d2 = 0, 0, []
 
     def add(self, r, q, positives_ranked, best, ranked, ranked_d2, exclude_very_hard):
         chosen, chosen_d2 = _choose_negatives(ranked, ranked_d2, best, self.num_negatives, exclude_very_hard)
+        violating = chosen_d2 < best + self.margin
+        trains = violating & (chosen_d2 >= best) if exclude_very_hard else violating
         self.rows[r, 0] = q
         self.rows[r, 1 : 1 + len(positives_ranked)] = positives_ranked
-        self.rows[r, 1 + self.num_positives :] = chosen
+        self.rows[r, 1 + self.num_positives :] = mark_fillers(chosen, trains)
         self.new_cache[r] = ranked[: self.num_negatives]
-        self.violating += int(np.sum(chosen_d2 < best + self.margin))
+        self.violating += int(np.sum(violating))
+        self.training += int(np.sum(trains))
         self.best_d2.append(best)
 
     def result(self):
+        slots = max(1, len(self.rows) * self.num_negatives)
         stats = {
-            "violating_fraction": self.violating / max(1, len(self.rows) * self.num_negatives),
+            "violating_fraction": self.violating / slots,
+            "training_negatives_fraction": self.training / slots,
             "mean_positive_d2": float(np.mean(self.best_d2)) if self.best_d2 else 0.0,
         }
         return self.rows, self.new_cache, stats
@@ -140,8 +171,10 @@ def mine_tuples(query_ids, query_desc, db_desc, positives, non_negatives, neg_ca
 
     Returns:
         `(rows, new_cache, stats)`: rows int64 `(Q, 1 + P + N)` = [query, positives (-1 padded),
-        negatives]; new_cache int64 `(Q, N)` to store for these queries; stats dict with
-        `violating_fraction` (under the cached descriptors) and `mean_positive_d2`.
+        negatives, hardest first, fillers written as `-2 - id` (see the module docstring)];
+        new_cache int64 `(Q, N)` to store for these queries; stats dict with `violating_fraction`
+        (slots violating the margin under the cached descriptors), `training_negatives_fraction`
+        (slots that are not fillers) and `mean_positive_d2`.
     """
     num_db = len(db_desc)
     bad_db = np.zeros(0, np.int64) if bad_db is None else np.asarray(bad_db, np.int64)

@@ -4,14 +4,17 @@ The tuples themselves (which images) are chosen in the main process by hard-nega
 (`tf_netvlad.training.mining`) and written into a `tf.Variable` table; the pipeline only reads rows of that
 table, so parallel input workers never own training state. A row is
 
-    [query id, P positive db ids (-1 = padding), N negative db ids]
+    [query id, P positive db ids (-1 = padding), N negative db ids (a filler as -2 - id)]
 
 and an element of the dataset (before batching) is the dict
 
     {"query": (H, W, 3), "positives": (P, H, W, 3), "positive_mask": (P,) float32,
-     "negatives": (N, H, W, 3)}
+     "negatives": (N, H, W, 3), "negative_mask": (N,) float32}
 
-with float32 RGB pixels in 0..255 (padded positives are black images with mask 0). Images are
+with float32 RGB pixels in 0..255 (padded positives are black images with mask 0). A negative
+written as `-2 - id` is a filler (`tuple_mining.mark_fillers`: it did not violate the margin when
+mined); its image is loaded, and its `negative_mask` is 0, so the loss leaves it out (MATLAB
+`trainWeakly.m` never loads it). Plain ids have mask 1. Images are
 read, decoded and resized in parallel inside the pipeline (`data.images.load_image`, deterministic
 order), batched and prefetched. Training needs a fixed `(H, W)` image size so tuples can be stacked:
 the parsed `TrainConfig.image_size`.
@@ -20,6 +23,16 @@ Keras creates a new iterator of a finite dataset at every epoch, after `on_epoch
 re-mined in `MiningCallback.on_epoch_begin` is what the next epoch reads (style guide 4.9). The rows
 read in an epoch are `start_row <= i < end_row` (variables too), which lets a run resume in the
 middle of an epoch.
+
+Length: `dataset()` has an unknown length (the table is re-mined per epoch), which Keras shows as
+`Unknown` steps and ends with "Your input ran out of data". `dataset(num_batches=pipe.num_batches)`,
+built after the table is filled, declares the epoch's exact length (`tf.data` cardinality): Keras
+shows `n/N` and stops without the warning. That dataset is valid for that table only: the training
+loop (`training.train`) mines first, then runs one `fit` per refresh cycle on such a dataset.
+
+Augmentation (`augmentation=`, a `training.augment.Augmentation`; the CPU recipe's): every image of
+a tuple is changed by its own stateless draws, seeded by (`seed`, refresh cycle, row, slot), so the
+same row of the same cycle always gets the same images (resume and parallel reads are unaffected).
 
 Images that fail to load during an epoch (`on_bad_image`): "stop" fails with an
 `InvalidArgumentError` whose message contains `TUPLE_IMAGE_ERROR row=<i>` and the tuple's files
@@ -37,6 +50,7 @@ from tf_netvlad.data.fileio import resolve_paths
 from tf_netvlad.data.image_size import check_image_size
 from tf_netvlad.data.images import diagnose_image, load_image
 from tf_netvlad.defaults import ON_BAD_IMAGE_CHOICES
+from tf_netvlad.training import augment, tuple_mining
 from tf_netvlad.training.config import TrainConfig
 
 ERROR_MARKER = "TUPLE_IMAGE_ERROR"
@@ -60,12 +74,13 @@ class TuplePipeline:
     >>> pipe = TuplePipeline(q_paths, db_paths, root, (96, 128), num_rows=100, num_positives=2,
     ...                      num_negatives=10, batch_size=4)
     >>> pipe.assign(rows)            # int64 (n <= 100, 1 + 2 + 10) from mining
-    >>> model.fit(pipe.dataset(), epochs=1)
+    >>> model.fit(pipe.dataset(num_batches=pipe.num_batches), epochs=1)   # shows n/N steps
     """
 
     def __init__(self, query_paths, db_paths, root, image_size, num_rows,
                  num_positives=TrainConfig.num_positives, num_negatives=TrainConfig.num_negatives,
-                 batch_size=TrainConfig.batch_size, on_bad_image=TrainConfig.on_bad_image):
+                 batch_size=TrainConfig.batch_size, on_bad_image=TrainConfig.on_bad_image,
+                 augmentation=None, seed=TrainConfig.seed):
         size = check_image_size(image_size)
         if not isinstance(size, tuple):
             raise ValueError(
@@ -88,6 +103,8 @@ class TuplePipeline:
         self.num_negatives = int(num_negatives)
         self.batch_size = int(batch_size)
         self.on_bad_image = on_bad_image
+        self.augmentation = None if augmentation is None or augmentation.is_identity else augmentation
+        self.seed = int(seed)
         width = 1 + self.num_positives + self.num_negatives
         with tf.init_scope():
             self.table = tf.Variable(tf.fill([self.num_rows, width], tf.constant(-1, tf.int64)),
@@ -95,6 +112,7 @@ class TuplePipeline:
             self.start_row = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="tuple_start")
             self.end_row = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="tuple_end")
             self.skipped_var = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="tuples_skipped")
+            self.cycle = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="tuple_cycle")
         self._rows = np.full((self.num_rows, width), -1, np.int64)
 
     @property
@@ -107,12 +125,21 @@ class TuplePipeline:
         return int(self.skipped_var.numpy())
 
     @property
+    def num_batches(self):
+        """Batches of the current epoch: `ceil((end_row - start_row) / batch_size)`."""
+        rows = int(self.end_row.numpy()) - int(self.start_row.numpy())
+        return -(-rows // self.batch_size)
+
+    @property
     def rows(self):
         """The current table rows `(end_row, width)` as NumPy (a copy)."""
         return self._rows[: int(self.end_row.numpy())].copy()
 
-    def assign(self, rows, start_row=0):
-        """Writes tuple rows (int, `(n, 1 + P + N)`, n <= num_rows) and sets the epoch's row range."""
+    def assign(self, rows, start_row=0, cycle=0):
+        """Writes tuple rows (int, `(n, 1 + P + N)`, n <= num_rows) and sets the epoch's row range.
+
+        `cycle` (the refresh cycle) seeds the augmentation: each cycle sees other changes of an image.
+        """
         rows = np.asarray(rows)
         if rows.ndim != 2 or rows.shape[1] != self.row_width or not 1 <= len(rows) <= self.num_rows:
             raise ValueError(
@@ -126,8 +153,10 @@ class TuplePipeline:
                              f"[{queries.min()}, {queries.max()}]")
         if (pos[:, 0] < 0).any():
             raise ValueError("every tuple needs at least one positive (first positive column is -1).")
+        neg = tuple_mining.decode_negatives(neg)[0]  # fillers, see `tuple_mining.mark_fillers`
         if pos.max() >= len(self.db_paths) or neg.min() < 0 or neg.max() >= len(self.db_paths):
-            raise ValueError(f"db ids must be in [0, {len(self.db_paths)}) (negatives without padding).")
+            raise ValueError(f"db ids must be in [0, {len(self.db_paths)}) (negatives without padding; "
+                             "a filler negative is -2 - id).")
         if not 0 <= start_row <= len(rows):
             raise ValueError(f"`start_row` must be in [0, {len(rows)}]. Received: {start_row}")
         padded = np.full((self.num_rows, self.row_width), -1, np.int64)
@@ -136,6 +165,7 @@ class TuplePipeline:
         self.table.assign(padded)
         self.end_row.assign(len(rows))
         self.start_row.assign(int(start_row))
+        self.cycle.assign(int(cycle))
 
     def _load_row(self, index):
         row = self.table[index]
@@ -143,8 +173,12 @@ class TuplePipeline:
         q_paths = tf.constant(self.query_paths)
         db_paths = tf.constant(self.db_paths)
 
-        def load(path):
-            return load_image(path, self.image_size)
+        def load(path, slot=0):
+            image = load_image(path, self.image_size)
+            if self.augmentation is None:
+                return image
+            seed = augment.image_seed(self.seed, self.cycle, index, slot)
+            return augment.augment_image(image, seed, self.augmentation)
 
         query = load(tf.gather(q_paths, row[0]))
         positive_ids = row[1 : 1 + self.num_positives]
@@ -152,15 +186,17 @@ class TuplePipeline:
         positives = []
         for i in range(self.num_positives):
             path = tf.gather(db_paths, tf.maximum(positive_ids[i], 0))
-            positives.append(tf.cond(mask[i], lambda p=path: load(p),
+            positives.append(tf.cond(mask[i], lambda p=path, slot=1 + i: load(p, slot),
                                      lambda: tf.zeros([height, width, 3], tf.float32)))
-        negative_ids = row[1 + self.num_positives :]
-        negatives = [load(tf.gather(db_paths, negative_ids[j])) for j in range(self.num_negatives)]
+        negative_ids, negative_mask = _decode_negatives(row[1 + self.num_positives :])
+        negatives = [load(tf.gather(db_paths, negative_ids[j]), 1 + self.num_positives + j)
+                     for j in range(self.num_negatives)]
         return index, {
             "query": query,
             "positives": tf.stack(positives),
             "positive_mask": tf.cast(mask, tf.float32),
             "negatives": tf.stack(negatives),
+            "negative_mask": negative_mask,
         }
 
     def _zeros_element(self):
@@ -170,22 +206,30 @@ class TuplePipeline:
             "positives": tf.zeros([self.num_positives, height, width, 3]),
             "positive_mask": tf.zeros([self.num_positives]),
             "negatives": tf.zeros([self.num_negatives, height, width, 3]),
+            "negative_mask": tf.zeros([self.num_negatives]),
         }
 
     def _row_paths_message(self, index):
         row = self.table[index]
         q_paths = tf.constant(self.query_paths)
         db_paths = tf.constant(self.db_paths)
-        db_ids = tf.boolean_mask(row[1:], row[1:] >= 0)
+        ids = tf.concat([row[1 : 1 + self.num_positives], _decode_negatives(row[1 + self.num_positives :])[0]], 0)
+        db_ids = tf.boolean_mask(ids, ids >= 0)
         files = tf.concat([tf.gather(q_paths, tf.maximum(row[:1], 0)), tf.gather(db_paths, db_ids)], 0)
         return tf.strings.reduce_join(files, separator="', '")
 
-    def dataset(self):
+    def dataset(self, num_batches=None):
         """The finite tf.data pipeline over rows `start_row..end_row` of the table (re-read per epoch).
 
         Batch b holds exactly rows `start_row + b·batch_size ...`: a tuple whose image fails is a
         padding tuple in "skip" mode (trains nothing, counted in `skipped`), so a checkpoint after
         k steps resumes at row `start_row + k·batch_size` whatever failed before it.
+
+        Args:
+            num_batches: None (unknown length), or the number of batches this dataset declares
+                (`tf.data` cardinality, normally `self.num_batches` after `assign`): Keras then
+                shows `n/N` steps and never reports "Your input ran out of data". Iterating it over
+                a table of another length fails with tf.data's cardinality error.
         """
         def in_range(i):
             return tf.logical_and(i >= self.start_row, i < self.end_row)
@@ -194,7 +238,12 @@ class TuplePipeline:
         ds = ds.interleave(self._load_or_pad, cycle_length=max(2, self.batch_size), block_length=1,
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.map(self._check_loaded).map(lambda index, tuple_: tuple_)
-        return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(self.batch_size)
+        if num_batches is not None:
+            if isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer)) or num_batches < 1:
+                raise ValueError(f"`num_batches` must be an int >= 1 or None. Received: {num_batches!r}")
+            ds = ds.apply(tf.data.experimental.assert_cardinality(int(num_batches)))
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     def _load_or_pad(self, row):
         """One-element dataset: the tuple of `row`, or a padding tuple if `row` < 0 or it fails."""
@@ -267,10 +316,18 @@ class TuplePipeline:
         if match is None:
             return None
         row = self._rows[int(match.group(1))]
-        files = [self.query_paths[row[0]]] + [self.db_paths[i] for i in row[1:] if i >= 0]
+        ids = np.concatenate([row[1 : 1 + self.num_positives],
+                              tuple_mining.decode_negatives(row[1 + self.num_positives :])[0]])
+        files = [self.query_paths[row[0]]] + [self.db_paths[i] for i in ids if i >= 0]
         reasons = [(path, diagnose_image(path)) for path in dict.fromkeys(files)]
         broken = [f"'{path}' ({reason})" for path, reason in reasons if reason]
         if not broken:
             broken = [f"one of {files} (all load now; the file may have changed during training)"]
         return (f"Training tuple {int(match.group(1))} could not be loaded: {', '.join(broken)}. "
                 "Fix or remove the file, or train with on_bad_image='skip'.")
+
+
+def _decode_negatives(ids):
+    """`(db ids, float32 mask)` of a row's negative slots: a filler `-2 - id` has mask 0."""
+    filler = ids <= -2
+    return tf.where(filler, -2 - ids, ids), tf.cast(tf.logical_not(filler), tf.float32)

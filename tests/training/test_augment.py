@@ -1,0 +1,86 @@
+"""Training augmentation: each part checked on images whose correct output is known by hand."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_netvlad.training.augment import Augmentation, augment_image, image_seed
+
+SEEDS = [(0, 0), (1, 2), (7, 3), (123, 456), (9, 99)]
+
+
+def _only(**strengths):
+    return Augmentation(**{**vars(Augmentation.none()), **strengths})
+
+
+def test_none_is_the_identity():
+    image = np.random.default_rng(0).uniform(0, 255, (8, 10, 3)).astype(np.float32)
+    out = augment_image(image, (1, 2), Augmentation.none())
+    np.testing.assert_array_equal(np.asarray(out), image)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_brightness_shifts_every_pixel_by_the_same_amount_within_its_range(seed):
+    image = np.full((6, 5, 3), 100.0, np.float32)
+    out = np.asarray(augment_image(image, seed, _only(brightness=0.15)))
+    shift = out - 100.0
+    assert np.ptp(shift) < 1e-4
+    assert abs(shift[0, 0, 0]) <= 0.15 * 255 + 1e-3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_contrast_scales_distances_to_the_mean(seed):
+    image = np.full((4, 4, 3), 50.0, np.float32)
+    image[:, 2:] = 150.0  # mean 100 per channel
+    out = np.asarray(augment_image(image, seed, _only(contrast=0.3)))
+    low, high = out[0, 0, 0], out[0, 3, 0]
+    assert (low + high) / 2 == pytest.approx(100.0, abs=1e-3)
+    assert 0.7 - 1e-6 <= (high - low) / 100.0 <= 1.3 + 1e-6
+
+
+@pytest.mark.parametrize("part", [dict(saturation=0.3), dict(hue=0.03)])
+def test_colour_changes_leave_grey_pixels_grey(part):
+    image = np.tile(np.linspace(0, 255, 12, dtype=np.float32)[:, None, None], (1, 3, 3))
+    out = np.asarray(augment_image(image, (4, 5), _only(**part)))
+    np.testing.assert_allclose(out, image, atol=0.01)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_crop_is_a_zoom_and_shift_of_the_image(seed):
+    # A horizontal ramp (value = column index): a crop of side s at offset l, resized back to
+    # width W, is again a ramp, from l·(W-1) with slope s (bilinear resampling of a linear function).
+    width = 33
+    ramp = np.tile(np.arange(width, dtype=np.float32)[None, :, None], (9, 1, 3))
+    out = np.asarray(augment_image(ramp, seed, _only(min_crop=0.8)))[4, :, 0]
+    slope = np.diff(out)
+    assert np.ptp(slope) < 1e-3  # still linear
+    assert 0.8 - 1e-4 <= slope[0] <= 1.0 + 1e-4
+    assert out[0] >= -1e-4 and out[-1] <= width - 1 + 1e-4
+
+
+def test_draws_are_a_function_of_the_seed():
+    image = np.random.default_rng(1).uniform(0, 255, (16, 12, 3)).astype(np.float32)
+    aug = Augmentation()
+    first = np.asarray(augment_image(image, image_seed(3, 1, 10, 0), aug))
+    again = np.asarray(augment_image(image, image_seed(3, 1, 10, 0), aug))
+    other_slot = np.asarray(augment_image(image, image_seed(3, 1, 10, 1), aug))
+    other_cycle = np.asarray(augment_image(image, image_seed(3, 2, 10, 0), aug))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other_slot).mean() > 1.0
+    assert np.abs(first - other_cycle).mean() > 1.0
+    assert first.shape == image.shape and first.min() >= 0 and first.max() <= 255
+
+
+def test_works_inside_a_tf_data_map():
+    images = tf.data.Dataset.from_tensor_slices(np.full((3, 8, 8, 3), 128.0, np.float32))
+    ds = images.enumerate().map(
+        lambda i, x: augment_image(x, image_seed(0, 0, i, 0), _only(brightness=0.1)))
+    values = [float(x[0, 0, 0]) for x in ds]
+    assert len(set(values)) == 3
+
+
+@pytest.mark.parametrize("bad", [dict(min_crop=0.0), dict(brightness=1.0), dict(hue=0.6),
+                                 dict(contrast=-0.1)])
+def test_bad_strengths_are_refused(bad):
+    with pytest.raises(ValueError):
+        Augmentation(**bad)
