@@ -47,7 +47,7 @@ def test_every_image_size_flag_is_parsed_by_the_shared_converter():
                 assert action.type in (flags.image_size, flags.image_size_or_auto), (name, action.dest)
                 seen.append(name)
     assert set(seen) == {"train", "init", "fit-whitening", "evaluate", "evaluate-map", "export",
-                         "index", "localize"}
+                         "index", "localize", "hloc"}
 
 
 def test_shared_extraction_flags_have_the_same_defaults_everywhere():

@@ -123,3 +123,42 @@ def test_tensorflow_startup_notices_are_filtered_but_real_messages_kept(tmp_path
     done = _run_quiet_import(tmp_path, failing)
     assert "raised libcudart.so.12" in done.stdout
     assert "oneDNN custom operations" in done.stderr and "a real warning" in done.stderr
+
+
+@pytest.mark.parametrize("command, strict, expected", [
+    ("evaluate", True, "Fix or remove the file, or run without --strict."),
+    ("evaluate", False, "Fix or remove the file."),  # e.g. the k-means init, which cannot skip
+    ("index", True, "Fix or remove the file, or run without --strict."),
+    ("train", False, "Fix or remove the file, or train with --on-bad-image skip."),
+    ("init", False, "Fix or remove the file."),
+    ("evaluate-map", False, "Fix or remove the file."),
+])
+def test_library_skip_hints_become_the_commands_flags(command, strict, expected):
+    import argparse
+
+    args = argparse.Namespace(command=command, on_error="raise" if strict else "skip")
+    for library in ("Fix or remove the file, or use on_error='skip'.",
+                    "Fix or remove the file, or train with on_bad_image='skip'."):
+        assert main.cli_message(args, ValueError(f"Could not load image file 'x.png': {library}")) == (
+            f"Could not load image file 'x.png': {expected}")
+
+
+def test_unreadable_image_errors_name_cli_flags_not_python_arguments(tiny_model, tmp_path, capsys):
+    from tests.helpers import write_block_images
+    from tf_netvlad.models.model import save_model
+
+    names = write_block_images(tmp_path, 3, seed=0)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rows = [f"{name},db,{500000 + 10 * i},4000000" for i, name in enumerate(names + ["broken.png"])]
+    rows += [f"{names[0]},query,500001,4000000"]
+    (tmp_path / "split.csv").write_text("path,role,easting,northing\n" + "\n".join(rows) + "\n")
+    save_model(tiny_model, tmp_path / "m.keras")
+    evaluate = ["evaluate", "--dataset", str(tmp_path / "split.csv"), "--model", str(tmp_path / "m.keras")]
+    assert main.main(evaluate + ["--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "or run without --strict." in err and "on_error" not in err
+    assert main.main(["init", "--dataset", str(tmp_path / "split.csv"), "--backbone", "tiny",
+                      "--num-clusters", "2", "--num-images", "4", "--per-image", "2",
+                      "--out", str(tmp_path / "init.keras")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and err.rstrip().endswith("Fix or remove the file.") and "on_error" not in err

@@ -80,3 +80,70 @@ def test_index_add_refuses_an_image_size(capsys):
 def test_index_needs_exactly_one_image_source(tmp_path, capsys):
     assert main.main(["index", "--model", "m.keras", "--out", str(tmp_path / "ix")]) == 2
     assert "exactly one of --dataset FILE or --images DIR" in capsys.readouterr().err
+
+
+def test_index_with_utm_zone_localize_in_lat_lon_and_hloc_files(tmp_path, tiny_model, capsys):
+    """@-named images in Pittsburgh (zone 17T from the names) -> index -> localize answers in
+    latitude/longitude -> hloc features and pairs from the index (read back as hloc reads them)."""
+    import h5py
+    from PIL import Image
+
+    from tests.helpers import write_block_images
+    from tf_netvlad.data import utm
+
+    model_path = tmp_path / "m.keras"
+    tiny_model.save(model_path)
+    folder = tmp_path / "db"
+    lat = np.array([40.4406, 40.4415, 40.4424])
+    east, north, _, _ = utm.latlon_to_utm(lat, np.full(3, -79.9959))
+    (folder / "sub").mkdir(parents=True)
+    for name, e, n, la in zip(write_block_images(tmp_path / "raw", 3, seed=7), east, north, lat):
+        # VPR-datasets-downloader names: @utm_east@utm_north@zone@band@lat@lon@...
+        Image.open(tmp_path / "raw" / name).save(folder / "sub" / f"@{e:.2f}@{n:.2f}@17@T@{la}@-79.9959@.png")
+    index_dir = tmp_path / "index"
+    assert main.main(["index", "--model", str(model_path), "--images", str(folder),
+                      "--out", str(index_dir), "--image-size", "24x32"]) == 0
+    assert "(3 images, 256-D, UTM zone 17T)" in capsys.readouterr().out
+    query = sorted((folder / "sub").iterdir())[1]
+    assert main.main(["localize", "--index", str(index_dir), "--model", str(model_path), str(query),
+                      "--top-k", "1", "--json", str(tmp_path / "loc.json")]) == 0
+    assert "UTM 17T = latitude 40.44" in capsys.readouterr().out
+    result = json.loads((tmp_path / "loc.json").read_text())[0]
+    row = int(np.argmin(np.abs(north - float(query.name.split("@")[2]))))  # the query's place
+    assert abs(result["estimated_latlon"][0] - lat[row]) < 1e-6
+    assert abs(result["estimated_latlon"][1] + 79.9959) < 1e-6
+    features, pairs = tmp_path / "feats.h5", tmp_path / "pairs.txt"
+    assert main.main(["hloc", "--index", str(index_dir), "--features", str(features),
+                      "--pairs", str(pairs), "--num-matched", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"features: {features} (float16)" in out and f"pairs: {pairs} (6 pairs)" in out
+    with h5py.File(features, "r") as handle:
+        assert len(handle["sub"]) == 3 and handle[f"sub/{query.name}/global_descriptor"].shape == (256,)
+    lines = pairs.read_text().split("\n")
+    assert len(lines) == 6 and all(a != b and a.startswith("sub/@") for a, b in (x.split() for x in lines))
+    # an existing output is refused before any work, with the flag to use
+    assert main.main(["hloc", "--index", str(index_dir), "--pairs", str(pairs), "--num-matched", "1"]) == 2
+    assert "--pairs" in capsys.readouterr().err and len(pairs.read_text().split("\n")) == 6
+
+
+def test_hloc_and_utm_zone_flags_are_checked_before_any_work(tmp_path, capsys):
+    parse = main.build_parser().parse_args
+    args = parse(["hloc", "--index", "ix", "--pairs", "p.txt", "--num-matched", "20", "--keep-self",
+                  "--min-score", "none", "--float32"])
+    assert (args.num_matched, args.keep_self, args.min_score, args.float32) == (20, True, None, True)
+    args = parse(["hloc", "--index", "ix", "--features", "f.h5"])
+    assert (args.min_score, args.keep_self, args.float32, args.append) == (0.0, False, False, False)
+    assert parse(["index", "--model", "m", "--images", "i", "--out", "o", "--utm-zone", "17t"]).utm_zone == "17T"
+    with pytest.raises(SystemExit):
+        parse(["index", "--model", "m", "--images", "i", "--out", "o", "--utm-zone", "17"])
+    assert "not a UTM zone label" in capsys.readouterr().err
+    for argv, message in (
+        (["hloc", "--index", "ix"], "Nothing to write"),
+        (["hloc", "--index", "ix", "--pairs", str(tmp_path / "p.txt")], "--pairs needs --num-matched"),
+        (["hloc", "--features", str(tmp_path / "f.h5")], "exactly one of --index"),
+        (["hloc", "--images", "i", "--features", str(tmp_path / "f.h5")], "need --model"),
+        (["hloc", "--index", "ix", "--features", str(tmp_path / "f.txt")], "must end in .h5"),
+    ):
+        assert main.main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

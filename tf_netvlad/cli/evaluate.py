@@ -23,7 +23,7 @@ def recall_ns(text):
         return flags.int_list(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"must be 'default', 'reference' or e.g. '1,5,10'. Received: {text!r}") from None
+            f"must be 'default', 'reference' or e.g. '1,5,10' (positive integers). Received: {text!r}") from None
 
 
 def add_commands(subparsers):
@@ -48,9 +48,9 @@ def add_commands(subparsers):
     p.add_argument("--approx-index", nargs="?", const="auto", default=None, metavar="FACTORY",
                    help="also report recall with an approximate faiss index: a factory string such "
                         "as 'IVF1024,PQ64', or no value for IVF(~4 sqrt n),PQ(D/16, <= 256)")
-    p.add_argument("--approx-train-size", type=int, default=None,
+    p.add_argument("--approx-train-size", type=flags.positive_int, default=None,
                    help="training vectors of the approximate index; None: 40 per IVF cell")
-    p.add_argument("--approx-nprobe", type=int, default=None,
+    p.add_argument("--approx-nprobe", type=flags.positive_int, default=None,
                    help="IVF cells visited per query; None: nlist/16, at least 8")
     p.add_argument("--descriptor-dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the database descriptors held during evaluation")
@@ -58,12 +58,16 @@ def add_commands(subparsers):
                    help="keep the database descriptors in a temporary .npy memmap in this folder "
                         "(removed afterwards) instead of RAM")
     flags.add_strict(p, "stop at an unreadable image (default: leave it out, count and list it)")
+    p.set_defaults(check=check_outputs)
 
     p = flags.add_command(subparsers, "evaluate-map", evaluate_map, "Oxford5k/Paris6k-style mAP with "
                           "ok/junk lists (revisited easy/medium/hard or original).")
     flags.add_model_file(p)
     p.add_argument("--gt", required=True,
-                   help="revisited gnd_*.pkl, or a folder of original *_good/_ok/_junk/_query.txt files")
+                   help="revisited gnd_*.pkl, or a folder of original *_good/_ok/_junk/_query.txt "
+                        "files. A .pkl is read with a data-only unpickler (lists, dicts, numbers, "
+                        "strings, NumPy arrays): a file that asks for anything else is refused, "
+                        "and no code from it runs")
     p.add_argument("--images", required=True, help="folder of the database and query images")
     p.add_argument("--ext", default=".jpg", help="image file extension")
     flags.add_image_size(p, help="resize policy: keep, max side, or HxW")
@@ -73,17 +77,25 @@ def add_commands(subparsers):
                    help="pixels added to each side of a query box (MATLAB VGG16 conv5_3: 98)")
     p.add_argument("--query-resize", choices=("crop", "image"), default="crop",
                    help="resize the crop (revisited code) or the whole image before cropping")
-    p.add_argument("--top-k", type=int, default=None,
+    p.add_argument("--top-k", type=flags.positive_int, default=None,
                    help="rank only the top K database images (default: the whole database)")
     p.add_argument("--on-missing", choices=("raise", "drop"), default="raise",
                    help="text ground truth: stop at, or drop, names missing from --images")
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG of per-query AP histograms here")
     p.add_argument("--retrievals", help="write a PNG grid of queries and their top images here")
+    p.set_defaults(check=check_outputs)
+
+
+def check_outputs(args):
+    """The outputs of `evaluate` / `evaluate-map`, refused before any work if they cannot be written."""
+    flags.check_output(args.json, "--json", (".json",))
+    flags.check_output(args.plot, "--plot", (".png",))
+    flags.check_output(args.retrievals, "--retrievals", (".png",))
+    flags.check_output(getattr(args, "memmap_dir", None), "--memmap-dir", directory=True)
 
 
 def evaluate(args):
-    from tf_netvlad.data import places
     from tf_netvlad.evaluation import run
     from tf_netvlad.evaluation.report import format_recall_table
     from tf_netvlad.models import initialization
@@ -91,7 +103,7 @@ def evaluate(args):
 
     if bool(args.model) == bool(args.backbone):
         raise flags.CommandError("Pass exactly one of --model FILE.keras or --backbone NAME.")
-    split = places.load_split_checked(args.dataset, root=args.root)
+    split = flags.load_dataset(args.dataset, args.root, args.db_root, args.query_root)
     if args.model:
         model = load_model(args.model, compile=False)
     else:

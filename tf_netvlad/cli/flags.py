@@ -6,8 +6,10 @@ so handlers receive typed values (`--image-size 480x640` arrives as `(480, 640)`
 as `None`) and a bad value is refused before any work starts, with exit status 2. Defaults are
 read from `tf_netvlad.defaults`; nothing here imports TensorFlow.
 
-Also here: `add_command` (one subparser with its handler) and `CommandError`, the one-line error
-every handler raises.
+Also here: `add_command` (one subparser with its handler), `CommandError`, the one-line error
+every handler raises, and `check_output`, which every command's `check` (set with
+`parser.set_defaults(check=...)`, run by `cli.main` before TensorFlow is imported) calls on each
+of its outputs, so a path that cannot be written is refused before any work.
 """
 
 import argparse
@@ -51,12 +53,37 @@ def optional_text(text):
 
 
 def int_list(text):
-    """'1,5,10' -> (1, 5, 10)."""
+    """'1,5,10' -> (1, 5, 10); every value must be >= 1 (lists of N for recall@N)."""
     try:
-        return tuple(int(v) for v in text.split(","))
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
+        values = ()
+    if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(
-            f"must be comma-separated integers like '1,5,10'. Received: {text!r}") from None
+            f"must be comma-separated positive integers like '1,5,10'. Received: {text!r}")
+    return values
+
+
+def positive_int(text):
+    """An integer >= 1 (a count, a size, a dimension, top-k): '0' or '-3' is refused at parse time."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer. Received: {text!r}")
+    return value
+
+
+def positive_float(text):
+    """A finite number > 0 (minutes, a scale)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0. Received: {text!r}")
+    return value
 
 
 def optional(convert):
@@ -86,7 +113,7 @@ def add_image_size(parser, help=IMAGE_SIZE_HELP, default="keep", flag="--image-s
 
 def add_batch_size(parser):
     """Images per extraction batch."""
-    return parser.add_argument("--batch-size", type=int, default=EXTRACT_BATCH_SIZE,
+    return parser.add_argument("--batch-size", type=positive_int, default=EXTRACT_BATCH_SIZE,
                                help="images per extraction batch")
 
 
@@ -95,25 +122,62 @@ def add_dataset(parser, help, required=True):
     return parser.add_argument("--dataset", required=required, help=help)
 
 
-def add_root(parser, help="image root the dataset's relative paths are joined to (default: the "
-                          "dataset file's folder)"):
-    """The image root a split's relative paths are joined to."""
+ROOT_HELP = ("dataset root as its authors ship it (default: the dataset file's folder, else its "
+             "parent); the database and query folders under it are detected (images/ + queries/, "
+             "images/ + query/, images/, queries_real/, or as listed) and printed")
+
+
+def add_root(parser, help=ROOT_HELP):
+    """The dataset root a split's database and query folders are detected under."""
     return parser.add_argument("--root", default=None, help=help)
 
 
+def add_dataset_roots(parser, prefix="", queries=True):
+    """--db-root / --query-root (train's validation split: prefix 'val-'): the folders the
+    split's database / query names are relative to, instead of the detected ones."""
+    parser.add_argument(f"--{prefix}db-root", default=None,
+                        help="folder the database image names are relative to, instead of the "
+                             "detected one")
+    if queries:
+        parser.add_argument(f"--{prefix}query-root", default=None,
+                            help="folder the query image names are relative to, instead of the "
+                                 "detected one")
+
+
+def load_dataset(path, root=None, db_root=None, query_root=None, parts=("db", "query"), prefix="",
+                 label="dataset"):
+    """Loads a split given by flags (`places.load_split_checked`): every image of `parts` is
+    checked before any work, errors name the flags with `prefix`; prints how it was read
+    (layout, columns, UTM zone) as 'LABEL: ...' lines."""
+    from tf_netvlad.data import places
+
+    split = places.load_split_checked(
+        path, root=root, db_root=db_root, query_root=query_root, parts=parts,
+        flags=(f"--{prefix}root", f"--{prefix}db-root", f"--{prefix}query-root"))
+    for note in split.notes:
+        print(f"{label}: {note}")
+    return split
+
+
 def add_extraction_flags(parser, dataset_help):
-    """--dataset, --root, --image-size, --batch-size and --seed of a command that extracts
-    descriptors of a split's images (and samples them with --seed)."""
+    """--dataset, --root, --db-root, --query-root, --image-size, --batch-size and --seed of a
+    command that extracts descriptors of a split's images (and samples them with --seed)."""
     add_dataset(parser, dataset_help)
     add_root(parser)
+    add_dataset_roots(parser)
     add_image_size(parser)
     add_batch_size(parser)
     parser.add_argument("--seed", type=int, default=SEED, help="random seed (sampling, k-means)")
 
 
+MODEL_FORMS = ("a .keras file, a pretrained name (see `tf_netvlad models`) or an https://, hf:// or "
+               "kaggle:// URI of a .keras file")
+
+
 def add_model_file(parser, help="a tf_netvlad .keras model", required=True):
-    """--model: a .keras model file written by tf_netvlad."""
-    return parser.add_argument("--model", required=required, help=help)
+    """--model: a .keras model file written by tf_netvlad, or a pretrained name or a URI that
+    `cli.main` resolves to one before the handler runs (`cli.pretrained.resolve_model_flag`)."""
+    return parser.add_argument("--model", required=required, help=f"{help}: {MODEL_FORMS}")
 
 
 def add_backbone_flags(parser, backbone=None):
@@ -124,7 +188,7 @@ def add_backbone_flags(parser, backbone=None):
     parser.add_argument("--backbone", choices=BACKBONE_NAMES, default=backbone, help="backbone name")
     parser.add_argument("--weights", type=optional_text, default="none",
                         help="backbone weights: none, imagenet (keras.applications download) or a file")
-    parser.add_argument("--num-clusters", type=int, default=NUM_CLUSTERS, help="NetVLAD clusters K")
+    parser.add_argument("--num-clusters", type=positive_int, default=NUM_CLUSTERS, help="NetVLAD clusters K")
 
 
 def add_strict(parser, help):
@@ -143,6 +207,41 @@ def refuse_existing(path, overwrite):
     """Raises `CommandError` when `path` exists and --overwrite was not given."""
     if path and os.path.exists(path) and not overwrite:
         raise CommandError(f"{path} already exists; pass --overwrite to replace it.")
+
+
+def check_output(path, flag, suffixes=(), directory=False):
+    """Refuses an output `path` that could not be written, before any work; nothing is created.
+
+    Each command calls it for every output it was asked for, first thing (`cli.main` runs the
+    command's `check` before importing TensorFlow or loading a model), so a bad `--json` fails at
+    once instead of after the whole evaluation. A file output must end in one of `suffixes`
+    (case-insensitive) and must not be a directory (nor an existing read-only file); a directory
+    output (`directory=True`) must not be a file. The nearest existing folder on the way must be a
+    writable directory (missing folders below it are created by the writer). `path` None or ""
+    (output not asked for) passes. Raises `CommandError` naming `flag`, the path and the cause.
+    """
+    if not path:
+        return
+    path = os.fspath(path)
+    where = f"{flag} {path}"
+    if suffixes and not path.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise CommandError(f"{where}: the file name must end in {' or '.join(suffixes)}.")
+    if directory:
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise CommandError(f"{where}: this is a file; {flag} takes a directory.")
+        folder = os.path.abspath(path)
+    else:
+        if os.path.isdir(path):
+            raise CommandError(f"{where}: this is a directory; {flag} takes a file name.")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise CommandError(f"{where}: the file exists and is not writable.")
+        folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise CommandError(f"{where}: {folder} is a file, not a directory.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"{where}: cannot write into {folder} (permission denied or read-only).")
 
 
 def print_written(**paths):

@@ -1,8 +1,10 @@
 """The `tf_netvlad` command: the entry point `main(argv)` of the console script and `python -m tf_netvlad`.
 
 Builds the top-level parser (--debug, --verbose) with every subcommand group's parser, sets up
-logging, imports TensorFlow quietly once the arguments are parsed, runs the subcommand's handler and
-maps its errors to one line on stderr and exit status 2. Building the parsers imports no TensorFlow,
+logging, runs the subcommand's `check` (its outputs, `flags.check_output`), imports TensorFlow
+quietly, runs the subcommand's handler and maps its errors to one line on stderr and exit status 2
+(a library hint such as `on_error='skip'` shown as the command's flag, `cli_message`). Building the
+parsers imports no TensorFlow,
 so `tf_netvlad --help` and `tf_netvlad SUB --help` are instant.
 """
 
@@ -11,11 +13,11 @@ import logging
 import os
 import sys
 
-from tf_netvlad.cli import demo, evaluate, export, model, retrieval, train
+from tf_netvlad.cli import demo, evaluate, export, model, pretrained, retrieval, train
 from tf_netvlad.cli.flags import CommandError
 
 # Each group module adds its subcommands, in this order in --help: from the demo to deployment.
-GROUPS = (demo, train, model, evaluate, export, retrieval)
+GROUPS = (demo, train, model, pretrained, evaluate, export, retrieval)
 
 
 def build_parser():
@@ -75,6 +77,29 @@ def import_tensorflow_quietly():
             sys.stderr.flush()
 
 
+# Library error hints name Python arguments; the command line shows its own flag instead. A
+# command without a way to skip unreadable images (init, fit-whitening, evaluate-map, ...) drops
+# the hint.
+_LIBRARY_SKIP_HINTS = ("use on_error='skip'", "train with on_bad_image='skip'")
+_CLI_SKIP_HINTS = {"train": "train with --on-bad-image skip", "evaluate": "run without --strict",
+                   "index": "run without --strict", "localize": "run without --strict"}
+
+
+def cli_message(args, error):
+    """The text of `error` as the `tf_netvlad COMMAND` user needs it: library hints such as
+    `on_error='skip'` become the command's flag (`--on-bad-image skip`, or no `--strict`); a hint
+    that the command line cannot follow (no `--strict` was given, the step cannot skip) is dropped."""
+    message = str(error)
+    hint = _CLI_SKIP_HINTS.get(args.command)
+    if hint == "run without --strict" and getattr(args, "on_error", None) != "raise":
+        hint = None  # e.g. the k-means init of `evaluate --backbone`, which never skips
+    for library_hint in _LIBRARY_SKIP_HINTS:
+        if hint is None:
+            message = message.replace(f", or {library_hint}", "")
+        message = message.replace(library_hint, hint or "skip the file")
+    return message
+
+
 def main(argv=None):
     """Runs `tf_netvlad` with `argv` (default: `sys.argv[1:]`); returns the exit status.
 
@@ -83,9 +108,12 @@ def main(argv=None):
     """
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    if args.needs_tensorflow and not args.verbose:
-        import_tensorflow_quietly()
     try:
+        if getattr(args, "check", None) is not None:
+            args.check(args)  # outputs and numbers: before TensorFlow, a download or a model load
+        if args.needs_tensorflow and not args.verbose:
+            import_tensorflow_quietly()
+        pretrained.resolve_model_flag(args)  # --model NAME / URI -> a local .keras file
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -93,5 +121,5 @@ def main(argv=None):
     except (CommandError, ValueError, RuntimeError, OSError, ImportError) as err:
         if args.debug:
             raise
-        print(f"tf_netvlad {args.command}: error: {err}", file=sys.stderr)
+        print(f"tf_netvlad {args.command}: error: {cli_message(args, err)}", file=sys.stderr)
         return 2

@@ -24,11 +24,11 @@ def add_commands(subparsers):
     flags.add_backbone_flags(p, backbone=TrainConfig().backbone)
     p.add_argument("--variant", choices=NETVLAD_VARIANTS, default=DEFAULT_VARIANT,
                    help="v1: official models (w = a*c_hat); v2: the paper (w = 2a*c, b = -a|c|^2)")
-    p.add_argument("--num-images", type=int, default=INIT_IMAGES,
+    p.add_argument("--num-images", type=flags.positive_int, default=INIT_IMAGES,
                    help="database images sampled for k-means")
-    p.add_argument("--per-image", type=int, default=INIT_PER_IMAGE,
+    p.add_argument("--per-image", type=flags.positive_int, default=INIT_PER_IMAGE,
                    help="local features sampled per image")
-    p.add_argument("--niter", type=int, default=KMEANS_NITER, help="k-means iterations")
+    p.add_argument("--niter", type=flags.positive_int, default=KMEANS_NITER, help="k-means iterations")
     _add_model_out(p)
 
     p = flags.add_command(subparsers, "fit-whitening", fit_whitening,
@@ -36,9 +36,9 @@ def add_commands(subparsers):
     flags.add_extraction_flags(p, "dataset whose database images are used (the training split, as "
                                   "the paper)")
     flags.add_model_file(p, "input .keras model")
-    p.add_argument("--dim", type=int, default=WHITEN_COMPONENTS,
+    p.add_argument("--dim", type=flags.positive_int, default=WHITEN_COMPONENTS,
                    help="whitened output dimension, at most min(descriptor dim, images - 1)")
-    p.add_argument("--max-images", type=int, default=WHITEN_MAX_IMAGES,
+    p.add_argument("--max-images", type=flags.positive_int, default=WHITEN_MAX_IMAGES,
                    help="at most this many database images")
     _add_model_out(p)
 
@@ -56,15 +56,26 @@ def add_commands(subparsers):
 def _add_model_out(parser):
     parser.add_argument("--out", required=True, help="output model file (.keras)")
     flags.add_overwrite(parser)
+    parser.set_defaults(check=check_model_out)
+
+
+def check_model_out(args):
+    """--out of `init` / `fit-whitening` / `convert` (and fit-whitening's --dim against
+    --max-images), refused before any work."""
+    flags.check_output(args.out, "--out", (".keras",))
+    flags.refuse_existing(args.out, args.overwrite)
+    if getattr(args, "max_images", None) is not None and args.dim >= args.max_images:
+        raise flags.CommandError(
+            f"--dim {args.dim} needs at least {args.dim + 1} database images (PCA of n images has "
+            f"n - 1 components), but --max-images is {args.max_images}.")
 
 
 def init(args):
-    from tf_netvlad.data import places
     from tf_netvlad.models import initialization
     from tf_netvlad.models import model as model_lib
 
     flags.refuse_existing(args.out, args.overwrite)
-    split = places.load_split_checked(args.dataset, root=args.root)
+    split = flags.load_dataset(args.dataset, args.root, args.db_root, args.query_root, parts=("db",))
     model, stats = initialization.init_model(
         split, root=args.root, backbone=args.backbone, weights=args.weights,
         num_clusters=args.num_clusters, variant=args.variant, image_size=args.image_size,
@@ -79,14 +90,21 @@ def init(args):
 
 
 def fit_whitening(args):
-    from tf_netvlad.data import places
     from tf_netvlad.models import initialization
     from tf_netvlad.models import model as model_lib
 
     flags.refuse_existing(args.out, args.overwrite)
-    split = places.load_split_checked(args.dataset, root=args.root)
+    split = flags.load_dataset(args.dataset, args.root, args.db_root, args.query_root, parts=("db",))
+    if args.dim >= len(split.db_paths):
+        raise flags.CommandError(
+            f"--dim {args.dim} needs at least {args.dim + 1} database images (PCA of n images has "
+            f"n - 1 components), but {args.dataset} has {len(split.db_paths)}.")
+    model = model_lib.load_model(args.model, compile=False)
+    if args.dim > model.descriptor_dim:
+        raise flags.CommandError(f"--dim {args.dim} is larger than the {model.descriptor_dim}-D "
+                                 f"descriptors of {args.model}.")
     model = initialization.fit_whitening(
-        model_lib.load_model(args.model, compile=False), split.db_paths, root=split.root,
+        model, split.db_paths, root=split.root,
         image_size=args.image_size, num_components=args.dim, max_images=args.max_images,
         seed=args.seed, batch_size=args.batch_size,
     )

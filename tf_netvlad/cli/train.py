@@ -8,6 +8,7 @@ keeps the chosen recipe's value (`--recipe cpu|paper`).
 import argparse
 import dataclasses
 import os
+import re
 
 from tf_netvlad.cli import flags
 from tf_netvlad.defaults import (
@@ -17,7 +18,7 @@ from tf_netvlad.defaults import (
     ON_BAD_IMAGE_CHOICES,
     OPTIMIZERS,
 )
-from tf_netvlad.training.config import CPU_RECIPE, TrainConfig
+from tf_netvlad.training.config import CPU_RECIPE, LR_SCHEDULES, TrainConfig
 
 # Help for every TrainConfig field; the defaults shown come from the recipes themselves.
 TRAIN_HELP = {
@@ -30,21 +31,33 @@ TRAIN_HELP = {
     "image_size": "training image size HxW", "batch_size": "tuples per step",
     "num_positives": "positive-set size P (best positive = min in the graph)",
     "num_negatives": "mined negatives N per query", "negative_pool_size": "random negatives per query",
+    "exclude_trivial_m2": "training positives must be farther than this many m² from the query "
+                          "(MATLAB's dSq > 1 trivial-positive rule; none: no exclusion)",
+    "violating_only": "only negatives that violated the margin when mined train (fillers masked), "
+                      "re-checked in the step with fresh descriptors (MATLAB trainWeakly.m)",
     "exclude_very_hard": "semi-hard mining: skip negatives nearer than the best positive (MATLAB excludeVeryHard)",
     "keep_factor": "hardest N*keep_factor candidates are checked for margin violation",
     "cache_refresh_queries": "queries per descriptor-cache refresh (= one Keras epoch)",
     "refresh_slowdown": "MATLAB schedule: also refresh at every pass end, cycles x 1/lr-decay-factor "
                         "at every LR drop",
     "cache_batch_size": "images per batch when caching descriptors",
-    "epochs": "refresh cycles to train", "optimizer": "sgd | adam", "lr": "learning rate",
+    "passes": "passes over the training queries to train (the paper's epochs; none: --epochs or "
+              "--time-limit-s decide)",
+    "epochs": "at most this many refresh cycles (Keras epochs; none: no cap)",
+    "optimizer": "sgd | adam", "lr": "learning rate",
     "momentum": "SGD momentum", "weight_decay": "L2 weight decay",
     "lr_decay_every": "multiply the LR by --lr-decay-factor every this many passes over the queries",
-    "lr_decay_factor": "LR multiplier at each decay", "loss_reduction": "sum | mean_violating",
+    "lr_decay_factor": "LR multiplier at each decay",
+    "lr_schedule": "step (x --lr-decay-factor every --lr-decay-every passes, paper) | budget (warm-up + "
+                   "cosine over the time limit or step budget, any dataset size)",
+    "augment": "photometric + small geometric augmentation of every tuple image (MATLAB: none)",
+    "loss_reduction": "sum (per query) | mean_violating (÷ violating triplets in the batch, MATLAB)",
     "mixed_precision": "mixed_float16 (NetVLAD, whitening and the loss stay float32)",
     "recall_ns": "validation recall@N values (must include 5)",
     "val_max_queries": "validation queries per epoch (MATLAB nTestSample)",
     "checkpoint_every_steps": "also checkpoint every this many steps (0: epoch ends only)",
-    "time_limit_s": "stop cleanly after this many seconds", "on_bad_image": "stop | skip",
+    "time_limit_s": "stop cleanly after this many seconds (set-up included; at least one step)",
+    "on_bad_image": "stop | skip",
     "whiten": "fit PCA-whitening with this many dims on the best model at the end",
     "whiten_max_images": "database images used for the whitening fit", "seed": "random seed",
     "deterministic": "TensorFlow op determinism (slower)",
@@ -52,6 +65,7 @@ TRAIN_HELP = {
 
 # Fields with a fixed set of values: argparse refuses any other.
 TRAIN_CHOICES = {"backbone": BACKBONE_NAMES, "variant": NETVLAD_VARIANTS, "optimizer": OPTIMIZERS,
+                 "lr_schedule": LR_SCHEDULES,
                  "loss_reduction": LOSS_REDUCTIONS, "on_bad_image": ON_BAD_IMAGE_CHOICES}
 # Tuple fields: their converter.
 TUPLE_TYPES = {"image_size": flags.image_size, "recall_ns": flags.int_list}
@@ -64,12 +78,16 @@ def add_commands(subparsers):
                           "Weakly supervised training with hard-negative mining.")
     flags.add_dataset(p, "training split (.mat, CSV or @-folder)")
     p.add_argument("--val", help="validation split: recall@N each epoch, best model by recall@5")
-    flags.add_root(p, "image root of the training split (default: its folder)")
-    p.add_argument("--val-root", help="image root of the validation split")
+    flags.add_root(p, "dataset root of the training split; " + flags.ROOT_HELP)
+    flags.add_dataset_roots(p)
+    p.add_argument("--val-root", help="dataset root of the validation split (detected as --root)")
+    flags.add_dataset_roots(p, prefix="val-")
     p.add_argument("--out", required=True, help="run directory (init.keras, best.keras, logs, last/)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--recipe", choices=RECIPES, default="cpu",
-                   help="base recipe; every flag below overrides one of its numbers")
+                   help="base recipe: cpu (tiny backbone from scratch, 10 minutes on 2 cores) or paper "
+                        "(MATLAB trainWeakly.m: VGG16, 30 passes, GPU); every flag below overrides one "
+                        "of its numbers (docs/recipes.md)")
     p.add_argument("--multi-worker", action="store_true",
                    help="train with MultiWorkerMirroredStrategy over the TF_CONFIG cluster: run the "
                         "same command on every worker; --batch-size is the global batch "
@@ -77,6 +95,29 @@ def add_commands(subparsers):
     p.add_argument("--communication", choices=("auto", "ring", "nccl"), default="auto",
                    help="--multi-worker collectives: ring (gRPC, CPU/GPU), nccl (NVIDIA GPUs) or auto")
     _add_config_flags(p)
+    p.set_defaults(check=check_train)
+
+
+def check_train(args):
+    """--out and every training setting, refused before the datasets, TensorFlow or a model are
+    loaded; a setting's error names its flag (`--batch-size`, not the field `batch_size`)."""
+    flags.check_output(args.out, "--out", directory=True)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if hasattr(args, f.name)}
+    try:
+        train_config(args.recipe, overrides)
+    except ValueError as err:
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        message = re.sub(r"`(\w+)`|\b(\w+)=", lambda m: _as_flag(m, fields), str(err))
+        raise flags.CommandError(message) from None
+
+
+def _as_flag(match, fields):
+    name = match.group(1) or match.group(2)
+    if name not in fields:
+        return match.group(0)
+    flag = "--" + name.replace("_", "-")
+    return flag if match.group(1) else flag + " "
 
 
 def _add_config_flags(parser):
@@ -130,14 +171,20 @@ def _multi_worker_strategy(communication):
 
 
 def train(args):
+    # every image of both splits is checked here, before the strategy, the model and the k-means
+    train_split = flags.load_dataset(args.dataset, args.root, args.db_root, args.query_root)
+    val_split = None
+    if args.val:
+        val_split = flags.load_dataset(args.val, args.val_root, args.val_db_root, args.val_query_root,
+                                       prefix="val-", label="val")
     strategy = _multi_worker_strategy(args.communication) if args.multi_worker else None
     from tf_netvlad.training import train as train_lib
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if hasattr(args, f.name)}
     config = train_config(args.recipe, overrides)
-    summary = train_lib.train(args.dataset, args.val, root=args.root, val_root=args.val_root,
-                              out_dir=args.out, config=config, resume=args.resume, strategy=strategy)
+    summary = train_lib.train(train_split, val_split, out_dir=args.out, config=config,
+                              resume=args.resume, strategy=strategy)
     best = summary.get("best") or {}
     print(f"training {summary['status']}: {summary['epochs_done']} epochs in "
           f"{summary['wall_time_s'] / 60:.1f} min")
