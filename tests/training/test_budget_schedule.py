@@ -39,3 +39,26 @@ def test_bad_arguments(kwargs):
     args = {"lr": 1e-3, "progress": 0.5, **kwargs}
     with pytest.raises(ValueError):
         budget_learning_rate(**args)
+
+
+def test_the_callback_sets_the_rate_of_every_step_from_the_step_budget():
+    import keras
+    import numpy as np
+
+    from tf_netvlad.training.callbacks import BudgetLearningRate, RunControl
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(self.model.optimizer.learning_rate))
+
+    budget = BudgetLearningRate(1e-3, RunControl(None), max_steps=10)
+    model.fit(np.zeros((20, 2)), np.zeros((20, 1)), batch_size=2, epochs=1, verbose=0,
+              callbacks=[budget, Record()])
+    expected = [budget_learning_rate(1e-3, k / 10) for k in range(10)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs a time limit"):
+        BudgetLearningRate(1e-3, RunControl(None), max_steps=None)

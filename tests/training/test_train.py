@@ -282,6 +282,20 @@ def test_time_limit_stops_after_a_step_and_resume_continues(demo, tmp_path, capl
     assert summary["status"] == "completed" and summary["iterations"] == 10
 
 
+def test_budget_schedule_and_augmentation_run_through_train(demo, tmp_path):
+    # 2 cycles of 5 steps: the budget is 10 steps, so the rate logged at the end of cycle 0 is the
+    # one set before step 4 (progress 0.4) and at the end of cycle 1 the one before step 9.
+    from tf_netvlad.training.budget_schedule import budget_learning_rate
+
+    summary = train.train(demo["train_mat"], out_dir=tmp_path / "run", epochs=2, lr_schedule="budget",
+                          augment=True, progress=False, verbose=0, **TINY)
+    assert summary["status"] == "completed" and summary["iterations"] == 10
+    log = (tmp_path / "run" / "logs" / "train.csv").read_text().splitlines()
+    lrs = [float(row.split(",")[log[0].split(",").index("lr")]) for row in log[1:]]
+    np.testing.assert_allclose(lrs, [budget_learning_rate(0.01, 0.4), budget_learning_rate(0.01, 0.9)],
+                               rtol=1e-5)
+
+
 def test_fit_whitening_appends_whitening(demo):
     from tf_netvlad.data.places import load_split
 

@@ -145,3 +145,30 @@ def test_declared_length_is_the_cycle_and_fit_never_runs_out_of_data(colour_imag
     # the same epoch without a declared length: Keras shows Unknown and warns at its end
     _, out, caught = fit(pipe.dataset())
     assert [w for w in caught if "ran out of data" in w]
+
+
+def test_augmentation_is_per_image_per_cycle_and_repeatable(colour_images):
+    from tf_netvlad.training.augment import Augmentation
+
+    root, paths = colour_images
+    brightness = Augmentation(min_crop=1.0, brightness=0.1, contrast=0.0, saturation=0.0, hue=0.0)
+    pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=2, num_positives=1, num_negatives=2,
+                         batch_size=2, augmentation=brightness, seed=5)
+    plain = TuplePipeline(paths, paths, root, (6, 8), num_rows=2, num_positives=1, num_negatives=2,
+                          batch_size=2)
+    rows = [[1, 2, 3, 4], [5, 2, 3, 4]]
+
+    def images(p, cycle):
+        p.assign(rows, cycle=cycle)
+        b = next(p.dataset().as_numpy_iterator())
+        return np.concatenate([b["query"][:, None], b["positives"], b["negatives"]], axis=1)
+
+    base = images(plain, 0)
+    first, again, later = images(pipe, 0), images(pipe, 0), images(pipe, 1)
+    np.testing.assert_array_equal(first, again)  # same cycle, same rows: the same draws
+    shift = (first - base).reshape(2, 4, -1)
+    # a uniform image stays uniform under a brightness change, shifted by at most 0.1 * 255
+    assert np.ptp(shift, axis=-1).max() < 1e-3 and np.abs(shift).max() <= 25.5 + 1e-3
+    # every image of the batch has its own draw, even the same db image in two rows (slots 1-3)
+    assert len(np.unique(np.round(shift[..., 0], 3))) == 8
+    assert np.abs(later - first).max() > 0.1  # another cycle, other draws
