@@ -183,6 +183,21 @@ def test_add_appends_and_search_finds_new_images(tmp_path, tiny_model, images, r
     assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
 
 
+def test_duplicate_images_are_refused_before_any_extraction(tmp_path, tiny_model, images):
+    folder, names, positions = images
+    with pytest.raises(ValueError, match=rf"1 image\(s\) are listed more than once \(first: .*{names[2]}\)"):
+        ri.build_retrieval_index(tiny_model, tmp_path / "dup", names[:4] + names[2:3], root=folder,
+                                 progress=False)
+    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], root=folder, progress=False)
+    # the same file named through another path is the same image
+    again = [str(folder / names[1]), os.path.join(str(folder), ".", names[3]), str(folder / names[5])]
+    with pytest.raises(ValueError, match=r"2 of the images to add are already in the index .*idx"):
+        index.add(tiny_model, again, progress=False)
+    reloaded = ri.RetrievalIndex.load(tmp_path / "idx")
+    assert reloaded.count == 4 and sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32",
+                                                                           "metadata.json"]
+
+
 def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, tiny_model, images, reference,
                                                           monkeypatch):
     folder, names, positions = images

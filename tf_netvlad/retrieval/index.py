@@ -117,6 +117,7 @@ def build_retrieval_index(
     paths, positions, root = storage.resolve_images(images, positions, root)
     zone = _positions_zone(zone, images, paths, positions, explicit=utm_zone is not None)
     full_paths = resolve_paths(paths, root)
+    storage.refuse_duplicates(full_paths)
     if on_error == "raise":
         pipelines.check_files_exist(full_paths)
     model, label = load_descriptor_model(model_or_path)
@@ -407,9 +408,11 @@ class RetrievalIndex:
         paths, positions, root = storage.resolve_images(images, positions, root)
         zone = _positions_zone(zone, images, paths, positions, explicit=utm_zone is not None)
         zone = self._merged_zone(zone, positions)
+        full_paths = [os.path.abspath(p) for p in resolve_paths(paths, root)]
+        storage.refuse_duplicates(full_paths, [self.full_path(i) for i in range(self.count)],
+                                  self.directory)
         model, label = load_descriptor_model(model_or_path)
         self.check_model(model, label)
-        full_paths = [os.path.abspath(p) for p in resolve_paths(paths, root)]
         if on_error == "raise":
             from tf_netvlad.data import pipelines
 

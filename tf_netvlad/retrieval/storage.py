@@ -106,6 +106,25 @@ def resolve_images(images, positions, root):
         None if root is None else os.path.abspath(root))
 
 
+def refuse_duplicates(full_paths, indexed=(), directory=None):
+    """ValueError when an image is listed twice, or (`indexed`: full paths already in the index at
+    `directory`) is already indexed: a place must not be found twice in a ranking."""
+    seen, twice = set(), []
+    for path in full_paths:
+        key = os.path.normcase(os.path.abspath(path))
+        if key in seen:
+            twice.append(path)
+        seen.add(key)
+    if twice:
+        raise ValueError(f"{len(twice)} image(s) are listed more than once (first: {twice[0]}); "
+                         "list each image once.")
+    already = {os.path.normcase(os.path.abspath(p)) for p in indexed} & seen
+    if already:
+        first = next(p for p in full_paths if os.path.normcase(os.path.abspath(p)) in already)
+        raise ValueError(f"{len(already)} of the images to add are already in the index {directory} "
+                         f"(first: {first}); leave them out of the --add list.")
+
+
 def inputs_sha256(paths, positions, root):
     digest = hashlib.sha256(json.dumps([root, paths]).encode())
     digest.update(np.ascontiguousarray(positions, np.float64).tobytes())
