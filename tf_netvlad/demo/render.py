@@ -3,7 +3,8 @@
 A pinhole camera looks at a `demo_scene.Street` obliquely: each pixel's ray hits the facade
 plane, the ground plane, kerb-side billboards (trees, lamps, cars, pedestrians) or the sky, so
 nearby positions see overlapping facade strips with real perspective and parallax. Illumination
-(day, dusk, night with lit windows and lamps), season and camera noise are applied per view.
+(day, dusk, night with lit windows and lamps), season, weather (rain, fog) and camera noise are
+applied per view.
 """
 
 import numpy as np
@@ -74,6 +75,7 @@ def render_view(street, cam, cond, rng, image_size):
     col, label, win = _sample_facade(street.facade, s_f, z_f)
     img = col
     season, illum = cond["season"], cond["illumination"]
+    weather = cond.get("weather", "clear")
 
     # ground (below the facade base): road, kerb, sidewalk
     ground = z_f < 0
@@ -100,8 +102,14 @@ def render_view(street, cam, cond, rng, image_size):
     # sky
     sky = (label == SKY) & ~ground
     elev = np.clip(dz / np.sqrt(dx ** 2 + dy ** 2 + dz ** 2), 0, 1)[..., None]
-    sky_col = _sky_colour(elev, illum, season, rng, h, w)
+    sky_col = _sky_colour(elev, illum, season, rng, h, w, overcast=weather != "clear")
     img = np.where(sky[..., None], sky_col, img)
+
+    # ray length to what each pixel shows (for fog): facade, ground, sky, then the billboards
+    dist = None
+    if weather != "clear":
+        norm = np.sqrt(dx ** 2 + dy ** 2 + dz ** 2)
+        dist = np.where(ground, t_g, np.where(sky, np.inf, t_f)) * norm
 
     # kerb-side billboards, far to near
     emissive = np.zeros((h, w), bool)
@@ -109,25 +117,31 @@ def render_view(street, cam, cond, rng, image_size):
         t_l = (FACADE_DIST_M - depth_m - cam["y"]) / dy
         s_l, z_l = cam["x"] + t_l * dx, cam["h"] + t_l * dz
         if layer == "props":
-            img, lamp = _draw_props(street, s_l, z_l, img, season)
+            img, lamp, cover = _draw_props(street, s_l, z_l, img, season)
             emissive |= lamp
         else:
-            img = _draw_occluders(cond.get(layer, ()), s_l, z_l, img)
+            img, cover = _draw_occluders(cond.get(layer, ()), s_l, z_l, img)
+        if dist is not None:
+            dist = np.where(cover, t_l * norm, dist)
     if season == "winter":  # snow on ledges, cornices and roofs
         img = np.where(((label == LEDGE) | (label == ROOF))[..., None] & ~ground[..., None],
                        img * 0.3 + 0.68, img)
 
     img = _light(img, label, win, emissive, cond, rng)
+    if weather == "rain":
+        img = _rain(img, ground, dist, illum, rng)
+    elif weather == "fog":
+        img = _fog(img, dist, illum, emissive, rng, visibility_m=rng.uniform(35.0, 90.0))
     img = img + rng.normal(0, cond["noise"], img.shape)
     return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _sky_colour(elev, illum, season, rng, h, w):
+def _sky_colour(elev, illum, season, rng, h, w, overcast=False):
     if illum == "night":
         top, horizon = np.array((0.01, 0.01, 0.05)), np.array((0.08, 0.07, 0.12))
     elif illum == "dusk":
         top, horizon = np.array((0.25, 0.2, 0.45)), np.array((0.95, 0.55, 0.3))
-    elif season == "winter":
+    elif season == "winter" or overcast:
         top, horizon = np.array((0.7, 0.72, 0.75)), np.array((0.85, 0.86, 0.88))
     else:
         top, horizon = np.array((0.3, 0.5, 0.85)), np.array((0.75, 0.85, 0.95))
@@ -139,54 +153,91 @@ def _sky_colour(elev, illum, season, rng, h, w):
     return col
 
 
+def _window(ds, z, lo, hi, z_hi):
+    """Bounding box (row, column slices) of the pixels with lo < ds < hi and 0 <= z <= z_hi.
+
+    Every mask of a billboard object lies inside its window, so drawing it there gives the same
+    pixels as drawing it on the whole image, at a fraction of the cost.
+    """
+    band = (ds > lo) & (ds < hi) & (z >= 0) & (z <= z_hi)
+    rows, cols = np.flatnonzero(band.any(axis=1)), np.flatnonzero(band.any(axis=0))
+    if not rows.size:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def _draw_props(street, s, z, img, season):
+    """Trees and lamp posts; returns the image, the lamp-head pixels and every covered pixel."""
+    img = np.array(img, np.float64)
     lamp_px = np.zeros(img.shape[:2], bool)
+    cover = np.zeros(img.shape[:2], bool)
     s_min, s_max = float(s.min()), float(s.max())
     crown_col = {"summer": (0.2, 0.45, 0.15), "autumn": (0.8, 0.4, 0.08),
                  "winter": (0.3, 0.22, 0.15)}[season]
     for kind, s0, hgt, rad, tone in street.props:
         if s0 < s_min - 3 or s0 > s_max + 3:
             continue
-        ds = s - s0
+        ds_all = s - s0
+        if kind == "tree":  # crown: e < 1.25 at most, i.e. |ds| < 1.12 rad, z < hgt + 2.13 rad
+            win = _window(ds_all, z, -max(1.2 * rad, 0.2), max(1.2 * rad, 0.2), hgt + 2.5 * rad)
+        else:  # pole, arm and head: -0.08 < ds < 1.05, z < hgt + 0.06
+            win = _window(ds_all, z, -0.1, 1.1, hgt + 0.1)
+        if win is None:
+            continue
+        ds, zw, sub = ds_all[win], z[win], img[win]
         if kind == "tree":
-            trunk = (np.abs(ds) < 0.18) & (z >= 0) & (z < hgt + rad)
-            e = (ds / rad) ** 2 + ((z - hgt - rad * 0.9) / (rad * 1.1)) ** 2
-            n = street.crown_noise[(np.floor(z * 4) % 64).astype(int), (np.floor(ds * 4 + s0 * 7) % 64).astype(int)]
+            trunk = (np.abs(ds) < 0.18) & (zw >= 0) & (zw < hgt + rad)
+            e = (ds / rad) ** 2 + ((zw - hgt - rad * 0.9) / (rad * 1.1)) ** 2
+            n = street.crown_noise[(np.floor(zw * 4) % 64).astype(int), (np.floor(ds * 4 + s0 * 7) % 64).astype(int)]
             if season == "winter":  # bare branches: a sparse dark lattice
                 crown = (e < 1) & (np.abs(n) < 0.12)
             else:
                 crown = (e < 1 - 0.25 * n)
-            img = np.where(trunk[..., None], np.array((0.25, 0.18, 0.12)), img)
+            sub = np.where(trunk[..., None], np.array((0.25, 0.18, 0.12)), sub)
             shade = (np.array(crown_col) * tone * (1 + 0.35 * n)[..., None])
-            img = np.where(crown[..., None], shade, img)
+            img[win] = np.where(crown[..., None], shade, sub)
+            cover[win] |= trunk | crown
         else:
-            pole = (np.abs(ds) < 0.08) & (z >= 0) & (z < hgt)
-            arm = (ds > 0) & (ds < 0.8) & (np.abs(z - hgt) < 0.06)
-            head = (np.abs(ds - 0.8) < 0.25) & (z < hgt) & (z > hgt - 0.25)
-            img = np.where((pole | arm)[..., None], np.array((0.2, 0.22, 0.22)), img)
-            img = np.where(head[..., None], np.array((0.85, 0.85, 0.7)), img)
-            lamp_px |= head
-    return img, lamp_px
+            pole = (np.abs(ds) < 0.08) & (zw >= 0) & (zw < hgt)
+            arm = (ds > 0) & (ds < 0.8) & (np.abs(zw - hgt) < 0.06)
+            head = (np.abs(ds - 0.8) < 0.25) & (zw < hgt) & (zw > hgt - 0.25)
+            sub = np.where((pole | arm)[..., None], np.array((0.2, 0.22, 0.22)), sub)
+            img[win] = np.where(head[..., None], np.array((0.85, 0.85, 0.7)), sub)
+            lamp_px[win] |= head
+            cover[win] |= pole | arm | head
+    return img, lamp_px, cover
 
 
 def _draw_occluders(objects, s, z, img):
+    """Cars, vans and pedestrians; returns the image and every covered pixel."""
+    img = np.array(img, np.float64)
+    cover = np.zeros(img.shape[:2], bool)
     for kind, s0, length, colour in objects:
-        ds = s - s0
+        ds_all = s - s0
+        if kind == "ped":  # body |ds| < 0.28, head z < 1.74
+            win = _window(ds_all, z, -0.3, 0.3, 1.8)
+        else:  # wheels |ds| < 0.32 length + 0.33, body z < 2.2
+            win = _window(ds_all, z, -(length / 2 + 0.4), length / 2 + 0.4, 2.3)
+        if win is None:
+            continue
+        ds, zw, sub = ds_all[win], z[win], img[win]
         if kind == "ped":
-            body = (np.abs(ds) < 0.28) & (z > 0) & (z < 1.45)
-            head = ds ** 2 + (z - 1.6) ** 2 < 0.14 ** 2
-            img = np.where(body[..., None], np.array(colour), img)
-            img = np.where(head[..., None], np.array((0.8, 0.65, 0.5)), img)
+            body = (np.abs(ds) < 0.28) & (zw > 0) & (zw < 1.45)
+            head = ds ** 2 + (zw - 1.6) ** 2 < 0.14 ** 2
+            sub = np.where(body[..., None], np.array(colour), sub)
+            img[win] = np.where(head[..., None], np.array((0.8, 0.65, 0.5)), sub)
+            cover[win] |= body | head
         else:
             tall = kind == "van"
-            body = (np.abs(ds) < length / 2) & (z > 0.35) & (z < (2.2 if tall else 1.1))
-            cabin = (np.abs(ds + (0 if tall else 0.2)) < length * 0.28) & (z >= 1.1) & (z < 1.6) & ~tall
-            wind = cabin & (np.abs(ds + 0.2) < length * 0.25) & (z > 1.15)
-            wheels = ((np.abs(ds) - length * 0.32) ** 2 + (z - 0.33) ** 2) < 0.33 ** 2
-            img = np.where((body | cabin)[..., None], np.array(colour), img)
-            img = np.where(wind[..., None], np.array((0.2, 0.25, 0.3)), img)
-            img = np.where(wheels[..., None], np.array((0.05, 0.05, 0.05)), img)
-    return img
+            body = (np.abs(ds) < length / 2) & (zw > 0.35) & (zw < (2.2 if tall else 1.1))
+            cabin = (np.abs(ds + (0 if tall else 0.2)) < length * 0.28) & (zw >= 1.1) & (zw < 1.6) & (not tall)
+            wind = cabin & (np.abs(ds + 0.2) < length * 0.25) & (zw > 1.15)
+            wheels = ((np.abs(ds) - length * 0.32) ** 2 + (zw - 0.33) ** 2) < 0.33 ** 2
+            sub = np.where((body | cabin)[..., None], np.array(colour), sub)
+            sub = np.where(wind[..., None], np.array((0.2, 0.25, 0.3)), sub)
+            img[win] = np.where(wheels[..., None], np.array((0.05, 0.05, 0.05)), sub)
+            cover[win] |= body | cabin | wheels
+    return img, cover
 
 
 def _light(img, label, win, emissive, cond, rng):
@@ -211,3 +262,40 @@ def _light(img, label, win, emissive, cond, rng):
         glow = Image.fromarray((emissive * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(4))
         out = out + (np.asarray(glow, np.float32) / 255 * 1.5)[..., None] * np.array((0.6, 0.5, 0.3))
     return out
+
+
+def _haze(img, dist, colour, visibility_m):
+    """Koschmieder's law: contrast falls to 5 % (exp(-3)) at `visibility_m`; the sky is `colour`."""
+    t = np.exp(-3.0 * dist / visibility_m)[..., None]
+    return img * t + np.asarray(colour) * (1 - t)
+
+
+_FOG_COLOUR = {"day": (0.78, 0.79, 0.8), "dusk": (0.62, 0.52, 0.5), "night": (0.09, 0.09, 0.11)}
+
+
+def _fog(img, dist, illum, emissive, rng, visibility_m):
+    """Fog: everything fades into the fog colour with distance; lamps glow through it."""
+    out = _haze(img, dist, np.array(_FOG_COLOUR[illum]) * rng.uniform(0.9, 1.1), visibility_m)
+    if emissive.any():  # wide, soft halos around the lamps
+        from PIL import Image, ImageFilter
+        glow = Image.fromarray((emissive * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(9))
+        out = out + (np.asarray(glow, np.float32) / 255 * 2.5)[..., None] * np.array((0.5, 0.45, 0.35))
+    return out
+
+
+def _rain(img, ground, dist, illum, rng):
+    """Rain: wet (darker, glossier) ground, light haze, and slanted streaks across the view."""
+    from PIL import Image, ImageDraw, ImageFilter
+    h, w = img.shape[:2]
+    img = np.where(ground[..., None], img * 0.55 + 0.06, img)
+    img = _haze(img, dist, np.array(_FOG_COLOUR[illum]) * 0.9, rng.uniform(120.0, 250.0))
+    streaks = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(streaks)
+    slant = rng.uniform(-0.35, 0.35)
+    for _ in range(int(h * w * rng.uniform(0.004, 0.01))):
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        length = rng.uniform(0.03, 0.09) * h
+        draw.line([(x, y), (x + slant * length, y + length)], fill=int(rng.integers(90, 200)), width=1)
+    alpha = np.asarray(streaks.filter(ImageFilter.GaussianBlur(0.5)), np.float32)[..., None] / 255
+    bright = 0.85 if illum == "day" else 0.45
+    return img * (1 - 0.5 * alpha) + bright * 0.5 * alpha

@@ -1,0 +1,556 @@
+"""One CPU-recipe training step against the forward+backward FLOP time of its images.
+
+The step is `training.config.CPU_RECIPE`'s: the tiny backbone (4 convs, GroupNormalization), K
+clusters, a batch of `batch_size` tuples of 1 query + P positives + N negatives, i.e.
+batch_size × (1 + P + N) images at the recipe's image size, Adam, the ranking loss, run through
+Keras' own compiled train function (`model.train_function`, what `fit` calls per step) on an
+in-memory batch. Its FLOPs are counted from the layer shapes: 2 × the multiply-adds of every
+convolution (Kh·Kw·Cin·Cout per output pixel) plus the NetVLAD layer (4·N·D·K + 3ND + 6NK + 8KD per
+image, as benchmarks/RESULTS.md); forward + backward = 3 × forward (the backward pass computes the
+input and the weight gradients, two products of the forward's size). The machine's rate is a
+float32 GEMM timed in the same run, interleaved with the variants (this machine's throughput is
+bimodal, see the performance notes), so "FLOP time" = FLOPs / same-run GEMM rate and the ratio
+step ÷ FLOP time is a same-run ratio. A GEMM of the largest convolution's im2col shape is timed too:
+the rate a convolution of that shape can reach at best.
+
+The pieces (forward, forward+backward without the optimizer, the backbone alone, the backbone
+without its GroupNormalization layers, NetVLAD alone, the optimizer update, each backbone layer
+with `--layers`) and the step with GroupNormalization computed from per-channel statistics
+(`fast_group_norm`, same function) are timed in the same round-robin, so what makes the step
+slower than its FLOPs can be read off. Results and their reading: benchmarks/RESULTS.md.
+
+Usage:
+    python benchmarks/bench_train_step.py                  # TF defaults, 7 repeats of 10 steps
+    python benchmarks/bench_train_step.py --layers         # also every backbone layer alone
+    python benchmarks/bench_train_step.py --jit --bf16     # also the XLA and mixed_bfloat16 steps
+    python benchmarks/bench_train_step.py --data demo_data # also the JPEG tuple pipeline alone
+    python benchmarks/bench_train_step.py --compare-onednn # alternates processes with
+                                                           # TF_ENABLE_ONEDNN_OPTS=0 and =1
+    python benchmarks/bench_train_step.py --intra 2 --inter 1
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7, help="round-robin rounds (median over them)")
+    parser.add_argument("--steps", type=int, default=10, help="calls per variant and round")
+    parser.add_argument("--jit", action="store_true", help="also time the step compiled with XLA")
+    parser.add_argument("--data", help="a generated demo-data folder: also time the JPEG tuple pipeline")
+    parser.add_argument("--intra", type=int, default=0, help="TF intra-op threads (0: TF's default)")
+    parser.add_argument("--inter", type=int, default=0, help="TF inter-op threads (0: TF's default)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time the step (fast GroupNorm) under Keras' mixed_bfloat16 policy")
+    parser.add_argument("--layers", action="store_true",
+                        help="also time every backbone layer's forward+backward alone (the step's shapes)")
+    parser.add_argument("--only", help="comma-separated variant names to time (default: all)")
+    parser.add_argument("--compare-onednn", action="store_true",
+                        help="run this benchmark in fresh processes with TF_ENABLE_ONEDNN_OPTS=0 and =1, "
+                             "alternating, and compare the step times")
+    parser.add_argument("--rounds", type=int, default=3, help="process pairs for --compare-onednn")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- setup
+def recipe():
+    """The CPU recipe's TrainConfig."""
+    from tf_netvlad.training.config import CPU_RECIPE, TrainConfig
+
+    return TrainConfig(**CPU_RECIPE)
+
+
+def build_recipe_model(cfg, jit_compile=False, fast_groupnorm=False, policy=None):
+    """The recipe's model, compiled as `training.train` compiles it.
+
+    `fast_groupnorm`: the backbone's GroupNormalization layers replaced by `FastGroupNorm` (same
+    function, statistics from per-channel reductions). `policy`: a Keras dtype policy to build
+    under (e.g. "mixed_bfloat16"; NetVLAD and the loss stay float32).
+    """
+    import inspect
+
+    import keras
+
+    from tf_netvlad.models.model import NetVLADModel, build_model
+
+    keras.utils.set_random_seed(0)
+    previous = keras.config.dtype_policy()
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    try:
+        model = build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
+                            num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
+        if fast_groupnorm:
+            model = NetVLADModel(_replace_groupnorm(model.backbone),
+                                 preprocessing=keras.layers.serialize(model.preprocessing),
+                                 num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    optimizer = (keras.optimizers.Adam(learning_rate=cfg.lr) if cfg.optimizer == "adam"
+                 else keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum))
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    options = dict(loss_reduction=cfg.loss_reduction, weight_decay=cfg.weight_decay)
+    if "exclude_very_hard" in inspect.signature(model.set_training_options).parameters:
+        options["exclude_very_hard"] = cfg.exclude_very_hard and getattr(cfg, "violating_only", False)
+    model.set_training_options(**options)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def tuple_batch(cfg, seed=0):
+    """A batch of random tuples shaped as `training.tuples` yields them (float32 pixels 0..255)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b, p, n = cfg.batch_size, cfg.num_positives, cfg.num_negatives
+    h, w = cfg.image_size
+
+    def pixels(*shape):
+        return (rng.random(shape + (h, w, 3)) * 255).astype("float32")
+
+    return {"query": pixels(b), "positives": pixels(b, p), "positive_mask": np.ones((b, p), "float32"),
+            "negatives": pixels(b, n), "negative_mask": np.ones((b, n), "float32")}
+
+
+def images_per_step(cfg):
+    return cfg.batch_size * (1 + cfg.num_positives + cfg.num_negatives)
+
+
+# --------------------------------------------------------------------------- FLOPs
+def count_flops(model, image_size):
+    """Forward FLOPs per image: 2 × conv/dense multiply-adds from the layer shapes, plus NetVLAD.
+
+    Returns (total forward FLOPs, list of (layer name, FLOPs, im2col GEMM shape (M per image, K, N))).
+    """
+    import keras
+    import numpy as np
+
+    backbone = model.backbone
+    weighted = [layer for layer in backbone.layers
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense))]
+    probe = keras.Model(backbone.input, [layer.output for layer in weighted] + [backbone.output])
+    outputs = probe(np.zeros((1,) + tuple(image_size) + (3,), "float32"))
+    rows, total = [], 0
+    for layer, out in zip(weighted, outputs[:-1]):
+        spatial = int(np.prod(out.shape[1:-1]))
+        c_out = int(out.shape[-1])
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw = layer.kernel_size
+            k = kh * kw
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            k = kh * kw * int(layer.kernel.shape[2])
+        else:
+            k = int(layer.kernel.shape[0])
+        flops = 2 * spatial * c_out * k
+        rows.append((layer.name, flops, (spatial, k, c_out)))
+        total += flops
+    features = outputs[-1]
+    n, d, kc = int(np.prod(features.shape[1:-1])), int(features.shape[-1]), model.num_clusters
+    netvlad = 4 * n * d * kc + 3 * n * d + 6 * n * kc + 8 * kc * d
+    rows.append(("netvlad", netvlad, (n, d, kc)))
+    return total + netvlad, rows
+
+
+# --------------------------------------------------------------------------- variants
+def make_variants(cfg, args):
+    """name -> a zero-argument callable running one of the timed things to completion."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_netvlad.models import losses
+
+    batch = tuple_batch(cfg)
+    model = build_recipe_model(cfg)
+    ds = tf.data.Dataset.from_tensors(batch).repeat()
+    iterator = iter(ds)
+    model.make_train_function()
+    variants = {}
+
+    def keras_step(m=model, it=iterator):
+        logs = m.train_function(it)
+        return float(logs["loss"])  # waits for the step
+
+    variants["step"] = keras_step
+    fast = build_recipe_model(cfg, fast_groupnorm=True)
+    fast.set_weights(model.get_weights())
+    fast_iterator = iter(ds)
+    fast.make_train_function()
+    variants["step_fast_groupnorm"] = lambda: keras_step(fast, fast_iterator)
+    probe = tuple_batch(cfg, seed=1)["negatives"][0]
+    checks = {"fast_groupnorm_max_abs_diff": float(np.max(np.abs(model(probe) - fast(probe))))}
+    if args.bf16:
+        bf16 = build_recipe_model(cfg, fast_groupnorm=True, policy="mixed_bfloat16")
+        bf16.set_weights(model.get_weights())
+        bf16_iterator = iter(ds)
+        bf16.make_train_function()
+        variants["step_fast_groupnorm_bf16"] = lambda: keras_step(bf16, bf16_iterator)
+    if args.jit:
+        xla = build_recipe_model(cfg, jit_compile=True)
+        xla.set_weights(model.get_weights())
+        xla_iterator = iter(ds)
+        xla.make_train_function()
+        variants["step_xla"] = lambda: keras_step(xla, xla_iterator)
+
+    x = {k: tf.constant(v) for k, v in batch.items()}
+    images = tf.concat([x["query"], tf.reshape(x["positives"], (-1,) + cfg.image_size + (3,)),
+                        tf.reshape(x["negatives"], (-1,) + cfg.image_size + (3,))], 0)
+
+    @tf.function
+    def forward():
+        return model(images, training=True)
+
+    @tf.function
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            q, p, n = model.tuple_descriptors(x, training=True)
+            loss = losses.ranking_loss(q, p, n, positive_mask=x["positive_mask"],
+                                       negative_mask=x["negative_mask"], margin=model.margin)
+        return tape.gradient(loss, model.trainable_variables)
+
+    grads = [tf.zeros_like(v) for v in model.trainable_variables]
+    opt_model = build_recipe_model(cfg)
+
+    @tf.function
+    def optimizer_apply():
+        opt_model.optimizer.apply(grads, opt_model.trainable_variables)
+
+    pre = model.preprocessing(images)
+    backbone = model.backbone
+    feat_shape = backbone(pre[:1]).shape
+    g_feat = tf.random.stateless_normal((images.shape[0],) + tuple(feat_shape[1:]), seed=[1, 2])
+
+    @tf.function
+    def backbone_fb():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(backbone(pre, training=True) * g_feat)
+        return tape.gradient(loss, backbone.trainable_variables)
+
+    plain = _without_normalisation(backbone)
+
+    @tf.function
+    def backbone_no_gn_fb():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(plain(pre, training=True) * g_feat)
+        return tape.gradient(loss, plain.trainable_variables)
+
+    netvlad = model.netvlad
+    feats = tf.constant(np.random.default_rng(1).normal(size=(images.shape[0],) + tuple(feat_shape[1:]))
+                        .astype("float32"))
+    g_vlad = tf.random.stateless_normal((images.shape[0], model.descriptor_dim), seed=[3, 4])
+
+    @tf.function
+    def netvlad_fb():
+        with tf.GradientTape() as tape:
+            tape.watch(feats)
+            loss = tf.reduce_sum(netvlad(feats) * g_vlad)
+        return tape.gradient(loss, [feats] + netvlad.trainable_variables)
+
+    def run(fn):
+        def call():
+            out = fn()
+            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+        return call
+
+    variants.update({"forward": run(forward), "forward_backward": run(forward_backward),
+                     "optimizer_update": run(optimizer_apply), "backbone_fwd_bwd": run(backbone_fb),
+                     "backbone_no_groupnorm_fwd_bwd": run(backbone_no_gn_fb), "netvlad_fwd_bwd": run(netvlad_fb)})
+
+    # the machine: a square GEMM of about the step's FLOPs, and the largest conv's im2col GEMM
+    a = tf.random.normal((2048, 2048))
+    gemm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, a)))
+    variants["gemm_2048"] = run(gemm)
+    _, rows = count_flops(model, cfg.image_size)
+    name, _, (m, k, n) = max(rows[:-1], key=lambda r: r[1])
+    m *= images_per_step(cfg)
+    lhs, rhs = tf.random.normal((m, k)), tf.random.normal((k, n))
+    im2col = tf.function(lambda: tf.reduce_sum(tf.matmul(lhs, rhs)))
+    variants["gemm_im2col"] = run(im2col)
+    shapes = {"gemm_2048": 2 * 2048 ** 3, "gemm_im2col": 2 * m * k * n,
+              "gemm_im2col_shape": f"{name}: ({m} x {k}) @ ({k} x {n})"}
+
+    if args.layers:
+        variants.update({f"layer:{k}": run(fn) for k, fn in _layer_variants(backbone, pre).items()})
+    if args.only:
+        keep = set(args.only.split(",")) | {"step", "gemm_2048", "gemm_im2col"}
+        variants = {k: v for k, v in variants.items() if k in keep}
+    return model, variants, dict(shapes, **checks)
+
+
+def _layer_variants(backbone, x):
+    """name -> tf.function: forward+backward of one backbone layer alone on the step's activations
+    (gradients of its weights, and of its input except for the first layer, as in the step)."""
+    import keras
+    import tensorflow as tf
+
+    def timed(fn, variables, inp, g, first):
+        @tf.function
+        def fwd_bwd():
+            with tf.GradientTape() as tape:
+                if not first:
+                    tape.watch(inp)
+                loss = tf.reduce_sum(fn(inp) * g)
+            return tape.gradient(loss, list(variables) + ([] if first else [inp]))
+        return fwd_bwd
+
+    out = {}
+    for i, layer in enumerate(backbone.layers[1:]):
+        inp = tf.constant(x.numpy())
+        y = layer(inp, training=True)
+        g = tf.random.stateless_normal(y.shape, seed=[i, 7])
+        out[layer.name] = timed(lambda t, layer=layer: layer(t, training=True), layer.trainable_variables,
+                                inp, g, i == 0)
+        if isinstance(layer, keras.layers.GroupNormalization):
+            out[layer.name + "_fast"] = timed(
+                lambda t, layer=layer: fast_group_norm(t, layer.groups, layer.epsilon), [], inp, g, False)
+        x = y
+    return out
+
+
+def fast_group_norm(x, groups, epsilon):
+    """GroupNormalization (no scale/offset) of NHWC `x`, as Keras's, from per-channel statistics.
+
+    Keras reshapes to (B, H, W, G, C/G) and reduces over (H, W, C/G): a strided reduction with a
+    tiny innermost axis (2 channels per group in the tiny backbone's first block). Here the mean
+    and the variance come from contiguous reductions over (H, W) per channel, then over the
+    channels of each group; the same two-pass `tf.nn.moments` arithmetic (the variance around the
+    stop-gradient mean), so outputs and gradients agree to float32 rounding.
+    """
+    import tensorflow as tf
+
+    c = x.shape[-1]
+    b = tf.shape(x)[0]
+    per_group = c // groups
+
+    def per_channel(v):  # (B, C) -> group means broadcast back to (B, 1, 1, C)
+        g = tf.reduce_mean(tf.reshape(v, (b, groups, per_group)), -1, keepdims=True)
+        return tf.reshape(tf.repeat(g, per_group, axis=-1), (b, 1, 1, c))
+
+    mean = per_channel(tf.reduce_mean(x, axis=[1, 2]))
+    variance = per_channel(tf.reduce_mean(tf.math.squared_difference(x, tf.stop_gradient(mean)), axis=[1, 2]))
+    inv = tf.math.rsqrt(variance + epsilon)
+    return x * inv - mean * inv
+
+
+def _replace_groupnorm(backbone):
+    """A copy of a sequential backbone (same weights) with `fast_group_norm` for GroupNormalization."""
+    import keras
+
+    class FastGroupNorm(keras.layers.Layer):
+        def __init__(self, groups, epsilon, **kwargs):
+            super().__init__(**kwargs)
+            self.groups, self.epsilon = groups, epsilon
+
+        def call(self, x):
+            return fast_group_norm(x, self.groups, self.epsilon)
+
+    x = inputs = keras.Input(shape=(None, None, 3))
+    for layer in backbone.layers[1:]:
+        if isinstance(layer, keras.layers.GroupNormalization):
+            assert not (layer.center or layer.scale) and layer.axis in (-1, 3)
+            x = FastGroupNorm(layer.groups, layer.epsilon, name=layer.name)(x)
+            continue
+        clone = layer.__class__.from_config(layer.get_config())
+        x = clone(x)
+        if layer.weights:
+            clone.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name=backbone.name)
+
+
+def _without_normalisation(backbone):
+    """The same backbone (same conv weights) with its GroupNormalization layers left out."""
+    import keras
+
+    x = inputs = keras.Input(shape=(None, None, 3))
+    for layer in backbone.layers[1:]:
+        if isinstance(layer, keras.layers.GroupNormalization):
+            continue
+        clone = layer.__class__.from_config(layer.get_config())
+        x = clone(x)
+        if layer.weights:
+            clone.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name="tiny_without_groupnorm")
+
+
+def pipeline_ms_per_batch(cfg, data_dir, batches=60, warmup=10):
+    """ms per batch of the real tuple pipeline alone (JPEG read + decode + resize of every image),
+    pulled back to back so that its prefetch buffer cannot hide the production cost."""
+    import numpy as np
+
+    from tf_netvlad.data import places
+    from tf_netvlad.training import tuples
+
+    split = places.load_split(os.path.join(data_dir, "demo_train.mat"))
+    rng = np.random.default_rng(0)
+    rows_n = 400
+    rows = np.concatenate([rng.integers(split.num_queries, size=(rows_n, 1)),
+                           rng.integers(split.num_db, size=(rows_n, cfg.num_positives + cfg.num_negatives))], 1)
+    pipe = tuples.TuplePipeline(split.query_paths, split.db_paths, split.root, cfg.image_size, num_rows=rows_n,
+                                num_positives=cfg.num_positives, num_negatives=cfg.num_negatives,
+                                batch_size=cfg.batch_size, on_bad_image=cfg.on_bad_image)
+    pipe.assign(rows)
+    iterator = iter(pipe.dataset().repeat())
+    for _ in range(warmup):
+        next(iterator)["query"].numpy()
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)["query"].numpy()
+    return (time.perf_counter() - start) / batches * 1000
+
+
+# --------------------------------------------------------------------------- timing
+def time_variants(variants, repeats, steps):
+    """Round-robin: per round, `steps` calls of each variant; returns name -> per-round ms/call."""
+    for fn in variants.values():  # trace, compile, warm up
+        fn()
+        fn()
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+    return times
+
+
+def _median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+def measure(args):
+    import tensorflow as tf
+
+    if args.intra:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
+    if args.inter:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+    cfg = recipe()
+    model, variants, shapes = make_variants(cfg, args)
+    fwd_per_image, rows = count_flops(model, cfg.image_size)
+    n_images = images_per_step(cfg)
+    step_flops = 3 * fwd_per_image * n_images
+    times = time_variants(variants, args.repeats, args.steps)
+    med = {k: _median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    gemm_rate = shapes["gemm_2048"] / (med["gemm_2048"] / 1000) / 1e9
+    flop_ms = step_flops / (gemm_rate * 1e9) * 1000
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    result = {
+        "recipe": {"backbone": cfg.backbone, "num_clusters": cfg.num_clusters, "image_size": list(cfg.image_size),
+                   "batch_size": cfg.batch_size, "num_positives": cfg.num_positives,
+                   "num_negatives": cfg.num_negatives, "images_per_step": n_images,
+                   "optimizer": cfg.optimizer, "loss_reduction": cfg.loss_reduction},
+        "flops": {"forward_per_image": fwd_per_image, "layers": [[n, f] for n, f, _ in rows],
+                  "layer_shapes": [[n, f, list(shape)] for n, f, shape in rows[:-1]],
+                  "step_forward_backward": step_flops},
+        "gemm_2048_gflops": gemm_rate,
+        "gemm_im2col_gflops": shapes["gemm_im2col"] / (med["gemm_im2col"] / 1000) / 1e9 if "gemm_im2col" in med
+        else None,
+        "gemm_im2col_shape": shapes["gemm_im2col_shape"],
+        "fast_groupnorm_max_abs_diff": shapes["fast_groupnorm_max_abs_diff"],
+        "step_ms_median": med["step"], "step_ms_best": best["step"],
+        "flop_ms_at_gemm_rate": flop_ms, "ratio": med["step"] / flop_ms,
+        "ms_median": med, "ms_best": best,
+        "env": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "onednn": onednn,
+                "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+                "inter": tf.config.threading.get_inter_op_parallelism_threads(),
+                "nproc": os.cpu_count(), "loadavg_end": os.getloadavg()[0],
+                "tensorflow": tf.__version__},
+        "repeats": args.repeats, "steps": args.steps,
+    }
+    if args.data:
+        result["tuple_pipeline_ms_per_batch"] = pipeline_ms_per_batch(cfg, args.data)
+    if "step_xla" in med:
+        result["step_xla_ms_median"] = med["step_xla"]
+        result["ratio_xla"] = med["step_xla"] / flop_ms
+    return result
+
+
+def print_report(result):
+    r = result["recipe"]
+    print(f"CPU recipe step: {r['backbone']} backbone, K = {r['num_clusters']}, {r['batch_size']} tuples x "
+          f"(1 + {r['num_positives']} + {r['num_negatives']}) = {r['images_per_step']} images at "
+          f"{r['image_size'][0]}x{r['image_size'][1]}, {r['optimizer']}, loss reduction {r['loss_reduction']}")
+    f = result["flops"]
+    print(f"forward FLOPs per image {f['forward_per_image'] / 1e6:.1f} M ("
+          + ", ".join(f"{n} {v / 1e6:.1f}" for n, v in f["layers"]) + "); step forward+backward "
+          f"{f['step_forward_backward'] / 1e9:.2f} GFLOP")
+    print(f"same-run GEMM 2048^3: {result['gemm_2048_gflops']:.0f} GFLOP/s; im2col GEMM "
+          f"{result['gemm_im2col_shape']}: {result['gemm_im2col_gflops']:.0f} GFLOP/s")
+    print(f"descriptors with fast GroupNorm vs Keras's: max |diff| {result['fast_groupnorm_max_abs_diff']:.1e}")
+    print(f"step {result['step_ms_median']:.1f} ms (best {result['step_ms_best']:.1f}); FLOPs at the GEMM rate "
+          f"{result['flop_ms_at_gemm_rate']:.1f} ms; ratio {result['ratio']:.2f}x"
+          + (f"; XLA step {result['step_xla_ms_median']:.1f} ms (ratio {result['ratio_xla']:.2f}x)"
+             if "step_xla_ms_median" in result else ""))
+    print("pieces (median / best ms per call):")
+    for name, value in result["ms_median"].items():
+        print(f"  {name:32s} {value:8.1f} {result['ms_best'][name]:8.1f}")
+    if "tuple_pipeline_ms_per_batch" in result:
+        print(f"tuple pipeline alone (JPEG files, back to back): {result['tuple_pipeline_ms_per_batch']:.1f} ms "
+              "per batch")
+    layers = {k.split(":", 1)[1]: v for k, v in result["ms_median"].items() if k.startswith("layer:")}
+    if layers:
+        conv = {n: v for n, v, _ in result["flops"]["layer_shapes"]}
+        print(f"backbone layers alone, forward+backward (sum {sum(layers.values()):.1f} ms):")
+        for name, ms in layers.items():
+            extra = ""
+            if name in conv:  # the first layer needs no input gradient: 2x its forward, else 3x
+                flops = conv[name] * result["recipe"]["images_per_step"] * (2 if name == next(iter(conv)) else 3)
+                extra = (f"  {flops / 1e9:.2f} GFLOP, {flops / ms / 1e6:.0f} GFLOP/s, FLOP time at the GEMM "
+                         f"rate {flops / result['gemm_2048_gflops'] / 1e6:.1f} ms")
+            print(f"  {name:10s} {ms:8.1f} ms{extra}")
+    print("env:", json.dumps(result["env"]))
+
+
+def compare_onednn(args):
+    """Alternates fresh processes with TF_ENABLE_ONEDNN_OPTS=0 and =1; prints both and the ratio."""
+    results = {"0": [], "1": []}
+    argv = [a for a in sys.argv[1:] if a not in ("--compare-onednn",)]
+    for _ in range(args.rounds):
+        for flag in ("0", "1"):
+            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag)
+            out = subprocess.run([sys.executable, __file__, "--json"] + argv, env=env, capture_output=True,
+                                 text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[flag].append(res)
+            pieces = ", ".join(f"{k} {v:.1f}" for k, v in res["ms_median"].items() if not k.startswith("gemm"))
+            print(f"TF_ENABLE_ONEDNN_OPTS={flag} (oneDNN {res['env']['onednn']}): GEMM {res['gemm_2048_gflops']:.0f} "
+                  f"GFLOP/s, FLOP time {res['flop_ms_at_gemm_rate']:.1f} ms, step ratio {res['ratio']:.2f}x; "
+                  f"ms: {pieces}; load {res['env']['loadavg_end']:.1f}", flush=True)
+    summary = {}
+    for flag, runs in results.items():
+        summary[flag] = {name: _median([r["ms_median"][name] / r["flop_ms_at_gemm_rate"] for r in runs])
+                         for name in runs[0]["ms_median"] if name.startswith("step")}
+    step = {k: _median([r["step_ms_median"] for r in v]) for k, v in results.items()}
+    print(json.dumps({"ratio_to_flop_time": summary, "step_ms": step, "speedup_onednn": step["0"] / step["1"]}))
+
+
+def main():
+    args = _parse_args()
+    if args.compare_onednn:
+        compare_onednn(args)
+        return
+    result = measure(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_report(result)
+
+
+if __name__ == "__main__":
+    main()
