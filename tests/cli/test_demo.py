@@ -99,7 +99,7 @@ def test_demo_data_bad_values_are_one_line_naming_the_flag(tmp_path, capsys, arg
 
 @pytest.mark.parametrize("argv, message", [
     (["--conditions", "sunny"], "unknown token 'sunny'"),
-    (["--train-queries", "0"], "must be an integer >= 1"),
+    (["--train-queries", "0"], "must be a positive integer"),
     (["--seed", "-2"], "must be an integer >= 0"),
     (["--config", "large"], "invalid choice: 'large'"),
 ])

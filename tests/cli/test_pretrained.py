@@ -14,23 +14,13 @@ import zipfile
 
 import pytest
 
-from tests.convert.test_pretrained import HLOC_PATH, FileServer, closed_port_url, mat_entry, use_table
+from tests.convert import test_pretrained as convert_tests
+from tests.convert.test_pretrained import HLOC_PATH, closed_port_url, mat_entry, use_table
 from tf_netvlad.cli import main
 from tf_netvlad.convert import pretrained
 
-
-@pytest.fixture
-def file_server():
-    server = FileServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def keras_home(tmp_path, monkeypatch):
-    home = tmp_path / "keras_home"
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    return home
+# The local HTTP server and the KERAS_HOME of the converter tests.
+file_server, keras_home = convert_tests.file_server, convert_tests.keras_home
 
 
 @pytest.fixture(scope="module")

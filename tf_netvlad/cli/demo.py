@@ -62,9 +62,9 @@ def add_commands(subparsers):
                    help="rendered image height and width in pixels; the demo's is the CPU recipe's "
                         f"{CPU_RECIPE['image_size'][0]} {CPU_RECIPE['image_size'][1]}" + _PRESET)
     for split in ("train", "val", "test"):
-        p.add_argument(f"--{split}-db", type=_positive_int, metavar="N",
+        p.add_argument(f"--{split}-db", type=flags.positive_int, metavar="N",
                        help=f"database images of the {split} town" + _PRESET)
-        p.add_argument(f"--{split}-queries", type=_positive_int, metavar="N",
+        p.add_argument(f"--{split}-queries", type=flags.positive_int, metavar="N",
                        help=f"queries of the {split} town" + _PRESET)
     p.add_argument("--db-spacing", type=float, metavar="M",
                    help="metres between database images along a street, at most 10" + _PRESET)
@@ -74,7 +74,7 @@ def add_commands(subparsers):
                         "'day:0.5,night:0.5' or 'clear:0.8,fog:0.2,occluded:0.1'; groups: day/dusk/"
                         "night, summer/autumn/winter, clear/rain/fog (weights normalised per group), "
                         "occluded:P (a probability)" + _PRESET)
-    p.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=flags.positive_int, default=os.cpu_count() or 1,
                    help="processes rendering in parallel (the files do not depend on it)")
     p.add_argument("--viewpoint", type=float, metavar="F",
                    help="scales the spread of the query poses (lateral offset, height, yaw, pitch, "
@@ -96,16 +96,6 @@ def _non_negative_int(text):
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0. Received: {text!r}")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1. Received: {text!r}")
     return value
 
 
