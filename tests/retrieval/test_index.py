@@ -78,7 +78,9 @@ def test_format_1_index_with_a_stored_flat_file_still_loads(tmp_path, tiny_model
     (tmp_path / "idx" / "metadata.json").write_text(json.dumps(meta))
     old = ri.RetrievalIndex.load(tmp_path / "idx")
     assert old.search(reference[:1], k=1)[1][0, 0] == 11  # the stored file was read
-    old.add(tiny_model, [images[1][0]], root=images[0], progress=False)  # rewrites as format 2
+    extra = tmp_path / "extra"
+    extra_names = write_block_images(extra, 1, seed=3, size=SIZE)
+    old.add(tiny_model, [str(extra / extra_names[0])], progress=False)  # rewrites as format 2
     assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
     assert ri.RetrievalIndex.load(tmp_path / "idx").metadata["format_version"] == 3
 
