@@ -31,11 +31,11 @@ called by the public functions that read images, such as `extract_descriptors`).
 """
 
 import logging
-import os
 
 import numpy as np
 import tensorflow as tf
 
+from tf_netvlad.data import layouts
 from tf_netvlad.data.fileio import resolve_paths
 from tf_netvlad.data.image_size import check_image_size, is_fixed_size
 from tf_netvlad.data.images import diagnose_image, load_image
@@ -75,16 +75,17 @@ def check_on_error(on_error):
 
 
 def check_files_exist(paths, max_listed=5):
-    """Raises `ImageReadError` naming the first missing files (cheap `os.path.isfile` pass)."""
-    missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    """Raises `ImageReadError` naming the first missing files (`layouts.missing_files`: one
+    directory listing per folder)."""
+    missing = layouts.missing_files(paths)
     if missing:
-        listed = ", ".join(repr(paths[i]) for i in missing[:max_listed])
+        listed = ", ".join(repr(p) for p in missing[:max_listed])
         more = f" and {len(missing) - max_listed} more" if len(missing) > max_listed else ""
         raise ImageReadError(
             f"{len(missing)} of {len(paths)} image files do not exist: {listed}{more}. "
             "Check the dataset root and the image lists.",
-            path=paths[missing[0]],
-            index=missing[0],
+            path=missing[0],
+            index=list(paths).index(missing[0]),
         )
 
 
