@@ -8,14 +8,14 @@ import os
 import sys
 
 from tf_netvlad.cli import flags
-from tf_netvlad.data.utm import parse_utm_zone
+from tf_netvlad.data.utm import normalize_utm_zone
 from tf_netvlad.defaults import INDEX_CHUNK_SIZE, LOCALIZE_TOP_K
 
 
 def utm_zone_label(text):
     """`--utm-zone`: '17T' (zone number and latitude-band letter), checked at parse time."""
     try:
-        return "{}{}".format(*parse_utm_zone(text))
+        return normalize_utm_zone(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
