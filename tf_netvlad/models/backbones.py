@@ -45,6 +45,43 @@ class MatConvNetLRN(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tf_netvlad")
+class ChannelGroupNormalization(keras.layers.GroupNormalization):
+    """`keras.layers.GroupNormalization` of NHWC feature maps, its statistics taken per channel first.
+
+    Same function, same configuration and weights as the Keras layer (mean and variance over each
+    group's channels and positions, the variance around the stop-gradient mean as `tf.nn.moments`),
+    so outputs and gradients agree to float32 rounding. Keras reshapes to (B, H, W, G, C/G) and
+    reduces over (H, W, C/G): a strided reduction whose innermost axis is C/G channels (2 in the tiny
+    backbone's first block). Here the means come from contiguous reductions over (H, W) per channel,
+    then over each group's channels: 3.4x faster on the tiny backbone's first normalisation, a
+    quarter of a CPU training step less (benchmarks/RESULTS.md). Other layouts use the Keras code.
+    """
+
+    def call(self, inputs):
+        if len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            return super().call(inputs)
+        low_precision = keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16")
+        x = ops.cast(inputs, "float32") if low_precision else inputs  # as Keras: statistics in float32
+        channels = int(x.shape[-1])
+        per_group = channels // self.groups
+
+        def group_mean(per_channel):  # (B, C) -> the group's mean for each channel, as (B, 1, 1, C)
+            grouped = ops.mean(ops.reshape(per_channel, (-1, self.groups, per_group)), axis=-1, keepdims=True)
+            grouped = ops.broadcast_to(grouped, (ops.shape(x)[0], self.groups, per_group))
+            return ops.reshape(grouped, (-1, 1, 1, channels))
+
+        mean = group_mean(ops.mean(x, axis=(1, 2)))
+        variance = group_mean(ops.mean(ops.square(x - ops.stop_gradient(mean)), axis=(1, 2)))
+        inv = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            inv = inv * ops.cast(self.gamma, inv.dtype)
+        shift = -mean * inv
+        if self.center:
+            shift = shift + ops.cast(self.beta, inv.dtype)
+        return ops.cast(x * inv + shift, self.compute_dtype)
+
+
 def _vgg16(weights):
     """VGG16 cut at conv5_3 *before* its ReLU (as every NetVLAD reference does).
 
@@ -125,7 +162,7 @@ def _tiny(weights):
     for i, filters in enumerate((16, 32, 64), start=1):
         x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-        x = layers.GroupNormalization(8, center=False, scale=False, name=f"norm{i}")(x)
+        x = ChannelGroupNormalization(8, center=False, scale=False, name=f"norm{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
     x = layers.Conv2D(64, 3, padding="same", name="conv4")(x)
     return keras.Model(inputs, x, name="tiny")
