@@ -42,3 +42,107 @@ def test_demo_command_writes_every_artefact_and_beats_the_kmeans_init(tmp_path, 
     # a second run resumes the finished run instead of retraining, and exports the next version
     assert main.main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "saved" / "demo").iterdir() if p.is_dir()) == ["1", "2"]
+
+
+# ------------------------------------------------- configurations, their checks and the report
+def _checkpointed_run(run_dir, trained_on=None, train_split="0" * 16):
+    """A run folder as `train()` leaves it after a checkpoint (`last/state.json`, which keeps the
+    training split's fingerprint), with the record `run_demo` writes when `trained_on` is given."""
+    (run_dir / "last").mkdir(parents=True)
+    (run_dir / "last" / "state.json").write_text(json.dumps({"train_split": train_split, "config": {}}))
+    if trained_on is not None:
+        from tf_netvlad.demo import run
+
+        (run_dir / run.RUN_RECORD).write_text(json.dumps({"data_params": trained_on}))
+    return run_dir
+
+
+def test_check_demo_inputs_reuses_the_same_dataset_and_refuses_others(tmp_path, tiny_demo):
+    from tf_netvlad.demo import run
+
+    data = tiny_demo["root"]  # generated with config "demo", seed 0, scale 0.01
+    same = run.data_params("demo", seed=0, scale=0.01)
+    assert same == run.data_params("demo", scale=0.01)  # seed None is the preset's: 0
+    run.check_demo_inputs(data, tmp_path / "run", same)
+    for params, message in ((run.data_params("demo", seed=1, scale=0.01), r"'demo' dataset \(seed 1, scale 0.01\)"),
+                            (run.data_params("demo"), r"'demo' dataset \(seed 0, scale 1\)"),
+                            (run.data_params("small", scale=0.01), r"'small' dataset \(seed 11, scale 0.01\)")):
+        with pytest.raises(ValueError, match=rf"^--data {data} holds the 'demo' dataset \(seed 0, scale 0.01\), "
+                                             rf"not the {message} asked for: pass another --data folder, or "
+                                             r"--config demo --seed 0 --scale 0.01 to reuse it"):
+            run.check_demo_inputs(data, tmp_path / "run", params)
+    # a manifest written before the configurations existed (no config/sizes/conditions/viewpoint)
+    # is the demo's
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    manifest = json.loads(tiny_demo["manifest"].read_text())
+    for key in ("config", "sizes", "conditions", "viewpoint", "layout"):
+        del manifest[key]
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    run.check_demo_inputs(legacy, tmp_path / "run", same)
+    # no dataset yet: generated later
+    run.check_demo_inputs(tmp_path / "new", tmp_path / "run", run.data_params("other"))
+    with pytest.raises(ValueError, match="Unknown demo data configuration 'large'"):
+        run.data_params("large")
+
+
+def test_check_demo_inputs_refuses_a_run_trained_on_another_dataset(tmp_path):
+    from tf_netvlad.demo import run
+
+    small, other = run.data_params("small", scale=0.1), run.data_params("other", scale=0.1)
+    run_dir = _checkpointed_run(tmp_path / "run", trained_on=small)
+    run.check_demo_inputs(tmp_path / "data", run_dir, small)  # the same dataset: resumed
+    with pytest.raises(ValueError, match=rf"^--run-dir {run_dir} holds a run trained on the 'small' dataset "
+                                         r"\(seed 11, scale 0.1\), not on the 'other' dataset \(seed 7, "
+                                         r"scale 0.1\): pass --fresh to start it over, or another --run-dir"):
+        run.check_demo_inputs(tmp_path / "data", run_dir, other)
+    run.check_demo_inputs(tmp_path / "data", run_dir, other, fresh=True)  # it will be deleted
+    # no checkpoint (a run that failed before its first one): nothing to resume, the record is stale
+    (run_dir / "last" / "state.json").unlink()
+    run.check_demo_inputs(tmp_path / "data", run_dir, other)
+    # an unreadable record is left to the checkpoint's split fingerprint (`run_demo`)
+    bad = _checkpointed_run(tmp_path / "bad")
+    (bad / run.RUN_RECORD).write_text("{not json")
+    run.check_demo_inputs(tmp_path / "data", bad, other)
+
+
+def test_run_demo_refuses_a_checkpoint_of_another_training_split_before_training(tmp_path, tiny_demo):
+    """A run folder without the record (written by older tf_netvlad): the checkpoint's training-split
+    fingerprint decides, once the dataset is there, before the model, the training or the export."""
+    from tf_netvlad.data.places import load_split
+    from tf_netvlad.demo import run
+    from tf_netvlad.training.checkpointing import split_fingerprint
+
+    run_dir = _checkpointed_run(tmp_path / "run")
+    with pytest.raises(ValueError, match=rf"^--run-dir {run_dir} holds a run trained on another training "
+                                         r"split than the 'demo' dataset \(seed 0, scale 0.01\)'s: pass "
+                                         "--fresh to start it over"):
+        run.run_demo(data_dir=tiny_demo["root"], run_dir=run_dir, saved_model_dir=tmp_path / "saved",
+                     data_scale=0.01, progress=False, verbose=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["last"]
+    # the fingerprint of the same training split passes
+    train_split = load_split(tiny_demo["train_mat"])
+    same = _checkpointed_run(tmp_path / "same", train_split=split_fingerprint(train_split))
+    run._check_checkpoint_split(same, train_split, run.data_params("demo", scale=0.01))
+
+
+def test_format_report_puts_thumbnails_beside_the_init_and_the_trained_model():
+    from tf_netvlad.demo import run
+
+    def results(r1, r5, dim):
+        return {"recall@1": r1, "recall@5": r5, "num_queries": 8, "num_db": 40, "descriptor_dim": dim}
+
+    report = {"config": "small", "data_params": {"seed": 11, "scale": 0.1, "image_size": [180, 240]},
+              "thumbnails": {"grey": results(0.125, 0.25, 192), "rgb": results(0.25, 0.5, 576)},
+              "before": results(0.375, 0.625, 256), "after": results(0.75, 1.0, 256),
+              "training": {"status": "time_limit", "epochs_done": 3, "wall_time_s": 90.0},
+              "artefacts": {"dataset": "demo_data_small"}}
+    lines = run.format_report(report).splitlines()
+    assert "of the 'small' dataset, held out from the CPU recipe's tuning" in lines[1]
+    assert lines[2] == "dataset: seed 11, scale 0.1, images 180x240"
+    table = [line.split() for line in lines if line.strip().startswith(("N ", "1 ", "5 "))]
+    assert table == [["N", "thumbnails", "grey", "thumbnails", "RGB", "k-means", "init", "trained"],
+                     ["1", "12.50%", "25.00%", "37.50%", "75.00%"],
+                     ["5", "25.00%", "50.00%", "62.50%", "100.00%"]]
+    assert "training: time_limit after 3 epochs, 1.5 min" in lines

@@ -8,6 +8,7 @@ import os
 import re
 
 from tf_netvlad.cli import flags
+from tf_netvlad.defaults import SEED
 from tf_netvlad.training.config import CPU_RECIPE
 
 # `tf_netvlad.demo.dataset.CONFIGS` names and what they are for; repeated here (and checked equal
@@ -30,17 +31,29 @@ _FLAGS = {"seed": "--seed", "image_size": "--image-size", "scale": "--scale",
 
 def add_commands(subparsers):
     """Adds `demo` and `demo-data`."""
-    p = flags.add_command(subparsers, "demo", run_demo, "The main job: demo data, k-means init, train "
-                          "(bounded time), evaluate, export; prints a before/after recall@N table.")
-    p.add_argument("--data", default="demo_data", help="demo dataset folder (generated if absent)")
-    p.add_argument("--run-dir", default="runs/demo", help="training run folder")
-    p.add_argument("--saved-model", default="saved_models/tiny_netvlad_demo",
-                   help="SavedModel base directory (the next version is written)")
+    p = flags.add_command(subparsers, "demo", run_demo, "The main job: generated data, k-means init, "
+                          "train (bounded time), evaluate, export; prints recall@N of raw-pixel "
+                          "thumbnails, the k-means init and the trained model on the test split.")
+    p.add_argument("--config", choices=tuple(CONFIG_HELP), default="demo",
+                   help="the generated dataset (as `tf_netvlad demo-data --config`): "
+                        + "; ".join(f"{k}: {v}" for k, v in CONFIG_HELP.items()))
+    p.add_argument("--data", help="dataset folder, generated if absent, reused if it holds the same "
+                                  "dataset (default: demo_data, or demo_data_CONFIG for another "
+                                  "--config)%(default).0s")
+    p.add_argument("--run-dir", help="training run folder; a run in it is resumed (default: runs/demo, "
+                                     "or runs/demo_CONFIG)%(default).0s")
+    p.add_argument("--saved-model", help="SavedModel base directory, the next version is written "
+                                         "(default: saved_models/tiny_netvlad_demo, or "
+                                         "saved_models/tiny_netvlad_demo_CONFIG)%(default).0s")
     p.add_argument("--minutes", type=flags.positive_float, default=CPU_RECIPE["time_limit_s"] / 60,
                    help="training time limit")
-    p.add_argument("--epochs", type=flags.positive_int, help="refresh cycles (default: the CPU recipe's)")
-    p.add_argument("--scale", type=flags.positive_float, default=1.0, help="demo dataset scale")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed")
+    p.add_argument("--epochs", type=flags.positive_int,
+                   help=f"refresh cycles (default: the CPU recipe's, {CPU_RECIPE['epochs']}; the time "
+                        "limit usually stops the run first)%(default).0s")
+    p.add_argument("--scale", type=flags.positive_float, default=1.0,
+                   help="dataset scale (multiplies its sizes; e.g. 0.1 for a quick run)")
+    p.add_argument("--seed", type=_non_negative_int, default=None,
+                   help=f"dataset seed; the training seed is this plus {SEED}" + _PRESET)
     p.add_argument("--fresh", action="store_true", help="discard an earlier run in --run-dir")
     p.set_defaults(check=check_demo_outputs)
 
@@ -82,11 +95,30 @@ def add_commands(subparsers):
                         + _PRESET)
 
 
+def demo_paths(args):
+    """`(data, run_dir, saved_model)`: the flags given, else the --config's defaults."""
+    from tf_netvlad.demo import run
+
+    defaults = run.default_paths(args.config)
+    return (defaults["data_dir"] if args.data is None else args.data,
+            defaults["run_dir"] if args.run_dir is None else args.run_dir,
+            defaults["saved_model_dir"] if args.saved_model is None else args.saved_model)
+
+
 def check_demo_outputs(args):
-    """The folders `demo` writes, refused before any work if they cannot be written."""
-    flags.check_output(args.data, "--data", directory=True)
-    flags.check_output(args.run_dir, "--run-dir", directory=True)
-    flags.check_output(args.saved_model, "--saved-model", directory=True)
+    """Before TensorFlow: the folders `demo` writes must be writable, --data must not hold another
+    dataset and --run-dir not a run trained on another dataset (`demo.run.check_demo_inputs`)."""
+    from tf_netvlad.demo import run
+
+    data, run_dir, saved = demo_paths(args)
+    flags.check_output(data, "--data", directory=True)
+    flags.check_output(run_dir, "--run-dir", directory=True)
+    flags.check_output(saved, "--saved-model", directory=True)
+    try:
+        params = run.data_params(args.config, seed=args.seed, scale=args.scale)
+    except ValueError as err:
+        raise flags.CommandError(_flagged(str(err))) from None
+    run.check_demo_inputs(data, run_dir, params, fresh=args.fresh)
 
 
 def _non_negative_int(text):
@@ -135,17 +167,11 @@ def generate_demo_data(args):
 
 
 def run_demo(args):
-    from tf_netvlad.demo import dataset, run
+    from tf_netvlad.demo import run
 
-    recorded = dataset.read_params(args.data)
-    if recorded is not None and recorded["config"] != "demo":
-        # run_demo would regenerate the folder with the demo configuration, deleting that dataset.
-        raise flags.CommandError(
-            f"{args.data} holds the {recorded['config']!r} demo-data configuration, which `tf_netvlad "
-            "demo` would replace with the demo's; pass another --data folder (train on that dataset "
-            "with `tf_netvlad train --dataset DIR/demo_train.mat --val DIR/demo_val.mat`).")
-    report = run.run_demo(data_dir=args.data, run_dir=args.run_dir, saved_model_dir=args.saved_model,
-                          minutes=args.minutes, seed=args.seed, data_scale=args.scale,
-                          epochs=args.epochs, fresh=args.fresh)
+    data, run_dir, saved = demo_paths(args)
+    report = run.run_demo(data_dir=data, run_dir=run_dir, saved_model_dir=saved, minutes=args.minutes,
+                          seed=args.seed, data_scale=args.scale, epochs=args.epochs, fresh=args.fresh,
+                          config=args.config)
     print(run.format_report(report))
     return 0

@@ -1,6 +1,19 @@
-"""The main job (`tf_netvlad demo`): generated data -> k-means init -> train -> evaluate -> export."""
+"""The main job (`tf_netvlad demo`): generated data -> k-means init -> train -> evaluate -> export.
+
+`run_demo(config=NAME)` runs it on one of the generated configurations (`demo.dataset.CONFIGS`):
+"demo", the one the CPU recipe was tuned on, or a held-out one ("small", "other"), so the recipe
+can be seen working on data it was not tuned on. Each configuration has its own default folders
+(`default_paths`): runs on different configurations never share a dataset, a run or a SavedModel
+base. The report puts the trained model beside two baselines on the held-out test split, raw-pixel
+thumbnails (no learning, `dataset.raw_pixel_recall`) and the k-means-initialised model.
+
+A run folder records the dataset it trains on (`RUN_RECORD`), so a rerun with another
+configuration, seed or scale is refused instead of resuming a run trained on other data.
+`check_demo_inputs` makes these checks without TensorFlow (the CLI runs it before importing it).
+"""
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -9,24 +22,192 @@ from tf_netvlad.defaults import SEED
 
 log = logging.getLogger(__name__)
 
+# In the run folder: the generation parameters of the dataset the run trains on.
+RUN_RECORD = "demo_data.json"
+# The generation parameters a run is compared on (those `dataset.read_params` returns).
+_PARAM_KEYS = ("config", "seed", "image_size", "scale", "db_spacing_m", "jpeg_quality", "sizes",
+               "conditions", "viewpoint")
+# Parameters `tf_netvlad demo` leaves at the configuration's value -> the `demo-data` flag that sets them.
+_DEMO_DATA_ONLY = {"image_size": "--image-size", "db_spacing_m": "--db-spacing", "jpeg_quality": None,
+                   "sizes": "--*-db / --*-queries", "conditions": "--conditions", "viewpoint": "--viewpoint"}
+# The raw-pixel baseline, (W, H): the 16x12 thumbnails of the README and benchmarks/RESULTS.md.
+THUMBNAIL_SIZE = (16, 12)
 
-def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_models/tiny_netvlad_demo",
-             minutes=10.0, seed=0, data_scale=1.0, epochs=None, fresh=False, verbose=1, progress=True):
-    """Runs the whole pipeline on the generated demo dataset and reports before/after recall@N.
 
-    1. generates the demo dataset into `data_dir` (kept if already complete);
+def default_paths(config="demo"):
+    """The default dataset, run and SavedModel base folders of a configuration.
+
+    "demo" keeps the historical `demo_data`, `runs/demo` and `saved_models/tiny_netvlad_demo`; any
+    other configuration appends `_<config>` to each (`demo_data_small`, `runs/demo_small`, ...).
+    """
+    suffix = "" if config == "demo" else f"_{config}"
+    return {"data_dir": f"demo_data{suffix}", "run_dir": f"runs/demo{suffix}",
+            "saved_model_dir": f"saved_models/tiny_netvlad_demo{suffix}"}
+
+
+def data_params(config="demo", seed=None, scale=1.0):
+    """The generation parameters of the dataset a demo run uses, in the JSON form compared with a
+    dataset's `manifest.json` (`dataset.read_params`) and a run's `RUN_RECORD`.
+
+    `seed` None takes the configuration's; a ValueError names a bad value (before anything runs).
+    """
+    from tf_netvlad.demo import dataset
+
+    return _comparable(dataset.resolve_params(config=config, seed=seed, scale=scale))
+
+
+def _comparable(params):
+    return json.loads(json.dumps({key: params.get(key) for key in _PARAM_KEYS}))
+
+
+def _describe(params):
+    """"the 'other' dataset (seed 7, scale 0.05)", naming any option `demo` does not set."""
+    text = f"the {params['config']!r} dataset (seed {params['seed']}, scale {params['scale']:g})"
+    try:
+        preset = data_params(params["config"], params["seed"], params["scale"])
+    except (ValueError, TypeError, KeyError):
+        return text + " with other options"
+    other = [flag or key for key, flag in _DEMO_DATA_ONLY.items() if params.get(key) != preset.get(key)]
+    return text + (f" with other demo-data options ({', '.join(other)})" if other else "")
+
+
+def _settable(params):
+    """The `demo` flags that give `params`, or None when `demo-data` options made the dataset."""
+    try:
+        if data_params(params["config"], params["seed"], params["scale"]) != params:
+            return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return f"--config {params['config']} --seed {params['seed']} --scale {params['scale']:g}"
+
+
+def _has_checkpoint(run_dir):
+    return (Path(run_dir) / "last" / "state.json").is_file()
+
+
+def _read_record(run_dir):
+    """The dataset parameters a run folder recorded, or None (no record, or unreadable)."""
+    try:
+        record = json.loads((Path(run_dir) / RUN_RECORD).read_text())
+        return _comparable(record["data_params"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def check_demo_inputs(data_dir, run_dir, params, fresh=False):
+    """Refuses, before any work, a dataset folder or a run folder that holds other data.
+
+    Raises a one-line ValueError naming the folder, what it holds and the flags to use when
+    `data_dir` holds a generated dataset with parameters other than `params` (from `data_params`;
+    `tf_netvlad demo` would otherwise replace it), or when `run_dir` holds a run (a checkpoint)
+    that recorded another dataset and `fresh` is False. A dataset with the same parameters is
+    reused. Imports neither TensorFlow nor the model code.
+    """
+    from tf_netvlad.demo import dataset
+
+    recorded = dataset.read_params(data_dir)
+    if recorded is not None and _comparable(recorded) != params:
+        recorded = _comparable(recorded)
+        settable = _settable(recorded)
+        reuse = (f"or {settable} to reuse it" if settable else
+                 f"or train on it with `tf_netvlad train --dataset {os.path.join(data_dir, 'demo_train.mat')} "
+                 f"--val {os.path.join(data_dir, 'demo_val.mat')} --out RUN_DIR`")
+        raise ValueError(f"--data {data_dir} holds {_describe(recorded)}, not "
+                         f"{_describe(params)} asked for: pass another --data folder, {reuse} "
+                         "(Python: data_dir=, config=, seed=, data_scale=).")
+    if fresh or not _has_checkpoint(run_dir):
+        return
+    trained_on = _read_record(run_dir)
+    if trained_on is not None and trained_on != params:
+        raise ValueError(_run_mismatch(run_dir, f"{_describe(trained_on)}, not on {_describe(params)}"))
+
+
+def _run_mismatch(run_dir, what):
+    return (f"--run-dir {run_dir} holds a run trained on {what}: pass --fresh to start it over, or "
+            "another --run-dir (Python: fresh=True, run_dir=).")
+
+
+def _check_checkpoint_split(run_dir, train_split, params):
+    """A run folder without a record (older tf_netvlad, or a record lost) is compared by the training
+    split's fingerprint, which its checkpoint keeps (`training.checkpointing`)."""
+    from tf_netvlad.training.checkpointing import Checkpointer, split_fingerprint
+
+    checkpointer = Checkpointer(run_dir)
+    if not checkpointer.exists():
+        return
+    saved = checkpointer.load_state().get("train_split")
+    if saved is not None and saved != split_fingerprint(train_split):
+        raise ValueError(_run_mismatch(run_dir, f"another training split than {_describe(params)}'s"))
+
+
+def _record_callback(run_dir, params, root):
+    """A Keras callback that writes `RUN_RECORD` when training starts: inside `train()`, which then
+    holds the run folder's writer lock and has checked a resumed checkpoint's training split."""
+    import keras
+
+    from tf_netvlad.data.fileio import write_json
+
+    class RecordDataset(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            write_json({"data_params": params, "dataset": str(root)}, Path(run_dir) / RUN_RECORD)
+
+    return RecordDataset()
+
+
+def thumbnail_recall(split, ns, grey=True):
+    """recall@N of raw-pixel thumbnails on `split` as a results dict (`"recall@N"` keys).
+
+    `dataset.raw_pixel_recall` with the 16x12 thumbnails (`THUMBNAIL_SIZE`), grey or RGB: a
+    nearest-neighbour search on L2-normalised pixels, no learning. It counts every query (a query
+    without a positive is a miss); every query of a generated dataset has a positive.
+    """
+    from tf_netvlad.demo import dataset
+
+    width, height = THUMBNAIL_SIZE
+    recalls = dataset.raw_pixel_recall(split, ns=ns, size=THUMBNAIL_SIZE, grey=grey)
+    results = {f"recall@{n}": recalls[n] for n in ns}
+    results.update(num_queries=split.num_queries, num_db=split.num_db,
+                   descriptor_dim=width * height * (1 if grey else 3),
+                   method=f"raw {width}x{height} {'grey' if grey else 'RGB'} pixel thumbnails")
+    return results
+
+
+def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, seed=None, data_scale=1.0,
+             epochs=None, fresh=False, verbose=1, progress=True, config="demo"):
+    """Runs the whole pipeline on a generated dataset and reports recall@N against two baselines.
+
+    1. generates the dataset of configuration `config` into `data_dir` (reused if already
+       complete; a folder holding a dataset with other parameters is refused);
     2. trains the CPU recipe (`training.CPU_RECIPE`: tiny backbone, K=16, 96×128 images) on the
        train split with validation recall each epoch, for at most `minutes` of training
        (`run_dir/init.keras` is the k-means-initialised model, `run_dir/best.keras` the best by
-       val recall@5). An interrupted run resumes from its last checkpoint when run again;
-       `fresh=True` starts over;
-    3. evaluates the initialised and the trained model on the held-out test split;
+       val recall@5). An interrupted run resumes from its last checkpoint when run again (a run
+       folder trained on another dataset is refused); `fresh=True` starts over;
+    3. evaluates raw-pixel thumbnails (grey and RGB), the initialised and the trained model on the
+       held-out test split;
     4. exports the trained model as the next version under `saved_model_dir`;
     5. writes recall@N curves and a retrieval grid (PNG) and a JSON summary into `run_dir`.
 
+    Args:
+        data_dir, run_dir, saved_model_dir: None takes the configuration's (`default_paths`).
+        minutes: training time limit.
+        seed: the dataset seed (None: the configuration's, `dataset.CONFIGS`); the training seed
+            is `defaults.SEED + ` the dataset seed.
+        data_scale: multiplies the dataset's sizes (`dataset.generate_demo_data(scale=...)`).
+        epochs: refresh cycles (None: the CPU recipe's).
+        config: a name of `dataset.CONFIGS`: "demo" (the CPU recipe was tuned on it), "small", "other".
+
     Returns:
-        dict with `before` / `after` results, `artefacts` (paths) and the training summary.
+        dict with `config`, `data_params`, `thumbnails` (`grey` / `rgb`), `before` / `after`
+        results, `artefacts` (paths) and the training summary (also `run_dir/demo_summary.json`).
     """
+    paths = default_paths(config)
+    data_dir = paths["data_dir"] if data_dir is None else data_dir
+    run_dir = Path(paths["run_dir"] if run_dir is None else run_dir)
+    saved_model_dir = paths["saved_model_dir"] if saved_model_dir is None else saved_model_dir
+    params = data_params(config, seed, data_scale)
+    check_demo_inputs(data_dir, run_dir, params, fresh=fresh)  # before anything is deleted or made
+
     from tf_netvlad.data import places
     from tf_netvlad.data.fileio import write_json
     from tf_netvlad.demo import dataset
@@ -36,30 +217,34 @@ def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_m
     from tf_netvlad.training import train
     from tf_netvlad.training.config import CPU_RECIPE
 
-    run_dir = Path(run_dir)
     if fresh and run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
-    data = dataset.generate_demo_data(data_dir, seed=seed, scale=data_scale, progress=progress)
+    data = dataset.generate_demo_data(data_dir, config=config, seed=params["seed"], scale=params["scale"],
+                                      progress=progress)
     train_split = places.load_split(data["train_mat"])
     val_split = places.load_split(data["val_mat"])
     test_split = places.load_split(data["test_mat"])
+    _check_checkpoint_split(run_dir, train_split, params)
 
-    overrides = dict(CPU_RECIPE, time_limit_s=60.0 * minutes, seed=SEED + seed)
+    overrides = dict(CPU_RECIPE, time_limit_s=60.0 * minutes, seed=SEED + params["seed"])
     if epochs is not None:
         overrides["epochs"] = epochs
-    config = dataclasses.replace(train.TrainConfig(), **overrides)
-    summary = train.train(train_split, val_split, out_dir=run_dir, config=config, resume=True,
-                             verbose=verbose, progress=progress)
+    train_config = dataclasses.replace(train.TrainConfig(), **overrides)
+    summary = train.train(train_split, val_split, out_dir=run_dir, config=train_config, resume=True,
+                          verbose=verbose, progress=progress,
+                          callbacks=[_record_callback(run_dir, params, data["root"])])
 
-    image_size = config.image_size
+    image_size = train_config.image_size
+    ns = recall.DEFAULT_RECALL_NS
+    thumbnails = {"grey": thumbnail_recall(test_split, ns, grey=True),
+                  "rgb": thumbnail_recall(test_split, ns, grey=False)}
     results, ids = {}, {}
     for stage, file in (("before", "init.keras"), ("after", "best.keras")):
         model = load_model(run_dir / file, compile=False)
         results[stage], ids[stage] = recall.evaluate(
-            model, test_split, image_size=image_size, ns=recall.DEFAULT_RECALL_NS, progress=progress,
-            return_ids=True)
+            model, test_split, image_size=image_size, ns=ns, progress=progress, return_ids=True)
         results[stage]["model"] = str(run_dir / file)
     artefacts = {
         "dataset": str(data["root"]),
@@ -70,21 +255,33 @@ def run_demo(data_dir="demo_data", run_dir="runs/demo", saved_model_dir="saved_m
         "recall_curve": str(run_dir / "test_recall.png"),
         "retrievals": str(run_dir / "test_retrievals.png"),
     }
-    plots.plot_recall_curve([results["before"], results["after"]], artefacts["recall_curve"],
-                            labels=["k-means init", "trained"], title="demo test split: recall@N")
+    curves, labels = _columns({"thumbnails": thumbnails, **results})
+    plots.plot_recall_curve(curves, artefacts["recall_curve"], labels=labels,
+                            title=f"{config} test split: recall@N")
     _plot_retrievals(test_split, ids["after"], artefacts["retrievals"])
     try:
         saved = saved_model.export_saved_model(run_dir / "best.keras", saved_model_dir, image_size=image_size,
-                                          model_name=Path(saved_model_dir).name)
+                                               model_name=Path(saved_model_dir).name)
     except ImportError as err:  # tensorflow-serving-api missing: export without the warmup file
         log.warning("%s Exporting without TF Serving warmup requests.", err)
         saved = saved_model.export_saved_model(run_dir / "best.keras", saved_model_dir, image_size=image_size,
-                                          model_name=Path(saved_model_dir).name, warmup=False)
+                                               model_name=Path(saved_model_dir).name, warmup=False)
     artefacts["saved_model"] = str(saved)
-    report = {"before": results["before"], "after": results["after"], "artefacts": artefacts,
+    report = {"config": config, "data_params": params, "thumbnails": thumbnails,
+              "before": results["before"], "after": results["after"], "artefacts": artefacts,
               "training": {k: summary.get(k) for k in ("status", "epochs_done", "wall_time_s", "best")}}
     artefacts["summary"] = str(write_json(report, run_dir / "demo_summary.json"))
     return report
+
+
+def _columns(report):
+    """The results shown side by side, baselines first, and their labels."""
+    runs, labels = [], []
+    for key, label in (("grey", "thumbnails grey"), ("rgb", "thumbnails RGB")):
+        if key in report.get("thumbnails", {}):
+            runs.append(report["thumbnails"][key])
+            labels.append(label)
+    return runs + [report["before"], report["after"]], labels + ["k-means init", "trained"]
 
 
 def _plot_retrievals(split, ids, path, num_queries=8, top_k=5):
@@ -105,12 +302,20 @@ def _plot_retrievals(split, ids, path, num_queries=8, top_k=5):
 
 
 def format_report(report):
-    """The before/after table and the artefact list printed by `tf_netvlad demo`."""
+    """The recall@N table (thumbnails, k-means init, trained) and the artefact list printed by
+    `tf_netvlad demo`."""
     from tf_netvlad.evaluation.report import format_recall_table
 
-    lines = ["", "Demo test split (held out): recall@N before and after training", ""]
-    lines.append(format_recall_table(
-        [report["before"], report["after"]], labels=["k-means init", "trained"]))
+    config = report.get("config", "demo")
+    params = report.get("data_params") or {}
+    held_out = "" if config == "demo" else ", held out from the CPU recipe's tuning"
+    lines = ["", f"Test split (held out) of the {config!r} dataset{held_out}: recall@N of raw-pixel "
+                 "thumbnails, the k-means init and the trained model", ""]
+    if params:
+        lines[-1:] = [f"dataset: seed {params.get('seed')}, scale {params.get('scale'):g}, images "
+                      f"{'x'.join(str(v) for v in params.get('image_size') or ())}", ""]
+    runs, labels = _columns(report)
+    lines.append(format_recall_table(runs, labels=labels))
     training = report["training"]
     lines += ["", f"training: {training['status']} after {training['epochs_done']} epochs, "
                   f"{training['wall_time_s'] / 60:.1f} min", "", "artefacts:"]
