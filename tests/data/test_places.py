@@ -119,6 +119,38 @@ def test_queries_without_positives_and_subset(rng):
         split.subset_queries([40])
 
 
+def test_database_images_as_training_queries_never_match_themselves():
+    """Hand-made street: db images every 4 m on a line, one query at 10.5 m. As queries, each db
+    image's positives are the other db images within 10 m (4 and 8 m away), never itself at 0 m."""
+    db = np.array([[0.0, 0], [4, 0], [8, 0], [12, 0], [30, 0]]) + [580000.0, 4470000.0]
+    split = PlaceSplit("street_train", [f"db/{i}.jpg" for i in range(5)], db, ["q/0.jpg"],
+                       db[:1] + [10.5, 0], query_conditions=["night"])
+    both = split.with_database_queries()
+    assert both.num_queries == 6 and both.num_db == 5 and both.name == "street_train+db"
+    assert both.query_paths == ("q/0.jpg", "db/0.jpg", "db/1.jpg", "db/2.jpg", "db/3.jpg", "db/4.jpg")
+    assert both.query_conditions == ("night",) + ("database",) * 5
+    want = [[3, 2, 1], [1, 2], [0, 2, 3], [1, 3, 0], [2, 1], []]  # nearest first; db 4 is 18 m from db 3
+    got = both.non_trivial_positives()
+    assert [p.tolist() for p in got] == want
+    # the split's own query keeps its positives, and the trivial rule still applies on top
+    assert [p.tolist() for p in split.non_trivial_positives()] == [want[0]]
+    assert both.non_trivial_positives(exclude_trivial_m2=5)[0].tolist() == [2, 1]  # db 3 is 1.5 m away
+    assert split.db_paths == both.db_paths and not split.has_timestamps  # the original is unchanged
+
+
+def test_database_queries_keep_a_splits_own_time_stamps(rng):
+    """TokyoTM-style time stamps: a database image as a query leaves out every db image of its own
+    capture time (itself included), as the dataset's queries do."""
+    split = _toy_split(rng, n_db=60, n_q=10, extent=60.0, timestamps=True)
+    both = split.with_database_queries()
+    np.testing.assert_array_equal(both.query_timestamps[10:], split.db_timestamps)
+    np.testing.assert_array_equal(both.db_timestamps, split.db_timestamps)
+    for j, positives in enumerate(both.non_trivial_positives()[10:]):
+        d2 = np.sum((split.db_utm - split.db_utm[j]) ** 2, axis=1)
+        want = np.flatnonzero((d2 <= 100.0) & (split.db_timestamps != split.db_timestamps[j]))
+        assert sorted(positives.tolist()) == want.tolist()
+
+
 def test_mat_round_trip_and_positional_read(tmp_path, rng):
     split = _toy_split(rng, n_db=7, n_q=3)
     path = write_mat(split, tmp_path / "toy_test.mat")

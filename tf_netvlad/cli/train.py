@@ -51,6 +51,8 @@ TRAIN_HELP = {
     "lr_schedule": "step (x --lr-decay-factor every --lr-decay-every passes, paper) | budget (warm-up + "
                    "cosine over the time limit or step budget, any dataset size)",
     "augment": "photometric + small geometric augmentation of every tuple image (MATLAB: none)",
+    "db_queries": "the training database images also train as queries (positives: other database "
+                  "images within 10 m; MATLAB: no)",
     "loss_reduction": "sum (per query) | mean_violating (÷ violating triplets in the batch, MATLAB)",
     "mixed_precision": "mixed_float16 (NetVLAD, whitening and the loss stay float32)",
     "recall_ns": "validation recall@N values (must include 5)",

@@ -204,6 +204,32 @@ class PlaceSplit:
             query_timestamps=None if self.query_timestamps is None else self.query_timestamps[idx],
             query_conditions=pick(self.query_conditions))
 
+    def with_database_queries(self):
+        """This split with every database image also a query, for training (`TrainConfig.db_queries`).
+
+        Positions are the only labels, and database images have them too: a database image used as
+        a query trains with the other database images within 10 m as positives (viewpoint change
+        along the street) and those beyond 25 m as negatives. It must never be its own positive, so
+        it carries the capture time stamp of its database entry and `non_trivial_positives` leaves
+        out database images taken at the query's time. A split without time stamps gets one per
+        database image (its index; the split's own queries get -1, a time no database image has),
+        so only the image itself is left out. The database is unchanged; queries come first, then
+        the database images in database order (conditions "database").
+        """
+        n_db = self.num_db
+        if self.has_timestamps:
+            db_times, own_times = self.db_timestamps, self.query_timestamps
+        else:
+            db_times, own_times = np.arange(n_db, dtype=np.int64), np.full(self.num_queries, -1, np.int64)
+        conditions = (None if self.query_conditions is None
+                      else tuple(self.query_conditions) + ("database",) * n_db)
+        return dataclasses.replace(
+            self, name=f"{self.name}+db", query_paths=tuple(self.query_paths) + tuple(self.db_paths),
+            query_utm=np.concatenate([self.query_utm, self.db_utm]), db_timestamps=db_times,
+            query_timestamps=np.concatenate([np.asarray(own_times, np.int64), np.asarray(db_times, np.int64)]),
+            query_conditions=conditions, layout=None,
+            notes=tuple(self.notes) + (f"the {n_db} database images are also training queries",))
+
     # ------------------------------------------------------------- positives
     @functools.cached_property
     def _db_tree(self):

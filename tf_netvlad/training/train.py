@@ -129,6 +129,8 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
     if resuming:
         saved = checkpointer.load_state()
         check_resume(saved, cfg, fingerprint, checkpointer.last)
+    if cfg.db_queries:  # after the fingerprint, which names the split as given (and `db_queries`)
+        train_split = train_split.with_database_queries()
     miner = mining.HardNegativeMiner(
         train_split, root=root, image_size=cfg.image_size, num_positives=cfg.num_positives,
         num_negatives=cfg.num_negatives, pool_size=cfg.negative_pool_size, keep_factor=cfg.keep_factor,
