@@ -17,7 +17,11 @@ The pieces (forward, forward+backward without the optimizer, the backbone alone,
 without its GroupNormalization layers, NetVLAD alone, the optimizer update, each backbone layer
 with `--layers`) and the step with GroupNormalization computed from per-channel statistics
 (`fast_group_norm`, same function) are timed in the same round-robin, so what makes the step
-slower than its FLOPs can be read off. Results and their reading: benchmarks/RESULTS.md.
+slower than its FLOPs can be read off. Since the tiny backbone normalises with
+`models.backbones.ChannelGroupNormalization` (the same per-channel statistics), "step" and
+"step_fast_groupnorm" time the same computation. As the package does, TF_ENABLE_ONEDNN_OPTS
+defaults to 1 (pass TF_ENABLE_ONEDNN_OPTS=0 to time TensorFlow's own default on this CPU).
+Results and their reading: benchmarks/RESULTS.md.
 
 Usage:
     python benchmarks/bench_train_step.py                  # TF defaults, 7 repeats of 10 steps
@@ -37,6 +41,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `import tf_netvlad` turns oneDNN on (unless the variable is set); TensorFlow is imported before
+# tf_netvlad here, so the package default is set the same way first.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def _parse_args(argv=None):
