@@ -62,3 +62,45 @@ def test_the_callback_sets_the_rate_of_every_step_from_the_step_budget():
     np.testing.assert_allclose(seen, expected, rtol=1e-6)
     with pytest.raises(ValueError, match="needs a time limit"):
         BudgetLearningRate(1e-3, RunControl(None), max_steps=None)
+
+
+def test_learning_rate_callback_counts_the_step_budget_of_the_run_length():
+    """400 queries, cycles of 150, batches of 4 (the last batch of a cycle is short: 38 steps per
+    cycle of 150, 25 per cycle of 100). The fixed schedule runs whole cycles across passes (2 passes =
+    ceil(800 / 150) = 6 cycles); MATLAB's ends a cycle at each pass end (150 + 150 + 100 per pass)."""
+    from tf_netvlad.training.callbacks import (
+        BudgetLearningRate,
+        LearningRateSchedule,
+        RunControl,
+        learning_rate_callback,
+    )
+    from tf_netvlad.training.config import TrainConfig
+    from tf_netvlad.training.refresh_schedule import RefreshSchedule
+
+    fixed = RefreshSchedule(400, 150)
+    matlab = RefreshSchedule(400, 150, slowdown=True, lr_decay_every=5, lr_decay_factor=0.5)
+    base = dict(batch_size=4, lr_schedule="budget", time_limit_s=None)
+    for schedule, length, steps in ((fixed, {"epochs": 2}, 76), (fixed, {"epochs": 3}, 114),
+                                    (fixed, {"passes": 2}, 228), (fixed, {"passes": 1, "epochs": 1}, 38),
+                                    (matlab, {"passes": 2}, 2 * (38 + 38 + 25)), (matlab, {"epochs": 3}, 101)):
+        callback = learning_rate_callback(TrainConfig(**base, **length), schedule, RunControl(None))
+        assert isinstance(callback, BudgetLearningRate) and callback.max_steps == steps, length
+    schedule = fixed
+    timed = learning_rate_callback(TrainConfig(**dict(base, time_limit_s=60, passes=None)), schedule,
+                                   RunControl(123.0))
+    assert timed.max_steps is None and timed.control.deadline == 123.0
+    step = learning_rate_callback(TrainConfig(batch_size=4, lr_schedule="step", epochs=2), schedule, RunControl(None))
+    assert isinstance(step, LearningRateSchedule)
+
+
+def test_validation_queries_draws_a_sorted_subset_of_the_queries():
+    from types import SimpleNamespace
+
+    from tf_netvlad.training.callbacks import validation_queries
+
+    split = SimpleNamespace(num_queries=10, subset_queries=lambda idx: list(idx))
+    picked = validation_queries(split, 4, seed=0)
+    assert len(picked) == 4 and picked == sorted(set(picked)) and all(0 <= i < 10 for i in picked)
+    assert picked == validation_queries(split, 4, seed=0)  # the seed decides
+    assert validation_queries(split, 10, seed=0) is split and validation_queries(split, None, seed=0) is split
+    assert validation_queries(None, 4, seed=0) is None

@@ -113,6 +113,37 @@ class BudgetLearningRate(keras.callbacks.Callback):
             logs["lr"] = float(self.current)
 
 
+def learning_rate_callback(cfg, schedule, control, group=None):
+    """The LR callback of `cfg.lr_schedule` (a `TrainConfig`): "step" (passes) or "budget".
+
+    `schedule` is the miner's `refresh_schedule.RefreshSchedule`, `control` the run's `RunControl`
+    (its deadline is the time budget). The step budget of "budget" is the optimizer steps that
+    `cfg.passes` / `cfg.epochs` allow (None if both are None). `group`: a multi-worker group; the
+    workers' clocks differ, so there the budget is the step budget alone.
+    """
+    if cfg.lr_schedule == "step":
+        return LearningRateSchedule(cfg.lr, schedule)
+    max_steps = None
+    if cfg.passes is not None or cfg.epochs is not None:
+        max_steps = sum(-(-schedule.cycle(c)[2] // cfg.batch_size)
+                        for c in schedule.cycle_indices(0, cfg.passes, cfg.epochs))
+    if group is not None:
+        if max_steps is None:
+            raise ValueError("lr_schedule='budget' under a multi-worker strategy follows the step "
+                             "budget: set `passes` or `epochs` (--passes / --epochs).")
+        control = RunControl(None)
+    return BudgetLearningRate(cfg.lr, control, max_steps)
+
+
+def validation_queries(split, max_queries, seed):
+    """`split` with at most `max_queries` of its queries, drawn at random with `seed` (MATLAB's
+    `nTestSample` validation queries; `TrainConfig.val_max_queries`), kept in their order."""
+    if split is None or max_queries is None or split.num_queries <= max_queries:
+        return split
+    idx = np.sort(np.random.default_rng(seed).choice(split.num_queries, int(max_queries), replace=False))
+    return split.subset_queries(idx)
+
+
 class ValidationRecall(keras.callbacks.Callback):
     """Adds `val_recall@N` to the epoch logs (faiss recall@N on the validation split)."""
 

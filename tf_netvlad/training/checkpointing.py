@@ -191,15 +191,24 @@ def set_rng_state(rng, source="RNG state"):
                          "checkpoint is damaged. Start the run over in a new --out.") from None
 
 
+class ResumeMismatch(ValueError):
+    """A checkpoint that `check_resume` refuses; `problems` lists what differs, one string each."""
+
+    def __init__(self, last, problems):
+        self.last, self.problems = last, list(problems)
+        super().__init__(f"Cannot resume from {last}: the configuration differs from the checkpoint's "
+                         f"({'; '.join(self.problems)}). Use the original settings or a new out_dir.")
+
+
 def check_resume(saved, cfg, fingerprint, last):
+    """Raises `ResumeMismatch` when `cfg` or the training split differs from the checkpoint's."""
     config = {**RESUME_DEFAULTS, **saved["config"]}
     problems = [f"{key}: checkpoint={config.get(key)!r}, now={jsonable(getattr(cfg, key))!r}"
                 for key in RESUME_KEYS if config.get(key) != jsonable(getattr(cfg, key))]
     if saved.get("train_split") != fingerprint["train_split"]:
         problems.append("training split: different image lists or positions")
     if problems:
-        raise ValueError(f"Cannot resume from {last}: the configuration differs from the checkpoint's "
-                         f"({'; '.join(problems)}). Use the original settings or a new out_dir.")
+        raise ResumeMismatch(last, problems)
 
 
 def _is_empty(out_dir):
@@ -219,7 +228,6 @@ def prepare_out_dir(out_dir, resume):
     checkpointer.check_last()  # before anything is written or cleaned in there
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpointer.remove_leftovers()
-    (out_dir / "logs").mkdir(exist_ok=True)
     return out_dir, checkpointer
 
 

@@ -39,11 +39,11 @@ from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
 from tf_netvlad.models.model import build_model, load_model, save_model
 from tf_netvlad.training import augment, distributed, mining, tuples
 from tf_netvlad.training.callbacks import (
-    BudgetLearningRate,
-    LearningRateSchedule,
     RunControl,
     TrainingCheckpoint,
     ValidationRecall,
+    learning_rate_callback,
+    validation_queries,
 )
 from tf_netvlad.training.checkpointing import (
     RunDirectory,
@@ -195,7 +195,7 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
     deadline = None if cfg.time_limit_s is None else start_time + cfg.time_limit_s
     control = RunControl(deadline, group)
     chief = group is None or group.is_chief
-    val_eval = _val_subset(val_split, cfg.val_max_queries, cfg.seed) if chief else None
+    val_eval = validation_queries(val_split, cfg.val_max_queries, cfg.seed) if chief else None
     initial_epoch, best, history, init_val = 0, None, [], None
     miner_cb = mining.MiningCallback(miner, pipeline, skip_when=control.time_over)
     if resuming:
@@ -215,12 +215,13 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
     fingerprint = dict(fingerprint, init_val=init_val)
     checkpoint_cb = TrainingCheckpoint(out_dir, checkpointer, miner, pipeline, control, fingerprint,
                                        cfg.checkpoint_every_steps, best=best, history=history, write=chief)
-    callbacks = [control, checkpoint_cb, miner_cb, _lr_callback(cfg, miner.schedule, control, group)]
+    callbacks = [control, checkpoint_cb, miner_cb, learning_rate_callback(cfg, miner.schedule, control, group)]
     if val_eval is not None:
         callbacks.append(ValidationRecall(val_eval, val_root, cfg.image_size, cfg.recall_ns,
                                           cfg.cache_batch_size, progress, control))
     csv_logger = None
     if chief:
+        (out_dir / "logs").mkdir(exist_ok=True)  # here, after the resume check: a refused run adds nothing
         csv_logger = keras.callbacks.CSVLogger(str(out_dir / "logs" / "train.csv"), append=resuming)
         callbacks.append(csv_logger)
         if _tensorboard_available():
@@ -349,33 +350,10 @@ def _as_split(split, root, what):
     raise TypeError(f"`{what}` must be a PlaceSplit or a path to a split file. Received: {type(split).__name__}")
 
 
-def _lr_callback(cfg, schedule, control, group):
-    """The LR schedule of `cfg.lr_schedule`: "step" (passes) or "budget" (time / step budget)."""
-    if cfg.lr_schedule == "step":
-        return LearningRateSchedule(cfg.lr, schedule)
-    max_steps = None
-    if cfg.passes is not None or cfg.epochs is not None:
-        max_steps = sum(-(-schedule.cycle(c)[2] // cfg.batch_size)
-                        for c in schedule.cycle_indices(0, cfg.passes, cfg.epochs))
-    if group is not None:  # the workers' clocks differ: a time-based LR would differ between them
-        if max_steps is None:
-            raise ValueError("lr_schedule='budget' under a multi-worker strategy follows the step "
-                             "budget: set `passes` or `epochs` (--passes / --epochs).")
-        control = RunControl(None)
-    return BudgetLearningRate(cfg.lr, control, max_steps)
-
-
 def _make_optimizer(cfg):
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
     return keras.optimizers.Adam(learning_rate=cfg.lr)
-
-
-def _val_subset(split, max_queries, seed):
-    if split is None or max_queries is None or split.num_queries <= max_queries:
-        return split
-    idx = np.sort(np.random.default_rng(seed).choice(split.num_queries, int(max_queries), replace=False))
-    return split.subset_queries(idx)
 
 
 def _new_model(cfg):
