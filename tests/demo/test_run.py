@@ -50,11 +50,21 @@ def test_demo_command_writes_every_artefact_and_beats_the_kmeans_init(tmp_path, 
 
 
 # ------------------------------------------------- configurations, their checks and the report
-def _checkpointed_run(run_dir, trained_on=None, train_split="0" * 16):
+def _recipe_config(**changes):
+    """The saved configuration of a `tf_netvlad demo` run on the 'demo' data (seed 0), with `changes`."""
+    from tf_netvlad.defaults import SEED
+    from tf_netvlad.training.config import CPU_RECIPE, TrainConfig, config_json
+
+    return config_json(TrainConfig(**dict(CPU_RECIPE, seed=SEED, **changes)))
+
+
+def _checkpointed_run(run_dir, trained_on=None, train_split="0" * 16, config=None):
     """A run folder as `train()` leaves it after a checkpoint (`last/state.json`, which keeps the
-    training split's fingerprint), with the record `run_demo` writes when `trained_on` is given."""
+    training split's fingerprint and the configuration), with the record `run_demo` writes when
+    `trained_on` is given."""
     (run_dir / "last").mkdir(parents=True)
-    (run_dir / "last" / "state.json").write_text(json.dumps({"train_split": train_split, "config": {}}))
+    state = {"train_split": train_split, "config": config or {}}
+    (run_dir / "last" / "state.json").write_text(json.dumps(state))
     if trained_on is not None:
         from tf_netvlad.demo import run
 
@@ -118,7 +128,7 @@ def test_run_demo_refuses_a_checkpoint_of_another_training_split_before_training
     from tf_netvlad.demo import run
     from tf_netvlad.training.checkpointing import split_fingerprint
 
-    run_dir = _checkpointed_run(tmp_path / "run")
+    run_dir = _checkpointed_run(tmp_path / "run", config=_recipe_config())
     with pytest.raises(ValueError, match=rf"^--run-dir {run_dir} holds a run trained on another training "
                                          r"split than the 'demo' dataset \(seed 0, scale 0.01\)'s: pass "
                                          "--fresh to start it over"):
@@ -126,10 +136,41 @@ def test_run_demo_refuses_a_checkpoint_of_another_training_split_before_training
                      data_scale=0.01, progress=False, verbose=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert sorted(p.name for p in run_dir.iterdir()) == ["last"]
-    # the fingerprint of the same training split passes
-    train_split = load_split(tiny_demo["train_mat"])
-    same = _checkpointed_run(tmp_path / "same", train_split=split_fingerprint(train_split))
-    run._check_checkpoint_split(same, train_split, run.data_params("demo", scale=0.01))
+    # the same training split under other settings (a run of an older CPU recipe): named, with --fresh
+    older = _checkpointed_run(tmp_path / "older", config=_recipe_config(db_queries=False),
+                              train_split=split_fingerprint(load_split(tiny_demo["train_mat"])))
+    with pytest.raises(ValueError, match=rf"^--run-dir {older} holds a run trained on the 'demo' dataset \(seed 0, "
+                                         r"scale 0.01\) with other settings \(db_queries: checkpoint=False, "
+                                         r"now=True\): pass --fresh to start it over"):
+        run.run_demo(data_dir=tiny_demo["root"], run_dir=older, saved_model_dir=tmp_path / "saved",
+                     data_scale=0.01, progress=False, verbose=0)
+    assert sorted(p.name for p in older.iterdir()) == ["last"]
+
+
+def test_fresh_never_empties_a_run_folder_another_writer_holds(tmp_path, tiny_demo):
+    """`--fresh` deletes the old run under the folder's writer lock: a run still training there is
+    named, and nothing of it is deleted."""
+    import subprocess
+    import sys
+
+    from tf_netvlad.data.locking import DirectoryLockedError
+    from tf_netvlad.demo import run
+
+    run_dir = _checkpointed_run(tmp_path / "run")
+    holder = subprocess.Popen(  # another process training in the folder: it holds the writer lock
+        [sys.executable, "-c", "import sys, time; from tf_netvlad.data.locking import DirectoryLock; "
+         "DirectoryLock(sys.argv[1], 'training run').acquire(); print('held', flush=True); time.sleep(120)",
+         str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DirectoryLockedError, match="training run"):
+            run.run_demo(data_dir=tiny_demo["root"], run_dir=run_dir, saved_model_dir=tmp_path / "saved",
+                         data_scale=0.01, progress=False, verbose=0, fresh=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run_dir / "last" / "state.json").is_file()
+    assert not (tmp_path / "saved").exists()
 
 
 def test_format_report_puts_thumbnails_beside_the_init_and_the_trained_model():

@@ -127,17 +127,30 @@ def _run_mismatch(run_dir, what):
             "another --run-dir (Python: fresh=True, run_dir=).")
 
 
-def _check_checkpoint_split(run_dir, train_split, params):
-    """A run folder without a record (older tf_netvlad, or a record lost) is compared by the training
-    split's fingerprint, which its checkpoint keeps (`training.checkpointing`)."""
-    from tf_netvlad.training.checkpointing import Checkpointer, split_fingerprint
+def _empty_run_dir(run_dir):
+    """`--fresh`: empties `run_dir` under its writer lock, so a run training in it is never deleted
+    (its `DirectoryLockedError` names the process instead)."""
+    import shutil
 
-    checkpointer = Checkpointer(run_dir)
-    if not checkpointer.exists():
-        return
-    saved = checkpointer.load_state().get("train_split")
-    if saved is not None and saved != split_fingerprint(train_split):
-        raise ValueError(_run_mismatch(run_dir, f"another training split than {_describe(params)}'s"))
+    from tf_netvlad.data.locking import LOCK_FILE, DirectoryLock
+
+    with DirectoryLock(run_dir, "training run"):
+        for entry in os.scandir(run_dir):
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+def _checkpoint_difference(error, params):
+    """What a refused checkpoint (`training.checkpointing.ResumeMismatch`) was trained on, in words."""
+    settings = [p for p in error.problems if not p.startswith("training split")]
+    if len(settings) < len(error.problems):
+        what = f"another training split than {_describe(params)}'s"
+        return what + (f" and other settings ({'; '.join(settings)})" if settings else "")
+    return f"{_describe(params)} with other settings ({'; '.join(settings)})"
 
 
 def _record_callback(run_dir, params, root):
@@ -215,26 +228,27 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
     from tf_netvlad.export import saved_model
     from tf_netvlad.models.model import load_model
     from tf_netvlad.training import train
+    from tf_netvlad.training.checkpointing import ResumeMismatch
     from tf_netvlad.training.config import CPU_RECIPE
 
     if fresh and run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
+        _empty_run_dir(run_dir)
     data = dataset.generate_demo_data(data_dir, config=config, seed=params["seed"], scale=params["scale"],
                                       progress=progress)
     train_split = places.load_split(data["train_mat"])
     val_split = places.load_split(data["val_mat"])
     test_split = places.load_split(data["test_mat"])
-    _check_checkpoint_split(run_dir, train_split, params)
 
     overrides = dict(CPU_RECIPE, time_limit_s=60.0 * minutes, seed=SEED + params["seed"])
     if epochs is not None:
         overrides["epochs"] = epochs
     train_config = dataclasses.replace(train.TrainConfig(), **overrides)
-    summary = train.train(train_split, val_split, out_dir=run_dir, config=train_config, resume=True,
-                          verbose=verbose, progress=progress,
-                          callbacks=[_record_callback(run_dir, params, data["root"])])
+    try:
+        summary = train.train(train_split, val_split, out_dir=run_dir, config=train_config, resume=True,
+                              verbose=verbose, progress=progress,
+                              callbacks=[_record_callback(run_dir, params, data["root"])])
+    except ResumeMismatch as error:  # a run folder without the record: its checkpoint decides
+        raise ValueError(_run_mismatch(run_dir, _checkpoint_difference(error, params))) from error
 
     image_size = train_config.image_size
     ns = recall.DEFAULT_RECALL_NS
