@@ -103,6 +103,7 @@ class _FakeMiner(mining.HardNegativeMiner):
     def compute_cache(self, model, query_ids):
         rng = np.random.default_rng(7)
         db = rng.normal(size=(self.split.num_db, 6)).astype(np.float32)
+        self.last_extracted = {"database": self.split.num_db, "queries": len(query_ids)}
         return db[np.minimum(query_ids * 5, self.split.num_db - 1)] + 0.01, db
 
 
@@ -406,3 +407,25 @@ def test_multi_worker_miner_stop_mode_raises_on_every_worker():
         return True
 
     assert group.run(worker) == [True, True]
+
+
+def test_compute_cache_reuses_the_database_descriptor_of_a_database_query():
+    """`db_queries`: a query that is a database image (`with_database_queries`, queries 14..43 here)
+    takes that image's descriptor from the database pass; only the split's own queries are
+    extracted a second time. A failed database image fails its query too."""
+    split = _line_split(num_db=30, query_x=np.arange(0, 140, 10.0)).with_database_queries()
+    rng = np.random.default_rng(2)
+    descriptors = {p: rng.normal(size=6).astype(np.float32) for p in split.db_paths + split.query_paths}
+    descriptors["db4.jpg"] = None
+    miner = _table_miner(split, descriptors)
+    calls = []
+    lookup = miner._lookup
+    miner._lookup = lambda p: calls.append(list(p)) or lookup(p)
+    query_ids = np.array([14 + 7, 5, 14 + 4, 3, 14 + 29])  # db7, q5, db4 (unreadable), q3, db29
+    q_desc, db_desc = miner.compute_cache(None, query_ids)
+    assert calls == [list(split.db_paths) + ["q5.jpg", "q3.jpg"]]
+    assert miner.last_extracted == {"database": 30, "queries": 2}
+    for row, name in ((0, "db7.jpg"), (1, "q5.jpg"), (3, "q3.jpg"), (4, "db29.jpg")):
+        np.testing.assert_array_equal(q_desc[row], descriptors[name])
+    np.testing.assert_array_equal(miner.bad_db, [4])
+    np.testing.assert_array_equal(miner.bad_queries, [14 + 4])

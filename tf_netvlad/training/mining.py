@@ -42,6 +42,7 @@ workers). Default recipe numbers are `TrainConfig`'s; `image_size` is the parsed
 training run (`TrainConfig.image_size`).
 """
 
+import functools
 import logging
 import os
 
@@ -271,14 +272,33 @@ class HardNegativeMiner:
         """Float32 descriptors of `query_ids` and of the whole training database with `model`.
 
         One extraction call over the database followed by the queries (each call pays a fixed
-        pipeline start-up); returns `(q_desc, db_desc)`, views of the same array.
+        pipeline start-up); a query whose image is a database image (`db_queries`:
+        `PlaceSplit.with_database_queries`) takes that image's descriptor instead of a second
+        extraction. Returns `(q_desc, db_desc)`; sets `last_extracted` (images extracted per part).
         """
         num_db = self.split.num_db
-        paths = list(self.split.db_paths) + [self.split.query_paths[i] for i in query_ids]
+        query_ids = np.asarray(query_ids, np.int64)
+        same = self._query_db_ids[query_ids]  # the database image each query is, or -1
+        own = same < 0
+        paths = list(self.split.db_paths) + [self.split.query_paths[i] for i in query_ids[own]]
         desc, bad = self._extract(model, paths, "database/query")
-        self.bad_db = np.union1d(self.bad_db, bad[bad < num_db])
-        self.bad_queries = np.union1d(self.bad_queries, np.asarray(query_ids)[bad[bad >= num_db] - num_db])
-        return desc[num_db:], desc[:num_db]
+        bad_db = bad[bad < num_db]
+        self.bad_db = np.union1d(self.bad_db, bad_db)
+        q_desc = np.empty((len(query_ids),) + desc.shape[1:], desc.dtype)
+        q_desc[own] = desc[num_db:]
+        q_desc[~own] = desc[same[~own]]
+        bad_queries = np.concatenate([query_ids[own][bad[bad >= num_db] - num_db],
+                                      query_ids[~own][np.isin(same[~own], bad_db)]])
+        self.bad_queries = np.union1d(self.bad_queries, bad_queries)
+        self.last_extracted = {"database": num_db, "queries": int(own.sum())}
+        return q_desc, desc[:num_db]
+
+    @functools.cached_property
+    def _query_db_ids(self):
+        """Per query of the split, the database image with the same path (resolved against the same
+        root), or -1."""
+        db_index = {path: i for i, path in enumerate(self.split.db_paths)}
+        return np.array([db_index.get(path, -1) for path in self.split.query_paths], np.int64)
 
     def compute_shard_cache(self, model, query_ids):
         """Multi-worker cache: this worker's block of the db, and every query descriptor of the cycle.
@@ -340,7 +360,6 @@ class HardNegativeMiner:
         query_ids = self.queries_for_cycle(cycle)
         if self.group is None:
             q_desc, db_desc = self.compute_cache(model, query_ids)
-            self.last_extracted = {"database": len(db_desc), "queries": len(query_ids)}
         else:
             q_desc, db_shard, db_lo = self.compute_shard_cache(model, query_ids)
         keep = ~np.isin(query_ids, self.bad_queries)
