@@ -15,12 +15,13 @@ the rate a convolution of that shape can reach at best.
 
 The pieces (forward, forward+backward without the optimizer, the backbone alone, the backbone
 without its GroupNormalization layers, NetVLAD alone, the optimizer update, each backbone layer
-with `--layers`) and the step with GroupNormalization computed from per-channel statistics
-(`fast_group_norm`, same function) are timed in the same round-robin, so what makes the step
-slower than its FLOPs can be read off. Since the tiny backbone normalises with
-`models.backbones.ChannelGroupNormalization` (the same per-channel statistics), "step" and
-"step_fast_groupnorm" time the same computation. As the package does, TF_ENABLE_ONEDNN_OPTS
-defaults to 1 (pass TF_ENABLE_ONEDNN_OPTS=0 to time TensorFlow's own default on this CPU).
+with `--layers`) and the step with Keras' own `GroupNormalization` in place of the package's
+`models.backbones.ChannelGroupNormalization` (same function and weights, statistics taken per
+group instead of per channel first: the step before that layer) and the previous recipe's step
+(`tiny` backbone, 4 positives per tuple: `previous_recipe`) are timed in the same
+round-robin, so what makes the step slower than its FLOPs can be read off. As the package does,
+TF_ENABLE_ONEDNN_OPTS defaults to 1 (pass TF_ENABLE_ONEDNN_OPTS=0 to time TensorFlow's own
+default on this CPU).
 Results and their reading: benchmarks/RESULTS.md.
 
 Usage:
@@ -55,7 +56,7 @@ def _parse_args(argv=None):
     parser.add_argument("--intra", type=int, default=0, help="TF intra-op threads (0: TF's default)")
     parser.add_argument("--inter", type=int, default=0, help="TF inter-op threads (0: TF's default)")
     parser.add_argument("--bf16", action="store_true",
-                        help="also time the step (fast GroupNorm) under Keras' mixed_bfloat16 policy")
+                        help="also time the step under Keras' mixed_bfloat16 policy")
     parser.add_argument("--layers", action="store_true",
                         help="also time every backbone layer's forward+backward alone (the step's shapes)")
     parser.add_argument("--only", help="comma-separated variant names to time (default: all)")
@@ -75,12 +76,19 @@ def recipe():
     return TrainConfig(**CPU_RECIPE)
 
 
-def build_recipe_model(cfg, jit_compile=False, fast_groupnorm=False, policy=None):
+def previous_recipe(cfg):
+    """`cfg` with the backbone and positives of the CPU recipe before this benchmark's last change."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, backbone="tiny", num_positives=4)
+
+
+def build_recipe_model(cfg, jit_compile=False, keras_groupnorm=False, policy=None):
     """The recipe's model, compiled as `training.train` compiles it.
 
-    `fast_groupnorm`: the backbone's GroupNormalization layers replaced by `FastGroupNorm` (same
-    function, statistics from per-channel reductions). `policy`: a Keras dtype policy to build
-    under (e.g. "mixed_bfloat16"; NetVLAD and the loss stay float32).
+    `keras_groupnorm`: the backbone's `ChannelGroupNormalization` layers replaced by Keras' own
+    `GroupNormalization` (same function and configuration). `policy`: a Keras dtype policy to
+    build under (e.g. "mixed_bfloat16"; NetVLAD and the loss stay float32).
     """
     import inspect
 
@@ -95,8 +103,8 @@ def build_recipe_model(cfg, jit_compile=False, fast_groupnorm=False, policy=None
     try:
         model = build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
                             num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
-        if fast_groupnorm:
-            model = NetVLADModel(_replace_groupnorm(model.backbone),
+        if keras_groupnorm:
+            model = NetVLADModel(_with_keras_groupnorm(model.backbone),
                                  preprocessing=keras.layers.serialize(model.preprocessing),
                                  num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
     finally:
@@ -187,19 +195,27 @@ def make_variants(cfg, args):
         return float(logs["loss"])  # waits for the step
 
     variants["step"] = keras_step
-    fast = build_recipe_model(cfg, fast_groupnorm=True)
-    fast.set_weights(model.get_weights())
-    fast_iterator = iter(ds)
-    fast.make_train_function()
-    variants["step_fast_groupnorm"] = lambda: keras_step(fast, fast_iterator)
+    before = build_recipe_model(cfg, keras_groupnorm=True)
+    before.set_weights(model.get_weights())
+    before_iterator = iter(ds)
+    before.make_train_function()
+    variants["step_keras_groupnorm"] = lambda: keras_step(before, before_iterator)
     probe = tuple_batch(cfg, seed=1)["negatives"][0]
-    checks = {"fast_groupnorm_max_abs_diff": float(np.max(np.abs(model(probe) - fast(probe))))}
+    checks = {"keras_groupnorm_max_abs_diff": float(np.max(np.abs(model(probe) - before(probe))))}
+    # the step of the recipe before `tiny_s2` and 2 positives: `tiny` (conv1 and pool1 at full
+    # resolution) with 4 positives per tuple
+    previous_cfg = previous_recipe(cfg)
+    previous = build_recipe_model(previous_cfg)
+    previous_iterator = iter(tf.data.Dataset.from_tensors(tuple_batch(previous_cfg)).repeat())
+    previous.make_train_function()
+    variants["step_previous_recipe"] = lambda: keras_step(previous, previous_iterator)
+    checks["previous_recipe_step_flops"] = 3 * count_flops(previous, cfg.image_size)[0] * images_per_step(previous_cfg)
     if args.bf16:
-        bf16 = build_recipe_model(cfg, fast_groupnorm=True, policy="mixed_bfloat16")
+        bf16 = build_recipe_model(cfg, policy="mixed_bfloat16")
         bf16.set_weights(model.get_weights())
         bf16_iterator = iter(ds)
         bf16.make_train_function()
-        variants["step_fast_groupnorm_bf16"] = lambda: keras_step(bf16, bf16_iterator)
+        variants["step_bf16"] = lambda: keras_step(bf16, bf16_iterator)
     if args.jit:
         xla = build_recipe_model(cfg, jit_compile=True)
         xla.set_weights(model.get_weights())
@@ -287,7 +303,7 @@ def make_variants(cfg, args):
     if args.layers:
         variants.update({f"layer:{k}": run(fn) for k, fn in _layer_variants(backbone, pre).items()})
     if args.only:
-        keep = set(args.only.split(",")) | {"step", "gemm_2048", "gemm_im2col"}
+        keep = set(args.only.split(",")) | {"step", "step_previous_recipe", "gemm_2048", "gemm_im2col"}
         variants = {k: v for k, v in variants.items() if k in keep}
     return model, variants, dict(shapes, **checks)
 
@@ -316,56 +332,22 @@ def _layer_variants(backbone, x):
         out[layer.name] = timed(lambda t, layer=layer: layer(t, training=True), layer.trainable_variables,
                                 inp, g, i == 0)
         if isinstance(layer, keras.layers.GroupNormalization):
-            out[layer.name + "_fast"] = timed(
-                lambda t, layer=layer: fast_group_norm(t, layer.groups, layer.epsilon), [], inp, g, False)
+            plain = keras.layers.GroupNormalization.from_config(layer.get_config())
+            out[layer.name + "_keras"] = timed(lambda t, plain=plain: plain(t, training=True), [], inp, g, False)
         x = y
     return out
 
 
-def fast_group_norm(x, groups, epsilon):
-    """GroupNormalization (no scale/offset) of NHWC `x`, as Keras's, from per-channel statistics.
-
-    Keras reshapes to (B, H, W, G, C/G) and reduces over (H, W, C/G): a strided reduction with a
-    tiny innermost axis (2 channels per group in the tiny backbone's first block). Here the mean
-    and the variance come from contiguous reductions over (H, W) per channel, then over the
-    channels of each group; the same two-pass `tf.nn.moments` arithmetic (the variance around the
-    stop-gradient mean), so outputs and gradients agree to float32 rounding.
-    """
-    import tensorflow as tf
-
-    c = x.shape[-1]
-    b = tf.shape(x)[0]
-    per_group = c // groups
-
-    def per_channel(v):  # (B, C) -> group means broadcast back to (B, 1, 1, C)
-        g = tf.reduce_mean(tf.reshape(v, (b, groups, per_group)), -1, keepdims=True)
-        return tf.reshape(tf.repeat(g, per_group, axis=-1), (b, 1, 1, c))
-
-    mean = per_channel(tf.reduce_mean(x, axis=[1, 2]))
-    variance = per_channel(tf.reduce_mean(tf.math.squared_difference(x, tf.stop_gradient(mean)), axis=[1, 2]))
-    inv = tf.math.rsqrt(variance + epsilon)
-    return x * inv - mean * inv
-
-
-def _replace_groupnorm(backbone):
-    """A copy of a sequential backbone (same weights) with `fast_group_norm` for GroupNormalization."""
+def _with_keras_groupnorm(backbone):
+    """A copy of a sequential backbone (same weights) with Keras' `GroupNormalization` in place of
+    the package's `ChannelGroupNormalization` (a subclass: same configuration, other statistics)."""
     import keras
-
-    class FastGroupNorm(keras.layers.Layer):
-        def __init__(self, groups, epsilon, **kwargs):
-            super().__init__(**kwargs)
-            self.groups, self.epsilon = groups, epsilon
-
-        def call(self, x):
-            return fast_group_norm(x, self.groups, self.epsilon)
 
     x = inputs = keras.Input(shape=(None, None, 3))
     for layer in backbone.layers[1:]:
-        if isinstance(layer, keras.layers.GroupNormalization):
-            assert not (layer.center or layer.scale) and layer.axis in (-1, 3)
-            x = FastGroupNorm(layer.groups, layer.epsilon, name=layer.name)(x)
-            continue
-        clone = layer.__class__.from_config(layer.get_config())
+        cls = (keras.layers.GroupNormalization if isinstance(layer, keras.layers.GroupNormalization)
+               else layer.__class__)
+        clone = cls.from_config(layer.get_config())
         x = clone(x)
         if layer.weights:
             clone.set_weights(layer.get_weights())
@@ -469,8 +451,10 @@ def measure(args):
         "gemm_im2col_gflops": shapes["gemm_im2col"] / (med["gemm_im2col"] / 1000) / 1e9 if "gemm_im2col" in med
         else None,
         "gemm_im2col_shape": shapes["gemm_im2col_shape"],
-        "fast_groupnorm_max_abs_diff": shapes["fast_groupnorm_max_abs_diff"],
+        "keras_groupnorm_max_abs_diff": shapes["keras_groupnorm_max_abs_diff"],
         "step_ms_median": med["step"], "step_ms_best": best["step"],
+        "previous_recipe": {"backbone": "tiny", "num_positives": 4, "step_ms_median": med["step_previous_recipe"],
+                            "flop_ms_at_gemm_rate": shapes["previous_recipe_step_flops"] / (gemm_rate * 1e9) * 1000},
         "flop_ms_at_gemm_rate": flop_ms, "ratio": med["step"] / flop_ms,
         "ms_median": med, "ms_best": best,
         "env": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "onednn": onednn,
@@ -499,11 +483,16 @@ def print_report(result):
           f"{f['step_forward_backward'] / 1e9:.2f} GFLOP")
     print(f"same-run GEMM 2048^3: {result['gemm_2048_gflops']:.0f} GFLOP/s; im2col GEMM "
           f"{result['gemm_im2col_shape']}: {result['gemm_im2col_gflops']:.0f} GFLOP/s")
-    print(f"descriptors with fast GroupNorm vs Keras's: max |diff| {result['fast_groupnorm_max_abs_diff']:.1e}")
+    print(f"descriptors with Keras' GroupNormalization vs the package's: max |diff| "
+          f"{result['keras_groupnorm_max_abs_diff']:.1e}")
     print(f"step {result['step_ms_median']:.1f} ms (best {result['step_ms_best']:.1f}); FLOPs at the GEMM rate "
           f"{result['flop_ms_at_gemm_rate']:.1f} ms; ratio {result['ratio']:.2f}x"
           + (f"; XLA step {result['step_xla_ms_median']:.1f} ms (ratio {result['ratio_xla']:.2f}x)"
              if "step_xla_ms_median" in result else ""))
+    prev = result["previous_recipe"]
+    print(f"previous recipe (tiny, 4 positives): step {prev['step_ms_median']:.1f} ms; FLOPs at the GEMM rate "
+          f"{prev['flop_ms_at_gemm_rate']:.1f} ms; ratio {prev['step_ms_median'] / prev['flop_ms_at_gemm_rate']:.2f}x; "
+          f"this recipe's step takes {result['step_ms_median'] / prev['step_ms_median']:.2f}x its time")
     print("pieces (median / best ms per call):")
     for name, value in result["ms_median"].items():
         print(f"  {name:32s} {value:8.1f} {result['ms_best'][name]:8.1f}")
