@@ -108,3 +108,28 @@ def test_tiny_backbone_normalises_with_channel_group_normalization_and_old_model
     assert not isinstance(reloaded.get_layer("norm1"), ChannelGroupNormalization)
     images = np.random.default_rng(1).uniform(-1, 1, size=(2, 24, 32, 3)).astype("float32")
     np.testing.assert_allclose(reloaded(images).numpy(), tiny(images).numpy(), atol=1e-4)
+
+
+def test_tiny_s2_strides_its_first_convolution_and_keeps_stride_8():
+    """`tiny_s2` (the CPU recipe's backbone): conv1 with stride 2 replaces conv1 + pool1 of `tiny`, so
+    no layer runs at full resolution; same weight shapes, output stride 8, minimum input 7 px."""
+    import keras
+
+    from tf_netvlad.models import extract
+    from tf_netvlad.models.model import build_model
+
+    tiny, fast = backbones.build_backbone("tiny"), backbones.build_backbone("tiny_s2")
+    assert [layer.name for layer in fast.layers[1:]] == [
+        "conv1", "norm1", "relu1", "conv2", "pool2", "norm2", "relu2", "conv3", "pool3", "norm3", "relu3", "conv4"]
+    assert [w.shape for w in fast.weights] == [w.shape for w in tiny.weights]
+    probe = keras.Model(fast.input, [layer.output for layer in fast.layers[1:]])
+    shapes = [tuple(out.shape[1:3]) for out in probe(np.zeros((1, 96, 128, 3), "float32"))]
+    assert max(shapes) == (48, 64) and shapes[-1] == (12, 16)
+    # TF's "same" padding with stride 2 on an even size pads one row / column at the end only, so
+    # output (i, j) is centred on input (2i + 1, 2j + 1): the stride-1 convolution sampled there
+    fast.get_layer("conv1").set_weights(tiny.get_layer("conv1").get_weights())
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 10, 14, 3)).astype("float32")
+    full = tiny.get_layer("conv1")(x).numpy()
+    np.testing.assert_allclose(fast.get_layer("conv1")(x).numpy(), full[:, 1::2, 1::2], atol=1e-5)
+    # ceil(h / 2) >= 4 survives two 2x2 poolings: h >= 7 (tiny: 2**3 = 8)
+    assert extract.minimum_input_size(build_model("tiny_s2", num_clusters=2)) == (7, 7)

@@ -371,10 +371,13 @@ def test_short_training_raises_recall_on_held_out_data(name, tmp_path):
                       progress=False)
     after = evaluate(load_model(tmp_path / "run" / "best.keras"), test, image_size=size, ns=(1, 5),
                      progress=False)
+    print(f"{name}: test recall@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}, "
+          f"@5 {before['recall@5']:.3f} -> {after['recall@5']:.3f}")  # shown with pytest -rA
     assert summary["epochs_done"] == cycles and summary["iterations"] == cycles * per_cycle // 4
-    # Measured (init -> trained, 200 test queries): small recall@1 .185 -> .245, @5 .350 -> .445;
-    # other @1 .155 -> .255, @5 .435 -> .545. Asserted: half of the smaller gain, 6 and 10 queries.
-    assert after["recall@1"] >= before["recall@1"] + 0.03 - 1e-9, (before, after)
+    # Measured (init -> trained, 200 test queries; `tiny_s2`, 2 positives): small recall@1 .185 -> .295,
+    # @5 .375 -> .565; other @1 .160 -> .245, @5 .460 -> .560. Asserted: about half of the smaller
+    # gain, 8 and 10 queries.
+    assert after["recall@1"] >= before["recall@1"] + 0.04 - 1e-9, (before, after)
     assert after["recall@5"] >= before["recall@5"] + 0.05 - 1e-9, (before, after)
 
 

@@ -147,25 +147,33 @@ def _mobilenetv2(weights):
     return _cut_application(app, "block_16_project", "mobilenetv2")
 
 
-def _tiny(weights):
+def _tiny(weights, first_stride=1):
     """A 4-conv CNN (D = 64, stride 8) for tests and CPU demos; last conv linear like conv5_3.
 
     conv1-3 are each followed by 2x2 max pooling, a GroupNormalization (8 groups, no learnt
     scale/offset, so the layers with weights are only conv1..conv4) and a ReLU. Trained from
     scratch without the normalisation, the ranking loss collapses the descriptors (every d² -> 0)
     at learning rates that learn anything; normalising after the pooling costs a quarter of
-    normalising at full resolution.
+    normalising at full resolution. `first_stride=2` ("tiny_s2", the CPU recipe's backbone): conv1
+    strides by 2 instead of being followed by the first max pooling, so no layer works at full
+    resolution (conv1 has a quarter of the FLOPs; same stride 8, same weights' shapes).
     """
     if weights == "imagenet":
-        raise ValueError("The `tiny` backbone has no pretrained weights; use weights=None.")
+        raise ValueError("The `tiny` backbones have no pretrained weights; use weights=None.")
     x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
     for i, filters in enumerate((16, 32, 64), start=1):
-        x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
-        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        stride = first_stride if i == 1 else 1
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"conv{i}")(x)
+        if stride == 1:
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
         x = ChannelGroupNormalization(8, center=False, scale=False, name=f"norm{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
     x = layers.Conv2D(64, 3, padding="same", name="conv4")(x)
-    return keras.Model(inputs, x, name="tiny")
+    return keras.Model(inputs, x, name="tiny" if first_stride == 1 else f"tiny_s{first_stride}")
+
+
+def _tiny_s2(weights):
+    return _tiny(weights, first_stride=2)
 
 
 # name -> (builder, preprocessing preset, default first trainable layer, ImageNet via keras)
@@ -175,6 +183,7 @@ BACKBONES = {
     "resnet50": (_resnet50, "caffe", "conv4_block1_1_conv", True),
     "mobilenetv2": (_mobilenetv2, "tf", "block_13_expand", True),
     "tiny": (_tiny, "tf", None, False),
+    "tiny_s2": (_tiny_s2, "tf", None, False),
 }
 
 
@@ -213,7 +222,7 @@ def build_backbone(name, weights=None, trainable_from="default"):
     Args:
         name: one of `BACKBONES`: "vgg16" (conv5_3 before ReLU, D=512), "alexnet" (conv5 before
             ReLU, D=256), "resnet50" (conv4, D=1024), "mobilenetv2" (block_16_project, D=320),
-            "tiny" (D=64).
+            "tiny" (D=64), "tiny_s2" (`tiny` with a stride-2 first convolution: the CPU recipe's).
         weights: None (random), "imagenet" (keras.applications download; needs internet), or a
             path to a weights file (`.h5`/`.weights.h5`). For keras.applications backbones the
             file is the application's own no-top weights file; for the others, weights saved
