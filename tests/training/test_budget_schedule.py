@@ -85,11 +85,10 @@ def test_learning_rate_callback_counts_the_step_budget_of_the_run_length():
                                     (matlab, {"passes": 2}, 2 * (38 + 38 + 25)), (matlab, {"epochs": 3}, 101)):
         callback = learning_rate_callback(TrainConfig(**base, **length), schedule, RunControl(None))
         assert isinstance(callback, BudgetLearningRate) and callback.max_steps == steps, length
-    schedule = fixed
-    timed = learning_rate_callback(TrainConfig(**dict(base, time_limit_s=60, passes=None)), schedule,
+    timed = learning_rate_callback(TrainConfig(**dict(base, time_limit_s=60, passes=None)), fixed,
                                    RunControl(123.0))
-    assert timed.max_steps is None and timed.control.deadline == 123.0
-    step = learning_rate_callback(TrainConfig(batch_size=4, lr_schedule="step", epochs=2), schedule, RunControl(None))
+    assert timed.max_steps is None and timed.control.deadline == 123.0  # the time budget alone
+    step = learning_rate_callback(TrainConfig(batch_size=4, lr_schedule="step", epochs=2), fixed, RunControl(None))
     assert isinstance(step, LearningRateSchedule)
 
 

@@ -412,7 +412,7 @@ def test_multi_worker_miner_stop_mode_raises_on_every_worker():
 def test_compute_cache_reuses_the_database_descriptor_of_a_database_query():
     """`db_queries`: a query that is a database image (`with_database_queries`, queries 14..43 here)
     takes that image's descriptor from the database pass; only the split's own queries are
-    extracted a second time. A failed database image fails its query too."""
+    extracted after the database. A failed database image fails its query too."""
     split = _line_split(num_db=30, query_x=np.arange(0, 140, 10.0)).with_database_queries()
     rng = np.random.default_rng(2)
     descriptors = {p: rng.normal(size=6).astype(np.float32) for p in split.db_paths + split.query_paths}

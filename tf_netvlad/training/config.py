@@ -47,7 +47,7 @@ class TrainConfig:
       the paper's best trade-off). CPU "tiny_s2", None, None (4 convs with GroupNormalization,
       D = 64, the first with stride 2, every layer trained from scratch: fits 2 cores at 96×128;
       a step takes 0.85× the time of "tiny"'s, whose first convolution and pooling run at full
-      resolution, for the same test recall on held-out data: docs/recipes.md).
+      resolution; with 2 positives 0.65×: docs/recipes.md).
     * `num_clusters`, `variant`: paper K = 64, "v1" (the official models); CPU K = 16 (D·K = 1024).
     * `margin`: m = 0.1 on squared distances (paper and MATLAB `margin`), both recipes.
     * `init_images` × `init_per_image`: k-means features; paper 500 × 100 = 50,000 (MATLAB
@@ -60,8 +60,8 @@ class TrainConfig:
     * `batch_size`: 4 tuples per step (MATLAB `batchSize`), both recipes.
     * `num_positives` P: paper 1 (MATLAB: the nearest potential positive under the cached
       descriptors); CPU 2 (the min over 2 is taken in the graph with fresh descriptors, so a stale
-      cache picks a wrong best positive less often; 4 cost 25 % more images per step and did not
-      give more recall in 10 minutes: docs/recipes.md).
+      cache picks a wrong best positive less often; 4 cost 25 % more images per step, and `tiny`
+      with 4 reached less recall in 10 minutes than `tiny_s2` with 2: docs/recipes.md).
     * `exclude_trivial_m2`: training positives must be farther than this many m² from the query
       (the `dSq > 1` rule of MATLAB `dbBase.nontrivialPosQ`, also in `dbTokyoTimeMachine`: a
       database image within 1 m is the query's own panorama or a duplicate, nothing to learn
@@ -251,7 +251,7 @@ RESUME_DEFAULTS = {"refresh_slowdown": False, "exclude_trivial_m2": None, "viola
 # "small" 0.095 -> 0.310, "other" 0.105 -> 0.320. Needs:
 # * a `tiny` backbone with GroupNormalization: without it, Adam at 3e-4 collapses the descriptors
 #   (all d² -> 0.1, test recall@1 0.08), and at 1e-4 it barely learns (0.25 -> 0.26 in 3 min);
-#   `tiny_s2` (stride-2 first convolution) with 2 positives per tuple takes 0.68x the step time of
+#   `tiny_s2` (stride-2 first convolution) with 2 positives per tuple takes 0.65x the step time of
 #   `tiny` with 4, for more recall in 10 minutes (on "small" 0.230 -> 0.310);
 # * semi-hard mining (`exclude_very_hard`): hardest-negative mining from scratch collapses;
 # * Adam at 3e-4 (1e-3 is worse than the k-means init, 6e-4 worse than 3e-4 on "small"); the best of
