@@ -441,10 +441,9 @@ def test_multi_worker_refusals_follow_the_chief(tiny_demo, tmp_path):
     assert other[1][0] == "FileNotFoundError"
     assert str(worker_missing / "last") in other[1][1] and "index 1" in other[1][1]
     assert "shared by all workers" in other[1][1]
-    assert chief[1][0] == "ValueError" and "Cannot resume from" in chief[1][1]
+    assert chief[1][0] == "ResumeMismatch" and "Cannot resume from" in chief[1][1]  # a ValueError
     assert "training split" in chief[1][1] and "backbone" in chief[1][1]
-    # nothing was written, except the (empty) logs/ the chief creates before it reads the checkpoint
+    # nothing was written (logs/ is made only after the resume check)
     assert sorted(p.name for p in chief_full.iterdir()) == ["stray.txt"]
     assert list(worker_empty.iterdir()) == [] and not worker_missing.exists()
-    assert sorted(p.name for p in chief_resume.iterdir()) == ["last", "logs"]
-    assert list((chief_resume / "logs").iterdir()) == []
+    assert sorted(p.name for p in chief_resume.iterdir()) == ["last"]
