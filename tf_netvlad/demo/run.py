@@ -146,11 +146,11 @@ def _empty_run_dir(run_dir):
 
 def _checkpoint_difference(error, params):
     """What a refused checkpoint (`training.checkpointing.ResumeMismatch`) was trained on, in words."""
-    settings = [p for p in error.problems if not p.startswith("training split")]
-    if len(settings) < len(error.problems):
+    settings = "; ".join(error.settings)
+    if error.split_differs:
         what = f"another training split than {_describe(params)}'s"
-        return what + (f" and other settings ({'; '.join(settings)})" if settings else "")
-    return f"{_describe(params)} with other settings ({'; '.join(settings)})"
+        return what + (f" and other settings ({settings})" if settings else "")
+    return f"{_describe(params)} with other settings ({settings})"
 
 
 def _record_callback(run_dir, params, root):

@@ -192,23 +192,24 @@ def set_rng_state(rng, source="RNG state"):
 
 
 class ResumeMismatch(ValueError):
-    """A checkpoint that `check_resume` refuses; `problems` lists what differs, one string each."""
+    """A checkpoint that `check_resume` refuses: `settings` lists the configuration keys that differ
+    (one string each), `split_differs` says whether the training split does."""
 
-    def __init__(self, last, problems):
-        self.last, self.problems = last, list(problems)
+    def __init__(self, last, settings, split_differs):
+        self.last, self.settings, self.split_differs = last, list(settings), bool(split_differs)
+        problems = self.settings + (["training split: different image lists or positions"] if split_differs else [])
         super().__init__(f"Cannot resume from {last}: the configuration differs from the checkpoint's "
-                         f"({'; '.join(self.problems)}). Use the original settings or a new out_dir.")
+                         f"({'; '.join(problems)}). Use the original settings or a new out_dir.")
 
 
 def check_resume(saved, cfg, fingerprint, last):
     """Raises `ResumeMismatch` when `cfg` or the training split differs from the checkpoint's."""
     config = {**RESUME_DEFAULTS, **saved["config"]}
-    problems = [f"{key}: checkpoint={config.get(key)!r}, now={jsonable(getattr(cfg, key))!r}"
+    settings = [f"{key}: checkpoint={config.get(key)!r}, now={jsonable(getattr(cfg, key))!r}"
                 for key in RESUME_KEYS if config.get(key) != jsonable(getattr(cfg, key))]
-    if saved.get("train_split") != fingerprint["train_split"]:
-        problems.append("training split: different image lists or positions")
-    if problems:
-        raise ResumeMismatch(last, problems)
+    split_differs = saved.get("train_split") != fingerprint["train_split"]
+    if settings or split_differs:
+        raise ResumeMismatch(last, settings, split_differs)
 
 
 def _is_empty(out_dir):
