@@ -282,6 +282,56 @@ def test_time_limit_stops_after_a_step_and_resume_continues(demo, tmp_path, capl
     assert summary["status"] == "completed" and summary["iterations"] == 10
 
 
+class _HideImages(keras.callbacks.Callback):
+    """Moves the image folder away for each refresh cycle's `fit` (its steps, the cache refresh of
+    the next cycle's tuples and the validation) and back after it."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root, self.cycles = root, 0
+
+    def on_train_begin(self, logs=None):
+        os.rename(self.root / "images", self.root / "hidden")
+
+    def on_train_end(self, logs=None):
+        os.rename(self.root / "hidden", self.root / "images")
+        self.cycles += 1
+
+
+def test_training_reads_its_images_from_memory_after_decoding_them_once(demo, tmp_path, caplog):
+    import shutil
+
+    from tf_netvlad.data.places import load_split
+
+    root = tmp_path / "copy"
+    shutil.copytree(demo["root"], root)
+    train_split, val_split = load_split(root / "demo_train.mat"), load_split(root / "demo_val.mat")
+    count = len(set(train_split.db_paths) | set(train_split.query_paths)
+                | set(val_split.db_paths) | set(val_split.query_paths))
+    hide = _HideImages(root)  # the steps, refreshes and validations must run without the files
+    with caplog.at_level("INFO", logger="tf_netvlad.data.decoded"):
+        summary = train.train(train_split, val_split, out_dir=tmp_path / "memory", epochs=2, progress=False,
+                              verbose=0, callbacks=[hide], **TINY)
+    assert summary["status"] == "completed" and summary["iterations"] == 10 and hide.cycles == 2
+    assert summary["images_in_memory"] == count
+    # 48x64x3 bytes per image
+    assert f"Decoding the {count} training and validation images into memory ({count * 9216 / 2**20:.0f} MiB)" \
+        in caplog.text
+    # the same run reading the files fails: the test would see a run that reads them
+    with pytest.raises((ImageReadError, FileNotFoundError, tf.errors.OpError)):
+        train.train(train_split, val_split, out_dir=tmp_path / "files", epochs=2, progress=False, verbose=0,
+                    callbacks=[_HideImages(root)], **dict(TINY, image_cache_mb=0))
+    if (root / "hidden").exists():
+        os.rename(root / "hidden", root / "images")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tf_netvlad.data.decoded"):
+        summary = train.train(train_split, out_dir=tmp_path / "small_budget", epochs=1, progress=False,
+                              verbose=0, **dict(TINY, image_cache_mb=1))
+    assert summary["images_in_memory"] == 0
+    assert "Reading the training images from their files: decoded they need" in caplog.text
+    assert "image_cache_mb=1 (--image-cache-mb)" in caplog.text
+
+
 def test_budget_schedule_and_augmentation_run_through_train(demo, tmp_path):
     # 2 cycles of 5 steps: the budget is 10 steps, so the rate logged at the end of cycle 0 is the
     # one set before step 4 (progress 0.4) and at the end of cycle 1 the one before step 9.
@@ -330,6 +380,8 @@ def test_config_validation_and_no_positive_split(tmp_path):
         train.TrainConfig(image_size=640)
     with pytest.raises(ValueError, match="loss_reduction|reduction"):
         train.TrainConfig(loss_reduction="mean")
+    with pytest.raises(ValueError, match="`image_cache_mb` must be an int >= 0. Received: image_cache_mb=-1"):
+        train.TrainConfig(image_cache_mb=-1)
     from tf_netvlad.data.places import PlaceSplit
 
     far = PlaceSplit(name="far", db_paths=("a.jpg", "b.jpg"), db_utm=np.array([[0.0, 0], [1, 0]]),

@@ -172,3 +172,59 @@ def test_augmentation_is_per_image_per_cycle_and_repeatable(colour_images):
     # every image of the batch has its own draw, even the same db image in two rows (slots 1-3)
     assert len(np.unique(np.round(shift[..., 0], 3))) == 8
     assert np.abs(later - first).max() > 0.1  # another cycle, other draws
+
+
+def _pipelines(root, paths, images, **kwargs):
+    """The same TuplePipeline reading the files, and reading `images` (decoded in memory)."""
+    args = (paths[:5], paths, root, (6, 8))
+    return TuplePipeline(*args, **kwargs), TuplePipeline(*args, images=images, **kwargs)
+
+
+def test_tuples_from_memory_equal_tuples_from_the_files(colour_images):
+    """Same rows, same batches (fillers, padding and augmentation included); the solid 6x8 PNGs need
+    no resizing, so the uint8 pixels are exact."""
+    from tf_netvlad.data.decoded import DecodedImages
+    from tf_netvlad.training.augment import Augmentation
+
+    root, paths = colour_images
+    images = DecodedImages.load(list(paths) + list(paths[:5]), root, (6, 8))
+    rows = [[0, 1, -1, 5, -2 - 6, 7], [4, 3, 2, 0, 1, 2], [2, 7, 6, -2 - 3, 4, 5]]
+    for augmentation in (None, Augmentation()):
+        files, memory = _pipelines(root, paths, images, num_rows=3, num_positives=2, num_negatives=3,
+                                   batch_size=2, augmentation=augmentation, seed=3)
+        for pipe in (files, memory):
+            pipe.assign(rows, cycle=1)
+        got, want = list(memory.dataset().as_numpy_iterator()), list(files.dataset().as_numpy_iterator())
+        assert len(got) == len(want) == 2
+        if augmentation is None:  # by hand: image k is filled with 10 k
+            np.testing.assert_array_equal(mean_values(got[0]["query"]), [0, 40])
+            np.testing.assert_array_equal(mean_values(got[0]["negatives"]), [[50, 60, 70], [0, 10, 20]])
+            np.testing.assert_array_equal(got[0]["negative_mask"], [[1, 0, 1], [1, 1, 1]])
+        for g, w in zip(got, want):
+            for key in w:
+                np.testing.assert_allclose(g[key], w[key], atol=1e-4, err_msg=key)
+    with pytest.raises(ValueError, match=r"decoded images are \(6, 8\); the tuples need \(12, 16\)"):
+        TuplePipeline(paths, paths, root, (12, 16), num_rows=2, images=images)
+
+
+def test_a_failed_image_in_memory_fails_its_tuple_as_a_failed_file_does(colour_images):
+    from tf_netvlad.data.decoded import DecodedImages
+
+    root, paths = colour_images
+    _corrupt(root, paths[3])
+    images = DecodedImages.load(paths, root, (6, 8))
+    rows = [[0, 1, 2, 4], [1, 2, 3, 5], [2, 4, 5, 6]]  # row 1 uses img3
+    skip = TuplePipeline(paths, paths, root, (6, 8), num_rows=3, num_positives=1, num_negatives=2,
+                         batch_size=3, on_bad_image="skip", images=images)
+    skip.assign(rows)
+    (batch,) = list(skip.dataset().as_numpy_iterator())
+    np.testing.assert_array_equal(mean_values(batch["query"]), [0, 0, 20])  # row 1: black padding
+    np.testing.assert_array_equal(batch["positive_mask"][:, 0], [1, 0, 1])
+    assert skip.skipped == 1
+    stop = TuplePipeline(paths, paths, root, (6, 8), num_rows=3, num_positives=1, num_negatives=2,
+                         batch_size=1, images=images)
+    stop.assign(rows)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="TUPLE_IMAGE_ERROR row=1") as info:
+        list(stop.dataset().as_numpy_iterator())
+    message = stop.describe_failure(info.value)
+    assert "img3.png" in message and "img2.png" not in message and "decoded" in message

@@ -233,11 +233,13 @@ def evaluate_descriptors(
     return (results, ids) if return_ids else results
 
 
-def _extract(extract, model, paths, root, image_size, batch_size, progress, on_error, out):
+def _extract(extract, model, paths, root, image_size, batch_size, progress, on_error, out, images=None):
     """Descriptors and the int64 indices of unreadable images (always empty for "raise")."""
+    if images is not None and images.image_size != image_size:
+        images = None  # e.g. Tokyo 24/7 queries at their own size: read from the files
     result = extract.extract_descriptors(model, paths, root=root, image_size=image_size,
                                          batch_size=batch_size, progress=progress,
-                                         on_error=on_error, out=out)
+                                         on_error=on_error, out=out, images=images)
     if on_error == "raise":
         return result, np.zeros(0, np.int64)
     descriptors, skipped = result
@@ -299,7 +301,7 @@ def evaluate(
     progress=True,
     return_ids=False, protocol="auto", query_image_size="auto", approximate=None,
     approx_train_size=None, approx_nprobe=None, descriptor_dtype="float32", memmap_dir=None,
-    on_error="raise",
+    on_error="raise", images=None,
 ):
     """Extracts database and query descriptors with `model` and computes recall@N on `split`.
 
@@ -328,6 +330,9 @@ def evaluate(
             ranking and positive list, an unreadable query is left out of recall (its `ids` row
             is all -1). Both are counted (`num_db_unreadable`, `num_queries_unreadable`) and
             listed with the reason (`unreadable`).
+        images: optional `data.decoded.DecodedImages` holding the split's images decoded at a
+            fixed `image_size` (training's validation, every refresh cycle): read from memory.
+            A part extracted at another size (`query_image_size`) reads its files.
 
     Returns:
         `evaluate_descriptors`' dict plus `split`, `image_size` and `query_image_size` (or
@@ -358,9 +363,9 @@ def evaluate(
         out = _descriptor_buffer(model, len(split.db_paths), descriptor_dtype, memmap_dir, stack,
                                  "db_descriptors")
         db_desc, bad_db = _extract(extract, model, split.db_paths, root, image_size, batch_size,
-                                   progress, on_error, out)
+                                   progress, on_error, out, images)
         query_desc, bad_q = _extract(extract, model, split.query_paths, root, query_size,
-                                     batch_size, progress, on_error, None)
+                                     batch_size, progress, on_error, None, images)
         db_desc[bad_db] = 0  # never ranked: excluded for every query below
         keep = np.setdiff1d(np.arange(len(query_desc)), bad_q)
         conditions = None

@@ -189,6 +189,7 @@ def extract_descriptors(
     progress=True,
     on_error="raise",
     out=None,
+    images=None,
 ):
     """Computes one global descriptor per image, in the order of `paths`.
 
@@ -204,6 +205,8 @@ def extract_descriptors(
             "skip" leaves such rows as NaN, logs the files, and returns their indices too.
         out: optional preallocated float32 or float16 array (or `np.memmap`) of shape `(n, D)` to
             write into, keeping memory bounded for large databases.
+        images: optional `data.decoded.DecodedImages` holding every file of `paths`, decoded at
+            the fixed `image_size`: the pixels are read from memory instead of the files.
 
     An image smaller than the model's `minimum_input_size` (e.g. a valid 1x1 px PNG) is not an
     error: it is stretched up to that size and gets a descriptor. A fixed size or max side below
@@ -215,7 +218,13 @@ def extract_descriptors(
         are NaN.
     """
     image_size = parse_image_size(image_size)
-    batches = pipelines.ImageBatches(paths, root, image_size, batch_size, on_error)
+    if images is None:
+        batches = pipelines.ImageBatches(paths, root, image_size, batch_size, on_error)
+    elif images.image_size != image_size:
+        raise ValueError(f"The decoded images are {images.image_size}; extraction asked for "
+                         f"image_size={image_size!r}.")
+    else:
+        batches = images.batches(paths, root, batch_size, on_error)
     check_image_size_for_model(model, image_size)
     count = len(batches)
     dim = static_output_dim(model)

@@ -147,16 +147,18 @@ def validation_queries(split, max_queries, seed):
 class ValidationRecall(keras.callbacks.Callback):
     """Adds `val_recall@N` to the epoch logs (faiss recall@N on the validation split)."""
 
-    def __init__(self, split, root, image_size, ns, batch_size, progress, control):
+    def __init__(self, split, root, image_size, ns, batch_size, progress, control, images=None):
         super().__init__()
         self.split, self.root, self.image_size = split, root, image_size
         self.ns, self.batch_size, self.progress, self.control = ns, batch_size, progress, control
+        self.images = images  # the split's images decoded in memory (`recall.evaluate(images=)`)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.control.nan_at is not None:
             return
         results = recall.evaluate(self.model, self.split, root=self.root, image_size=self.image_size,
-                                      ns=self.ns, batch_size=self.batch_size, progress=self.progress)
+                                  ns=self.ns, batch_size=self.batch_size, progress=self.progress,
+                                  images=self.images)
         for n in self.ns:
             logs[f"val_recall@{n}"] = results[f"recall@{n}"]
 

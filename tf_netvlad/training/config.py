@@ -137,7 +137,10 @@ class TrainConfig:
     **Validation and run control**: `recall_ns` (must include 5: `best.keras` is chosen by val
     recall@5 as MATLAB `pickBestNet`), `val_max_queries` (MATLAB `nTestSample` = 1000 random
     validation queries), `checkpoint_every_steps` (also checkpoint every k steps within an epoch;
-    0 = epoch ends only), `on_bad_image` ("stop" | "skip"), `whiten` (None or the number of
+    0 = epoch ends only), `on_bad_image` ("stop" | "skip"), `image_cache_mb` (both recipes 2048:
+    the training images are decoded once and held in memory as uint8, `data.decoded.DecodedImages`,
+    when they fit in this many MiB, instead of being decoded at every step and refresh; 0 = never;
+    a split too large for it reads the files, with a log line saying so), `whiten` (None or the number of
     PCA-whitening components fitted on the best model at the end), `whiten_max_images`, `seed`
     (MATLAB seeds with 43), `deterministic` (TF op determinism, slower).
     """
@@ -180,6 +183,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 50
     time_limit_s: float = None
     on_bad_image: str = "stop"
+    image_cache_mb: int = 2048
     whiten: int = None
     whiten_max_images: int = WHITEN_MAX_IMAGES
     seed: int = SEED
@@ -226,8 +230,10 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}")
-        if self.checkpoint_every_steps < 0:
-            raise ValueError(f"`checkpoint_every_steps` must be >= 0. Received: {self.checkpoint_every_steps!r}")
+        for name in ("checkpoint_every_steps", "image_cache_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"`{name}` must be an int >= 0. Received: {name}={value!r}")
         if "recall@5" not in {f"recall@{n}" for n in self.recall_ns}:
             raise ValueError(f"`recall_ns` must include 5 (model selection). Received: {self.recall_ns!r}")
 

@@ -177,6 +177,9 @@ class HardNegativeMiner:
         valid_queries: int64 ids of the queries that have at least one non-trivial positive.
         dropped_queries: number of queries without one (skipped, as every reference does).
         neg_cache: int64 `(num_queries, num_negatives)` remembered negatives (-1 = empty).
+        images: None, or a `data.decoded.DecodedImages` holding the split's images at
+            `image_size` (set by `training.train` when they fit its memory budget): the cache is
+            then extracted from memory instead of decoding the files at every refresh.
     """
 
     def __init__(self, split, root=None, image_size=None, num_positives=TrainConfig.num_positives,
@@ -203,6 +206,7 @@ class HardNegativeMiner:
         self.exclude_very_hard = bool(exclude_very_hard)
         self.exclude_trivial_m2 = exclude_trivial_m2
         self.violating_only = bool(violating_only)
+        self.images = None
         self.positives = split.non_trivial_positives(exclude_trivial_m2=exclude_trivial_m2)
         self.non_negatives = split.positives()
         counts = np.array([len(p) for p in self.positives], np.int64)
@@ -260,7 +264,7 @@ class HardNegativeMiner:
         on_error = "raise" if self.on_bad_image == "stop" else "skip"
         result = extract.extract_descriptors(model, paths, root=self.root, image_size=self.image_size,
                                              batch_size=self.batch_size, progress=self.progress,
-                                             on_error=on_error)
+                                             on_error=on_error, images=self.images)
         if on_error == "raise":
             return result, np.zeros(0, np.int64)
         desc, skipped = result

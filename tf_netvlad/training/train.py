@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data import pipelines, places
+from tf_netvlad.data.decoded import decode_splits
 from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.images import diagnose_image
 from tf_netvlad.evaluation import recall
@@ -186,16 +187,22 @@ class _null_scope:
 
 def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer, fingerprint,
          resuming, init_stats, start_time, verbose, progress, group=None, extra_callbacks=()):
+    chief = group is None or group.is_chief
+    val_eval = validation_queries(val_split, cfg.val_max_queries, cfg.seed) if chief else None
+    # every training and validation image decoded once, if they fit in `image_cache_mb`; a
+    # multi-worker run reads only its replicas' rows, from the files
+    images = None if group is not None else decode_splits(
+        [(train_split, root)] + ([(val_eval, val_root)] if val_eval is not None else []), cfg.image_size,
+        cfg.image_cache_mb, cfg.cache_batch_size, progress)
+    miner.images = images
     pipeline = tuples.TuplePipeline(
         train_split.query_paths, train_split.db_paths, root, cfg.image_size,
         num_rows=miner.schedule.max_size,
         num_positives=cfg.num_positives, num_negatives=cfg.num_negatives, batch_size=cfg.batch_size,
         on_bad_image=cfg.on_bad_image, augmentation=augment.Augmentation() if cfg.augment else None,
-        seed=cfg.seed)
+        seed=cfg.seed, images=images)
     deadline = None if cfg.time_limit_s is None else start_time + cfg.time_limit_s
     control = RunControl(deadline, group)
-    chief = group is None or group.is_chief
-    val_eval = validation_queries(val_split, cfg.val_max_queries, cfg.seed) if chief else None
     initial_epoch, best, history, init_val = 0, None, [], None
     miner_cb = mining.MiningCallback(miner, pipeline, skip_when=control.time_over)
     if resuming:
@@ -210,15 +217,15 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
             control.start_step = state["step"]
         logger.info("Resuming from %s: epoch %d, step %d", checkpointer.last, state["epoch"], state["step"])
     elif val_eval is not None:
-        init_val = recall.evaluate(model, val_eval, root=val_root, image_size=cfg.image_size,
-                                       ns=cfg.recall_ns, batch_size=cfg.cache_batch_size, progress=progress)
+        init_val = recall.evaluate(model, val_eval, root=val_root, image_size=cfg.image_size, ns=cfg.recall_ns,
+                                   batch_size=cfg.cache_batch_size, progress=progress, images=images)
     fingerprint = dict(fingerprint, init_val=init_val)
     checkpoint_cb = TrainingCheckpoint(out_dir, checkpointer, miner, pipeline, control, fingerprint,
                                        cfg.checkpoint_every_steps, best=best, history=history, write=chief)
     callbacks = [control, checkpoint_cb, miner_cb, learning_rate_callback(cfg, miner.schedule, control, group)]
     if val_eval is not None:
         callbacks.append(ValidationRecall(val_eval, val_root, cfg.image_size, cfg.recall_ns,
-                                          cfg.cache_batch_size, progress, control))
+                                          cfg.cache_batch_size, progress, control, images))
     csv_logger = None
     if chief:
         (out_dir / "logs").mkdir(exist_ok=True)  # here, after the resume check: a refused run adds nothing
@@ -316,6 +323,7 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
         "queries_without_positives": miner.dropped_queries,
         "tuples_skipped_bad_images": pipeline.skipped,
         "images_skipped_in_cache": int(len(miner.bad_db) + len(miner.bad_queries)),
+        "images_in_memory": 0 if pipeline.images is None else len(pipeline.images),
         "init_val": init_val,
         "best": checkpoint_cb.best,
         "final": history[-1] if history else None,

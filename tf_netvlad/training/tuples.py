@@ -69,6 +69,10 @@ class TuplePipeline:
         num_negatives: N, negatives per query.
         batch_size: tuples per batch (paper: 4).
         on_bad_image: "stop" or "skip", see the module docstring.
+        augmentation: None or a `training.augment.Augmentation`; seed: seeds its draws.
+        images: None (read and decode the files at every step), or a `data.decoded.DecodedImages`
+            holding every query and database image at `image_size`: tuples are gathered from memory
+            (a failed image fails its tuple as a failed file does).
 
     Example:
     >>> pipe = TuplePipeline(q_paths, db_paths, root, (96, 128), num_rows=100, num_positives=2,
@@ -80,7 +84,7 @@ class TuplePipeline:
     def __init__(self, query_paths, db_paths, root, image_size, num_rows,
                  num_positives=TrainConfig.num_positives, num_negatives=TrainConfig.num_negatives,
                  batch_size=TrainConfig.batch_size, on_bad_image=TrainConfig.on_bad_image,
-                 augmentation=None, seed=TrainConfig.seed):
+                 augmentation=None, seed=TrainConfig.seed, images=None):
         size = check_image_size(image_size)
         if not isinstance(size, tuple):
             raise ValueError(
@@ -105,6 +109,14 @@ class TuplePipeline:
         self.on_bad_image = on_bad_image
         self.augmentation = None if augmentation is None or augmentation.is_identity else augmentation
         self.seed = int(seed)
+        self.images = images
+        if images is not None:
+            if images.image_size != size:
+                raise ValueError(f"The decoded images are {images.image_size}; the tuples need {size}.")
+            with tf.init_scope():
+                self._memory_rows = (tf.constant(images.rows(self.query_paths)),
+                                     tf.constant(images.rows(self.db_paths)))
+                self._ok = tf.constant(images.ok)
         width = 1 + self.num_positives + self.num_negatives
         with tf.init_scope():
             self.table = tf.Variable(tf.fill([self.num_rows, width], tf.constant(-1, tf.int64)),
@@ -170,27 +182,30 @@ class TuplePipeline:
     def _load_row(self, index):
         row = self.table[index]
         height, width = self.image_size
-        q_paths = tf.constant(self.query_paths)
-        db_paths = tf.constant(self.db_paths)
+        paths = (tf.constant(self.query_paths), tf.constant(self.db_paths))
 
-        def load(path, slot=0):
-            image = load_image(path, self.image_size)
+        def load(part, image_id, slot):  # part 0: a query, 1: a database image
+            if self.images is None:
+                image = load_image(tf.gather(paths[part], image_id), self.image_size)
+            else:  # a failed image fails the tuple, as a failed file does
+                memory_row = tf.gather(self._memory_rows[part], image_id)
+                with tf.control_dependencies([tf.debugging.Assert(tf.gather(self._ok, memory_row), [image_id])]):
+                    image = tf.cast(tf.gather(self.images.pixels, memory_row), tf.float32)
             if self.augmentation is None:
                 return image
             seed = augment.image_seed(self.seed, self.cycle, index, slot)
             return augment.augment_image(image, seed, self.augmentation)
 
-        query = load(tf.gather(q_paths, row[0]))
+        query = load(0, row[0], 0)
         positive_ids = row[1 : 1 + self.num_positives]
         mask = positive_ids >= 0
         positives = []
         for i in range(self.num_positives):
-            path = tf.gather(db_paths, tf.maximum(positive_ids[i], 0))
-            positives.append(tf.cond(mask[i], lambda p=path, slot=1 + i: load(p, slot),
+            image_id = tf.maximum(positive_ids[i], 0)
+            positives.append(tf.cond(mask[i], lambda i_=image_id, slot=1 + i: load(1, i_, slot),
                                      lambda: tf.zeros([height, width, 3], tf.float32)))
         negative_ids, negative_mask = _decode_negatives(row[1 + self.num_positives :])
-        negatives = [load(tf.gather(db_paths, negative_ids[j]), 1 + self.num_positives + j)
-                     for j in range(self.num_negatives)]
+        negatives = [load(1, negative_ids[j], 1 + self.num_positives + j) for j in range(self.num_negatives)]
         return index, {
             "query": query,
             "positives": tf.stack(positives),
