@@ -369,22 +369,27 @@ def _without_normalisation(backbone):
     return keras.Model(inputs, x, name="tiny_without_groupnorm")
 
 
-def pipeline_ms_per_batch(cfg, data_dir, batches=60, warmup=10):
-    """ms per batch of the real tuple pipeline alone (JPEG read + decode + resize of every image),
-    pulled back to back so that its prefetch buffer cannot hide the production cost."""
+def pipeline_ms_per_batch(cfg, data_dir, batches=60, warmup=10, memory=False):
+    """ms per batch of the real tuple pipeline alone (JPEG read + decode + resize of every image, or
+    with `memory` a gather from the images decoded once, `data.decoded.DecodedImages`, as
+    `training.train` does when they fit `image_cache_mb`), pulled back to back so that its prefetch
+    buffer cannot hide the production cost."""
     import numpy as np
 
     from tf_netvlad.data import places
+    from tf_netvlad.data.decoded import DecodedImages
     from tf_netvlad.training import tuples
 
     split = places.load_split(os.path.join(data_dir, "demo_train.mat"))
+    images = (DecodedImages.load(list(split.db_paths) + list(split.query_paths), split.root, cfg.image_size)
+              if memory else None)
     rng = np.random.default_rng(0)
     rows_n = 400
     rows = np.concatenate([rng.integers(split.num_queries, size=(rows_n, 1)),
                            rng.integers(split.num_db, size=(rows_n, cfg.num_positives + cfg.num_negatives))], 1)
     pipe = tuples.TuplePipeline(split.query_paths, split.db_paths, split.root, cfg.image_size, num_rows=rows_n,
                                 num_positives=cfg.num_positives, num_negatives=cfg.num_negatives,
-                                batch_size=cfg.batch_size, on_bad_image=cfg.on_bad_image)
+                                batch_size=cfg.batch_size, on_bad_image=cfg.on_bad_image, images=images)
     pipe.assign(rows)
     iterator = iter(pipe.dataset().repeat())
     for _ in range(warmup):
@@ -466,6 +471,7 @@ def measure(args):
     }
     if args.data:
         result["tuple_pipeline_ms_per_batch"] = pipeline_ms_per_batch(cfg, args.data)
+        result["tuple_pipeline_memory_ms_per_batch"] = pipeline_ms_per_batch(cfg, args.data, memory=True)
     if "step_xla" in med:
         result["step_xla_ms_median"] = med["step_xla"]
         result["ratio_xla"] = med["step_xla"] / flop_ms
@@ -498,7 +504,7 @@ def print_report(result):
         print(f"  {name:32s} {value:8.1f} {result['ms_best'][name]:8.1f}")
     if "tuple_pipeline_ms_per_batch" in result:
         print(f"tuple pipeline alone (JPEG files, back to back): {result['tuple_pipeline_ms_per_batch']:.1f} ms "
-              "per batch")
+              f"per batch; from the images decoded in memory: {result['tuple_pipeline_memory_ms_per_batch']:.1f} ms")
     layers = {k.split(":", 1)[1]: v for k, v in result["ms_median"].items() if k.startswith("layer:")}
     if layers:
         conv = {n: v for n, v, _ in result["flops"]["layer_shapes"]}
@@ -510,6 +516,13 @@ def print_report(result):
                 extra = (f"  {flops / 1e9:.2f} GFLOP, {flops / ms / 1e6:.0f} GFLOP/s, FLOP time at the GEMM "
                          f"rate {flops / result['gemm_2048_gflops'] / 1e6:.1f} ms")
             print(f"  {name:10s} {ms:8.1f} ms{extra}")
+        conv_ms = sum(ms for name, ms in layers.items() if name in conv)
+        conv_flops = sum(conv[name] * result["recipe"]["images_per_step"] * (2 if name == next(iter(conv)) else 3)
+                         for name in layers if name in conv)
+        conv_flop_ms = conv_flops / result["gemm_2048_gflops"] / 1e6
+        print(f"the convolutions alone: {conv_ms:.1f} ms against {conv_flop_ms:.1f} ms of FLOP time "
+              f"({conv_ms / conv_flop_ms:.2f}x; with nothing else in the step, its ratio would be "
+              f"{conv_ms / result['flop_ms_at_gemm_rate']:.2f}x)")
     print("env:", json.dumps(result["env"]))
 
 
