@@ -11,29 +11,29 @@ from tf_netvlad.data.pipelines import ImageReadError
 from tf_netvlad.models.extract import extract_descriptors
 
 
-def test_cache_size_is_height_times_width_times_three_bytes_per_image():
-    assert cache_nbytes(10, (96, 128)) == 368_640  # 10 · 96 · 128 · 3
-    assert cache_nbytes(17_416, (480, 640)) == 16_050_585_600  # Pitts30k train at the paper size
+def test_cache_size_is_height_times_width_times_three_float32_per_image():
+    assert cache_nbytes(10, (96, 128)) == 1_474_560  # 10 · 96 · 128 · 3 · 4
+    assert cache_nbytes(17_416, (480, 640)) == 64_202_342_400  # Pitts30k train at the paper size
 
 
-def test_pixels_are_the_file_pipelines_rounded_to_uint8(tmp_path):
+def test_pixels_are_exactly_the_file_pipelines_resized_ones(tmp_path):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "noise.png")
     Image.fromarray(noise[:6, :8]).save(tmp_path / "native.png")
     images = DecodedImages.load(["noise.png", "native.png"], tmp_path, (6, 8))
     pixels = images.pixels.numpy()
-    assert pixels.dtype == np.uint8 and pixels.shape == (2, 6, 8, 3) and images.ok.all()
+    assert pixels.dtype == np.float32 and pixels.shape == (2, 6, 8, 3) and images.ok.all()
     resized = load_image(str(tmp_path / "noise.png"), (6, 8)).numpy()  # bilinear: not integers
     assert np.abs(resized - np.rint(resized)).max() > 0.1
-    np.testing.assert_array_equal(pixels[0], np.rint(resized))
+    np.testing.assert_array_equal(pixels[0], resized)  # not rounded
     np.testing.assert_array_equal(pixels[1], noise[:6, :8])  # a file of the target size: exact
 
 
 def test_rows_follow_paths_duplicates_are_held_once_and_unknown_paths_are_named(colour_images):
     root, names = colour_images
     images = DecodedImages.load(names[:4] + names[:2], root, (6, 8))
-    assert len(images) == 4 and images.nbytes == 4 * 6 * 8 * 3
+    assert len(images) == 4 and images.nbytes == 4 * 6 * 8 * 3 * 4
     np.testing.assert_array_equal(images.rows([names[3], names[0], names[3]], root), [3, 0, 3])
     with pytest.raises(ValueError, match="img5.png' is not among the 4 decoded images"):
         images.rows([names[5]], root)

@@ -314,8 +314,8 @@ def test_training_reads_its_images_from_memory_after_decoding_them_once(demo, tm
                               verbose=0, callbacks=[hide], **TINY)
     assert summary["status"] == "completed" and summary["iterations"] == 10 and hide.cycles == 2
     assert summary["images_in_memory"] == count
-    # 48x64x3 bytes per image
-    assert f"Decoding the {count} training and validation images into memory ({count * 9216 / 2**20:.0f} MiB)" \
+    # 48x64x3 float32 per image
+    assert f"Decoding the {count} training and validation images into memory ({count * 36864 / 2**20:.0f} MiB)" \
         in caplog.text
     # the same run reading the files fails: the test would see a run that reads them
     with pytest.raises((ImageReadError, FileNotFoundError, tf.errors.OpError)):

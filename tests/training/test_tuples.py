@@ -181,8 +181,7 @@ def _pipelines(root, paths, images, **kwargs):
 
 
 def test_tuples_from_memory_equal_tuples_from_the_files(colour_images):
-    """Same rows, same batches (fillers, padding and augmentation included); the solid 6x8 PNGs need
-    no resizing, so the uint8 pixels are exact."""
+    """Same rows, same batches (fillers, padding and augmentation included)."""
     from tf_netvlad.data.decoded import DecodedImages
     from tf_netvlad.training.augment import Augmentation
 

@@ -3,15 +3,18 @@
 Training reads the same images again and again: every step loads 32 tuple images, every refresh
 cycle extracts the whole training database and the validation split, and on a CPU the decoding
 runs on the cores the training step needs (on the "small" configuration, 180×240 JPEGs: a refresh
-cycle took 29.3 s from the files and 23.3 s from memory, docs/recipes.md). `DecodedImages.load` decodes and resizes each image once (the extraction pipeline, in parallel,
-in order) and keeps the pixels as one uint8 `tf.Variable` `(n, H, W, 3)`: 36 KiB per image at
-96×128, 0.9 MiB at 480×640. The training loop uses it when it fits its memory budget
-(`TrainConfig.image_cache_mb`, `train --image-cache-mb`).
+cycle took 29.3 s from the files and 23.3 s from memory, docs/recipes.md). `DecodedImages.load`
+decodes and resizes each image once (the extraction pipeline, in parallel, in order) and keeps the
+pixels as one float32 `tf.Variable` `(n, H, W, 3)`: 144 KiB per image at 96×128, 3.5 MiB at
+480×640. The training loop uses it when it fits its memory budget (`TrainConfig.image_cache_mb`,
+`train --image-cache-mb`).
 
-Pixels are rounded to uint8, as a decoded file is, so an image resized on load differs from the
-float32 image `data.images.load_image` returns by at most 0.5 per channel (none where the file
-already has the target size). Images that fail to decode are kept as failed rows (`ok` False):
-readers skip them or raise `ImageReadError` naming the file, as `pipelines.ImageBatches` does.
+The pixels are exactly the ones `data.images.load_image` returns, so training, validation and a
+later `tf_netvlad evaluate` from the files see the same images and report the same recalls. (uint8
+would take a quarter of the memory, but a resized image has fractional pixels: rounded, they moved
+the validation recall@1 of a k-means init by one query in 30 against the files'.) Images that fail
+to decode are kept as failed rows (`ok` False): readers skip them or raise `ImageReadError` naming
+the file, as `pipelines.ImageBatches` does.
 """
 
 import logging
@@ -29,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 def cache_nbytes(num_images, image_size):
-    """Bytes `DecodedImages` needs for `num_images` images of the fixed size `(H, W)`."""
+    """Bytes `DecodedImages` needs for `num_images` float32 RGB images of the fixed size `(H, W)`."""
     height, width = image_size
-    return int(num_images) * int(height) * int(width) * 3
+    return int(num_images) * int(height) * int(width) * 3 * 4
 
 
 def decode_splits(splits, image_size, budget_mib, batch_size=EXTRACT_BATCH_SIZE, progress=False):
@@ -57,12 +60,12 @@ def decode_splits(splits, image_size, budget_mib, batch_size=EXTRACT_BATCH_SIZE,
 
 
 class DecodedImages:
-    """Decoded, resized uint8 images of a list of files, addressed by path.
+    """Decoded, resized float32 images of a list of files, addressed by path.
 
     Attributes:
         paths: the resolved paths, one per row (without duplicates).
         image_size: the fixed `(H, W)` every image was resized to.
-        pixels: uint8 `tf.Variable` `(n, H, W, 3)`; rows of failed images are zeros.
+        pixels: float32 `tf.Variable` `(n, H, W, 3)`, 0..255; rows of failed images are zeros.
         ok: bool NumPy `(n,)`, False where the file could not be read or decoded.
 
     Example:
@@ -75,7 +78,7 @@ class DecodedImages:
         self.ok = np.asarray(ok, bool)
         with tf.init_scope():
             self.pixels = pixels if isinstance(pixels, tf.Variable) else tf.Variable(
-                pixels, trainable=False, dtype=tf.uint8, name="decoded_images")
+                pixels, trainable=False, dtype=tf.float32, name="decoded_images")
         self.image_size = tuple(int(v) for v in self.pixels.shape[1:3])
         self._row = {path: i for i, path in enumerate(self.paths)}
 
@@ -86,7 +89,9 @@ class DecodedImages:
         if not isinstance(size, tuple):
             raise ValueError(f"Decoded images need a fixed image size (H, W). Received: {image_size!r}")
         unique = list(dict.fromkeys(resolve_paths(paths, root)))
-        pixels = np.zeros((len(unique),) + size + (3,), np.uint8)
+        with tf.init_scope():  # filled batch by batch: no second copy of the whole array
+            pixels = tf.Variable(tf.zeros((len(unique),) + size + (3,), tf.float32), trainable=False,
+                                 name="decoded_images")
         ok = np.zeros(len(unique), bool)
         from tqdm.auto import tqdm
 
@@ -94,7 +99,7 @@ class DecodedImages:
         with tqdm(total=len(unique), desc="decoding images", unit="img", disable=not progress,
                   dynamic_ncols=True) as bar:
             for indices, images in batches:
-                pixels[indices] = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+                pixels.scatter_nd_update(indices[:, None], images)
                 ok[indices] = True
                 bar.update(len(indices))
         return cls(unique, pixels, ok)
@@ -151,4 +156,4 @@ class _MemoryBatches:
         for start in range(0, len(good), self.batch_size):
             indices = good[start : start + self.batch_size]
             rows = tf.constant(self.rows[indices])
-            yield indices.astype(np.int64), tf.cast(tf.gather(self.images.pixels, rows), tf.float32).numpy()
+            yield indices.astype(np.int64), tf.gather(self.images.pixels, rows).numpy()

@@ -190,7 +190,7 @@ class TuplePipeline:
             else:  # a failed image fails the tuple, as a failed file does
                 memory_row = tf.gather(self._memory_rows[part], image_id)
                 with tf.control_dependencies([tf.debugging.Assert(tf.gather(self._ok, memory_row), [image_id])]):
-                    image = tf.cast(tf.gather(self.images.pixels, memory_row), tf.float32)
+                    image = tf.gather(self.images.pixels, memory_row)
             if self.augmentation is None:
                 return image
             seed = augment.image_seed(self.seed, self.cycle, index, slot)
