@@ -74,11 +74,10 @@ class DecodedImages:
     """
 
     def __init__(self, paths, pixels, ok):
+        """`pixels`: the float32 `tf.Variable` `load` fills (one row per path)."""
         self.paths = list(paths)
         self.ok = np.asarray(ok, bool)
-        with tf.init_scope():
-            self.pixels = pixels if isinstance(pixels, tf.Variable) else tf.Variable(
-                pixels, trainable=False, dtype=tf.float32, name="decoded_images")
+        self.pixels = pixels
         self.image_size = tuple(int(v) for v in self.pixels.shape[1:3])
         self._row = {path: i for i, path in enumerate(self.paths)}
 
