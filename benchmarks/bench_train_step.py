@@ -507,19 +507,21 @@ def print_report(result):
               f"per batch; from the images decoded in memory: {result['tuple_pipeline_memory_ms_per_batch']:.1f} ms")
     layers = {k.split(":", 1)[1]: v for k, v in result["ms_median"].items() if k.startswith("layer:")}
     if layers:
-        conv = {n: v for n, v, _ in result["flops"]["layer_shapes"]}
+        shapes = result["flops"]["layer_shapes"]
+        # forward+backward FLOPs of the step's images: the first layer needs no input gradient (2x
+        # its forward), every other convolution 3x
+        conv = {n: f * result["recipe"]["images_per_step"] * (2 if i == 0 else 3)
+                for i, (n, f, _) in enumerate(shapes)}
         print(f"backbone layers alone, forward+backward (sum {sum(layers.values()):.1f} ms):")
         for name, ms in layers.items():
             extra = ""
-            if name in conv:  # the first layer needs no input gradient: 2x its forward, else 3x
-                flops = conv[name] * result["recipe"]["images_per_step"] * (2 if name == next(iter(conv)) else 3)
+            if name in conv:
+                flops = conv[name]
                 extra = (f"  {flops / 1e9:.2f} GFLOP, {flops / ms / 1e6:.0f} GFLOP/s, FLOP time at the GEMM "
                          f"rate {flops / result['gemm_2048_gflops'] / 1e6:.1f} ms")
             print(f"  {name:10s} {ms:8.1f} ms{extra}")
         conv_ms = sum(ms for name, ms in layers.items() if name in conv)
-        conv_flops = sum(conv[name] * result["recipe"]["images_per_step"] * (2 if name == next(iter(conv)) else 3)
-                         for name in layers if name in conv)
-        conv_flop_ms = conv_flops / result["gemm_2048_gflops"] / 1e6
+        conv_flop_ms = sum(conv[name] for name in layers if name in conv) / result["gemm_2048_gflops"] / 1e6
         print(f"the convolutions alone: {conv_ms:.1f} ms against {conv_flop_ms:.1f} ms of FLOP time "
               f"({conv_ms / conv_flop_ms:.2f}x; with nothing else in the step, its ratio would be "
               f"{conv_ms / result['flop_ms_at_gemm_rate']:.2f}x)")
