@@ -89,11 +89,12 @@ def test_bad_model_values_are_one_line_errors(value, message, tiny_demo, capsys)
     assert err.count("\n") == 1
 
 
-def test_offline_model_name_names_url_and_convert_command(keras_home, tmp_path, monkeypatch, capsys):
+def test_offline_model_name_names_url_and_convert_command(keras_home, tiny_demo, tmp_path, monkeypatch, capsys):
     entry = mat_entry(closed_port_url(HLOC_PATH))
     use_table(monkeypatch, entry)
     index = tmp_path / "index"
-    assert main.main(["index", "--dataset", str(tmp_path / "db.csv"), "--model", "netvlad_vgg16_pitts30k",
+    images = tiny_demo["root"] / "images" / "test" / "database"
+    assert main.main(["index", "--images", str(images), "--model", "netvlad_vgg16_pitts30k",
                       "--out", str(index)]) == 2
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if line.startswith("tf_netvlad index: error: "))

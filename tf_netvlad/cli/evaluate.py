@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from tf_netvlad.cli import flags
+from tf_netvlad.cli import flags, pretrained
 from tf_netvlad.evaluation.protocols import PROTOCOLS
 
 log = logging.getLogger("tf_netvlad")
@@ -105,6 +105,7 @@ def evaluate(args):
         raise flags.CommandError("Pass exactly one of --model FILE.keras or --backbone NAME.")
     split = flags.load_dataset(args.dataset, args.root, args.db_root, args.query_root)
     if args.model:
+        pretrained.resolve_model_flag(args)  # after the dataset: a name is a download
         model = load_model(args.model, compile=False)
     else:
         model, stats = initialization.init_model(
@@ -135,6 +136,7 @@ def evaluate_map(args):
 
     gt = ground_truth.load_ground_truth(args.gt, images_dir=args.images, ext=args.ext,
                                         on_missing=args.on_missing)
+    pretrained.resolve_model_flag(args)
     model = load_model(args.model, compile=False)
     results = oxford_paris.evaluate_map(
         model, gt, args.images, image_size=args.image_size, crop_queries=not args.no_crop,

@@ -2,7 +2,7 @@
 file (`tf_netvlad.export.saved_model`).
 """
 
-from tf_netvlad.cli import flags
+from tf_netvlad.cli import flags, pretrained
 from tf_netvlad.data.image_size import format_image_size
 from tf_netvlad.defaults import PAPER_IMAGE_SIZE
 
@@ -41,6 +41,7 @@ def export(args):
         raise flags.CommandError("Pass --saved-model DIR and/or --onnx FILE.onnx.")
     if args.onnx:
         flags.refuse_existing(args.onnx, args.overwrite)
+    pretrained.resolve_model_flag(args)
     if args.saved_model:
         path = saved_model.export_saved_model(
             args.model, args.saved_model, version=args.version, overwrite=args.overwrite,

@@ -176,7 +176,7 @@ MODEL_FORMS = ("a .keras file, a pretrained name (see `tf_netvlad models`) or an
 
 def add_model_file(parser, help="a tf_netvlad .keras model", required=True):
     """--model: a .keras model file written by tf_netvlad, or a pretrained name or a URI that
-    `cli.main` resolves to one before the handler runs (`cli.pretrained.resolve_model_flag`)."""
+    the handler resolves to one once its other inputs are read (`cli.pretrained.resolve_model_flag`)."""
     return parser.add_argument("--model", required=required, help=f"{help}: {MODEL_FORMS}")
 
 
@@ -242,6 +242,14 @@ def check_output(path, flag, suffixes=(), directory=False):
         raise CommandError(f"{where}: {folder} is a file, not a directory.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CommandError(f"{where}: cannot write into {folder} (permission denied or read-only).")
+
+
+def check_input(path, flag):
+    """Refuses an input `path` (a file or folder the command reads) that does not exist, naming
+    `flag`; `path` None or "" (not given) passes. Handlers call it for inputs their loaders only
+    read later, so that a typo fails before `--model NAME` is downloaded."""
+    if path and not os.path.exists(path):
+        raise CommandError(f"{flag} {os.fspath(path)}: no such file or folder.")
 
 
 def print_written(**paths):

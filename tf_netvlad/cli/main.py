@@ -113,7 +113,6 @@ def main(argv=None):
             args.check(args)  # outputs and numbers: before TensorFlow, a download or a model load
         if args.needs_tensorflow and not args.verbose:
             import_tensorflow_quietly()
-        pretrained.resolve_model_flag(args)  # --model NAME / URI -> a local .keras file
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

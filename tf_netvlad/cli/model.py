@@ -3,7 +3,7 @@
 `tf_netvlad.convert`).
 """
 
-from tf_netvlad.cli import flags
+from tf_netvlad.cli import flags, pretrained
 from tf_netvlad.defaults import (
     DEFAULT_VARIANT,
     INIT_IMAGES,
@@ -99,6 +99,7 @@ def fit_whitening(args):
         raise flags.CommandError(
             f"--dim {args.dim} needs at least {args.dim + 1} database images (PCA of n images has "
             f"n - 1 components), but {args.dataset} has {len(split.db_paths)}.")
+    pretrained.resolve_model_flag(args)
     model = model_lib.load_model(args.model, compile=False)
     if args.dim > model.descriptor_dim:
         raise flags.CommandError(f"--dim {args.dim} is larger than the {model.descriptor_dim}-D "

@@ -1,6 +1,7 @@
 """`tf_netvlad models` (the published weights `--model NAME` accepts, and which are cached) and
-`resolve_model_flag`, the hook `main` runs before every handler so that `--model` also takes a
-pretrained name or an https:// / hf:// / kaggle:// URI (`tf_netvlad.convert.pretrained`).
+`resolve_model_flag`, which every command with `--model` runs once its other inputs are read, so
+that `--model` also takes a pretrained name or an https:// / hf:// / kaggle:// URI
+(`tf_netvlad.convert.pretrained`) and a missing dataset fails before a download.
 
 Listing imports neither TensorFlow nor Keras.
 """
@@ -22,7 +23,10 @@ def add_commands(subparsers):
 
 
 def resolve_model_flag(args):
-    """Replaces `args.model` (when the command has one and it is set) by a local `.keras` path."""
+    """Replaces `args.model` (when the command has one and it is set) by a local `.keras` path.
+
+    A handler calls it after reading and checking its other inputs (dataset, ground truth, index,
+    image folders): a pretrained name is a download of hundreds of MB and a conversion."""
     if getattr(args, "model", None):
         args.model = pretrained.resolve_model_arg(args.model, flag="--model")
 

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from tf_netvlad.cli import flags
+from tf_netvlad.cli import flags, pretrained
 from tf_netvlad.data.utm import normalize_utm_zone
 from tf_netvlad.defaults import INDEX_CHUNK_SIZE, LOCALIZE_TOP_K
 
@@ -108,14 +108,17 @@ def index(args):
 
     if bool(args.dataset) == bool(args.images):
         raise flags.CommandError("Pass exactly one of --dataset FILE or --images DIR.")
+    flags.check_input(args.images, "--images")
     images = args.images
     if args.dataset:  # only the database images are indexed: only they must exist
         images = flags.load_dataset(args.dataset, args.root, args.db_root, parts=("db",))
     if args.add:
         built = index_lib.RetrievalIndex.load(args.out)
+        pretrained.resolve_model_flag(args)  # after the inputs: a name is a download
         built.add(args.model, images, root=args.root, batch_size=args.batch_size,
                   chunk_size=args.chunk_size, on_error=args.on_error, utm_zone=args.utm_zone)
     else:
+        pretrained.resolve_model_flag(args)
         built = index_lib.build_retrieval_index(
             args.model, args.out, images, root=args.root, image_size=args.image_size, kind=args.kind,
             float16=args.float16, batch_size=args.batch_size, chunk_size=args.chunk_size,
@@ -132,8 +135,10 @@ def localize(args):
 
     from tf_netvlad.data import places
     from tf_netvlad.retrieval import localize as localize_lib
+    from tf_netvlad.retrieval.index import RetrievalIndex
 
     strict = args.on_error == "raise"
+    index = RetrievalIndex.load(args.index)
     gt = None
     if args.gt_dataset:
         gt = localize_lib.positions_from_split(places.load_split(args.gt_dataset), args.images,
@@ -141,7 +146,8 @@ def localize(args):
         for path in np.asarray(args.images)[np.isnan(gt).any(axis=1)]:
             print(f"tf_netvlad localize: {path} is not in --gt-dataset; its results are not marked "
                   "correct or incorrect.", file=sys.stderr)
-    results = localize_lib.localize(args.index, args.model, args.images, k=args.top_k,
+    pretrained.resolve_model_flag(args)  # after the index and the ground truth
+    results = localize_lib.localize(index, args.model, args.images, k=args.top_k,
                                     image_size=args.image_size, gt_positions=gt,
                                     on_error=args.on_error)
     print(localize_lib.format_results(results))
@@ -181,15 +187,20 @@ def check_hloc_arguments(args):
 
 def hloc(args):
     from tf_netvlad.retrieval import hloc as hloc_lib
+    from tf_netvlad.retrieval.index import RetrievalIndex
 
+    flags.check_input(args.images, "--images")
+    flags.check_input(args.queries, "--queries")
     images, root = args.images, args.root
     if args.dataset:  # its images are checked here; its root is the one resolved for it
         parts = ("db",) if args.queries else ("db", "query")
         images = flags.load_dataset(args.dataset, args.root, args.db_root, args.query_root, parts=parts)
         root = None
+    index = RetrievalIndex.load(args.index) if args.index else None
+    pretrained.resolve_model_flag(args)  # after the images and the index
     summary = hloc_lib.export_hloc(
         features=args.features, pairs=args.pairs, model=args.model, images=images,
-        queries=args.queries, index=args.index, root=root, image_dir=args.image_dir,
+        queries=args.queries, index=index, root=root, image_dir=args.image_dir,
         num_matched=args.num_matched, exclude_self=not args.keep_self, min_score=args.min_score,
         image_size=args.image_size, as_half=not args.float32, append=args.append,
         overwrite=args.overwrite, batch_size=args.batch_size, on_error=args.on_error,
