@@ -163,8 +163,13 @@ class ValidationRecall(keras.callbacks.Callback):
             logs[f"val_recall@{n}"] = results[f"recall@{n}"]
 
 
-def _selection_key(logs):
-    return (logs.get("val_recall@5", -1.0), logs.get("val_recall@1", -1.0))
+# The best model: highest validation recall@5 (MATLAB's `pickBestNet`), ties broken by recall@1.
+SELECTED_BY = ("val_recall@5", "val_recall@1")
+
+
+def selection_key(logs):
+    """The tuple `best.keras` is chosen by (greater is better); -1 where a recall is missing."""
+    return tuple(logs.get(key, -1.0) for key in SELECTED_BY)
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
@@ -223,7 +228,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         record = {k: float(v) for k, v in logs.items() if np.isscalar(v) or np.ndim(v) == 0}
         record["epoch"] = int(epoch)
         self.history.append(record)
-        if "val_recall@5" in logs and (self.best is None or _selection_key(logs) > _selection_key(self.best)):
+        if "val_recall@5" in logs and (self.best is None or selection_key(logs) > selection_key(self.best)):
             self.best = record
             if self.write:
                 save_model(self.model, self.out_dir / "best.keras")
