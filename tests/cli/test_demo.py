@@ -12,14 +12,14 @@ from tf_netvlad.training.config import CPU_RECIPE
 
 
 def test_demo_defaults_come_from_the_cpu_recipe():
-    from tf_netvlad.demo import dataset
+    from tf_netvlad.demo import configs
 
     parse = main.build_parser().parse_args
     data = parse(["demo-data", "--out", "d"])
     assert data.config == "demo" and data.image_size is None and data.needs_tensorflow is False
     # unset flags take the preset's values: the demo's images are the CPU recipe's size
-    assert dataset.resolve_params(config=data.config)["image_size"] == list(CPU_RECIPE["image_size"])
-    assert tuple(cli_demo.CONFIG_HELP) == dataset.config_names()
+    assert configs.resolve_params(config=data.config)["image_size"] == list(CPU_RECIPE["image_size"])
+    assert tuple(cli_demo.CONFIG_HELP) == configs.config_names()
     demo = parse(["demo"])
     assert demo.minutes * 60 == CPU_RECIPE["time_limit_s"] and demo.epochs is None
     assert demo.needs_tensorflow is True
@@ -146,9 +146,9 @@ def test_demo_refuses_a_folder_of_another_configuration(monkeypatch, tmp_path, c
     data.mkdir()
     # the parameters `tf_netvlad demo-data --config small` records in manifest.json (its images are
     # not needed to refuse the folder)
-    from tf_netvlad.demo import dataset
+    from tf_netvlad.demo import configs
 
-    (data / "manifest.json").write_text(json.dumps(dataset.resolve_params(config="small")))
+    (data / "manifest.json").write_text(json.dumps(configs.resolve_params(config="small")))
     assert main.main(["demo", "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert err == (f"tf_netvlad demo: error: --data {data} holds the 'small' dataset (seed 11, scale 1), "
@@ -156,7 +156,7 @@ def test_demo_refuses_a_folder_of_another_configuration(monkeypatch, tmp_path, c
                    "--config small --seed 11 --scale 1 to reuse it (Python: data_dir=, config=, seed=, "
                    "data_scale=).\n")
     # made with options `demo` does not take: train on it with `tf_netvlad train`
-    (data / "manifest.json").write_text(json.dumps(dataset.resolve_params(config="small", viewpoint=0.5)))
+    (data / "manifest.json").write_text(json.dumps(configs.resolve_params(config="small", viewpoint=0.5)))
     assert main.main(["demo", "--data", str(data), "--config", "small"]) == 2
     err = capsys.readouterr().err
     assert (f"holds the 'small' dataset (seed 11, scale 1) with other demo-data options (--viewpoint), "

@@ -1,6 +1,5 @@
-"""Tests for tf_netvlad.demo.dataset: determinism, split files, geometry, raw-pixel hardness."""
+"""Tests for tf_netvlad.demo.dataset: determinism, split files, geometry, the configurations' datasets."""
 
-import dataclasses
 import filecmp
 import json
 import os
@@ -12,24 +11,18 @@ import pytest
 from PIL import Image
 
 from tf_netvlad.data import places
-from tf_netvlad.demo import dataset
+from tf_netvlad.demo import configs, dataset
 
-SCALE = 0.15  # 5 + 2 + 3 streets of 63 / 45 / 45 m: 180 db images, 375 + 45 + 22 queries
 TINY = 0.01  # streets of 30 m: 100 db images, 25 + 5 + 5 queries
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "data"
-    return dataset.generate_demo_data(out, seed=0, scale=SCALE, progress=False)
 
 
 def _tree_files(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
-def test_module_does_not_import_tensorflow():
-    code = "import sys, tf_netvlad.demo.dataset; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+@pytest.mark.parametrize("module", ["dataset", "configs", "baseline"])
+def test_module_does_not_import_tensorflow(module):
+    code = f"import sys, tf_netvlad.demo.{module}; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -105,32 +98,10 @@ def test_same_seed_identical_other_seed_differs_and_rerun_is_noop(tmp_path):
 def test_refuses_foreign_directory(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a tf_netvlad demo dataset"):
-        dataset.generate_demo_data(tmp_path, scale=SCALE, progress=False)
+        dataset.generate_demo_data(tmp_path, scale=TINY, progress=False)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match=r"image_size.*\(8, 8\)"):
         dataset.generate_demo_data(tmp_path / "x", image_size=(8, 8))
-
-
-def test_raw_pixel_recall_is_exact_on_identical_images_and_low_on_queries(demo):
-    split = places.load_split(demo["train_mat"])
-    # queries replaced by db images: every query retrieves itself -> recall 1
-    idx = np.arange(0, split.num_db, 7)
-    same = dataclasses.replace(split, query_paths=[split.db_paths[i] for i in idx],
-                               query_utm=split.db_utm[idx], query_conditions=None)
-    assert dataset.raw_pixel_recall(same, ns=(1,)) == {1: 1.0}
-    recall = dataset.raw_pixel_recall(split, ns=(1, 5, 10))
-    assert recall[1] <= recall[5] <= recall[10]
-    # hard for raw pixels even on this small split (chance level ~ 16 positives / 105 db)
-    assert recall[1] < 0.45, recall
-
-
-@pytest.mark.slow
-def test_full_size_dataset_is_hard_for_raw_pixels(tmp_path):
-    paths = dataset.generate_demo_data(tmp_path / "full", progress=False)
-    test = places.load_split(paths["test_mat"])
-    assert (test.num_db, test.num_queries) == (300, 150)
-    recall = dataset.raw_pixel_recall(test)
-    assert recall[1] <= 0.3, recall
 
 
 # --------------------------------------------------------------- configurations (issue 11)
@@ -199,10 +170,10 @@ def test_held_out_configuration_is_deterministic_and_differs_from_the_demo(tmp_p
     match, mismatch, errors = filecmp.cmpfiles(first["root"], again["root"], files, shallow=False)
     assert not mismatch and not errors and len(match) == len(files)
     manifest = json.loads(first["manifest"].read_text())
-    spec = dataset.CONFIGS["other"]
+    spec = configs.CONFIGS["other"]
     assert (manifest["seed"], manifest["image_size"], manifest["db_spacing_m"], manifest["viewpoint"]) == (
         7, [120, 160], 4.0, 1.2)
-    assert manifest["conditions"]["weather"] == list(dataset.CONDITION_MIXES["dark"]["weather"])
+    assert manifest["conditions"]["weather"] == list(configs.CONDITION_MIXES["dark"]["weather"])
     # scale 0.02 of 1,200 / 600 db images, at least a 30 m street (8 images at 4 m) per split
     assert {n: manifest["splits"][n]["db"] for n in ("train", "val", "test")} == {
         "train": 24, "val": 8, "test": 12}
@@ -222,10 +193,10 @@ def test_held_out_configuration_is_deterministic_and_differs_from_the_demo(tmp_p
 
 
 def test_condition_mix_frequencies_follow_the_mix():
-    mix = dataset.parse_conditions("dark")
+    mix = configs.parse_conditions("dark")
     n = 4000
     conds = [dataset._query_condition(np.random.default_rng([5, i]), salt=0, mix=mix) for i in range(n)]
-    for group, values in dataset.CONDITION_GROUPS.items():
+    for group, values in configs.CONDITION_GROUPS.items():
         for value, p in zip(values, mix[group]):
             freq = np.mean([c[group] == value for c in conds])
             assert abs(freq - p) <= 4 * np.sqrt(p * (1 - p) / n), (group, value, freq, p)
@@ -235,23 +206,6 @@ def test_condition_mix_frequencies_follow_the_mix():
     demo = [dataset._query_condition(np.random.default_rng([5, i]), salt=0) for i in range(200)]
     assert {c["weather"] for c in demo} == {"clear"}
     assert all("clear" not in dataset.condition_string(c).split(";") for c in demo)
-
-
-def test_parse_conditions_hand_computed():
-    demo = dataset.parse_conditions(None)
-    assert demo == {"illumination": (0.4, 0.25, 0.35), "season": (0.35, 0.3, 0.35),
-                    "weather": (1.0, 0.0, 0.0), "occluded": 0.4}
-    mix = dataset.parse_conditions("day:2,night:1")
-    assert mix["illumination"] == pytest.approx((2 / 3, 0.0, 1 / 3))
-    assert mix["season"] == demo["season"] and mix["occluded"] == 0.4
-    mix = dataset.parse_conditions("dark,clear:0.5,fog:0.5,occluded:0")
-    assert mix["weather"] == (0.5, 0.0, 0.5) and mix["occluded"] == 0.0
-    assert mix["illumination"] == dataset.CONDITION_MIXES["dark"]["illumination"]
-    assert dataset.parse_conditions("fog", base="weather")["weather"] == (0.0, 0.0, 1.0)
-    for bad, message in (("sunny", "unknown token 'sunny'"), ("day:-1", "must be >= 0"),
-                         ("occluded:2", "probability"), ("day:0", "sum to 0"), ("day:x", "number")):
-        with pytest.raises(ValueError, match=message):
-            dataset.parse_conditions(bad)
 
 
 def test_viewpoint_scales_every_pose_deviation():
@@ -294,32 +248,6 @@ def test_bad_parameters_are_refused_before_anything_is_written(tmp_path):
         with pytest.raises(ValueError, match=message):
             dataset.generate_demo_data(tmp_path / "out", progress=False, **kwargs)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_presets_keep_their_towns_and_large_sizes_move_them_apart():
-    def gaps(params):
-        boxes = {n: dataset._town_box(dict(heading=s["heading"], lengths=s["street_lengths_m"]),
-                                      dataset.CONFIGS[params["config"]]["street_spacing_m"], s["origin"])
-                 for n, s in params["layout"].items()}
-        return [dataset._box_gap(boxes[a], boxes[b]) for a, b in (("train", "val"), ("train", "test"),
-                                                                  ("val", "test"))]
-
-    for name, config in dataset.CONFIGS.items():
-        params = dataset.resolve_params(config=name)
-        assert min(gaps(params)) >= 1000, name
-        for split, spec in config["splits"].items():
-            assert params["layout"][split]["origin"] == list(spec["origin"])
-            if "db" in spec:
-                assert sum(params["layout"][split]["db_per_street"]) == spec["db"]
-            assert params["layout"][split]["queries"] == spec["queries"]
-    assert dataset.resolve_params()["layout"]["train"]["db_per_street"] == [140] * 5  # 700 db
-    assert [c["tuned"] for c in dataset.CONFIGS.values()] == [True, False, False]
-    assert dataset.CONFIGS["small"]["splits"]["train"]["queries"] <= 400
-    # 20,000 training db images: streets of at most 1.5 km, and the other towns moved away
-    big = dataset.resolve_params(config="small", sizes={"train_db": 20_000})
-    assert max(big["layout"]["train"]["street_lengths_m"]) <= 1500
-    assert sum(big["layout"]["train"]["db_per_street"]) == 20_000
-    assert min(gaps(big)) >= 1000
 
 
 def test_parallel_rendering_writes_the_same_files(tmp_path):

@@ -393,7 +393,7 @@ def test_config_validation_and_no_positive_split(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
-# Held-out configurations (`demo.dataset.CONFIGS`, never used to tune the CPU recipe), shrunk to a
+# Held-out configurations (`demo.configs.CONFIGS`, never used to tune the CPU recipe), shrunk to a
 # CI-sized run: (config, dataset scale, refresh cycles, queries per cycle).
 HELD_OUT_RUNS = {"small": ("small", 0.25, 6, 400), "other": ("other", 0.25, 6, 400)}
 

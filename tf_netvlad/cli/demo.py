@@ -11,7 +11,7 @@ from tf_netvlad.cli import flags
 from tf_netvlad.defaults import SEED
 from tf_netvlad.training.config import CPU_RECIPE
 
-# `tf_netvlad.demo.dataset.CONFIGS` names and what they are for; repeated here (and checked equal
+# `tf_netvlad.demo.configs.CONFIGS` names and what they are for; repeated here (and checked equal
 # by the tests) so that `--help` does not import the generator.
 CONFIG_HELP = {
     "demo": "the demo dataset the CPU recipe was tuned on: 700 db / 2,500 training queries, 96x128",
@@ -23,7 +23,7 @@ CONFIG_HELP = {
 # Help suffix of a flag whose unset value (None) means "the preset's": "%(default).0s" prints
 # nothing but stops the help formatter from appending "(default: None)".
 _PRESET = " (default: the preset's)%(default).0s"
-# library argument -> flag, to name the flag in the errors of `dataset.resolve_params`
+# library argument -> flag, to name the flag in the errors of `configs.resolve_params`
 _FLAGS = {"seed": "--seed", "image_size": "--image-size", "scale": "--scale",
           "db_spacing_m": "--db-spacing", "viewpoint": "--viewpoint", "conditions": "--conditions",
           **{f"{s}_{w}": f"--{s}-{w}" for s in ("train", "val", "test") for w in ("db", "queries")}}
@@ -133,10 +133,10 @@ def _non_negative_int(text):
 
 def _conditions(text):
     """Checks a --conditions value at parse time (unknown tokens, bad weights); returns it."""
-    from tf_netvlad.demo import dataset
+    from tf_netvlad.demo import configs
 
     try:
-        dataset.parse_conditions(text)
+        configs.parse_conditions(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
@@ -149,7 +149,7 @@ def _flagged(message):
 
 
 def generate_demo_data(args):
-    from tf_netvlad.demo import dataset
+    from tf_netvlad.demo import configs, dataset
 
     sizes = {f"{s}_{w}": getattr(args, f"{s}_{w}") for s in ("train", "val", "test")
              for w in ("db", "queries")}
@@ -157,7 +157,7 @@ def generate_demo_data(args):
                    db_spacing_m=args.db_spacing, sizes=sizes, conditions=args.conditions,
                    viewpoint=args.viewpoint)
     try:
-        dataset.resolve_params(**options)  # every check before anything is written
+        configs.resolve_params(**options)  # every check before anything is written
     except ValueError as err:
         raise flags.CommandError(_flagged(str(err))) from None
     paths = dataset.generate_demo_data(args.out, workers=args.workers, **options)

@@ -1,11 +1,11 @@
 """The main job (`tf_netvlad demo`): generated data -> k-means init -> train -> evaluate -> export.
 
-`run_demo(config=NAME)` runs it on one of the generated configurations (`demo.dataset.CONFIGS`):
+`run_demo(config=NAME)` runs it on one of the generated configurations (`demo.configs.CONFIGS`):
 "demo", the one the CPU recipe was tuned on, or a held-out one ("small", "other"), so the recipe
 can be seen working on data it was not tuned on. Each configuration has its own default folders
 (`default_paths`): runs on different configurations never share a dataset, a run or a SavedModel
 base. The report puts the trained model beside two baselines on the held-out test split, raw-pixel
-thumbnails (no learning, `dataset.raw_pixel_recall`) and the k-means-initialised model.
+thumbnails (no learning, `baseline.raw_pixel_recall`) and the k-means-initialised model.
 
 A run folder records the dataset it trains on (`RUN_RECORD`), so a rerun with another
 configuration, seed or scale is refused instead of resuming a run trained on other data.
@@ -51,9 +51,9 @@ def data_params(config="demo", seed=None, scale=1.0):
 
     `seed` None takes the configuration's; a ValueError names a bad value (before anything runs).
     """
-    from tf_netvlad.demo import dataset
+    from tf_netvlad.demo import configs
 
-    return _comparable(dataset.resolve_params(config=config, seed=seed, scale=scale))
+    return _comparable(configs.resolve_params(config=config, seed=seed, scale=scale))
 
 
 def _comparable(params):
@@ -170,14 +170,14 @@ def _record_callback(run_dir, params, root):
 def thumbnail_recall(split, ns, grey=True):
     """recall@N of raw-pixel thumbnails on `split` as a results dict (`"recall@N"` keys).
 
-    `dataset.raw_pixel_recall` with the 16x12 thumbnails (`THUMBNAIL_SIZE`), grey or RGB: a
+    `baseline.raw_pixel_recall` with the 16x12 thumbnails (`THUMBNAIL_SIZE`), grey or RGB: a
     nearest-neighbour search on L2-normalised pixels, no learning. It counts every query (a query
     without a positive is a miss); every query of a generated dataset has a positive.
     """
-    from tf_netvlad.demo import dataset
+    from tf_netvlad.demo import baseline
 
     width, height = THUMBNAIL_SIZE
-    recalls = dataset.raw_pixel_recall(split, ns=ns, size=THUMBNAIL_SIZE, grey=grey)
+    recalls = baseline.raw_pixel_recall(split, ns=ns, size=THUMBNAIL_SIZE, grey=grey)
     results = {f"recall@{n}": recalls[n] for n in ns}
     results.update(num_queries=split.num_queries, num_db=split.num_db,
                    descriptor_dim=width * height * (1 if grey else 3),
@@ -204,11 +204,11 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
     Args:
         data_dir, run_dir, saved_model_dir: None takes the configuration's (`default_paths`).
         minutes: training time limit.
-        seed: the dataset seed (None: the configuration's, `dataset.CONFIGS`); the training seed
+        seed: the dataset seed (None: the configuration's, `configs.CONFIGS`); the training seed
             is `defaults.SEED + ` the dataset seed.
         data_scale: multiplies the dataset's sizes (`dataset.generate_demo_data(scale=...)`).
         epochs: refresh cycles (None: the CPU recipe's).
-        config: a name of `dataset.CONFIGS`: "demo" (the CPU recipe was tuned on it), "small", "other".
+        config: a name of `configs.CONFIGS`: "demo" (the CPU recipe was tuned on it), "small", "other".
 
     Returns:
         dict with `config`, `data_params`, `thumbnails` (`grey` / `rgb`), `before` / `after`
