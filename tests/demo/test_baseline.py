@@ -30,3 +30,21 @@ def test_full_size_dataset_is_hard_for_raw_pixels(tmp_path):
     assert (test.num_db, test.num_queries) == (300, 150)
     recall = baseline.raw_pixel_recall(test)
     assert recall[1] <= 0.3, recall
+
+
+def test_grey_and_rgb_thumbnails_in_one_read_equal_one_mode_at_a_time(demo, monkeypatch):
+    from PIL import Image
+
+    split = places.load_split(demo["test_mat"])
+    separate = {"grey": baseline.raw_pixel_recall(split, ns=(1, 5), grey=True),
+                "rgb": baseline.raw_pixel_recall(split, ns=(1, 5), grey=False)}
+    assert separate["grey"] != separate["rgb"]  # two different baselines, not one computed twice
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    both = baseline.raw_pixel_recalls(split, ns=(1, 5), modes=("grey", "rgb"))
+    assert both == separate
+    images = split.db_image_paths() + split.query_image_paths()
+    assert sorted(opened) == sorted(str(p) for p in images)  # every image opened once, for both modes
+    with pytest.raises(ValueError, match="Unknown thumbnail modes"):
+        baseline.raw_pixel_recalls(split, modes=("hsv",))

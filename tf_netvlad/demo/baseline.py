@@ -7,19 +7,47 @@ and the trained model). NumPy + PIL, no TensorFlow.
 
 import numpy as np
 
+MODES = {"grey": "L", "rgb": "RGB"}  # thumbnail kind -> the PIL mode it is converted to
 
-def _thumbnails(paths, size, grey, center):
+
+def _thumbnails(paths, size, modes, center):
+    """{mode: (n, d) L2-normalised thumbnails} of `paths`, each file opened and decoded once."""
     from PIL import Image
-    out = []
+
+    out = {mode: [] for mode in modes}
     for p in paths:
         with Image.open(p) as im:
-            im = im.convert("L" if grey else "RGB").resize(size, Image.BILINEAR)
-            out.append(np.asarray(im, np.float32).reshape(-1))
-    x = np.stack(out)
-    if center:
-        x -= x.mean(axis=1, keepdims=True)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
+            im.load()
+            for mode in modes:
+                small = im.convert(MODES[mode]).resize(size, Image.BILINEAR)
+                out[mode].append(np.asarray(small, np.float32).reshape(-1))
+    result = {}
+    for mode, rows in out.items():
+        x = np.stack(rows)
+        if center:
+            x -= x.mean(axis=1, keepdims=True)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        result[mode] = x
+    return result
+
+
+def raw_pixel_recalls(split, root=None, ns=(1, 5, 10), size=(16, 12), modes=("grey", "rgb"), center=False):
+    """`{mode: {N: recall}}` of `raw_pixel_recall` for several thumbnail kinds ("grey", "rgb"),
+    every image read once for all of them."""
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"Unknown thumbnail modes {sorted(unknown)}; modes: {', '.join(MODES)}.")
+    db = _thumbnails(split.db_image_paths(root), size, modes, center)
+    q = _thumbnails(split.query_image_paths(root), size, modes, center)
+    n_max = min(max(ns), split.num_db)
+    positives = split.positives()
+    results = {}
+    for mode in modes:
+        ranked = np.argsort(-(q[mode] @ db[mode].T), axis=1, kind="stable")[:, :n_max]
+        hit = np.array([np.isin(ranked[i], positives[i]) for i in range(split.num_queries)])
+        first = np.where(hit.any(axis=1), hit.argmax(axis=1), n_max)
+        results[mode] = {int(n): float(np.mean(first < n)) for n in ns}
+    return results
 
 
 def raw_pixel_recall(split, root=None, ns=(1, 5, 10), size=(16, 12), grey=True, center=False):
@@ -29,11 +57,5 @@ def raw_pixel_recall(split, root=None, ns=(1, 5, 10), size=(16, 12), grey=True, 
     subtracts each thumbnail's mean first. Positives: db images within `split.pos_dist_thr`.
     Returns {N: recall} over all queries.
     """
-    db = _thumbnails(split.db_image_paths(root), size, grey, center)
-    q = _thumbnails(split.query_image_paths(root), size, grey, center)
-    n_max = min(max(ns), split.num_db)
-    ranked = np.argsort(-(q @ db.T), axis=1, kind="stable")[:, :n_max]
-    positives = split.positives()
-    hit = np.array([np.isin(ranked[i], positives[i]) for i in range(split.num_queries)])
-    first = np.where(hit.any(axis=1), hit.argmax(axis=1), n_max)
-    return {int(n): float(np.mean(first < n)) for n in ns}
+    mode = "grey" if grey else "rgb"
+    return raw_pixel_recalls(split, root, ns, size, (mode,), center)[mode]

@@ -167,22 +167,27 @@ def _record_callback(run_dir, params, root):
     return RecordDataset()
 
 
-def thumbnail_recall(split, ns, grey=True):
-    """recall@N of raw-pixel thumbnails on `split` as a results dict (`"recall@N"` keys).
+def thumbnail_recalls(split, ns):
+    """recall@N of raw-pixel thumbnails on `split`: `{"grey": results, "rgb": results}`, each a
+    results dict (`"recall@N"` keys).
 
-    `baseline.raw_pixel_recall` with the 16x12 thumbnails (`THUMBNAIL_SIZE`), grey or RGB: a
-    nearest-neighbour search on L2-normalised pixels, no learning. It counts every query (a query
-    without a positive is a miss); every query of a generated dataset has a positive.
+    `baseline.raw_pixel_recalls` with the 16x12 thumbnails (`THUMBNAIL_SIZE`), grey and RGB (every
+    image read once): a nearest-neighbour search on L2-normalised pixels, no learning. It counts
+    every query (a query without a positive is a miss); every query of a generated dataset has a
+    positive.
     """
     from tf_netvlad.demo import baseline
 
     width, height = THUMBNAIL_SIZE
-    recalls = baseline.raw_pixel_recall(split, ns=ns, size=THUMBNAIL_SIZE, grey=grey)
-    results = {f"recall@{n}": recalls[n] for n in ns}
-    results.update(num_queries=split.num_queries, num_db=split.num_db,
-                   descriptor_dim=width * height * (1 if grey else 3),
-                   method=f"raw {width}x{height} {'grey' if grey else 'RGB'} pixel thumbnails")
-    return results
+    recalls = baseline.raw_pixel_recalls(split, ns=ns, size=THUMBNAIL_SIZE, modes=("grey", "rgb"))
+    out = {}
+    for mode, channels, label in (("grey", 1, "grey"), ("rgb", 3, "RGB")):
+        results = {f"recall@{n}": recalls[mode][n] for n in ns}
+        results.update(num_queries=split.num_queries, num_db=split.num_db,
+                       descriptor_dim=width * height * channels,
+                       method=f"raw {width}x{height} {label} pixel thumbnails")
+        out[mode] = results
+    return out
 
 
 def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, seed=None, data_scale=1.0,
@@ -252,8 +257,7 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
 
     image_size = train_config.image_size
     ns = recall.DEFAULT_RECALL_NS
-    thumbnails = {"grey": thumbnail_recall(test_split, ns, grey=True),
-                  "rgb": thumbnail_recall(test_split, ns, grey=False)}
+    thumbnails = thumbnail_recalls(test_split, ns)
     results, ids = {}, {}
     for stage, file in (("before", "init.keras"), ("after", "best.keras")):
         model = load_model(run_dir / file, compile=False)
