@@ -127,7 +127,8 @@ WORKER_SCRIPT = textwrap.dedent("""
     summary = train(sys.argv[1], out_dir=sys.argv[2], strategy=strategy if multi else None,
                     callbacks=[SaveWeights()], resume=True, progress=False, verbose=0,
                     epochs=int(sys.argv[4]), **{recipe})
-    print(json.dumps({{k: summary.get(k) for k in ("status", "worker", "iterations", "last_mining", "files")}}))
+    print(json.dumps({{k: summary.get(k) for k in ("status", "worker", "iterations", "last_mining", "files",
+                                                   "images_in_memory")}}))
 """)
 
 
@@ -212,6 +213,8 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, 
     assert chief["worker"] == {"index": 0, "num_workers": 2, "is_chief": True}
     assert other["worker"]["index"] == 1 and other["files"] == {}  # worker 1 writes nothing
     assert chief["iterations"] == other["iterations"] == ref_summary["iterations"] == 6
+    # every worker trained and mined from the images decoded once, as the single process did
+    assert chief["images_in_memory"] == other["images_in_memory"] == ref_summary["images_in_memory"] == 75
     # (a) identical weights on both workers
     w0, w1 = _weights(weights[0]), _weights(weights[1])
     for a, b in zip(w0, w1):

@@ -337,7 +337,7 @@ class HardNegativeMiner:
             return np.zeros((0, int(model.output_shape[-1])), np.float32), np.zeros(0, np.int64)
         desc, skipped = extract.extract_descriptors(model, paths, root=self.root, image_size=self.image_size,
                                                     batch_size=self.batch_size, progress=self.progress,
-                                                    on_error="skip")
+                                                    on_error="skip", images=self.images)
         if len(skipped) and self.on_bad_image == "skip":
             logger.warning("Mining: skipped %d %s images that could not be loaded.", len(skipped), what)
         return desc, skipped

@@ -189,9 +189,10 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
          resuming, init_stats, start_time, verbose, progress, group=None, extra_callbacks=()):
     chief = group is None or group.is_chief
     val_eval = validation_queries(val_split, cfg.val_max_queries, cfg.seed) if chief else None
-    # every training and validation image decoded once, if they fit in `image_cache_mb`; a
-    # multi-worker run reads only its replicas' rows, from the files
-    images = None if group is not None else decode_splits(
+    # every training and validation image decoded once, if they fit in `image_cache_mb`; under a
+    # multi-worker strategy each worker holds the training images (its replicas' tuples and its
+    # share of every refresh read them), the chief also the validation images
+    images = decode_splits(
         [(train_split, root)] + ([(val_eval, val_root)] if val_eval is not None else []), cfg.image_size,
         cfg.image_cache_mb, cfg.cache_batch_size, progress)
     miner.images = images
@@ -294,6 +295,7 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
     if group is not None and not group.is_chief:  # writes nothing; the chief's summary is the run's
         return {"status": status, "worker": worker, "epochs_done": len(checkpoint_cb.history),
                 "iterations": int(model.optimizer.iterations.numpy()), "last_mining": miner.last_stats,
+                "images_in_memory": 0 if pipeline.images is None else len(pipeline.images),
                 "files": {}, "wall_time_s": time.monotonic() - start_time}
     if val_split is None or not (out_dir / "best.keras").exists():
         save_model(model, out_dir / "best.keras")
