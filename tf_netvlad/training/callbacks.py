@@ -228,9 +228,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         record = {k: float(v) for k, v in logs.items() if np.isscalar(v) or np.ndim(v) == 0}
         record["epoch"] = int(epoch)
         self.history.append(record)
-        if "val_recall@5" in logs and (self.best is None or selection_key(logs) > selection_key(self.best)):
+        if SELECTED_BY[0] in logs and (self.best is None or selection_key(logs) > selection_key(self.best)):
             self.best = record
             if self.write:
                 save_model(self.model, self.out_dir / "best.keras")
-            logger.info("New best model (epoch %d): val recall@5 = %.4f", epoch, logs["val_recall@5"])
+            logger.info("New best model (epoch %d): %s", epoch,
+                        ", ".join(f"{key} = {logs[key]:.4f}" for key in SELECTED_BY if key in logs))
         self.save(epoch, self.control.step, complete=not self.control.partial_epoch)

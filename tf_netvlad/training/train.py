@@ -292,11 +292,11 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
             init_stats, miner, pipeline, start_time, progress, group=None):
     worker = None if group is None else {"index": group.index, "num_workers": group.num_workers,
                                          "is_chief": group.is_chief}
+    in_memory = 0 if pipeline.images is None else len(pipeline.images)
     if group is not None and not group.is_chief:  # writes nothing; the chief's summary is the run's
         return {"status": status, "worker": worker, "epochs_done": len(checkpoint_cb.history),
                 "iterations": int(model.optimizer.iterations.numpy()), "last_mining": miner.last_stats,
-                "images_in_memory": 0 if pipeline.images is None else len(pipeline.images),
-                "files": {}, "wall_time_s": time.monotonic() - start_time}
+                "images_in_memory": in_memory, "files": {}, "wall_time_s": time.monotonic() - start_time}
     if val_split is None or not (out_dir / "best.keras").exists():
         save_model(model, out_dir / "best.keras")
     files = {"init": str(out_dir / "init.keras"), "best": str(out_dir / "best.keras"),
@@ -325,7 +325,7 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
         "queries_without_positives": miner.dropped_queries,
         "tuples_skipped_bad_images": pipeline.skipped,
         "images_skipped_in_cache": int(len(miner.bad_db) + len(miner.bad_queries)),
-        "images_in_memory": 0 if pipeline.images is None else len(pipeline.images),
+        "images_in_memory": in_memory,
         "init_val": init_val,
         "best": checkpoint_cb.best,
         "final": history[-1] if history else None,
