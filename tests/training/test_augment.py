@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_netvlad.training.augment import Augmentation, augment_image, image_seed
+from tf_netvlad.training.augment import Augmentation, augment_image, augment_images, tuple_seed
 
 SEEDS = [(0, 0), (1, 2), (7, 3), (123, 456), (9, 99)]
 
@@ -58,23 +58,63 @@ def test_crop_is_a_zoom_and_shift_of_the_image(seed):
     assert out[0] >= -1e-4 and out[-1] <= width - 1 + 1e-4
 
 
-def test_draws_are_a_function_of_the_seed():
+@pytest.mark.parametrize("seed", SEEDS)
+def test_saturation_blends_each_pixel_with_its_luma(seed):
+    # pure red (255, 0, 0): luma Y = 0.299 * 255; a factor f gives Y + f (255 - Y) in red and
+    # Y (1 - f) in green and blue, so the three channels determine f and must agree on it.
+    image = np.zeros((3, 4, 3), np.float32)
+    image[..., 0] = 255.0
+    out = np.asarray(augment_image(image, seed, _only(saturation=0.3)))[0, 0]
+    luma = 0.299 * 255.0
+    f_red = (out[0] - luma) / (255.0 - luma)
+    f_green = 1.0 - out[1] / luma
+    assert out[1] == pytest.approx(out[2], abs=1e-3)
+    assert f_red == pytest.approx(f_green, abs=1e-4)
+    assert 0.7 - 1e-5 <= f_red <= 1.0 + 1e-5 or 1.0 - 1e-5 <= f_red <= 1.3 + 1e-5
+    if f_red > 1:  # red above 255 is clipped, which keeps the red channel at 255
+        assert out[0] == pytest.approx(255.0, abs=1e-3)
+
+
+def test_hue_turns_the_yiq_chroma_by_at_most_its_strength():
+    # YIQ (NTSC): Y = 0.299 R + 0.587 G + 0.114 B, I = 0.596 R - 0.274 G - 0.322 B,
+    # Q = 0.211 R - 0.523 G + 0.312 B (the hand-written matrix, not the module's). A hue change keeps
+    # Y and the chroma length sqrt(I² + Q²) and turns the chroma by at most hue * 360 degrees.
+    yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    image = np.tile(np.array([120.0, 100.0, 80.0], np.float32), (4, 4, 1))  # a brown, no clipping
+    angles = []
+    for seed in SEEDS:
+        out = np.asarray(augment_image(image, seed, _only(hue=0.03)))[0, 0]
+        before, after = yiq @ image[0, 0], yiq @ out
+        assert after[0] == pytest.approx(before[0], abs=0.05)
+        assert np.hypot(*after[1:]) == pytest.approx(np.hypot(*before[1:]), rel=2e-3)
+        turn = np.degrees(np.arctan2(after[2], after[1]) - np.arctan2(before[2], before[1]))
+        assert abs(turn) <= 0.03 * 360 + 0.1
+        angles.append(turn)
+    assert np.ptp(angles) > 1.0  # the seeds draw different turns
+
+
+def test_draws_are_a_function_of_the_seed_and_each_image_of_a_stack_has_its_own():
     image = np.random.default_rng(1).uniform(0, 255, (16, 12, 3)).astype(np.float32)
+    stack = np.stack([image, image])
     aug = Augmentation()
-    first = np.asarray(augment_image(image, image_seed(3, 1, 10, 0), aug))
-    again = np.asarray(augment_image(image, image_seed(3, 1, 10, 0), aug))
-    other_slot = np.asarray(augment_image(image, image_seed(3, 1, 10, 1), aug))
-    other_cycle = np.asarray(augment_image(image, image_seed(3, 2, 10, 0), aug))
+    first = np.asarray(augment_images(stack, tuple_seed(3, 1, 10), aug))
+    again = np.asarray(augment_images(stack, tuple_seed(3, 1, 10), aug))
+    other_cycle = np.asarray(augment_images(stack, tuple_seed(3, 2, 10), aug))
+    other_row = np.asarray(augment_images(stack, tuple_seed(3, 1, 11), aug))
     np.testing.assert_array_equal(first, again)
-    assert np.abs(first - other_slot).mean() > 1.0
+    assert np.abs(first[0] - first[1]).mean() > 1.0  # the same image in two slots: two draws
     assert np.abs(first - other_cycle).mean() > 1.0
-    assert first.shape == image.shape and first.min() >= 0 and first.max() <= 255
+    assert np.abs(first - other_row).mean() > 1.0
+    assert first.shape == stack.shape and first.min() >= 0 and first.max() <= 255
+    # a stack's image k is what augment_image gives for it alone only for k = 0 (row 0 of the draws)
+    np.testing.assert_allclose(np.asarray(augment_image(image, tuple_seed(3, 1, 10), aug)), first[0],
+                               atol=1e-3)
 
 
 def test_works_inside_a_tf_data_map():
     images = tf.data.Dataset.from_tensor_slices(np.full((3, 8, 8, 3), 128.0, np.float32))
     ds = images.enumerate().map(
-        lambda i, x: augment_image(x, image_seed(0, 0, i, 0), _only(brightness=0.1)))
+        lambda i, x: augment_image(x, tuple_seed(0, 0, i), _only(brightness=0.1)))
     values = [float(x[0, 0, 0]) for x in ds]
     assert len(set(values)) == 3
 

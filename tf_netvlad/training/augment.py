@@ -4,18 +4,38 @@ Every image of a tuple (the query, each positive, each negative) gets its own sm
 descriptor learns what a place looks like under light and framing it was not photographed in:
 
 * geometric: a random crop of `min_crop`..1 of each side at a random offset, resized back to the
-  image size (a small zoom and shift, like a camera a few metres off or turned a few degrees);
-* photometric: brightness (± `brightness` of the full range), contrast and saturation (factors in
-  [1 - c, 1 + c]) and hue (± `hue` of the colour circle).
+  image size (bilinear; a small zoom and shift, like a camera a few metres off or turned a few
+  degrees);
+* photometric: brightness (± `brightness` of the full range), contrast (distances to the image's
+  mean per channel scaled by a factor in [1 - c, 1 + c]), saturation (each pixel blended with its
+  luma: factor in [1 - s, 1 + s], 0 would be grey) and hue (the chroma plane of YIQ rotated by
+  ± `hue` of a full turn; grey pixels stay grey).
+
+The colour changes are linear maps per image, so they run on a whole stack of images at once, in one
+XLA-compiled pass over its pixels (`_colour`): a tuple of 8 images at 96×128 costs about a
+millisecond, where the per-image `tf.image` colour ops cost several (benchmarks/RESULTS.md).
 
 The draws are stateless: a function of the 2-int seed a caller derives from (run seed, refresh cycle,
-tuple row, image slot), so a resumed run repeats the augmentations of an uninterrupted one, and the
-parallel tf.data map is deterministic. Images are float32 RGB in 0..255, shape `(H, W, 3)`.
+tuple row) (`tuple_seed`); image k of a stack takes row k of the draws, so a resumed run repeats the
+augmentations of an uninterrupted one and the parallel tf.data map is deterministic. Images are
+float32 RGB in 0..255, shape `(n, H, W, 3)` (`augment_images`) or `(H, W, 3)` (`augment_image`).
 """
 
 import dataclasses
+import math
 
+import numpy as np
 import tensorflow as tf
+
+# RGB -> YIQ (NTSC); Y is the luma the saturation blends towards, (I, Q) the chroma plane hue turns.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.595716, -0.274453, -0.321263],
+                        [0.211456, -0.522591, 0.311135]])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+_LUMA = _RGB_TO_YIQ[0].astype(np.float32)
+# Columns of the draws: crop side h, side w, top, left (in [0, 1)), then brightness, contrast,
+# saturation, hue (in [-1, 1) times the strength).
+_NUM_DRAWS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,50 +65,82 @@ class Augmentation:
     def is_identity(self):
         return self == Augmentation.none()
 
+    @property
+    def changes_colour(self):
+        return any(getattr(self, name) > 0 for name in ("brightness", "contrast", "saturation", "hue"))
 
-def _uniform(seed, low, high):
-    return tf.random.stateless_uniform([], seed, minval=low, maxval=high, dtype=tf.float32)
+
+def _crop(images, draws, min_crop):
+    """Image k cropped to sides `s_h`, `s_w` in [min_crop, 1] at a uniform offset, resized back."""
+    size = tf.shape(images)[1:3]
+    side_h = min_crop + (1.0 - min_crop) * draws[:, 0]
+    side_w = min_crop + (1.0 - min_crop) * draws[:, 1]
+    top = draws[:, 2] * (1.0 - side_h)
+    left = draws[:, 3] * (1.0 - side_w)
+    boxes = tf.stack([top, left, top + side_h, left + side_w], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), size)
 
 
-def _random_crop(image, seed, min_crop):
-    """A crop of `s_h`, `s_w` in [min_crop, 1] of each side at a uniform offset, resized back."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    seeds = tf.random.experimental.stateless_split(seed, num=4)
-    side_h = _uniform(seeds[0], min_crop, 1.0)
-    side_w = _uniform(seeds[1], min_crop, 1.0)
-    top = _uniform(seeds[2], 0.0, 1.0) * (1.0 - side_h)
-    left = _uniform(seeds[3], 0.0, 1.0) * (1.0 - side_w)
-    box = tf.stack([top, left, top + side_h, left + side_w])[None]
-    return tf.image.crop_and_resize(image[None], box, [0], tf.stack([height, width]))[0]
+def _hue_matrices(turns):
+    """`(n, 3, 3)` RGB -> RGB maps rotating the YIQ chroma plane by `turns` of a full circle."""
+    angle = 2.0 * math.pi * tf.cast(turns, tf.float64)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    one, zero = tf.ones_like(angle), tf.zeros_like(angle)
+    rotation = tf.stack([tf.stack([one, zero, zero], 1),
+                         tf.stack([zero, cos, -sin], 1),
+                         tf.stack([zero, sin, cos], 1)], 1)
+    return tf.cast(tf.einsum("ij,njk,kl->nil", _YIQ_TO_RGB, rotation, _RGB_TO_YIQ), tf.float32)
+
+
+def _per_image(values):
+    return values[:, None, None, None]
+
+
+@tf.function(jit_compile=True)
+def _colour(images, brightness, contrast, saturation, hue_maps):
+    """The photometric changes of a stack in one fused pass; `None` parts are off (traced away)."""
+    unit = images / 255.0
+    if brightness is not None:
+        unit = unit + _per_image(brightness)
+    if contrast is not None:
+        mean = tf.reduce_mean(unit, axis=[1, 2], keepdims=True)
+        unit = mean + (unit - mean) * _per_image(contrast)
+    unit = tf.clip_by_value(unit, 0.0, 1.0)
+    if saturation is not None:
+        luma = tf.reduce_sum(unit * _LUMA, axis=-1, keepdims=True)
+        unit = tf.clip_by_value(luma + (unit - luma) * _per_image(saturation), 0.0, 1.0)
+    if hue_maps is not None:  # out[c] = sum_d M[c, d] in[d], per image
+        unit = tf.clip_by_value(tf.einsum("nhwd,ncd->nhwc", unit, hue_maps), 0.0, 1.0)
+    return unit * 255.0
+
+
+def augment_images(images, seed, augmentation):
+    """A stack `(n, H, W, 3)`, image k changed by row k of the stateless draws of `seed` (`(2,)`)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    if augmentation.is_identity:
+        return images
+    draws = tf.random.stateless_uniform([tf.shape(images)[0], _NUM_DRAWS], tf.cast(seed, tf.int64))
+    if augmentation.min_crop < 1:
+        images = _crop(images, draws, augmentation.min_crop)
+    if not augmentation.changes_colour:
+        return images
+
+    def signed(column, strength):  # uniform in [-strength, strength), or None when off
+        return None if strength == 0 else strength * (2.0 * draws[:, column] - 1.0)
+
+    brightness = signed(4, augmentation.brightness)
+    contrast = None if augmentation.contrast == 0 else 1.0 + signed(5, augmentation.contrast)
+    saturation = None if augmentation.saturation == 0 else 1.0 + signed(6, augmentation.saturation)
+    hue = None if augmentation.hue == 0 else _hue_matrices(signed(7, augmentation.hue))
+    return _colour(images, brightness, contrast, saturation, hue)
 
 
 def augment_image(image, seed, augmentation):
-    """One image, changed by the stateless draws of `seed` (int32/int64 `(2,)`); same shape, 0..255."""
-    if augmentation.is_identity:
-        return image
-    image = tf.convert_to_tensor(image, tf.float32)
-    seed = tf.cast(seed, tf.int64)
-    seeds = tf.random.experimental.stateless_split(seed, num=5)
-    if augmentation.min_crop < 1:
-        image = _random_crop(image, seeds[0], augmentation.min_crop)
-    unit = image / 255.0
-    if augmentation.brightness > 0:
-        unit = unit + _uniform(seeds[1], -augmentation.brightness, augmentation.brightness)
-    if augmentation.contrast > 0:
-        factor = _uniform(seeds[2], 1 - augmentation.contrast, 1 + augmentation.contrast)
-        mean = tf.reduce_mean(unit, axis=[0, 1], keepdims=True)
-        unit = mean + (unit - mean) * factor
-    unit = tf.clip_by_value(unit, 0.0, 1.0)
-    if augmentation.saturation > 0:
-        factor = _uniform(seeds[3], 1 - augmentation.saturation, 1 + augmentation.saturation)
-        unit = tf.clip_by_value(tf.image.adjust_saturation(unit, factor), 0.0, 1.0)
-    if augmentation.hue > 0:
-        unit = tf.image.adjust_hue(unit, _uniform(seeds[4], -augmentation.hue, augmentation.hue))
-    return tf.clip_by_value(unit, 0.0, 1.0) * 255.0
+    """One image `(H, W, 3)`, changed by the stateless draws of `seed` (int32/int64 `(2,)`)."""
+    return augment_images(tf.convert_to_tensor(image, tf.float32)[None], seed, augmentation)[0]
 
 
-def image_seed(base_seed, cycle, row, slot):
-    """The `(2,)` int64 seed of image `slot` of tuple `row` in refresh cycle `cycle` of a run."""
+def tuple_seed(base_seed, cycle, row):
+    """The `(2,)` int64 seed of the images of tuple `row` in refresh cycle `cycle` of a run."""
     seed = tf.stack([tf.cast(base_seed, tf.int64), tf.cast(cycle, tf.int64)])
-    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(row, tf.int64))
-    return tf.random.experimental.stateless_fold_in(seed, tf.cast(slot, tf.int64))
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(row, tf.int64))

@@ -113,7 +113,8 @@ class TrainConfig:
       per refresh cycle (`tf_netvlad.training.augment`); off in both recipes (MATLAB has none; in
       10-minute CPU runs on the held-out configurations, images in memory, it cost 12-21 % of the
       steps and 5.5-10 points of test recall@5: "small" 49.0 -> 43.5 %, "other" 55.0 -> 45.0 %;
-      short runs lack steps, not data).
+      with its cost cut to about 4 % of the steps by changing a tuple's images together, it
+      still lost on "other", 33.5 -> 29.0 % recall@1 and 54.5 -> 43.5 % @5, and tied on "small").
     * `db_queries`: the training split's database images also train as queries
       (`PlaceSplit.with_database_queries`: positives the other database images within 10 m, never
       the image itself; negatives beyond 25 m). Positions are the only labels, and the database has
@@ -273,7 +274,8 @@ RESUME_DEFAULTS = {"refresh_slowdown": False, "exclude_trivial_m2": None, "viola
 #   (budget + db_queries, no augmentation).
 # Augmentation stays off: in those 10-minute runs it did not help (0.230 with, 0.260 without; the
 # runs are short of steps, not over-fitted), nor with the images in memory (recall@5 on "small"
-# 0.490 -> 0.435 with it, on "other" 0.550 -> 0.450). The paper recipe's MATLAB rules that were not part of
+# 0.490 -> 0.435 with it, on "other" 0.550 -> 0.450), nor once it was cheap (4 % of the steps;
+# "other" 0.545 -> 0.435, "small" 0.405 -> 0.445; docs/recipes.md). The paper recipe's MATLAB rules that were not part of
 # the tuning stay off here (`loss_reduction` "sum", `violating_only` False, `exclude_trivial_m2`
 # None): see `TrainConfig`.
 CPU_RECIPE = dict(backbone="tiny_s2", weights=None, trainable_from=None, num_clusters=16,

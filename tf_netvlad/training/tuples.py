@@ -30,9 +30,10 @@ built after the table is filled, declares the epoch's exact length (`tf.data` ca
 shows `n/N` and stops without the warning. That dataset is valid for that table only: the training
 loop (`training.train`) mines first, then runs one `fit` per refresh cycle on such a dataset.
 
-Augmentation (`augmentation=`, a `training.augment.Augmentation`; the CPU recipe's): every image of
-a tuple is changed by its own stateless draws, seeded by (`seed`, refresh cycle, row, slot), so the
-same row of the same cycle always gets the same images (resume and parallel reads are unaffected).
+Augmentation (`augmentation=`, a `training.augment.Augmentation`; the CPU recipe's): the images of a
+tuple are changed together (`augment.augment_images`), each slot by its own row of stateless draws
+seeded by (`seed`, refresh cycle, row), so the same row of the same cycle always gets the same images
+(resume and parallel reads are unaffected); padding positives stay black.
 
 Images that fail to load during an epoch (`on_bad_image`): "stop" fails with an
 `InvalidArgumentError` whose message contains `TUPLE_IMAGE_ERROR row=<i>` and the tuple's files
@@ -184,33 +185,34 @@ class TuplePipeline:
         height, width = self.image_size
         paths = (tf.constant(self.query_paths), tf.constant(self.db_paths))
 
-        def load(part, image_id, slot):  # part 0: a query, 1: a database image
+        def load(part, image_id):  # part 0: a query, 1: a database image
             if self.images is None:
-                image = load_image(tf.gather(paths[part], image_id), self.image_size)
-            else:  # a failed image fails the tuple, as a failed file does
-                memory_row = tf.gather(self._memory_rows[part], image_id)
-                with tf.control_dependencies([tf.debugging.Assert(tf.gather(self._ok, memory_row), [image_id])]):
-                    image = tf.gather(self.images.pixels, memory_row)
-            if self.augmentation is None:
-                return image
-            seed = augment.image_seed(self.seed, self.cycle, index, slot)
-            return augment.augment_image(image, seed, self.augmentation)
+                return load_image(tf.gather(paths[part], image_id), self.image_size)
+            # a failed image fails the tuple, as a failed file does
+            memory_row = tf.gather(self._memory_rows[part], image_id)
+            with tf.control_dependencies([tf.debugging.Assert(tf.gather(self._ok, memory_row), [image_id])]):
+                return tf.gather(self.images.pixels, memory_row)
 
-        query = load(0, row[0], 0)
         positive_ids = row[1 : 1 + self.num_positives]
         mask = positive_ids >= 0
         positives = []
         for i in range(self.num_positives):
             image_id = tf.maximum(positive_ids[i], 0)
-            positives.append(tf.cond(mask[i], lambda i_=image_id, slot=1 + i: load(1, i_, slot),
+            positives.append(tf.cond(mask[i], lambda i_=image_id: load(1, i_),
                                      lambda: tf.zeros([height, width, 3], tf.float32)))
         negative_ids, negative_mask = _decode_negatives(row[1 + self.num_positives :])
-        negatives = [load(1, negative_ids[j], 1 + self.num_positives + j) for j in range(self.num_negatives)]
+        negatives = [load(1, negative_ids[j]) for j in range(self.num_negatives)]
+        images = tf.stack([load(0, row[0])] + positives + negatives)  # the row's slots, in order
+        if self.augmentation is not None:  # one draw per slot; padding positives stay black
+            images = augment.augment_images(images, augment.tuple_seed(self.seed, self.cycle, index),
+                                            self.augmentation)
+            keep = tf.concat([[True], mask, tf.ones([self.num_negatives], tf.bool)], 0)
+            images = tf.where(keep[:, None, None, None], images, 0.0)
         return index, {
-            "query": query,
-            "positives": tf.stack(positives),
+            "query": images[0],
+            "positives": images[1 : 1 + self.num_positives],
             "positive_mask": tf.cast(mask, tf.float32),
-            "negatives": tf.stack(negatives),
+            "negatives": images[1 + self.num_positives :],
             "negative_mask": negative_mask,
         }
 
