@@ -58,21 +58,21 @@ def test_crop_is_a_zoom_and_shift_of_the_image(seed):
     assert out[0] >= -1e-4 and out[-1] <= width - 1 + 1e-4
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_saturation_blends_each_pixel_with_its_luma(seed):
-    # pure red (255, 0, 0): luma Y = 0.299 * 255; a factor f gives Y + f (255 - Y) in red and
-    # Y (1 - f) in green and blue, so the three channels determine f and must agree on it.
-    image = np.zeros((3, 4, 3), np.float32)
-    image[..., 0] = 255.0
-    out = np.asarray(augment_image(image, seed, _only(saturation=0.3)))[0, 0]
-    luma = 0.299 * 255.0
-    f_red = (out[0] - luma) / (255.0 - luma)
-    f_green = 1.0 - out[1] / luma
-    assert out[1] == pytest.approx(out[2], abs=1e-3)
-    assert f_red == pytest.approx(f_green, abs=1e-4)
-    assert 0.7 - 1e-5 <= f_red <= 1.0 + 1e-5 or 1.0 - 1e-5 <= f_red <= 1.3 + 1e-5
-    if f_red > 1:  # red above 255 is clipped, which keeps the red channel at 255
-        assert out[0] == pytest.approx(255.0, abs=1e-3)
+def test_saturation_blends_each_pixel_with_its_luma():
+    # (150, 100, 80): luma Y = 0.299·150 + 0.587·100 + 0.114·80 = 112.67 (by hand). A factor f gives
+    # Y + f (c - Y) per channel, in 0..255 for every f in [0.7, 1.3], so each channel gives back the
+    # same f, and the luma is kept.
+    pixel = np.array([150.0, 100.0, 80.0])
+    luma = 112.67
+    image = np.tile(pixel.astype(np.float32), (3, 4, 1))
+    factors = []
+    for seed in SEEDS:
+        out = np.asarray(augment_image(image, seed, _only(saturation=0.3)))[1, 2]
+        f = (out - luma) / (pixel - luma)
+        assert np.ptp(f) < 1e-3 and 0.7 - 1e-4 <= f[0] <= 1.3 + 1e-4, f
+        assert out @ [0.299, 0.587, 0.114] == pytest.approx(luma, abs=0.01)
+        factors.append(f[0])
+    assert np.ptp(factors) > 0.05  # the seeds draw different factors
 
 
 def test_hue_turns_the_yiq_chroma_by_at_most_its_strength():
