@@ -162,3 +162,47 @@ def test_unreadable_image_errors_name_cli_flags_not_python_arguments(tiny_model,
                       "--out", str(tmp_path / "init.keras")]) == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and err.rstrip().endswith("Fix or remove the file.") and "on_error" not in err
+
+
+# A command line per input flag of `flags.INPUT_FIELDS` (the missing path is `{tmp}/missing`, the
+# other inputs exist or are not given), and the flag its error must name.
+MISSING_INPUTS = [
+    (["train", "--dataset", "{tmp}/missing", "--out", "{tmp}/run"], "--dataset"),
+    (["train", "--dataset", "{tmp}/ok.mat", "--val", "{tmp}/missing", "--out", "{tmp}/run"], "--val"),
+    (["train", "--dataset", "{tmp}/ok.mat", "--root", "{tmp}/missing", "--out", "{tmp}/run"], "--root"),
+    (["train", "--dataset", "{tmp}/ok.mat", "--val", "{tmp}/ok.mat", "--val-query-root", "{tmp}/missing",
+      "--out", "{tmp}/run"], "--val-query-root"),
+    (["evaluate", "--dataset", "{tmp}/ok.mat", "--db-root", "{tmp}/missing", "--backbone", "tiny",
+      "--json", "{tmp}/r.json"], "--db-root"),
+    (["evaluate-map", "--model", "{tmp}/m.keras", "--gt", "{tmp}/missing", "--images", "{tmp}"], "--gt"),
+    (["index", "--images", "{tmp}/missing", "--model", "{tmp}/m.keras", "--out", "{tmp}/index"], "--images"),
+    (["hloc", "--model", "{tmp}/m.keras", "--images", "{tmp}", "--queries", "{tmp}/missing",
+      "--features", "{tmp}/f.h5"], "--queries"),
+]
+
+
+def test_a_missing_input_fails_in_one_line_before_tensorflow_and_writes_nothing(tmp_path):
+    """`tf_netvlad train --dataset typo.mat` used to import TensorFlow (≈ 8 s) before it said so.
+    One fresh process runs every command line; each must exit 2 with one line naming the flag and
+    the path, with TensorFlow and Keras never imported and nothing created in the folder."""
+    (tmp_path / "ok.mat").write_bytes(b"not read: the missing input is refused first")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argvs = [[a.replace("{tmp}", str(tmp_path)) for a in argv] for argv, _ in MISSING_INPUTS]
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from tf_netvlad.cli import main\n"
+        "results = []\n"
+        f"for argv in {argvs!r}:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        status = main.main(argv)\n"
+        "    results.append([status, err.getvalue()])\n"
+        "print(json.dumps([results, 'tensorflow' in sys.modules, 'keras' in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    results, tf_imported, keras_imported = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert (tf_imported, keras_imported) == (False, False)
+    for (argv, flag), (status, err) in zip(MISSING_INPUTS, results):
+        assert status == 2, (argv, err)
+        assert err == f"tf_netvlad {argv[0]}: error: {flag} {tmp_path}/missing: no such file or folder.\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

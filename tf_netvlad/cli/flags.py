@@ -244,6 +244,22 @@ def check_output(path, flag, suffixes=(), directory=False):
         raise CommandError(f"{where}: cannot write into {folder} (permission denied or read-only).")
 
 
+# Namespace fields that name an input file or folder wherever a command has them (`--dataset`,
+# `--val`, the roots, `--gt`, `--images`, `--queries`); `cli.main` refuses a missing one before
+# TensorFlow is imported. `--index` and `--model` are left to their loaders, which say more (not an
+# index; a pretrained name or URI).
+INPUT_FIELDS = ("dataset", "root", "db_root", "query_root", "val", "val_root", "val_db_root",
+                "val_query_root", "gt", "images", "queries")
+
+
+def check_inputs(args):
+    """Refuses, naming its flag, the first input of `INPUT_FIELDS` in `args` that does not exist."""
+    for field in INPUT_FIELDS:
+        path = getattr(args, field, None)
+        if isinstance(path, (str, os.PathLike)):
+            check_input(path, "--" + field.replace("_", "-"))
+
+
 def check_input(path, flag):
     """Refuses an input `path` (a file or folder the command reads) that does not exist, naming
     `flag`; `path` None or "" (not given) passes. Handlers call it for inputs their loaders only

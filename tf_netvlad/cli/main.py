@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from tf_netvlad.cli import demo, evaluate, export, model, pretrained, retrieval, train
+from tf_netvlad.cli import demo, evaluate, export, flags, model, pretrained, retrieval, train
 from tf_netvlad.cli.flags import CommandError
 
 # Each group module adds its subcommands, in this order in --help: from the demo to deployment.
@@ -111,6 +111,7 @@ def main(argv=None):
     try:
         if getattr(args, "check", None) is not None:
             args.check(args)  # outputs and numbers: before TensorFlow, a download or a model load
+        flags.check_inputs(args)  # then a missing --dataset, --val, --images ...: before TensorFlow
         if args.needs_tensorflow and not args.verbose:
             import_tensorflow_quietly()
         return args.func(args)
