@@ -1,4 +1,4 @@
-"""Training-time augmentation of the tuple images (the CPU recipe's; MATLAB's `trainWeakly.m` has none).
+"""Training-time augmentation of the tuple images (`--augment`; off in both recipes, see `TrainConfig`).
 
 Every image of a tuple (the query, each positive, each negative) gets its own small change, so the
 descriptor learns what a place looks like under light and framing it was not photographed in:

@@ -30,7 +30,7 @@ built after the table is filled, declares the epoch's exact length (`tf.data` ca
 shows `n/N` and stops without the warning. That dataset is valid for that table only: the training
 loop (`training.train`) mines first, then runs one `fit` per refresh cycle on such a dataset.
 
-Augmentation (`augmentation=`, a `training.augment.Augmentation`; the CPU recipe's): the images of a
+Augmentation (`augmentation=`, a `training.augment.Augmentation`; `--augment`): the images of a
 tuple are changed together (`augment.augment_images`), each slot by its own row of stateless draws
 seeded by (`seed`, refresh cycle, row), so the same row of the same cycle always gets the same images
 (resume and parallel reads are unaffected); padding positives stay black.
