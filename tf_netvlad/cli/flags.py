@@ -253,7 +253,8 @@ INPUT_FIELDS = ("dataset", "root", "db_root", "query_root", "val", "val_root", "
 
 
 def check_inputs(args):
-    """Refuses, naming its flag, the first input of `INPUT_FIELDS` in `args` that does not exist."""
+    """Refuses, naming its flag, the first input of `INPUT_FIELDS` in `args` that does not exist
+    (a list, such as `localize`'s positional images, is left to its command)."""
     for field in INPUT_FIELDS:
         path = getattr(args, field, None)
         if isinstance(path, (str, os.PathLike)):
@@ -262,8 +263,8 @@ def check_inputs(args):
 
 def check_input(path, flag):
     """Refuses an input `path` (a file or folder the command reads) that does not exist, naming
-    `flag`; `path` None or "" (not given) passes. Handlers call it for inputs their loaders only
-    read later, so that a typo fails before `--model NAME` is downloaded."""
+    `flag`; `path` None or "" (not given) passes. `check_inputs` calls it for every input flag
+    before TensorFlow is imported, so that a typo fails before `--model NAME` is downloaded."""
     if path and not os.path.exists(path):
         raise CommandError(f"{flag} {os.fspath(path)}: no such file or folder.")
 

@@ -108,7 +108,6 @@ def index(args):
 
     if bool(args.dataset) == bool(args.images):
         raise flags.CommandError("Pass exactly one of --dataset FILE or --images DIR.")
-    flags.check_input(args.images, "--images")
     images = args.images
     if args.dataset:  # only the database images are indexed: only they must exist
         images = flags.load_dataset(args.dataset, args.root, args.db_root, parts=("db",))
@@ -189,8 +188,6 @@ def hloc(args):
     from tf_netvlad.retrieval import hloc as hloc_lib
     from tf_netvlad.retrieval.index import RetrievalIndex
 
-    flags.check_input(args.images, "--images")
-    flags.check_input(args.queries, "--queries")
     images, root = args.images, args.root
     if args.dataset:  # its images are checked here; its root is the one resolved for it
         parts = ("db",) if args.queries else ("db", "query")
