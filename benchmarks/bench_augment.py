@@ -1,10 +1,10 @@
-"""The CPU recipe's tuple augmentation: what it costs per batch, and what the fused form saves.
+"""Tuple augmentation (`--augment`): what it costs per batch, and what the fused form saves.
 
 A batch of the CPU recipe is 4 tuples × (1 query + 2 positives + 5 negatives) = 32 images at
-96×128. Timed, interleaved in one process (median over rounds, per batch of 32 images):
+96×128. Timed, interleaved in one process (median over rounds, per batch of 32 images; each
+variant but the pipelines is one `tf.function`, as a tf.data map is one graph):
 
 * `fused`: `training.augment.augment_images` as the pipeline calls it, once per tuple of 8 images
-  (each variant is one `tf.function`, as a tf.data map is one graph)
   (crop_and_resize of the stack, then one XLA-compiled pass for brightness, contrast, saturation
   and hue), 4 calls;
 * `fused, colour only` / `crop only`: its two halves;
@@ -105,7 +105,8 @@ def main(argv=None):
             start = time.perf_counter()
             for _ in range(repeats):
                 out = run()
-            np.asarray(out[-1]) if not isinstance(out[-1], dict) else None
+            if not isinstance(out[-1], dict):  # a tensor: wait for it (pipelines yield NumPy)
+                out[-1].numpy()
             times[name].append((time.perf_counter() - start) / (repeats * per_call))
     print(f"{'variant':<22} ms per batch of 32 images (median of {args.rounds} rounds)")
     for name, values in times.items():

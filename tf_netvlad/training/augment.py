@@ -126,14 +126,12 @@ def augment_images(images, seed, augmentation):
     if not augmentation.changes_colour:
         return images
 
-    def signed(column, strength):  # uniform in [-strength, strength), or None when off
-        return None if strength == 0 else strength * (2.0 * draws[:, column] - 1.0)
+    def around(centre, column, strength):  # uniform in centre ± strength, or None when off
+        return None if strength == 0 else centre + strength * (2.0 * draws[:, column] - 1.0)
 
-    brightness = signed(4, augmentation.brightness)
-    contrast = None if augmentation.contrast == 0 else 1.0 + signed(5, augmentation.contrast)
-    saturation = None if augmentation.saturation == 0 else 1.0 + signed(6, augmentation.saturation)
-    hue = None if augmentation.hue == 0 else _hue_matrices(signed(7, augmentation.hue))
-    return _colour(images, brightness, contrast, saturation, hue)
+    hue = around(0.0, 7, augmentation.hue)
+    return _colour(images, around(0.0, 4, augmentation.brightness), around(1.0, 5, augmentation.contrast),
+                   around(1.0, 6, augmentation.saturation), None if hue is None else _hue_matrices(hue))
 
 
 def augment_image(image, seed, augmentation):
