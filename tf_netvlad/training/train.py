@@ -38,7 +38,7 @@ from tf_netvlad.data.images import diagnose_image
 from tf_netvlad.evaluation import recall
 from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
 from tf_netvlad.models.model import build_model, load_model, save_model
-from tf_netvlad.training import augment, distributed, mining, tuples
+from tf_netvlad.training import augment, distributed, input_checks, mining, tuples
 from tf_netvlad.training.callbacks import (
     RunControl,
     TrainingCheckpoint,
@@ -104,7 +104,7 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
     root = train_split.root if root is None else root
     val_root = (val_split.root if val_root is None else val_root) if val_split is not None else None
     # positives, one batch, negatives, validation positives: from the positions, before anything runs
-    mining.check_training_input(cfg, train_split, val_split, sources)
+    input_checks.check_training_input(cfg, train_split, val_split, sources)
     # every image the run will read, checked before the run directory, the model and the k-means
     places.check_images(train_split, root=root, flags=_ROOT_ARGS,
                         source=_source(sources[0], "train_split", train_split))
