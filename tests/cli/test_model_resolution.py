@@ -4,17 +4,17 @@ A pretrained name is a download of hundreds of MB and a conversion. `cli.main` u
 `--model` before every handler, so `tf_netvlad evaluate --model netvlad_vgg16_pitts30k --dataset
 typo.mat` fetched and converted the weights, then said the dataset does not exist. Now each of the
 seven commands with `--model` resolves it once its dataset, ground truth, index or image folders
-are read. The table points at the local `FileServer` of `tests/convert/test_pretrained.py`; a
+are read. The table points at the local `FileServer` of `tests/convert/test_download.py`; a
 missing input must fail with its one-line error and no request reaching the server.
 """
 
 import pytest
 
-from tests.convert import test_pretrained as convert_tests
+from tests.convert import test_download as download_tests
 from tests.convert.test_pretrained import HLOC_PATH, mat_entry, use_table
 from tf_netvlad.cli import main, pretrained
 
-file_server, keras_home = convert_tests.file_server, convert_tests.keras_home
+file_server, keras_home = download_tests.file_server, download_tests.keras_home
 
 NAME = "netvlad_vgg16_pitts30k"
 

@@ -1,6 +1,6 @@
 """`tf_netvlad models` and `--model NAME` / `--model https://…` through `tf_netvlad.cli.main.main`.
 
-The files are served by the local `FileServer` of `tests/convert/test_pretrained.py` (a
+The files are served by the local `FileServer` of `tests/convert/test_download.py` (a
 struct-form MatConvNet `.mat` of the layout hloc serves, written by the converter tests' writer);
 `KERAS_HOME` is a tmp folder and the table is monkeypatched to point at the server.
 """
@@ -14,13 +14,14 @@ import zipfile
 
 import pytest
 
-from tests.convert import test_pretrained as convert_tests
-from tests.convert.test_pretrained import HLOC_PATH, closed_port_url, mat_entry, use_table
+from tests.convert import test_download as download_tests
+from tests.convert.test_download import closed_port_url
+from tests.convert.test_pretrained import HLOC_PATH, mat_entry, use_table
 from tf_netvlad.cli import main
-from tf_netvlad.convert import pretrained
+from tf_netvlad.convert import download, pretrained
 
-# The local HTTP server and the KERAS_HOME of the converter tests.
-file_server, keras_home = convert_tests.file_server, convert_tests.keras_home
+# The local HTTP server and the KERAS_HOME of the download tests.
+file_server, keras_home = download_tests.file_server, download_tests.keras_home
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +113,12 @@ def test_models_lists_names_sizes_sources_and_cache_state(keras_home, monkeypatc
             ("b_downloaded", "b_WPCA512.pth.tar", 512, "pytorch", "Patch-NetVLAD"),
             ("c_absent", "c_WPCA128.pth.tar", 128, "pytorch", "Patch-NetVLAD")))
     use_table(monkeypatch, converted, downloaded, absent)
-    os.makedirs(pretrained.cache_dir())
+    os.makedirs(download.cache_dir())
     record = {"file_sha256": "ab" * 32, "tf_netvlad_version": "9.9", "converter": "matconvnet",
               "converted_at": "2025-01-01T00:00:00+00:00"}
-    with zipfile.ZipFile(pretrained.cached_model_path(converted), "w") as archive:  # a .keras zip's metadata
+    with zipfile.ZipFile(download.cached_model_path(converted), "w") as archive:  # a .keras zip's metadata
         archive.writestr("metadata.json", json.dumps({"keras_version": "3", pretrained.SOURCE_KEY: record}))
-    open(pretrained.cached_download_path(downloaded), "wb").close()
+    open(download.cached_download_path(downloaded), "wb").close()
 
     assert main.main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()

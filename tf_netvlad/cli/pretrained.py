@@ -9,7 +9,7 @@ Listing imports neither TensorFlow nor Keras.
 import os
 
 from tf_netvlad.cli import flags
-from tf_netvlad.convert import pretrained
+from tf_netvlad.convert import download, pretrained
 
 
 def add_commands(subparsers):
@@ -39,18 +39,18 @@ def list_models(args):
         return _show(pretrained.get_entry(args.name))
     rows = [("NAME", "DIM", "CONVERTER", "CACHED", "SOURCE")]
     for name, entry in pretrained.PRETRAINED.items():
-        rows.append((name, str(entry.descriptor_dim), entry.converter, _STATE[pretrained.cache_state(entry)],
+        rows.append((name, str(entry.descriptor_dim), entry.converter, _STATE[download.cache_state(entry)],
                      entry.source))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
-    print(f"\ncache: {pretrained.cache_dir()} (KERAS_HOME/tf_netvlad)")
+    print(f"\ncache: {download.cache_dir()} (KERAS_HOME/tf_netvlad)")
     print("use: tf_netvlad evaluate --model NAME ...; in Python: tf_netvlad.load_pretrained(NAME)")
     return 0
 
 
 def _show(entry):
-    model_path, download_path = pretrained.cached_model_path(entry), pretrained.cached_download_path(entry)
+    model_path, download_path = download.cached_model_path(entry), download.cached_download_path(entry)
     lines = [
         ("name", entry.name), ("model", entry.description), ("descriptor", f"{entry.descriptor_dim}-D"),
         ("url", entry.url), ("source", entry.source), ("converter", entry.converter),

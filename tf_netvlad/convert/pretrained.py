@@ -3,40 +3,36 @@
 `load_pretrained("netvlad_vgg16_pitts30k")` (CLI: `--model netvlad_vgg16_pitts30k`) downloads the
 publisher's file into the Keras cache (`$KERAS_HOME/tf_netvlad/`, default `~/.keras/tf_netvlad/`)
 with `keras.utils.get_file` and its progress bar, checks its size and hash where the publisher
-gives them, converts it with `convert_matconvnet` / `convert_pytorch` and caches the converted
-`NAME.keras` beside it. Later calls load that file: no download, no conversion. The `.keras`
-file records where it came from (URL, SHA-256 of the downloaded file, converter, tf_netvlad
-version) in its `metadata.json` under `tf_netvlad_source`; `read_model_source` reads it back.
-
-A download is written to a hidden `.part` file and renamed only once it is complete and its
-checks passed, so a cut connection, a hash mismatch or Ctrl-C leaves nothing in the cache.
+gives them (`tf_netvlad.convert.download`), converts it with `convert_matconvnet` /
+`convert_pytorch` and caches the converted `NAME.keras` beside it. Later calls load that file: no
+download, no conversion. The `.keras` file records where it came from (URL, SHA-256 of the
+downloaded file, converter, tf_netvlad version) in its `metadata.json` under
+`tf_netvlad_source`; `read_model_source` reads it back.
 
 `resolve_model_arg` is what `--model` goes through: a local path stays as it is, a name from the
 table becomes its cached `.keras` file, and `https://…/model.keras`, `hf://OWNER/REPO/FILE.keras`
-and `kaggle://OWNER/MODEL/FRAMEWORK/VARIATION[/VERSION]/FILE.keras` are downloaded once (https:
-into the same cache; hf/kaggle: by `huggingface_hub` / `kagglehub` into their own caches).
+and `kaggle://OWNER/MODEL/FRAMEWORK/VARIATION[/VERSION]/FILE.keras` are downloaded once by
+`download.fetch_model_uri` (https: into the same cache; hf/kaggle: by `huggingface_hub` /
+`kagglehub` into their own caches).
 
 Importing this module does not import TensorFlow or Keras (`tf_netvlad models` lists the table
 without them); downloading and converting do.
 """
 
-import contextlib
 import dataclasses
 import datetime
-import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 import urllib.parse
 import zipfile
 
+from tf_netvlad.convert import download
 from tf_netvlad.data.fileio import atomic_path
 from tf_netvlad.version import __version__
 
-CACHE_SUBDIR = "tf_netvlad"
 # Key of the provenance record in the converted model's `metadata.json` (inside the .keras zip).
 SOURCE_KEY = "tf_netvlad_source"
 CONVERTERS = ("matconvnet", "pytorch")
@@ -120,38 +116,7 @@ PRETRAINED = {entry.name: entry for entry in (
 )}
 
 
-# --------------------------------------------------------------------------- cache
-
-
-def keras_home():
-    """The Keras cache folder as Keras picks it: `$KERAS_HOME`, else `~/.keras` (`/tmp/.keras`
-    when that exists but is not writable). Read at call time, so a changed `KERAS_HOME` counts."""
-    base = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
-    if os.path.exists(base) and not os.access(base, os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    return base
-
-
-def cache_dir():
-    """`<Keras cache>/tf_netvlad`: downloads and converted models."""
-    return os.path.join(keras_home(), CACHE_SUBDIR)
-
-
-def cached_download_path(entry):
-    """Where the publisher's file of `entry` is kept: `<cache>/NAME.mat` or `NAME.pth.tar`."""
-    return os.path.join(cache_dir(), entry.name + entry.suffix)
-
-
-def cached_model_path(entry):
-    """Where the converted model of `entry` is kept: `<cache>/NAME.keras`."""
-    return os.path.join(cache_dir(), entry.name + ".keras")
-
-
-def cache_state(entry):
-    """"converted" (NAME.keras cached), "downloaded" (only the publisher's file) or "no"."""
-    if os.path.isfile(cached_model_path(entry)):
-        return "converted"
-    return "downloaded" if os.path.isfile(cached_download_path(entry)) else "no"
+# --------------------------------------------------------------------------- by name
 
 
 def get_entry(name):
@@ -163,74 +128,6 @@ def get_entry(name):
             "(`tf_netvlad models` lists them)."
         )
     return entry
-
-
-# --------------------------------------------------------------------------- download
-
-
-def _file_digests(path):
-    sha256, md5, size = hashlib.sha256(), hashlib.md5(), 0
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha256.update(block)
-            md5.update(block)
-            size += len(block)
-    return {"sha256": sha256.hexdigest(), "md5": md5.hexdigest(), "size": size}
-
-
-def _check_published(entry, digests):
-    """ValueError when the file's size or hash differs from what the publisher states."""
-    for what, expected in (("size", entry.size), ("sha256", entry.sha256), ("md5", entry.md5)):
-        if expected is not None and str(digests[what]).lower() != str(expected).lower():
-            raise ValueError(
-                f"The file downloaded for {entry.name!r} from {entry.url} has {what} {digests[what]}, "
-                f"but the publisher's is {expected} (corrupted download or the file was replaced); "
-                "nothing was cached. Try again, or report it if it persists."
-            )
-
-
-@contextlib.contextmanager
-def _fetched(url, target, what):
-    """Downloads `url` (Keras `get_file`, progress bar) to a hidden `.part` file beside `target`.
-
-    Yields the `.part` path; when the block succeeds the file is renamed onto `target`, and on
-    any error (including the block's own checks, or Ctrl-C) it is removed, so `target` only ever
-    appears complete. A failed or cut download raises ConnectionError naming the URL.
-    """
-    import keras
-
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, exist_ok=True)
-    part = f".{os.path.basename(target)}.{os.getpid()}.part"
-    part_path = os.path.join(folder, part)
-    try:
-        try:
-            keras.utils.get_file(fname=part, origin=url, cache_dir=folder, cache_subdir=folder,
-                                 force_download=True)
-        except Exception as err:  # get_file wraps URL errors in a bare Exception
-            detail = " ".join(str(err).split()) or type(err).__name__
-            detail = re.sub(r"^URL fetch failure on \S+: (None -- )?", "", detail)
-            raise ConnectionError(f"Could not download {what} from {url} ({detail}).") from err
-        yield part_path
-        os.replace(part_path, target)
-    finally:
-        if os.path.exists(part_path):
-            os.remove(part_path)
-
-
-def _download(entry, target):
-    """Downloads `entry` to `target`, checked against the published size/hash; returns digests."""
-    try:
-        with _fetched(entry.url, target, f"pretrained model {entry.name!r}") as part_path:
-            digests = _file_digests(part_path)
-            _check_published(entry, digests)
-    except ConnectionError as err:
-        raise ConnectionError(
-            f"{err} Nothing was cached. Without internet access here: download {entry.url} on another "
-            f"machine, then either put it at {cached_download_path(entry)} and run again, or "
-            f"convert it by hand: `{entry.convert_command()}` and pass --model {entry.name}.keras."
-        ) from err.__cause__
-    return digests
 
 
 def _check_converter_available(entry):
@@ -330,20 +227,20 @@ def fetch_pretrained(name):
         ImportError: a PyTorch checkpoint without torch installed (before any download).
     """
     entry = get_entry(name)
-    model_path = cached_model_path(entry)
+    model_path = download.cached_model_path(entry)
     if os.path.isfile(model_path):
         return model_path
     _check_converter_available(entry)
-    download_path = cached_download_path(entry)
+    download_path = download.cached_download_path(entry)
     if os.path.isfile(download_path):  # downloaded earlier, or put there by hand
-        digests = _file_digests(download_path)
+        digests = download.file_digests(download_path)
         try:
-            _check_published(entry, digests)
+            download.check_published(entry, digests)
         except ValueError:
             os.remove(download_path)
             raise
     else:
-        digests = _download(entry, download_path)
+        digests = download.download_entry(entry, download_path)
     _convert(entry, download_path, digests, model_path)
     return model_path
 
@@ -374,69 +271,6 @@ def load_pretrained(name):
 
 # --------------------------------------------------------------------------- --model NAME / URI
 
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_MODEL_FORMS = ("a .keras file, a pretrained name (tf_netvlad models), or an https://, hf:// or "
-                "kaggle:// URI of a .keras file")
-
-
-def _https_model(uri, flag):
-    path = urllib.parse.urlsplit(uri).path
-    if not path.endswith(".keras"):
-        raise ValueError(f"{flag} {uri}: the URL must name a .keras file (takes {_MODEL_FORMS}).")
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    target = os.path.join(cache_dir(), "remote", key, os.path.basename(path))
-    if os.path.isfile(target):
-        return target
-    try:
-        with _fetched(uri, target, "the model") as part_path:
-            if not zipfile.is_zipfile(part_path):
-                raise ValueError(f"{flag} {uri}: the downloaded file is not a .keras (zip) file; "
-                                 "nothing was cached.")
-    except ConnectionError as err:
-        raise ConnectionError(f"{flag}: {err} Nothing was cached.") from err.__cause__
-    return target
-
-
-def _import_hub(module, scheme):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"{scheme}:// model URIs need the `{module}` package: pip install {module}") from None
-
-
-def _hub_download(uri, flag, call):
-    try:
-        path = call()
-    except Exception as err:  # network, authentication, missing repo or file
-        detail = " ".join(str(err).split()) or type(err).__name__
-        raise OSError(f"{flag}: could not download {uri}: {type(err).__name__}: {detail}") from err
-    return os.fspath(path)
-
-
-def _hf_model(uri, flag):
-    parts = uri[len("hf://"):].strip("/").split("/")
-    if len(parts) < 3 or not parts[-1].endswith(".keras"):
-        raise ValueError(
-            f"{flag} {uri}: hf:// URIs must name a .keras file in the repository, "
-            "hf://OWNER/REPO/PATH/FILE.keras."
-        )
-    hub = _import_hub("huggingface_hub", "hf")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    return _hub_download(uri, flag, lambda: hub.hf_hub_download(repo_id=repo_id, filename=filename))
-
-
-def _kaggle_model(uri, flag):
-    parts = uri[len("kaggle://"):].strip("/").split("/")
-    handle_len = 5 if len(parts) >= 6 and parts[4].isdigit() else 4
-    if len(parts) <= handle_len or not parts[-1].endswith(".keras"):
-        raise ValueError(
-            f"{flag} {uri}: kaggle:// URIs must name a .keras file of a Kaggle model, "
-            "kaggle://OWNER/MODEL/FRAMEWORK/VARIATION[/VERSION]/FILE.keras."
-        )
-    hub = _import_hub("kagglehub", "kaggle")
-    handle, file = "/".join(parts[:handle_len]), "/".join(parts[handle_len:])
-    return _hub_download(uri, flag, lambda: hub.model_download(handle, path=file))
-
 
 def resolve_model_arg(spec, flag="--model"):
     """A `--model` value as a local `.keras` path.
@@ -445,27 +279,15 @@ def resolve_model_arg(spec, flag="--model"):
     cached once (`fetch_pretrained`); `https://` / `http://` URIs of a `.keras` file are
     downloaded once into `<cache>/remote/`; `hf://OWNER/REPO/FILE.keras` and
     `kaggle://OWNER/MODEL/FRAMEWORK/VARIATION[/VERSION]/FILE.keras` through `huggingface_hub` /
-    `kagglehub`. Anything else that is neither a file nor a path-like value (no folder, no
+    `kagglehub` (`download.fetch_model_uri`). Anything else that is neither a file nor a path-like value (no folder, no
     `.keras`) is refused with the list of valid names; other values pass through for the
     command's own "file not found" error.
     """
     if spec is None:
         return None
     text = os.fspath(spec)
-    match = _URI.match(text)
-    if match:
-        scheme = match.group(1).lower()
-        if scheme in ("http", "https"):
-            path = _https_model(text, flag)
-        elif scheme == "hf":
-            path = _hf_model(text, flag)
-        elif scheme == "kaggle":
-            path = _kaggle_model(text, flag)
-        else:
-            raise ValueError(f"{flag} {text}: unsupported URI scheme {scheme!r}; {flag} takes {_MODEL_FORMS}.")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag} {text}: the download gave no file at {path}.")
-        return path
+    if download.is_uri(text):
+        return download.fetch_model_uri(text, flag)
     if os.path.exists(text):
         return text
     if text in PRETRAINED:
