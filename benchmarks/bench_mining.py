@@ -98,12 +98,12 @@ def _median(values):
 
 
 def _build(cfg, data_dir, scale):
-    from tf_netvlad.data import places
+    from tf_netvlad.data import split_loading
     from tf_netvlad.demo import dataset
     from tf_netvlad.models.model import build_model
 
     paths = dataset.generate_demo_data(data_dir, scale=scale, progress=False)
-    split = places.load_split(paths["train_mat"])
+    split = split_loading.load_split(paths["train_mat"])
     model = build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
                         num_clusters=cfg.num_clusters)
     # Centroids from random local features would need an extraction pass; the cost of a refresh

@@ -376,11 +376,11 @@ def pipeline_ms_per_batch(cfg, data_dir, batches=60, warmup=10, memory=False):
     buffer cannot hide the production cost."""
     import numpy as np
 
-    from tf_netvlad.data import places
+    from tf_netvlad.data import split_loading
     from tf_netvlad.data.decoded import DecodedImages
     from tf_netvlad.training import tuples
 
-    split = places.load_split(os.path.join(data_dir, "demo_train.mat"))
+    split = split_loading.load_split(os.path.join(data_dir, "demo_train.mat"))
     images = (DecodedImages.load(list(split.db_paths) + list(split.query_paths), split.root, cfg.image_size)
               if memory else None)
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
-"""Small builders the tests share: images written to disk, a toy descriptor model, and the import of
-an optional dependency that CI requires. Fixtures built on them live in `tests/conftest.py`."""
+"""Small builders the tests share: images written to disk, a toy descriptor model, a toy split, and the
+import of an optional dependency that CI requires. Fixtures built on them live in `tests/conftest.py`."""
 
 import importlib
 import os
@@ -64,3 +64,17 @@ def import_optional(module, require_env):
         except ImportError as err:
             pytest.fail(f"{require_env}=1 but `import {module}` failed: {err}")
     return pytest.importorskip(module)
+
+
+def toy_split(rng, n_db=200, n_q=50, extent=300.0, timestamps=False, **kw):
+    """A `PlaceSplit` "toy_test": `n_db` database images and `n_q` queries at random positions in an
+    `extent` m square near Pittsburgh (UTM), with random time stamps 0..3 when `timestamps`."""
+    from tf_netvlad.data.places import PlaceSplit
+
+    db = rng.uniform(0, extent, size=(n_db, 2)) + [580000.0, 4470000.0]
+    q = rng.uniform(0, extent, size=(n_q, 2)) + [580000.0, 4470000.0]
+    ts = {}
+    if timestamps:
+        ts = dict(db_timestamps=rng.integers(0, 4, n_db), query_timestamps=rng.integers(0, 4, n_q))
+    return PlaceSplit("toy_test", [f"db/{i:04d}.jpg" for i in range(n_db)], db,
+                      [f"q/{i:04d}.jpg" for i in range(n_q)], q, **ts, **kw)

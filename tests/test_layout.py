@@ -43,7 +43,7 @@ def _part(module):
 
 
 def _resolve(name):
-    """The module file an import names: `tf_netvlad.data.places.load_split` -> `tf_netvlad.data.places`."""
+    """The module file an import names: `tf_netvlad.data.places.PlaceSplit` -> `tf_netvlad.data.places`."""
     parts = name.split(".")
     while parts:
         candidate = REPO.joinpath(*parts)

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import tf_netvlad
-from tf_netvlad.data import places
+from tf_netvlad.data import split_loading
 from tf_netvlad.demo import dataset as demo_data
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "train_netvlad.ipynb"
@@ -133,7 +133,7 @@ def test_training_notebook_runs(tiny_demo, tmp_path, monkeypatch):
     # verbose=2 prints "2/2 - ..." once per cycle (it prints no step count for an unknown
     # length), and no fit runs out of data.
     assert "ran out of data" not in outputs and "Unknown" not in outputs
-    train = places.load_split(tiny_demo["train_mat"])
+    train = split_loading.load_split(tiny_demo["train_mat"])
     with_positive = int(np.sum((np.linalg.norm(train.query_utm[:, None] - train.db_utm[None], axis=2) ** 2
                                 <= train.non_triv_pos_dist_sq_thr).any(axis=1)))
     steps = math.ceil(min(CYCLE_QUERIES, with_positive) / tf_netvlad.CPU_RECIPE["batch_size"])
@@ -185,7 +185,7 @@ def test_training_notebook_runs(tiny_demo, tmp_path, monkeypatch):
         assert trained[key] != pytest.approx(init[key], rel=1e-3, abs=1e-4), (key, init, trained)
 
     # The test table: thumbnails (against an independent NumPy reference), k-means init, trained.
-    test = places.load_split(tiny_demo["test_mat"])
+    test = split_loading.load_split(tiny_demo["test_mat"])
     ns = (1, 5, 10, 20)
     assert probe["thumbnails"] == pytest.approx(_thumbnail_recall(test, ns))
     rows = _table_rows(_texts(_cell(notebook, "format_recall_table([thumbnails, before, after]")))

@@ -33,7 +33,7 @@ _PUBLIC = {
     "ImagePreprocessing": "tf_netvlad.layers.preprocessing",
     # data
     "PlaceSplit": "tf_netvlad.data.places",
-    "load_split": "tf_netvlad.data.places",
+    "load_split": "tf_netvlad.data.split_loading",
     "latlon_to_utm": "tf_netvlad.data.utm",
     "utm_to_latlon": "tf_netvlad.data.utm",
     # models
@@ -60,7 +60,7 @@ _PUBLIC = {
     "evaluate_map": "tf_netvlad.evaluation.oxford_paris",
     "format_map_table": "tf_netvlad.evaluation.oxford_paris",
     # retrieval
-    "build_retrieval_index": "tf_netvlad.retrieval.index",
+    "build_retrieval_index": "tf_netvlad.retrieval.build",
     "RetrievalIndex": "tf_netvlad.retrieval.index",
     "localize": "tf_netvlad.retrieval.localize",
     "export_hloc": "tf_netvlad.retrieval.hloc",

@@ -59,7 +59,7 @@ PAPER_IMAGE_SIZE = (480, 640)
 
 # Place ground truth (dbStruct `posDistThr` / `nonTrivPosDistSqThr`): a database image within
 # 25 m of a query is a positive for evaluation (and a correct localisation); training positives
-# are those within 10 m (squared: 100 m²). `data.places`, `data.split_files`, the demo data,
+# are those within 10 m (squared: 100 m²). `data.places`, `data.dbstruct`, the demo data,
 # `retrieval.localize`.
 POS_DIST_THR_M = 25.0
 NON_TRIV_POS_DIST_SQ_THR_M2 = 100.0
@@ -74,7 +74,7 @@ TRIVIAL_POS_DIST_SQ_M2 = 1.0
 DEMO_IMAGE_SIZE = (96, 128)
 
 # Images per streamed chunk of a retrieval-index build or add (the resume unit;
-# `retrieval.index`, CLI `index --chunk-size`).
+# `retrieval.build`, `retrieval.index`, CLI `index --chunk-size`).
 INDEX_CHUNK_SIZE = 256
 # Retrieved database images per query when localising (`retrieval.localize`, CLI `--top-k`).
 LOCALIZE_TOP_K = 5

@@ -239,7 +239,7 @@ def test_demo_on_a_held_out_configuration_reports_thumbnails_init_and_trained(mo
     # queries against 30 db images), one refresh cycle of 15 steps, evaluation and export.
     import json
 
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.demo import dataset, run
 
     monkeypatch.chdir(tmp_path)

@@ -18,8 +18,8 @@ def test_evaluate_off_the_shelf_with_backbone(tiny_demo, tmp_path):
 
 
 def test_dataset_without_queries_is_refused(tmp_path, capsys):
+    from tf_netvlad.data.dbstruct import write_mat
     from tf_netvlad.data.places import PlaceSplit
-    from tf_netvlad.data.split_files import write_mat
 
     split = PlaceSplit(name="empty", db_paths=["a.jpg", "b.jpg"], db_utm=np.zeros((2, 2)),
                        query_paths=[], query_utm=np.zeros((0, 2)))
@@ -33,8 +33,8 @@ def _write_tokyo247_mat(folder):
     portrait / 800x600 landscape JPEGs: day, sunset, night) each at its own panorama."""
     from PIL import Image
 
+    from tf_netvlad.data.dbstruct import write_mat
     from tf_netvlad.data.places import PlaceSplit
-    from tf_netvlad.data.split_files import write_mat
 
     rng = np.random.default_rng(0)
     (folder / "db").mkdir(parents=True)

@@ -58,7 +58,7 @@ class Resolved(Exception):
 
 @pytest.fixture(scope="module")
 def built_index(tiny_demo, tiny_model, tmp_path_factory):
-    from tf_netvlad.retrieval.index import build_retrieval_index
+    from tf_netvlad.retrieval.build import build_retrieval_index
 
     out = tmp_path_factory.mktemp("resolution") / "index"
     folder = tiny_demo["root"] / "images" / "test" / "database"

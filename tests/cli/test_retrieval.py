@@ -11,7 +11,7 @@ from tf_netvlad.cli import main
 
 
 def test_index_then_localize_database_images(tiny_demo, tmp_path, capsys):
-    from tf_netvlad.data import places
+    from tf_netvlad.data import split_loading
 
     model_path = tmp_path / "m.keras"
     test_mat = str(tiny_demo["test_mat"])
@@ -19,7 +19,7 @@ def test_index_then_localize_database_images(tiny_demo, tmp_path, capsys):
                      "--num-images", "10", "--per-image", "30", "--out", str(model_path)]) == 0
     index_dir = tmp_path / "index"
     assert main.main(["index", "--model", str(model_path), "--dataset", test_mat, "--out", str(index_dir)]) == 0
-    split = places.load_split(test_mat)
+    split = split_loading.load_split(test_mat)
     assert f"({split.num_db} images" in capsys.readouterr().out
     queries = [str(tmp_path / "q0.jpg"), str(tmp_path / "q1.jpg")]
     for i, q in enumerate(queries):  # database images as queries: their own top-1

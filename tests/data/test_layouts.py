@@ -1,4 +1,4 @@
-"""Dataset roots as their authors ship them (`tf_netvlad.data.layouts`, `places.load_split`): layout
+"""Dataset roots as their authors ship them (`tf_netvlad.data.layouts`, `split_loading.load_split`): layout
 detection, overrides, the image check and its errors, and `tf_netvlad evaluate` on each layout.
 
 The fixtures reproduce the distributed trees with tiny images:
@@ -26,8 +26,9 @@ import pytest
 import scipy.io
 
 from tests.helpers import write_block_images
-from tf_netvlad.data import layouts, places
-from tf_netvlad.data.split_files import listed_paths, write_csv, write_mat
+from tf_netvlad.data import layouts, split_loading
+from tf_netvlad.data.dbstruct import write_mat
+from tf_netvlad.data.split_files import listed_paths, write_csv
 
 PITTS_DB = ["000/000829_pitch1_yaw1.jpg", "000/000829_pitch1_yaw2.jpg",
             "001/001046_pitch2_yaw12.jpg", "001/001047_pitch1_yaw1.jpg"]
@@ -111,7 +112,7 @@ def test_each_official_layout_is_detected_and_written_back_unchanged(tmp_path, c
         write_images(root, db_folder, q_folder, db_names, q_names, db_suffix=suffix)
     mat = write_dbstruct(tmp_path / "specs" / f"{case}.mat", db_names, q_names, timestamps=stamps)
 
-    split = places.load_split_checked(mat, root=root)
+    split = split_loading.load_split_checked(mat, root=root)
     assert source in split.layout.name and split.root == str(root)
     assert (split.layout.db.folder, split.layout.query.folder) == (db_folder, q_folder)
     want_db = [os.path.join(root, db_folder, os.path.splitext(n)[0] + (suffix or ".jpg"))
@@ -124,14 +125,14 @@ def test_each_official_layout_is_detected_and_written_back_unchanged(tmp_path, c
     back = scipy.io.loadmat(str(write_mat(split, tmp_path / "back.mat")))["dbStruct"].item()
     assert [f[0].item() for f in back[1]] == db_names
     assert [f[0].item() for f in back[4 if stamps else 3]] == q_names
-    assert places.load_split(tmp_path / "back.mat", root=root).db_paths == split.db_paths
-    csv_back = places.load_split(write_csv(split, tmp_path / "back.csv"), root=root)
+    assert split_loading.load_split(tmp_path / "back.mat", root=root).db_paths == split.db_paths
+    csv_back = split_loading.load_split(write_csv(split, tmp_path / "back.csv"), root=root)
     assert csv_back.db_paths == split.db_paths and csv_back.query_paths == split.query_paths
 
 
 def test_pytorch_netvlad_root_is_the_parent_of_datasets(tmp_path):
     mat = pittsburgh_as_distributed(tmp_path / "pittsburgh")
-    split = places.load_split_checked(mat)  # no root: the .mat's folder, then its parent
+    split = split_loading.load_split_checked(mat)  # no root: the .mat's folder, then its parent
     assert split.root == str(tmp_path / "pittsburgh")
     assert split.db_paths[0] == "000/000829_pitch1_yaw1.jpg"
     assert split.query_paths[0] == "queries_real/000/000546_pitch1_yaw1.jpg"
@@ -142,8 +143,8 @@ def test_db_root_and_query_root_override_detection(tmp_path):
     write_images(tmp_path / "disk1", "", "", PITTS_DB, [])
     write_images(tmp_path / "disk2", "pitts_db_copy", "q", PITTS_DB, PITTS_Q)
     mat = write_dbstruct(tmp_path / "specs" / "pitts30k_val.mat", PITTS_DB, PITTS_Q)
-    split = places.load_split_checked(mat, root=tmp_path / "disk2", db_root=tmp_path / "disk1",
-                                      query_root=tmp_path / "disk2" / "q")
+    split = split_loading.load_split_checked(mat, root=tmp_path / "disk2", db_root=tmp_path / "disk1",
+                                             query_root=tmp_path / "disk2" / "q")
     assert split.layout.name == "given folders (--db-root / --query-root)"
     assert split.db_paths[0] == os.path.join(tmp_path, "disk1", PITTS_DB[0])  # outside root: absolute
     assert split.query_paths[0] == os.path.join("q", PITTS_Q[0])  # inside root: relative
@@ -151,17 +152,17 @@ def test_db_root_and_query_root_override_detection(tmp_path):
     (tmp_path / "folder" / "database").mkdir(parents=True)
     (tmp_path / "folder" / "queries").mkdir()
     with pytest.raises(ValueError, match="apply to .mat and .csv"):
-        places.load_split(tmp_path / "folder", db_root=tmp_path)
+        split_loading.load_split(tmp_path / "folder", db_root=tmp_path)
 
 
 def test_root_matching_no_layout_lists_the_folders_tried_and_the_flags(tmp_path):
     mat = write_dbstruct(tmp_path / "pitts30k_test.mat", PITTS_DB, PITTS_Q)
     (tmp_path / "somewhere_else").mkdir()
-    split = places.load_split(mat, root=tmp_path / "somewhere_else")  # loading alone does not check
+    split = split_loading.load_split(mat, root=tmp_path / "somewhere_else")  # loading alone does not check
     assert not split.layout.db.found and split.layout.name.startswith("no known layout")
     with pytest.raises(FileNotFoundError) as err:
-        places.load_split_checked(mat, root=tmp_path / "somewhere_else",
-                                  flags=("--root", "--db-root", "--query-root"))
+        split_loading.load_split_checked(mat, root=tmp_path / "somewhere_else",
+                                         flags=("--root", "--db-root", "--query-root"))
     message = str(err.value)
     assert "\n" not in message and message.startswith(str(mat))
     assert "4 of 4 database images not found, no known dataset layout matched (looked in" in message
@@ -176,14 +177,14 @@ def test_root_matching_no_layout_lists_the_folders_tried_and_the_flags(tmp_path)
 def test_check_reports_the_missing_images_of_a_detected_layout(tmp_path):
     mat = pittsburgh_matlab(tmp_path / "pitts")
     os.remove(tmp_path / "pitts" / "images" / PITTS_DB[1])  # the sample is first/second/.../last
-    split = places.load_split(mat, root=tmp_path / "pitts")
+    split = split_loading.load_split(mat, root=tmp_path / "pitts")
     assert split.layout.db.folder == "images"
     with pytest.raises(FileNotFoundError, match=r"1 of 4 database images not found \(looked in "
                        + str(tmp_path / "pitts" / "images") + ".*000829_pitch1_yaw2.jpg.*root="):
-        places.check_images(split)
-    places.check_images(split, parts=("query",))  # the queries are all there
+        split_loading.check_images(split)
+    split_loading.check_images(split, parts=("query",))  # the queries are all there
     with pytest.raises(ValueError, match="'db' or 'query'"):
-        places.check_images(split, parts=("database",))
+        split_loading.check_images(split, parts=("database",))
 
 
 def test_missing_files_lists_each_folder_once(tmp_path, monkeypatch):

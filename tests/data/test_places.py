@@ -1,26 +1,18 @@
-"""Tests for tf_netvlad.data.places: readers/writers, UTM conversion and KD-tree positives."""
+"""Tests for tf_netvlad.data.places: `PlaceSplit` (validation, KD-tree positives, derived splits),
+CSV round trips through it, and UTM conversion."""
 
 import math
 import sys
 
 import numpy as np
 import pytest
-import scipy.io
 
-from tf_netvlad.data import split_files, utm
-from tf_netvlad.data.places import PlaceSplit, load_split
-from tf_netvlad.data.split_files import parse_utm_filename, write_csv, write_mat
+from tests.helpers import toy_split
+from tf_netvlad.data import utm
+from tf_netvlad.data.places import PlaceSplit
+from tf_netvlad.data.split_files import write_csv
+from tf_netvlad.data.split_loading import load_split
 from tf_netvlad.data.utm import latlon_to_utm, utm_zone
-
-
-def _toy_split(rng, n_db=200, n_q=50, extent=300.0, timestamps=False, **kw):
-    db = rng.uniform(0, extent, size=(n_db, 2)) + [580000.0, 4470000.0]
-    q = rng.uniform(0, extent, size=(n_q, 2)) + [580000.0, 4470000.0]
-    ts = {}
-    if timestamps:
-        ts = dict(db_timestamps=rng.integers(0, 4, n_db), query_timestamps=rng.integers(0, 4, n_q))
-    return PlaceSplit("toy_test", [f"db/{i:04d}.jpg" for i in range(n_db)], db,
-                      [f"q/{i:04d}.jpg" for i in range(n_q)], q, **ts, **kw)
 
 
 def _brute_force(split, radius, exclude_m2=None, timestamps=False):
@@ -58,7 +50,7 @@ def test_validation_errors_name_the_argument():
 
 
 def test_positives_match_brute_force(rng):
-    split = _toy_split(rng)
+    split = toy_split(rng)
     for radius in (None, 10.0, 40.0):
         got = split.positives(radius)
         want = _brute_force(split, split.pos_dist_thr if radius is None else radius)
@@ -70,7 +62,7 @@ def test_positives_match_brute_force(rng):
 
 
 def test_non_trivial_positives_with_exclusions(rng):
-    split = _toy_split(rng, timestamps=True)
+    split = toy_split(rng, timestamps=True)
     # put db image 0 at 0.5 m from query 0 and db 1 at 5 m with the query's timestamp
     db = np.array(split.db_utm)
     db[0] = split.query_utm[0] + [0.3, 0.4]
@@ -98,7 +90,7 @@ def test_non_trivial_positives_with_exclusions(rng):
 
 
 def test_queries_without_positives_and_subset(rng):
-    split = _toy_split(rng, n_db=30, n_q=40, extent=1000.0)
+    split = toy_split(rng, n_db=30, n_q=40, extent=1000.0)
     want = np.array([i for i, p in enumerate(_brute_force(split, 25.0)) if len(p) == 0])
     got = split.queries_without_positives()
     np.testing.assert_array_equal(got, want)
@@ -141,7 +133,7 @@ def test_database_images_as_training_queries_never_match_themselves():
 def test_database_queries_keep_a_splits_own_time_stamps(rng):
     """TokyoTM-style time stamps: a database image as a query leaves out every db image of its own
     capture time (itself included), as the dataset's queries do."""
-    split = _toy_split(rng, n_db=60, n_q=10, extent=60.0, timestamps=True)
+    split = toy_split(rng, n_db=60, n_q=10, extent=60.0, timestamps=True)
     both = split.with_database_queries()
     np.testing.assert_array_equal(both.query_timestamps[10:], split.db_timestamps)
     np.testing.assert_array_equal(both.db_timestamps, split.db_timestamps)
@@ -151,83 +143,8 @@ def test_database_queries_keep_a_splits_own_time_stamps(rng):
         assert sorted(positives.tolist()) == want.tolist()
 
 
-def test_mat_round_trip_and_positional_read(tmp_path, rng):
-    split = _toy_split(rng, n_db=7, n_q=3)
-    path = write_mat(split, tmp_path / "toy_test.mat")
-    back = PlaceSplit.from_mat(path)
-    assert back.db_paths == split.db_paths and back.query_paths == split.query_paths
-    np.testing.assert_array_equal(back.db_utm, split.db_utm)
-    np.testing.assert_array_equal(back.query_utm, split.query_utm)
-    assert back.pos_dist_thr == 25.0 and back.non_triv_pos_dist_sq_thr == 100.0
-    assert back.root == str(tmp_path) and back.name == "toy_test"
-
-    # positional read, as Nanne/pytorch-NetVlad's pittsburgh.py does it
-    s = scipy.io.loadmat(str(path))["dbStruct"].item()
-    assert s[0].item() == "test"
-    assert [f[0].item() for f in s[1]] == list(split.db_paths)
-    np.testing.assert_array_equal(s[2].T, split.db_utm)
-    assert [f[0].item() for f in s[3]] == list(split.query_paths)
-    np.testing.assert_array_equal(s[4].T, split.query_utm)
-    assert (s[5].item(), s[6].item()) == (7, 3)
-    assert (s[7].item(), s[8].item(), s[9].item()) == (25.0, 625.0, 100.0)
-
-
-def test_mat_tokyotm_timestamps_field_order(tmp_path, rng):
-    split = _toy_split(rng, n_db=6, n_q=2, timestamps=True)
-    path = write_mat(split, tmp_path / "tm.mat")
-    names = scipy.io.loadmat(str(path))["dbStruct"].dtype.names
-    assert names == split_files._MAT_FIELDS_TM
-    s = scipy.io.loadmat(str(path))["dbStruct"].item()
-    np.testing.assert_array_equal(s[3].reshape(-1), split.db_timestamps)  # dbTimeStamp
-    np.testing.assert_array_equal(s[6].reshape(-1), split.query_timestamps)  # qTimeStamp
-    back = load_split(path, root="/data")
-    np.testing.assert_array_equal(back.db_timestamps, split.db_timestamps)
-    assert back.root == "/data"
-    assert back.db_image_paths()[0] == "/data/db/0000.jpg"
-
-
-def test_mat_reader_handles_real_file_quirks(tmp_path):
-    # N×2 utm, 1×N cell, a single query (squeezed shapes), no posDistThr (only posDistSqThr)
-    cell = np.empty((1, 3), dtype=object)
-    cell[0, :] = ["000/a.jpg", "000/b.jpg", "001/c.jpg"]
-    qcell = np.empty((1, 1), dtype=object)
-    qcell[0, 0] = "queries_real/q.jpg"
-    struct = {"whichSet": "val", "dbImageFns": cell, "utmDb": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
-              "qImageFns": qcell, "utmQ": np.array([1.5, 2.5]), "posDistSqThr": 400.0}
-    path = tmp_path / "quirky.mat"
-    scipy.io.savemat(str(path), {"dbStruct": struct})
-    split = PlaceSplit.from_mat(path)
-    assert split.db_paths == ("000/a.jpg", "000/b.jpg", "001/c.jpg")
-    np.testing.assert_array_equal(split.db_utm, [[1, 2], [3, 4], [5, 6]])  # N×2 kept as is
-    np.testing.assert_array_equal(split.query_utm, [[1.5, 2.5]])
-    assert split.pos_dist_thr == 20.0
-
-
-def test_mat_missing_field_and_v73(tmp_path):
-    path = tmp_path / "bad.mat"
-    scipy.io.savemat(str(path), {"dbStruct": {"whichSet": "x", "dbImageFns": np.array(["a"], object),
-                                              "utmDb": np.zeros((2, 1))}})
-    with pytest.raises(ValueError, match=r"missing field.*qImageFns.*utmQ.*found.*whichSet"):
-        PlaceSplit.from_mat(path)
-    scipy.io.savemat(str(path), {"other": np.zeros(3)})
-    with pytest.raises(ValueError, match=r"no `dbStruct`.*\['other'\]"):
-        PlaceSplit.from_mat(path)
-
-    import h5py  # a test requirement (requirements-dev.txt): no skip that could hide this check
-
-    v73 = tmp_path / "v73.mat"
-    with h5py.File(v73, "w", userblock_size=512) as f:
-        f.create_group("dbStruct").create_dataset("utmDb", data=np.zeros((2, 3)))
-    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
-    with open(v73, "r+b") as f:
-        f.write(header.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM")
-    assert scipy.io.matlab.matfile_version(str(v73)) == (2, 0)
-    with pytest.raises(ValueError, match=r"v7\.3.*save\(out, 'dbStruct', '-v7'\)"):
-        load_split(v73)
-
-
 def test_csv_round_trip_with_timestamps_and_conditions(tmp_path, rng):
-    split = _toy_split(rng, n_db=5, n_q=3, timestamps=True)
+    split = toy_split(rng, n_db=5, n_q=3, timestamps=True)
     import dataclasses
     split = dataclasses.replace(split, query_conditions=["day", "night;winter", "dusk,occluded"])
     path = write_csv(split, tmp_path / "m.csv")
@@ -285,39 +202,6 @@ def test_csv_bad_rows_name_the_line(tmp_path):
     path.write_text("path,role,easting,northing\na.jpg,db,1\n")
     with pytest.raises(ValueError, match=r"line 2.*northing"):
         PlaceSplit.from_csv(path)
-
-
-def test_folder_at_filenames(tmp_path):
-    names = {
-        "database": ["@0584334.39@4476910.88@17@T@040.43857@-080.00562@004561@00@@@@@@pitch1_yaw1@.jpg",
-                     "@0585230.45@4477142.26@17@T@040.44056@-079.99503@000116@35@@@@@@pitch2_yaw12@.jpg"],
-        "queries": ["@0584340.00@4476910.00@17@T@040.43857@-080.00562@q1@00@@@@@@@.jpg"],
-    }
-    for sub, files in names.items():
-        (tmp_path / "test" / sub).mkdir(parents=True)
-        for n in files:
-            (tmp_path / "test" / sub / n).write_bytes(b"")
-    split = load_split(tmp_path / "test")
-    assert split.name == "test" and split.num_db == 2 and split.num_queries == 1
-    np.testing.assert_array_equal(split.db_utm, [[584334.39, 4476910.88], [585230.45, 4477142.26]])
-    assert split.db_paths[0].startswith("database/@0584334.39@")
-    assert split.db_timestamps is None
-    assert split.positives()[0].tolist() == [0]
-    assert parse_utm_filename(
-        "@0241821.78@9862147.68@37@M@-01.24616@0036.67991@Oz2h@@@@@@20180527@day_forward@.jpg"
-    ) == (241821.78, 9862147.68, "37M", 20180527)
-    with pytest.raises(ValueError, match="convention"):
-        parse_utm_filename("img_001.jpg")
-
-
-def test_load_split_rejects_unknown_inputs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.mat"):
-        load_split(tmp_path / "nope.mat")
-    (tmp_path / "x.txt").write_text("")
-    with pytest.raises(ValueError, match=r"\.txt"):
-        load_split(tmp_path / "x.txt")
-    with pytest.raises(ValueError, match="database/"):
-        load_split(tmp_path)
 
 
 def test_positives_scale_tokyo_like():

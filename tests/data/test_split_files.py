@@ -1,5 +1,7 @@
-"""Split files as people have them (`tf_netvlad.data.split_files`): broken `.mat` files, CSV manifests
-with the usual column names, UTM zones (CSV, `@`-names, `load_split(utm_zone=)`), duplicates."""
+"""Split files as people have them (`tf_netvlad.data.split_files`): CSV manifests with the usual
+column names, UTM zones (CSV columns, latitude/longitude projected into one zone), duplicates.
+Broken `.mat` files are in test_dbstruct.py, `@`-named folders in test_image_folders.py and
+`load_split(utm_zone=)` in test_split_loading.py."""
 
 import math
 
@@ -7,66 +9,11 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tf_netvlad.data import places, split_files, utm
-from tf_netvlad.data.places import PlaceSplit, load_split
-from tf_netvlad.data.split_files import project_latlon, write_csv, write_mat
-from tf_netvlad.data.utm import normalize_utm_zone
-
-
-def _good_mat(path, n=40):
-    names = np.empty((n, 1), dtype=object)
-    names[:, 0] = [f"000/{i:06d}_pitch1_yaw1.jpg" for i in range(n)]
-    scipy.io.savemat(str(path), {"dbStruct": {
-        "whichSet": "test", "dbImageFns": names, "utmDb": np.arange(2.0 * n).reshape(2, n),
-        "qImageFns": names[:2], "utmQ": np.zeros((2, 2))}})
-    return path
-
-
-# ----------------------------------------------------------------------------- broken .mat files
-def _v73(path):
-    """An HDF5 file with MATLAB's 512-byte v7.3 user block header, as `save -v7.3` writes."""
-    import h5py  # a test requirement (requirements-dev.txt)
-
-    with h5py.File(path, "w", userblock_size=512) as f:
-        f.create_group("dbStruct").create_dataset("utmDb", data=np.zeros((2, 3)))
-    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
-    with open(path, "r+b") as f:
-        f.write(header.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM")
-
-
-def _plain_hdf5(path):
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        f.create_dataset("dbStruct", data=np.zeros(3))
-
-
-@pytest.mark.parametrize("make, cause", [
-    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
-    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(3000)), "is not a MATLAB .mat file"),
-    (lambda p: p.write_text("path,role,easting,northing\n"), "is not a MATLAB .mat file"),
-    (_plain_hdf5, r"plain HDF5 file, not a MATLAB \.mat file; if MATLAB wrote it with -v7\.3, re-save"),
-    (_v73, r"MATLAB v7\.3 \(HDF5\) file.*save\(out, 'dbStruct', '-v7'\)"),
-    (lambda p: p.write_bytes(_good_mat(p).read_bytes()[:400]), "truncated or corrupt"),
-    (lambda p: p.write_bytes(_good_mat(p).read_bytes()[:150]), "truncated or corrupt"),
-])
-def test_broken_mat_files_are_one_line_naming_the_file(tmp_path, make, cause):
-    path = tmp_path / "pitts30k_test.mat"
-    make(path)
-    with pytest.raises(ValueError, match=cause) as err:
-        load_split(path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
-
-
-def test_broken_mat_through_the_cli_is_one_line(tmp_path, capsys):
-    from tf_netvlad.cli import main
-
-    path = tmp_path / "empty.mat"
-    path.write_bytes(b"")
-    assert main.main(["init", "--dataset", str(path), "--out", str(tmp_path / "m.keras")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"tf_netvlad init: error: {str(path)!r} is empty (0 bytes), not a MATLAB .mat file."
-    assert not (tmp_path / "m.keras").exists()
+from tf_netvlad.data import dbstruct, utm
+from tf_netvlad.data.dbstruct import write_mat
+from tf_netvlad.data.places import PlaceSplit
+from tf_netvlad.data.split_files import project_latlon, write_csv
+from tf_netvlad.data.split_loading import load_split
 
 
 # ----------------------------------------------------------------------------------- CSV
@@ -157,7 +104,7 @@ def test_utm_zone_column_and_round_trips(tmp_path):
     back = load_split(write_mat(split, tmp_path / "back.mat"))
     assert back.utm_zone == "17T"
     names = scipy.io.loadmat(str(tmp_path / "back.mat"))["dbStruct"].dtype.names
-    assert names == split_files._MAT_FIELDS + ("utmZone",)  # after the official fields
+    assert names == dbstruct._MAT_FIELDS + ("utmZone",)  # after the official fields
     path.write_text(f"path,role,easting,northing,utm_zone\na.jpg,db,{PITTS},17T\nq.jpg,query,{PITTS},18T\n")
     with pytest.raises(ValueError, match=r"span UTM zones \['17T', '18T'\].*latitude/longitude"):
         load_split(path)
@@ -167,59 +114,6 @@ def test_utm_zone_column_and_round_trips(tmp_path):
     path.write_text(f"path,role,easting,northing,utm_zone\na.jpg,db,{PITTS},17N\n")  # N as "north"
     with pytest.raises(ValueError, match=r"UTM zone '17N' does not fit the positions of CSV manifest"):
         load_split(path)
-
-
-def test_utm_zone_argument_and_validation(tmp_path):
-    path = tmp_path / "m.csv"
-    path.write_text(f"path,role,easting,northing\na.jpg,db,{PITTS}\nq.jpg,query,{PITTS}\n")
-    assert load_split(path, utm_zone="17t").utm_zone == "17T"
-    with pytest.raises(ValueError, match="'17N' does not fit the positions of"):
-        load_split(path, utm_zone="17N")  # N meant as "north": band N is 0-8 N, Pittsburgh 40.4 N
-    path.write_text(f"path,role,easting,northing,utm_zone\na.jpg,db,{PITTS},17T\n")
-    assert load_split(path, utm_zone="17T").utm_zone == "17T"
-    with pytest.raises(ValueError, match="utm_zone='18T' was given but.*17T"):
-        load_split(path, utm_zone="18T")
-    assert [normalize_utm_zone(z) for z in ("05T", "37m", "60 X")] == ["5T", "37M", "60X"]
-    for bad in ("17", "61T", "17I", "17O", "T17", ""):
-        with pytest.raises(ValueError, match="zone number 1-60 followed by the latitude-band letter"):
-            normalize_utm_zone(bad)
-    with pytest.raises(ValueError, match="'99Q' is not a UTM zone label"):
-        PlaceSplit("x", ["a"], [[0, 0]], [], np.zeros((0, 2)), utm_zone="99Q")
-
-
-# ------------------------------------------------------------------------------ @-named folders
-def _at_name(east, north, zone, letter, lat, lon, pano):
-    # gmberton/VPR-datasets-downloader util.py get_dst_image_name: 7.2 / 7.2 / 02d / letter /
-    # 3.5 / 4.5 / pano / tile 02d / heading / pitch / roll / height / timestamp / note / extension
-    return f"@{east:010.2f}@{north:010.2f}@{zone:02d}@{letter}@{lat}@{lon}@{pano}@00@@@@@@@.jpg"
-
-
-def _folder(tmp_path, names_db, names_q):
-    for sub, names in (("database", names_db), ("queries", names_q)):
-        (tmp_path / "test" / sub).mkdir(parents=True, exist_ok=True)
-        for n in names:
-            (tmp_path / "test" / sub / n).write_bytes(b"")
-    return tmp_path / "test"
-
-
-def test_folder_names_spanning_two_zones_are_reprojected(tmp_path):
-    lat, lon = [40.0, 40.0, 40.0], [-79.0, -78.5, -77.9999]
-    e17, n17, _ = project_latlon(lat, lon, "17T")
-    e18, n18, _ = project_latlon(lat[2:], lon[2:], "18T")
-    names_db = [_at_name(e17[0], n17[0], 17, "T", "040.00000", "-079.00000", "p0"),
-                _at_name(e17[1], n17[1], 17, "T", "040.00000", "-078.50000", "p1")]
-    names_q = [_at_name(e18[0], n18[0], 18, "T", "040.00000", "-077.99990", "p2")]
-    split = load_split(_folder(tmp_path, names_db, names_q))
-    assert split.utm_zone == "17T"
-    assert "1 images of zones ['18T'] re-projected" in split.notes[-1]
-    np.testing.assert_allclose(split.query_utm[0], [e17[2], n17[2]], atol=0.01)  # names are 0.01 m
-    np.testing.assert_allclose(split.db_utm, np.stack([e17[:2], n17[:2]], 1), atol=0.01)
-    without_latlon = [n.replace("@040.00000@-077.99990@", "@@@") for n in names_q]
-    (tmp_path / "test" / "queries" / names_q[0]).unlink()
-    (tmp_path / "test" / "queries" / without_latlon[0]).write_bytes(b"")
-    with pytest.raises(ValueError, match=r"span UTM zones \['17T', '18T'\] and the names carry no "
-                                         "latitude/longitude"):
-        load_split(tmp_path / "test")
 
 
 # ------------------------------------------------------------------------------- duplicates
@@ -234,6 +128,6 @@ def test_duplicate_database_paths_are_refused(tmp_path):
     csv_path = tmp_path / "dup.csv"
     csv_path.write_text("path,role,x,y\na.jpg,db,0,0\na.jpg,db,5,5\na.jpg,query,0,0\n")
     with pytest.raises(ValueError, match="dup.csv.*more than once"):
-        places.load_split(csv_path)
+        load_split(csv_path)
     # a query may be a database image (TokyoTM)
     assert PlaceSplit("tm", ["a.jpg", "b.jpg"], np.zeros((2, 2)), ["a.jpg"], np.zeros((1, 2))).num_db == 2

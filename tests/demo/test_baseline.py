@@ -6,12 +6,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tf_netvlad.data import places
+from tf_netvlad.data import split_loading
 from tf_netvlad.demo import baseline, dataset
 
 
 def test_raw_pixel_recall_is_exact_on_identical_images_and_low_on_queries(demo):
-    split = places.load_split(demo["train_mat"])
+    split = split_loading.load_split(demo["train_mat"])
     # queries replaced by db images: every query retrieves itself -> recall 1
     idx = np.arange(0, split.num_db, 7)
     same = dataclasses.replace(split, query_paths=[split.db_paths[i] for i in idx],
@@ -26,7 +26,7 @@ def test_raw_pixel_recall_is_exact_on_identical_images_and_low_on_queries(demo):
 @pytest.mark.slow
 def test_full_size_dataset_is_hard_for_raw_pixels(tmp_path):
     paths = dataset.generate_demo_data(tmp_path / "full", progress=False)
-    test = places.load_split(paths["test_mat"])
+    test = split_loading.load_split(paths["test_mat"])
     assert (test.num_db, test.num_queries) == (300, 150)
     recall = baseline.raw_pixel_recall(test)
     assert recall[1] <= 0.3, recall
@@ -35,7 +35,7 @@ def test_full_size_dataset_is_hard_for_raw_pixels(tmp_path):
 def test_grey_and_rgb_thumbnails_in_one_read_equal_one_mode_at_a_time(demo, monkeypatch):
     from PIL import Image
 
-    split = places.load_split(demo["test_mat"])
+    split = split_loading.load_split(demo["test_mat"])
     separate = {"grey": baseline.raw_pixel_recall(split, ns=(1, 5), grey=True),
                 "rgb": baseline.raw_pixel_recall(split, ns=(1, 5), grey=False)}
     assert separate["grey"] != separate["rgb"]  # two different baselines, not one computed twice

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_netvlad.data import places
+from tf_netvlad.data import split_loading
 from tf_netvlad.demo import configs, dataset
 
 TINY = 0.01  # streets of 30 m: 100 db images, 25 + 5 + 5 queries
@@ -34,9 +34,9 @@ def test_outputs_and_split_files(demo):
     assert manifest["seed"] == 0 and manifest["file_count"] == len(_tree_files(root))
     assert "night" in demo["readme"].read_text()
     for name in ("train", "val", "test"):
-        from_mat = places.load_split(demo[f"{name}_mat"])
-        from_csv = places.load_split(demo[f"{name}_csv"])
-        from_dir = places.load_split(root / "images" / name)  # @-named files
+        from_mat = split_loading.load_split(demo[f"{name}_mat"])
+        from_csv = split_loading.load_split(demo[f"{name}_csv"])
+        from_dir = split_loading.load_split(root / "images" / name)  # @-named files
         assert from_mat.db_paths == from_csv.db_paths
         np.testing.assert_allclose(from_mat.db_utm, from_csv.db_utm)
         np.testing.assert_allclose(np.sort(from_dir.db_utm, 0), np.sort(from_mat.db_utm, 0), atol=0.006)
@@ -50,7 +50,8 @@ def test_outputs_and_split_files(demo):
         assert all(len(t & {"summer", "autumn", "winter"}) == 1 for t in tokens)
         img = Image.open(from_mat.query_image_paths()[0])
         assert img.size == (128, 96) and img.mode == "RGB" and img.format == "JPEG"
-    conds = [c for n in ("train", "val", "test") for c in places.load_split(demo[f"{n}_csv"]).query_conditions]
+    conds = [c for n in ("train", "val", "test")
+             for c in split_loading.load_split(demo[f"{n}_csv"]).query_conditions]
     for token in ("day", "dusk", "night", "summer", "autumn", "winter", "occluded"):
         assert any(token in c.split(";") for c in conds), token
 
@@ -58,7 +59,7 @@ def test_outputs_and_split_files(demo):
 def test_splits_are_far_apart(demo):
     pts = {}
     for name in ("train", "val", "test"):
-        s = places.load_split(demo[f"{name}_mat"])
+        s = split_loading.load_split(demo[f"{name}_mat"])
         pts[name] = np.concatenate([s.db_utm, s.query_utm])
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         d = np.linalg.norm(pts[a][:, None] - pts[b][None], axis=2)
@@ -116,7 +117,7 @@ def _listing_digest(paths):
 
     text = []
     for name in ("train", "val", "test"):
-        split = places.load_split(paths[f"{name}_csv"])
+        split = split_loading.load_split(paths[f"{name}_csv"])
         text += list(split.db_paths) + list(split.query_paths) + list(split.query_conditions)
     return hashlib.sha256("\n".join(text).encode()).hexdigest()
 
@@ -151,7 +152,7 @@ def test_sizes_image_size_and_conditions_are_what_was_asked(tmp_path):
     assert manifest["layout"]["train"]["db_per_street"] == [13, 12]
     assert manifest["layout"]["train"]["street_lengths_m"] == [39.0, 36.0]
     for name in ("train", "val", "test"):
-        split = places.load_split(paths[f"{name}_csv"])
+        split = split_loading.load_split(paths[f"{name}_csv"])
         assert (split.num_db, split.num_queries) == (sizes[f"{name}_db"], sizes[f"{name}_queries"])
         assert manifest["splits"][name] == {"db": split.num_db, "queries": split.num_queries}
         assert set(split.query_conditions) == {"night;winter;fog;occluded"}
@@ -177,7 +178,7 @@ def test_held_out_configuration_is_deterministic_and_differs_from_the_demo(tmp_p
     # scale 0.02 of 1,200 / 600 db images, at least a 30 m street (8 images at 4 m) per split
     assert {n: manifest["splits"][n]["db"] for n in ("train", "val", "test")} == {
         "train": 24, "val": 8, "test": 12}
-    test = places.load_split(first["test_csv"])
+    test = split_loading.load_split(first["test_csv"])
     np.testing.assert_allclose(test.db_utm.mean(0), spec["splits"]["test"]["origin"], atol=1500)
     heading = np.radians(spec["splits"]["test"]["heading"])
     along = np.diff(test.db_utm[:6], axis=0) @ [np.cos(heading), np.sin(heading)]
@@ -188,7 +189,7 @@ def test_held_out_configuration_is_deterministic_and_differs_from_the_demo(tmp_p
     moved = dataset.generate_demo_data(tmp_path / "b", config="other", scale=0.02, viewpoint=0.5,
                                        progress=False)
     assert json.loads(moved["manifest"].read_text())["viewpoint"] == 0.5
-    q_old, q_new = (places.load_split(p["test_csv"]).query_image_paths() for p in (first, moved))
+    q_old, q_new = (split_loading.load_split(p["test_csv"]).query_image_paths() for p in (first, moved))
     assert not np.array_equal(np.asarray(Image.open(q_old[0])), np.asarray(Image.open(q_new[0])))
 
 

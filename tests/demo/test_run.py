@@ -21,7 +21,7 @@ def test_demo_command_writes_every_artefact_and_beats_the_kmeans_init(tmp_path, 
     summary = json.loads((tmp_path / "run" / "demo_summary.json").read_text())
     assert summary["training"]["status"] == "completed" and summary["training"]["epochs_done"] == 4
     # The reported recalls are those of the two model files on the held-out test split.
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.evaluation.recall import evaluate
     from tf_netvlad.models.model import load_model
 
@@ -124,7 +124,7 @@ def test_check_demo_inputs_refuses_a_run_trained_on_another_dataset(tmp_path):
 def test_run_demo_refuses_a_checkpoint_of_another_training_split_before_training(tmp_path, tiny_demo):
     """A run folder without the record (written by older tf_netvlad): the checkpoint's training-split
     fingerprint decides, once the dataset is there, before the model, the training or the export."""
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.demo import run
     from tf_netvlad.training.checkpointing import split_fingerprint
 

@@ -19,7 +19,7 @@ from tests.helpers import mean_colour_reference, write_block_images
 from tests.retrieval.test_hloc_files import grouped, hloc_descriptors, hloc_names, hloc_pairs, parse_retrieval
 from tf_netvlad.data import pipelines
 from tf_netvlad.retrieval import hloc
-from tf_netvlad.retrieval.index import build_retrieval_index
+from tf_netvlad.retrieval.build import build_retrieval_index
 
 # --------------------------------------------------------------------------- from a model or an index
 

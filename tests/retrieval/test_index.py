@@ -1,4 +1,5 @@
-"""Tests for tf_netvlad.retrieval.index: streaming build, resume, float16, add, bad input, kinds."""
+"""Tests for tf_netvlad.retrieval.index: loading (older formats, damaged files), search, add (resume,
+duplicates, another model)."""
 
 import json
 import os
@@ -7,64 +8,17 @@ import numpy as np
 import pytest
 
 from tests.helpers import write_block_images
-from tf_netvlad.data import pipelines
+from tests.retrieval import test_build as build_tests
+from tests.retrieval.test_build import SIZE, _build
 from tf_netvlad.models import extract
-from tf_netvlad.models.identity import ModelMismatchError
+from tf_netvlad.models.identity import ModelMismatchError, model_fingerprint
 from tf_netvlad.models.model import build_model, load_model
+from tf_netvlad.retrieval import build as rb
 from tf_netvlad.retrieval import index as ri
 from tf_netvlad.search import faiss_index as faiss_lib
 
-SIZE = (32, 40)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("db")
-    names = write_block_images(folder, 12, seed=0, size=SIZE)
-    positions = np.stack([np.arange(12) * 100.0, np.full(12, 5000.0)], axis=1)
-    return folder, names, positions
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model, images):
-    """Descriptors computed independently: the model on the decoded images, one call."""
-    folder, names, _ = images
-    pixels = np.stack([pipelines.load_image(str(folder / n)).numpy() for n in names])
-    return np.asarray(tiny_model.predict_on_batch(pixels), np.float32)
-
-
-def _build(tiny_model, out, images, **kwargs):
-    folder, names, positions = images
-    kwargs.setdefault("chunk_size", 5)
-    kwargs.setdefault("batch_size", 4)
-    return ri.build_retrieval_index(tiny_model, out, names, positions=positions, root=folder,
-                                    progress=False, **kwargs)
-
-
-def test_round_trip_search_equals_brute_force_on_stored_memmap(tmp_path, tiny_model, images, reference):
-    built = _build(tiny_model, tmp_path / "idx", images)
-    index = ri.RetrievalIndex.load(tmp_path / "idx")
-    assert index.count == 12 and index.dim == 256 == tiny_model.descriptor_dim
-    assert isinstance(index.descriptors, np.memmap) and index.descriptors.dtype == np.float32
-    assert os.path.getsize(tmp_path / "idx" / "descriptors.f32") == 12 * 256 * 4
-    np.testing.assert_allclose(index.descriptors, reference, atol=1e-5)
-    np.testing.assert_allclose(index.positions, images[2])
-    assert index.paths == images[1] and index.full_path(3) == str(images[0] / "img03.png")
-    assert not (tmp_path / "idx" / ri.PROGRESS_FILE).exists()
-    # Brute force on the stored memmap in NumPy (float64) vs the loaded faiss index.
-    rng = np.random.default_rng(1)
-    queries = rng.standard_normal((4, 256)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    scores, ids = index.search(queries, k=5)
-    brute = queries.astype(np.float64) @ np.asarray(index.descriptors, np.float64).T
-    np.testing.assert_array_equal(ids, np.argsort(-brute, axis=1)[:, :5])
-    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :5], atol=1e-5)
-    assert built.metadata == index.metadata
-    meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
-    assert meta["model"]["fingerprint"] == ri.model_fingerprint(tiny_model)["fingerprint"]
-    assert meta["image_size"] == "keep" and meta["kind"] == "flat" and meta["count"] == 12
-    assert meta["index_file"] is None and meta["format_version"] == 3
-    assert sorted(os.listdir(tmp_path / "idx")) == ["descriptors.f32", "metadata.json"]
+# The database images and their descriptors computed independently, as in the build tests.
+images, reference = build_tests.images, build_tests.reference
 
 
 def test_format_1_index_with_a_stored_flat_file_still_loads(tmp_path, tiny_model, images, reference):
@@ -85,89 +39,9 @@ def test_format_1_index_with_a_stored_flat_file_still_loads(tmp_path, tiny_model
     assert ri.RetrievalIndex.load(tmp_path / "idx").metadata["format_version"] == 3
 
 
-def test_float16_storage(tmp_path, tiny_model, images, reference):
-    index = _build(tiny_model, tmp_path / "idx16", images, float16=True)
-    assert index.descriptors.dtype == np.float16 and index.metadata["dtype"] == "float16"
-    assert index.metadata["factory"] == "SQfp16"  # the faiss index stores float16 too
-    assert os.path.getsize(tmp_path / "idx16" / "descriptors.f16") == 12 * 256 * 2
-    np.testing.assert_allclose(index.descriptors.astype(np.float32), reference, atol=2e-3)
-    scores, ids = index.search(reference, k=1)
-    np.testing.assert_array_equal(ids[:, 0], np.arange(12))
-    np.testing.assert_allclose(scores[:, 0], 1.0, atol=3e-3)
-    # Exact search over the stored float16 values.
-    stored = np.asarray(index.descriptors, np.float64)
-    scores, ids = index.search(reference[:3], k=4)
-    brute = reference[:3].astype(np.float64) @ stored.T
-    np.testing.assert_array_equal(ids, np.argsort(-brute, axis=1)[:, :4])
-    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :4], atol=1e-5)
-
-
-def test_resume_after_interruption_matches_uninterrupted_build(tmp_path, tiny_model, images,
-                                                               monkeypatch):
-    full = _build(tiny_model, tmp_path / "full", images, chunk_size=3)
-    real, calls = extract.extract_descriptors, []
-
-    def crash_on_third_chunk(*args, **kwargs):
-        calls.append(len(args[1]))
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "extract_descriptors", crash_on_third_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        _build(tiny_model, tmp_path / "part", images, chunk_size=3)
-    state = json.loads((tmp_path / "part" / ri.PROGRESS_FILE).read_text())
-    assert state["images_done"] == 6 and state["rows_done"] == 6
-    assert not (tmp_path / "part" / ri.METADATA_FILE).exists()
-    with pytest.raises(ValueError, match="unfinished index build.*6 of 12"):
-        ri.RetrievalIndex.load(tmp_path / "part")
-    # A torn write after the last marker: these bytes must be dropped on resume.
-    with open(tmp_path / "part" / "descriptors.f32", "ab") as handle:
-        handle.write(b"\x7f" * 1000)
-    calls.clear()
-    resumed = _build(tiny_model, tmp_path / "part", images, chunk_size=3)
-    assert calls == [3, 3]  # only the two missing chunks were extracted
-    assert (tmp_path / "part" / "descriptors.f32").read_bytes() == \
-        (tmp_path / "full" / "descriptors.f32").read_bytes()
-    assert resumed.paths == full.paths and resumed.count == 12
-    np.testing.assert_array_equal(resumed.search(full.descriptors[:4], 3)[1],
-                                  full.search(full.descriptors[:4], 3)[1])
-
-
-def test_resume_refuses_other_inputs_and_resume_false_starts_over(tmp_path, tiny_model, images,
-                                                                  monkeypatch):
-    real = extract.extract_descriptors
-
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(extract, "extract_descriptors", crash)
-    with pytest.raises(KeyboardInterrupt):
-        _build(tiny_model, tmp_path / "idx", images)
-    monkeypatch.setattr(extract, "extract_descriptors", real)
-    folder, names, positions = images
-    with pytest.raises(ValueError, match="interrupted build.*different `inputs_sha256`"):
-        ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:5], positions=positions[:5],
-                                 root=folder, progress=False)
-    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:5], positions=positions[:5],
-                                     root=folder, progress=False, resume=False)
-    assert index.count == 5 and index.paths == names[:5]
-
-
-def test_existing_complete_index_is_not_overwritten_by_default(tmp_path, tiny_model, images):
-    folder, names, positions = images
-    ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:3], root=folder, progress=False)
-    with pytest.raises(FileExistsError, match="already holds a complete retrieval index"):
-        ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], root=folder, progress=False)
-    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], root=folder,
-                                     progress=False, overwrite=True)
-    assert index.count == 4 and np.isnan(index.positions).all()
-    assert index.metadata["positions"] == [None] * 4
-
-
 def test_add_appends_and_search_finds_new_images(tmp_path, tiny_model, images, reference):
     folder, names, positions = images
-    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:8], positions=positions[:8],
+    index = rb.build_retrieval_index(tiny_model, tmp_path / "idx", names[:8], positions=positions[:8],
                                      root=folder, progress=False, chunk_size=3)
     extra = tmp_path / "extra"
     extra_names = write_block_images(extra, 2, seed=7, size=SIZE)
@@ -188,9 +62,9 @@ def test_add_appends_and_search_finds_new_images(tmp_path, tiny_model, images, r
 def test_duplicate_images_are_refused_before_any_extraction(tmp_path, tiny_model, images):
     folder, names, positions = images
     with pytest.raises(ValueError, match=rf"1 image\(s\) are listed more than once \(first: .*{names[2]}\)"):
-        ri.build_retrieval_index(tiny_model, tmp_path / "dup", names[:4] + names[2:3], root=folder,
+        rb.build_retrieval_index(tiny_model, tmp_path / "dup", names[:4] + names[2:3], root=folder,
                                  progress=False)
-    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], root=folder, progress=False)
+    index = rb.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], root=folder, progress=False)
     # the same file named through another path is the same image
     again = [str(folder / names[1]), os.path.join(str(folder), ".", names[3]), str(folder / names[5])]
     with pytest.raises(ValueError, match=r"2 of the images to add are already in the index .*idx"):
@@ -203,7 +77,7 @@ def test_duplicate_images_are_refused_before_any_extraction(tmp_path, tiny_model
 def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, tiny_model, images, reference,
                                                           monkeypatch):
     folder, names, positions = images
-    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], positions=positions[:4],
+    index = rb.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], positions=positions[:4],
                                      root=folder, progress=False)
     real, calls = extract.extract_descriptors, []
 
@@ -235,7 +109,7 @@ def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, tiny_model
 ])
 def test_damaged_index_is_reported(tmp_path, tiny_model, images, kind, message):
     folder, names, _ = images
-    ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:3], root=folder, progress=False,
+    rb.build_retrieval_index(tiny_model, tmp_path / "idx", names[:3], root=folder, progress=False,
                              kind=kind)
     meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
     meta["count"] = 4
@@ -244,57 +118,9 @@ def test_damaged_index_is_reported(tmp_path, tiny_model, images, kind, message):
         ri.RetrievalIndex.load(tmp_path / "idx")
 
 
-def test_corrupt_and_missing_images_are_skipped_and_reported(tmp_path, tiny_model, images, reference):
-    folder, names, positions = images
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    (bad / "empty.jpg").write_bytes(b"")
-    paths = [str(folder / n) for n in names[:4]]
-    paths = paths[:1] + [str(bad / "broken.png")] + paths[1:3] + [str(bad / "empty.jpg"),
-                                                                  str(bad / "gone.png")] + paths[3:]
-    pos = np.arange(len(paths) * 2, dtype=float).reshape(-1, 2)
-    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", paths, positions=pos,
-                                     progress=False, chunk_size=3)
-    assert index.count == 4 and index.paths == [str(folder / n) for n in names[:4]]
-    np.testing.assert_allclose(index.positions, pos[[0, 2, 3, 6]])
-    np.testing.assert_allclose(index.descriptors, reference[:4], atol=1e-5)
-    skipped = {os.path.basename(s["path"]): s["reason"] for s in index.metadata["skipped"]}
-    assert set(skipped) == {"broken.png", "empty.jpg", "gone.png"}
-    assert "cannot be decoded" in skipped["broken.png"]
-    assert "empty" in skipped["empty.jpg"] and "does not exist" in skipped["gone.png"]
-
-
-def test_on_error_raise_names_the_file_and_writes_nothing(tmp_path, tiny_model, images):
-    folder, names, _ = images
-    with pytest.raises(pipelines.ImageReadError, match="gone.png"):
-        ri.build_retrieval_index(tiny_model, tmp_path / "idx", [str(folder / names[0]),
-                                                           str(tmp_path / "gone.png")],
-                                 on_error="raise", progress=False)
-    assert not (tmp_path / "idx").exists()
-
-
-def test_bad_arguments_are_refused_before_writing(tmp_path, tiny_model, images):
-    folder, names, positions = images
-    out = tmp_path / "idx"
-    with pytest.raises(ValueError, match=r"`positions` must have shape \(12, 2\).*\(3, 2\)"):
-        ri.build_retrieval_index(tiny_model, out, names, positions=positions[:3], root=folder)
-    with pytest.raises(ValueError, match="`kind`.*Received: kind='IVF-nonsense'"):
-        ri.build_retrieval_index(tiny_model, out, names, root=folder, kind="IVF-nonsense")
-    with pytest.raises(ValueError, match="`images` is empty"):
-        ri.build_retrieval_index(tiny_model, out, [], root=folder)
-    with pytest.raises(FileNotFoundError, match="no-such-dir"):
-        ri.build_retrieval_index(tiny_model, out, tmp_path / "no-such-dir")
-    with pytest.raises(ValueError, match="chunk_size"):
-        ri.build_retrieval_index(tiny_model, out, names, root=folder, chunk_size=0)
-    assert not out.exists()
-    with pytest.raises(FileNotFoundError, match="not a tf_netvlad retrieval index"):
-        ri.RetrievalIndex.load(tmp_path)
-
-
 def test_other_model_or_dimension_is_refused(tmp_path, tiny_model, images):
     folder, names, _ = images
-    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:3], root=folder,
+    index = rb.build_retrieval_index(tiny_model, tmp_path / "idx", names[:3], root=folder,
                                      progress=False)
     smaller = build_model("tiny", num_clusters=2)
     with pytest.raises(ModelMismatchError, match=r"idx'.*256-D descriptors.*128-D"):
@@ -309,46 +135,14 @@ def test_other_model_or_dimension_is_refused(tmp_path, tiny_model, images):
     index.add(path, names[3:5], root=folder, progress=False)
     assert index.count == 5
     assert index.metadata["model"]["weights_sha256"] == \
-        ri.model_fingerprint(load_model(path, compile=False))["weights_sha256"]
-
-
-def test_folder_input_reads_positions_from_utm_names(tmp_path, tiny_model):
-    folder = tmp_path / "imgs"
-    write_block_images(folder / "sub", 2, seed=0, size=SIZE)
-    for i, name in enumerate(sorted(os.listdir(folder / "sub"))):
-        os.rename(folder / "sub" / name, folder / "sub" / f"@{500 + i}.5@{4000 + i}@17@T@.png")
-    index = ri.build_retrieval_index(tiny_model, tmp_path / "idx", folder, progress=False)
-    assert index.root == str(folder) and index.paths[0].startswith("sub" + os.sep)
-    np.testing.assert_allclose(index.positions, [[500.5, 4000], [501.5, 4001]])
-
-
-@pytest.mark.parametrize("kind", ["hnsw", "IVF2,Flat"])
-def test_approximate_kinds_build_end_to_end(tmp_path, tiny_model, images, reference, kind):
-    index = _build(tiny_model, tmp_path / "idx", images, kind=kind)
-    reloaded = ri.RetrievalIndex.load(tmp_path / "idx")
-    assert reloaded.metadata["kind"] == kind and reloaded.faiss_index.ntotal == 12
-    assert reloaded.metadata["index_file"] == "index-0.faiss"  # trained kinds are stored
-    assert (tmp_path / "idx" / "index-0.faiss").exists()
-    _, ids = reloaded.search(reference, k=1)
-    np.testing.assert_array_equal(ids[:, 0], np.arange(12))
-    assert index.search(reference, 1)[1].tolist() == ids.tolist()
-    # the whole ranking of the reloaded index equals the one built in memory
-    queries = np.random.default_rng(2).standard_normal((6, 256)).astype(np.float32)
-    for got, want in zip(reloaded.search(queries, k=8), index.search(queries, k=8)):
-        np.testing.assert_array_equal(got, want)
-    graph_only = kind == "hnsw"  # HNSW: the file holds the graph, the vectors are the descriptors
-    assert reloaded.metadata["vectors_in_index_file"] is (not graph_only)
-    assert ri.RetrievalIndex.load(tmp_path / "idx").search(queries, k=8)[1].tolist() == \
-        index.search(queries, k=8)[1].tolist()  # loads twice: the vectors stay attached
-    index_bytes = os.path.getsize(tmp_path / "idx" / "index-0.faiss")
-    assert (index_bytes < 12 * 256 * 4) is graph_only
+        model_fingerprint(load_model(path, compile=False))["weights_sha256"]
 
 
 def test_hnsw_graph_only_file_add_and_format_2_file(tmp_path, tiny_model, images, reference):
     from tf_netvlad.retrieval.storage import write_faiss
 
     folder, names, positions = images
-    built = ri.build_retrieval_index(tiny_model, tmp_path / "idx", names[:8], positions=positions[:8],
+    built = rb.build_retrieval_index(tiny_model, tmp_path / "idx", names[:8], positions=positions[:8],
                                      root=folder, progress=False, kind="hnsw")
     built.add(tiny_model, names[8:], positions=positions[8:], root=folder, progress=False)
     reloaded = ri.RetrievalIndex.load(tmp_path / "idx")
@@ -366,7 +160,7 @@ def test_hnsw_graph_only_file_add_and_format_2_file(tmp_path, tiny_model, images
     for got, want in zip(old.search(reference, k=4), built.search(reference, k=4)):
         np.testing.assert_array_equal(got, want)
     # float16 descriptors: the graph was built on their float32 values, re-attached identically
-    half = ri.build_retrieval_index(tiny_model, tmp_path / "half", names, root=folder, progress=False,
+    half = rb.build_retrieval_index(tiny_model, tmp_path / "half", names, root=folder, progress=False,
                                     kind="hnsw", float16=True)
     half_loaded = ri.RetrievalIndex.load(tmp_path / "half")
     assert half_loaded.descriptors.dtype == np.float16
@@ -375,34 +169,3 @@ def test_hnsw_graph_only_file_add_and_format_2_file(tmp_path, tiny_model, images
     # a graph-only file with a descriptor file of another shape is refused
     with pytest.raises(ValueError, match="not an HNSW graph of 5 vectors"):
         faiss_lib.read_index(tmp_path / "idx" / "index-1.faiss", db=reference[:5])
-
-
-@pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
-def test_approximate_kinds_recall_vs_exact_on_neardup_queries(kind):
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((20, 64))
-    db = centres[rng.integers(0, 20, 2000)] + 0.7 * rng.standard_normal((2000, 64))
-    db = (db / np.linalg.norm(db, axis=1, keepdims=True)).astype(np.float32)
-    truth = rng.choice(2000, 200, replace=False)
-    queries = db[truth] + 0.05 * rng.standard_normal((200, 64)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    factory, params = ri.resolve_kind(kind, len(db), 64)
-    approx = faiss_lib.build_index(db, kind=factory, train_size=len(db))
-    ri.apply_search_params(approx, params)
-    exact_ids = faiss_lib.search(db, queries, 1)[1][:, 0]
-    approx_ids = faiss_lib.search(approx, queries, 1)[1][:, 0]
-    assert (exact_ids == truth).mean() == 1.0
-    assert (approx_ids == exact_ids).mean() >= 0.9
-
-
-def test_resolve_kind_sizes():
-    assert ri.resolve_kind("flat", 10, 256) == ("flat", {})
-    assert ri.resolve_kind("flat", 10, 256, float16=True) == ("SQfp16", {})
-    assert ri.resolve_kind("ivfpq", 100_000, 4096) == ("IVF1265,PQ256x8", {"nprobe": 32})
-    assert ri.resolve_kind("ivfpq", 100_000, 1024)[0] == "IVF1265,PQ64x8"
-    assert ri.resolve_kind("ivfpq", 100_000, 32768)[0] == "IVF1265,PQ256x8"
-    assert ri.resolve_kind("ivfpq", 2000, 256) == ("IVF51,PQ64x5", {"nprobe": 32})
-    assert ri.resolve_kind("hnsw", 5, 256) == ("HNSW32", {"efSearch": 128})
-    assert ri.resolve_kind("IVF64,PQ16", 5, 256) == ("IVF64,PQ16", {})
-    with pytest.raises(ValueError, match="Received: kind=3"):
-        ri.resolve_kind(3, 5, 256)

@@ -14,6 +14,7 @@ from tests.data.test_locking import kill_hard, start_holder
 from tests.helpers import write_block_images
 from tf_netvlad.cli import main
 from tf_netvlad.data.locking import LOCK_FILE, DirectoryLockedError
+from tf_netvlad.retrieval import build as rb
 from tf_netvlad.retrieval import index as ri
 from tf_netvlad.retrieval import storage
 
@@ -35,7 +36,7 @@ def model_file(tiny_model, tmp_path_factory):
 
 def _build(model, out, images, count=4, **kwargs):
     folder, names = images
-    return ri.build_retrieval_index(model, out, names[:count], root=folder, progress=False, **kwargs)
+    return rb.build_retrieval_index(model, out, names[:count], root=folder, progress=False, **kwargs)
 
 
 def _victim(tmp_path):

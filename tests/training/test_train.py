@@ -213,7 +213,7 @@ def test_train_writes_artifacts_and_checkpoint_state(demo, tmp_path):
     # 0-2 x training seeds 43-45 went .57->.60, .60->.57, .67->.53, .70->.60, .67->.70, .70->.60,
     # .70->.57, and recall@5 starts at .9-1.0; the gain is asserted by
     # test_short_training_raises_recall_on_tiny_demo_data.)
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.evaluation.recall import evaluate
     from tf_netvlad.models.model import load_model
 
@@ -254,7 +254,7 @@ def test_bad_image_stop_names_file_and_skip_counts(demo, tmp_path):
 
     root = tmp_path / "copy"
     shutil.copytree(demo["root"], root)
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
 
     split = load_split(root / "demo_train.mat")
     bad = root / split.db_paths[3]
@@ -301,7 +301,7 @@ class _HideImages(keras.callbacks.Callback):
 def test_training_reads_its_images_from_memory_after_decoding_them_once(demo, tmp_path, caplog):
     import shutil
 
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
 
     root = tmp_path / "copy"
     shutil.copytree(demo["root"], root)
@@ -347,7 +347,7 @@ def test_budget_schedule_and_augmentation_run_through_train(demo, tmp_path):
 
 
 def test_database_images_train_as_queries_and_a_resume_must_keep_the_option(demo, tmp_path):
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
 
     split = load_split(demo["train_mat"])
     summary = train.train(demo["train_mat"], out_dir=tmp_path / "run", epochs=1, db_queries=True,
@@ -365,7 +365,7 @@ def test_database_images_train_as_queries_and_a_resume_must_keep_the_option(demo
 
 
 def test_fit_whitening_appends_whitening(demo):
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
 
     split = load_split(demo["train_mat"])
     model = build_model("tiny", num_clusters=2)
@@ -404,7 +404,7 @@ def test_short_training_raises_recall_on_held_out_data(name, tmp_path):
     """The product's CPU recipe (`training.CPU_RECIPE`, every default), shortened to a fixed number of
     steps, must clearly beat its k-means-initialised model on the test town of a generated
     configuration the recipe was not tuned on (issue 11: generality is measured, not assumed)."""
-    from tf_netvlad.data.places import load_split
+    from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.demo.dataset import generate_demo_data
     from tf_netvlad.evaluation.recall import evaluate
     from tf_netvlad.models.model import load_model

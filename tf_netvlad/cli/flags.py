@@ -146,12 +146,12 @@ def add_dataset_roots(parser, prefix="", queries=True):
 
 def load_dataset(path, root=None, db_root=None, query_root=None, parts=("db", "query"), prefix="",
                  label="dataset"):
-    """Loads a split given by flags (`places.load_split_checked`): every image of `parts` is
+    """Loads a split given by flags (`split_loading.load_split_checked`): every image of `parts` is
     checked before any work, errors name the flags with `prefix`; prints how it was read
     (layout, columns, UTM zone) as 'LABEL: ...' lines."""
-    from tf_netvlad.data import places
+    from tf_netvlad.data import split_loading
 
-    split = places.load_split_checked(
+    split = split_loading.load_split_checked(
         path, root=root, db_root=db_root, query_root=query_root, parts=parts,
         flags=(f"--{prefix}root", f"--{prefix}db-root", f"--{prefix}query-root"))
     for note in split.notes:

@@ -1,5 +1,5 @@
 """`tf_netvlad index` and `tf_netvlad localize`: an on-disk, resumable image index
-(`tf_netvlad.retrieval.index`) and the localisation of photos against it (`tf_netvlad.retrieval.localize`);
+(`tf_netvlad.retrieval.build`, `.index`) and the localisation of photos against it (`tf_netvlad.retrieval.localize`);
 `tf_netvlad hloc`: global descriptors and retrieval pairs in hloc's files (`tf_netvlad.retrieval.hloc`).
 """
 
@@ -104,6 +104,7 @@ def check_localize_outputs(args):
 
 
 def index(args):
+    from tf_netvlad.retrieval import build as build_lib
     from tf_netvlad.retrieval import index as index_lib
 
     if bool(args.dataset) == bool(args.images):
@@ -118,7 +119,7 @@ def index(args):
                   chunk_size=args.chunk_size, on_error=args.on_error, utm_zone=args.utm_zone)
     else:
         pretrained.resolve_model_flag(args)
-        built = index_lib.build_retrieval_index(
+        built = build_lib.build_retrieval_index(
             args.model, args.out, images, root=args.root, image_size=args.image_size, kind=args.kind,
             float16=args.float16, batch_size=args.batch_size, chunk_size=args.chunk_size,
             on_error=args.on_error, resume=not args.restart, overwrite=args.overwrite,
@@ -132,7 +133,7 @@ def index(args):
 def localize(args):
     import numpy as np
 
-    from tf_netvlad.data import places
+    from tf_netvlad.data import split_loading
     from tf_netvlad.retrieval import localize as localize_lib
     from tf_netvlad.retrieval.index import RetrievalIndex
 
@@ -140,7 +141,7 @@ def localize(args):
     index = RetrievalIndex.load(args.index)
     gt = None
     if args.gt_dataset:
-        gt = localize_lib.positions_from_split(places.load_split(args.gt_dataset), args.images,
+        gt = localize_lib.positions_from_split(split_loading.load_split(args.gt_dataset), args.images,
                                                missing="raise" if strict else "nan")
         for path in np.asarray(args.images)[np.isnan(gt).any(axis=1)]:
             print(f"tf_netvlad localize: {path} is not in --gt-dataset; its results are not marked "

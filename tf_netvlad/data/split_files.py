@@ -1,159 +1,29 @@
-"""Split files: NetVLAD `dbStruct` `.mat` (read and write), CSV manifests and `@`-named folders.
+"""Split files: CSV manifests (read and write), and what every split file format shares.
 
-Pure NumPy/SciPy. The readers take the class to build (`PlaceSplit`) as their first argument, so
-this module does not import `tf_netvlad.data.places`; use them through `PlaceSplit.from_mat`,
-`from_csv`, `from_folder` or `places.load_split`.
+Pure NumPy. Shared: the names as a split's source file listed them (`listed_paths`), atomic writes
+(`atomic_write`) and latitude/longitude projected into one UTM zone (`project_latlon`). The other
+formats are `tf_netvlad.data.dbstruct` (NetVLAD `dbStruct` `.mat`) and
+`tf_netvlad.data.image_folders` (`@`-named folders). `read_csv` takes the class to build
+(`PlaceSplit`) as its first argument, so this module does not import `tf_netvlad.data.places`; use
+it through `PlaceSplit.from_csv` or `split_loading.load_split`.
 """
 
 import collections
 import csv
-import io
 import logging
 import math
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
 from tf_netvlad.data import utm
 from tf_netvlad.data.fileio import atomic_path
-from tf_netvlad.defaults import NON_TRIV_POS_DIST_SQ_THR_M2, POS_DIST_THR_M
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-# Official dbStruct field order (Pittsburgh / Tokyo 24/7); TokyoTM inserts the time stamps.
-_MAT_FIELDS = ("whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages",
-               "numQueries", "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr")
-_MAT_FIELDS_TM = ("whichSet", "dbImageFns", "utmDb", "dbTimeStamp", "qImageFns", "utmQ",
-                  "qTimeStamp", "numImages", "numQueries", "posDistThr", "posDistSqThr",
-                  "nonTrivPosDistSqThr")
-_MAT_REQUIRED = ("dbImageFns", "utmDb", "qImageFns", "utmQ")
-
-
-# ---------------------------------------------------------------------- .mat
-def _mat_strings(value, field):
-    arr = np.asarray(value, dtype=object).reshape(-1)
-    out = []
-    for item in arr:
-        while isinstance(item, np.ndarray):
-            if item.size != 1:
-                if item.dtype.kind in "US":
-                    item = "".join(str(c) for c in item.reshape(-1))
-                    break
-                raise ValueError(f"dbStruct field {field!r}: expected a cell array of "
-                                 f"strings, found an element of shape {item.shape}.")
-            item = item.reshape(-1)[0]
-        out.append(str(item).strip())
-    return out
-
-
-def _mat_utm(value, n, field):
-    utm = np.asarray(value, dtype=np.float64)
-    if utm.size == 0 and n == 0:
-        return np.zeros((0, 2))
-    if utm.ndim == 1 and utm.size == 2:
-        utm = utm.reshape(2, 1)
-    if utm.ndim != 2 or 2 not in utm.shape:
-        raise ValueError(f"dbStruct field {field!r} must be 2×N or N×2, received shape "
-                         f"{utm.shape}.")
-    if utm.shape[0] == 2 and utm.shape[1] == n:
-        return utm.T
-    if utm.shape == (n, 2):
-        return utm
-    raise ValueError(f"dbStruct field {field!r} has shape {utm.shape}, which does not match "
-                     f"the {n} image names.")
-
-
-def _mat_scalar(fields, key, default):
-    if key not in fields:
-        return default
-    return float(np.asarray(fields[key], dtype=np.float64).reshape(-1)[0])
-
-
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_RESAVE_V7 = "re-save it as v7 in MATLAB/Octave: `load(in); save(out, 'dbStruct', '-v7')`"
-
-
-def _check_mat_header(path):
-    """Refuses, naming the file and the cause, what scipy cannot read as a MAT v4/v5/v7 file."""
-    from scipy.io.matlab import matfile_version
-
-    with open(path, "rb") as f:
-        head = f.read(520)
-    if not head:
-        raise ValueError(f"{str(path)!r} is empty (0 bytes), not a MATLAB .mat file.")
-    hdf5 = head.startswith(_HDF5_SIGNATURE) or head[512:520] == _HDF5_SIGNATURE
-    if head.startswith(b"MATLAB 7.3 MAT-file") or (hdf5 and head.startswith(b"MATLAB")):
-        raise ValueError(f"{str(path)!r} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; "
-                         f"{_RESAVE_V7}.")
-    if hdf5:
-        raise ValueError(f"{str(path)!r} is a plain HDF5 file, not a MATLAB .mat file; if MATLAB "
-                         f"wrote it with -v7.3, {_RESAVE_V7}.")
-    try:
-        version = matfile_version(str(path))
-    except Exception as err:  # scipy raises ValueError, MatReadError, IndexError... on bad bytes
-        raise ValueError(f"{str(path)!r} is not a MATLAB .mat file ({err}).") from None
-    if version == (2, 0):
-        raise ValueError(f"{str(path)!r} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; "
-                         f"{_RESAVE_V7}.")
-
-
-def read_mat(cls, path, root=None, name=None):
-    import scipy.io
-
-    path = Path(path)
-    _check_mat_header(path)
-    try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
-    except Exception as err:  # truncated or corrupt: OSError, IndexError, ValueError, zlib.error...
-        raise ValueError(f"{str(path)!r} could not be read as a MATLAB .mat file: it is truncated "
-                         f"or corrupt ({type(err).__name__}: {err}).") from None
-    if "dbStruct" not in mat:
-        found = sorted(k for k in mat if not k.startswith("__"))
-        raise ValueError(f"{str(path)!r} has no `dbStruct` variable; found variables {found}.")
-    struct = mat["dbStruct"]
-    names = struct.dtype.names or ()
-    fields = {n: struct[n].reshape(-1)[0] for n in names}
-    missing = [f for f in _MAT_REQUIRED if f not in fields]
-    if missing:
-        raise ValueError(f"{str(path)!r}: dbStruct is missing field(s) {missing}; fields "
-                         f"found: {list(names)}.")
-    db_paths = _mat_strings(fields["dbImageFns"], "dbImageFns")
-    q_paths = _mat_strings(fields["qImageFns"], "qImageFns")
-    for key, n in (("numImages", len(db_paths)), ("numQueries", len(q_paths))):
-        if key in fields and int(_mat_scalar(fields, key, n)) != n:
-            raise ValueError(f"{str(path)!r}: {key} = {int(_mat_scalar(fields, key, n))} but "
-                             f"the file lists {n} image names.")
-    pos_thr = _mat_scalar(fields, "posDistThr", None)
-    if pos_thr is None:
-        sq = _mat_scalar(fields, "posDistSqThr", POS_DIST_THR_M**2)
-        pos_thr = math.sqrt(sq)
-    times = {}
-    for key in ("dbTimeStamp", "qTimeStamp"):
-        if key in fields:
-            times[key] = np.asarray(fields[key], dtype=np.float64).reshape(-1)
-    zone = _mat_strings(fields["utmZone"], "utmZone")[0] if "utmZone" in fields else None
-    return cls(
-        name=name or path.stem,
-        db_paths=db_paths, db_utm=_mat_utm(fields["utmDb"], len(db_paths), "utmDb"),
-        query_paths=q_paths, query_utm=_mat_utm(fields["utmQ"], len(q_paths), "utmQ"),
-        db_timestamps=times.get("dbTimeStamp"), query_timestamps=times.get("qTimeStamp"),
-        pos_dist_thr=pos_thr,
-        non_triv_pos_dist_sq_thr=_mat_scalar(fields, "nonTrivPosDistSqThr",
-                                             NON_TRIV_POS_DIST_SQ_THR_M2),
-        root=os.fspath(root) if root is not None else str(path.parent), utm_zone=zone or None)
-
-
-def _cell(strings):
-    cell = np.empty((len(strings), 1), dtype=object)
-    for i, s in enumerate(strings):
-        cell[i, 0] = s
-    return cell
-
-
+# ------------------------------------------------------------------- shared
 def listed_paths(split):
     """(database names, query names) as the split's source file lists them: `split.db_paths`
     without the folder and suffix its dataset layout added (`tf_netvlad.data.layouts`)."""
@@ -164,50 +34,8 @@ def listed_paths(split):
             [layout.query.listed(p) for p in split.query_paths])
 
 
-def write_mat(split, path, which_set=None):
-    """Write `split` as a MAT v5 `dbStruct` in the official field order.
-
-    Pittsburgh order (10 fields), or TokyoTM order (12 fields) when the split has time stamps,
-    so both `PlaceSplit.from_mat` and the positional readers of the PyTorch ports read it. The
-    names are written as the source file listed them (`listed_paths`), so a split read from a
-    distributed dataset root is written back unchanged. A split with a `utm_zone` gets one more
-    field after the official ones, `utmZone` (e.g. '17T'; positional readers never reach it).
-    `which_set` defaults to the last `_`-separated part of `split.name` (e.g. "test").
-    """
-    import scipy.io
-
-    db_names, query_names = listed_paths(split)
-    values = {
-        "whichSet": which_set or split.name.rsplit("_", 1)[-1],
-        "dbImageFns": _cell(db_names),
-        "utmDb": np.ascontiguousarray(split.db_utm.T),
-        "qImageFns": _cell(query_names),
-        "utmQ": np.ascontiguousarray(split.query_utm.T).reshape(2, split.num_queries),
-        "numImages": float(split.num_db),
-        "numQueries": float(split.num_queries),
-        "posDistThr": float(split.pos_dist_thr),
-        "posDistSqThr": float(split.pos_dist_thr) ** 2,
-        "nonTrivPosDistSqThr": float(split.non_triv_pos_dist_sq_thr),
-    }
-    order = _MAT_FIELDS
-    if split.has_timestamps:
-        values["dbTimeStamp"] = split.db_timestamps.astype(np.float64).reshape(1, -1)
-        values["qTimeStamp"] = split.query_timestamps.astype(np.float64).reshape(1, -1)
-        order = _MAT_FIELDS_TM
-    if getattr(split, "utm_zone", None):
-        values["utmZone"] = split.utm_zone
-        order = order + ("utmZone",)
-    struct = {key: values[key] for key in order}
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, {"dbStruct": struct}, format="5", do_compression=False)
-    data = bytearray(buf.getvalue())
-    # the 116-byte descriptive header text carries a creation time; make the bytes reproducible
-    data[:116] = b"MATLAB 5.0 MAT-file, written by tf_netvlad.data.places".ljust(116, b" ")
-    _atomic_write(path, lambda f: f.write(bytes(data)), binary=True)
-    return Path(path)
-
-
-def _atomic_write(path, write_fn, binary):
+def atomic_write(path, write_fn, binary):
+    """Writes `path` atomically: `write_fn(f)` on a temporary file (binary, or text), then a rename."""
     with atomic_path(path, Path(path).suffix) as tmp:
         with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
             write_fn(f)
@@ -435,93 +263,6 @@ def write_csv(split, path):
         w.writerow(header)
         w.writerows(rows())
 
-    _atomic_write(path, write, binary=False)
+    atomic_write(path, write, binary=False)
     return Path(path)
 
-
-# -------------------------------------------------------------------- folders
-def parse_at_name(filename):
-    """The fields of a VPR-datasets-downloader name, `@utm_east@utm_north@zone_number@zone_letter@
-    lat@lon@pano_id@tile_num@heading@pitch@roll@height@timestamp@note@.jpg` (its `util.py`
-    `get_dst_image_name`): a dict with easting, northing (float), zone ('17T', or '' if absent),
-    lat, lon (float or None) and timestamp (int of its digits, or None)."""
-    fields = os.path.basename(filename).split("@")
-    try:
-        easting, northing = float(fields[1]), float(fields[2])
-    except (IndexError, ValueError):
-        raise ValueError(f"Image name {filename!r} does not follow the "
-                         "@utm_east@utm_north@zone@letter@lat@lon@...@.jpg convention.") from None
-    try:
-        zone = utm.normalize_utm_zone("".join(fields[3:5])) if len(fields) > 5 else ""
-    except ValueError:
-        zone = ""
-    try:
-        lat, lon = float(fields[5]), float(fields[6])
-    except (IndexError, ValueError):
-        lat = lon = None
-    digits = re.sub(r"\D", "", fields[13] if len(fields) > 14 else "")
-    return {"easting": easting, "northing": northing, "zone": zone, "lat": lat, "lon": lon,
-            "timestamp": int(digits) if digits else None}
-
-
-def parse_utm_filename(filename):
-    """Parse an `@`-name (`parse_at_name`). Returns (easting, northing, zone, timestamp) where zone
-    is a string like "17T" (or "") and timestamp an int or None."""
-    d = parse_at_name(filename)
-    return d["easting"], d["northing"], d["zone"], d["timestamp"]
-
-
-def list_images(folder):
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Image folder {str(folder)!r} does not exist.")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"Image folder {str(folder)!r} contains no .jpg/.jpeg/.png images.")
-    return files
-
-
-def _folder_positions(parsed, where, notes):
-    """(N, 2) UTM of `parsed` @-names and their zone; names of several zones are re-projected
-    into the most common one from their lat/lon, or refused when the names carry none."""
-    xy = np.array([[d["easting"], d["northing"]] for d in parsed], np.float64).reshape(-1, 2)
-    zones = [d["zone"] for d in parsed]
-    known = collections.Counter(z for z in zones if z)
-    if not known:
-        return xy, None
-    keys = {utm.projection_key(z) for z in known}
-    zone = known.most_common(1)[0][0]
-    if len(keys) == 1:
-        notes.append(f"UTM zone {zone} (from the @-names)")
-        return xy, zone
-    other = [i for i, z in enumerate(zones) if z and utm.projection_key(z) != utm.projection_key(zone)]
-    if any(parsed[i]["lat"] is None for i in other):
-        raise ValueError(f"{where} span UTM zones {sorted(known)} and the names carry no "
-                         "latitude/longitude to re-project them into one zone; split the dataset "
-                         "by zone.")
-    lat = [parsed[i]["lat"] for i in other]
-    lon = [parsed[i]["lon"] for i in other]
-    easting, northing, _ = project_latlon(lat, lon, zone)
-    xy[other] = np.stack([easting, northing], axis=1)
-    notes.append(f"UTM zone {zone} (from the @-names; {len(other)} images of zones "
-                 f"{sorted(set(known) - {zone})} re-projected into it from their latitude/longitude)")
-    return xy, zone
-
-
-def read_folder(cls, db_dir, query_dir, root=None, name=None, **thresholds):
-    db_files, q_files = list_images(db_dir), list_images(query_dir)
-    root = Path(root) if root is not None else Path(os.path.commonpath(
-        [Path(db_dir).resolve(), Path(query_dir).resolve()]))
-    parsed = [parse_at_name(f.name) for f in db_files + q_files]
-    rel = [os.path.relpath(f.resolve(), root.resolve()) for f in db_files + q_files]
-    notes = []
-    xy, zone = _folder_positions(
-        parsed, f"Images in {os.fspath(db_dir)!r} / {os.fspath(query_dir)!r}", notes)
-    stamps = [d["timestamp"] for d in parsed]
-    use_ts = all(s is not None for s in stamps)
-    n_db = len(db_files)
-    return cls(name=name or Path(db_dir).resolve().parent.name,
-               db_paths=rel[:n_db], db_utm=xy[:n_db], query_paths=rel[n_db:], query_utm=xy[n_db:],
-               db_timestamps=stamps[:n_db] if use_ts else None,
-               query_timestamps=stamps[n_db:] if use_ts else None, root=str(root),
-               utm_zone=zone, notes=tuple(notes), **thresholds)

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from tf_netvlad.data import places
-from tf_netvlad.data.split_files import write_csv, write_mat
+from tf_netvlad.data.dbstruct import write_mat
+from tf_netvlad.data.split_files import write_csv
 from tf_netvlad.defaults import DEMO_IMAGE_SIZE, NON_TRIV_POS_DIST_SQ_THR_M2, POS_DIST_THR_M
 from tf_netvlad.demo.configs import (
     CONDITION_GROUPS,
@@ -298,7 +299,7 @@ def generate_demo_data(out_dir, seed=None, image_size=None, scale=1.0, db_spacin
 
     Returns:
         dict of paths: `root`, `manifest`, `readme` and `<split>_mat` / `<split>_csv` for the
-        splits `train`, `val`, `test` (load them with `tf_netvlad.data.places.load_split`).
+        splits `train`, `val`, `test` (load them with `tf_netvlad.load_split`).
 
     Raises:
         ValueError: a parameter out of range (before anything is written).
@@ -429,7 +430,7 @@ def _readme(splits, params):
         "The .mat files are NetVLAD dbStruct files (posDistThr 25 m, nonTrivPosDistSqThr 100 m^2).",
         "The CSV manifests have columns path, role (db|query), easting, northing, conditions;",
         "conditions is '<day|dusk|night>;<summer|autumn|winter>[;rain|fog][;occluded]' for queries.",
-        "Load with tf_netvlad.data.places.load_split('demo_test.mat').",
+        "Load with tf_netvlad.load_split('demo_test.mat').",
         "",
     ]
     return "\n".join(lines)

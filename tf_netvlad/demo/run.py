@@ -226,7 +226,7 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
     params = data_params(config, seed, data_scale)
     check_demo_inputs(data_dir, run_dir, params, fresh=fresh)  # before anything is deleted or made
 
-    from tf_netvlad.data import places
+    from tf_netvlad.data import split_loading
     from tf_netvlad.data.fileio import write_json
     from tf_netvlad.demo import dataset
     from tf_netvlad.evaluation import plots, recall
@@ -240,9 +240,9 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
         _empty_run_dir(run_dir)
     data = dataset.generate_demo_data(data_dir, config=config, seed=params["seed"], scale=params["scale"],
                                       progress=progress)
-    train_split = places.load_split(data["train_mat"])
-    val_split = places.load_split(data["val_mat"])
-    test_split = places.load_split(data["test_mat"])
+    train_split = split_loading.load_split(data["train_mat"])
+    val_split = split_loading.load_split(data["val_mat"])
+    test_split = split_loading.load_split(data["test_mat"])
 
     overrides = dict(CPU_RECIPE, time_limit_s=60.0 * minutes, seed=SEED + params["seed"])
     if epochs is not None:

@@ -59,15 +59,15 @@ def _image_set(source, root, what):
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            from tf_netvlad.data import split_files
+            from tf_netvlad.data import image_folders
 
-            return [os.fspath(f) for f in split_files.list_images(path)], os.path.abspath(path), None
+            return [os.fspath(f) for f in image_folders.list_images(path)], os.path.abspath(path), None
         if not path.exists():
             raise FileNotFoundError(
                 f"`{what}` {os.fspath(source)!r} does not exist: expected an image folder, a "
                 ".mat/.csv split file, a PlaceSplit or a list of image paths."
             )
-        from tf_netvlad.data.places import load_split
+        from tf_netvlad.data.split_loading import load_split
 
         source = load_split(path, root=root)
     queries = None

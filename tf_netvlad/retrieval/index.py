@@ -28,8 +28,10 @@ one of its weight values. Searching or adding with a model whose fingerprint, we
 differ from the index's is refused, because its descriptors are not comparable with the stored
 ones.
 
-`build_retrieval_index` parses `image_size` once and stores its text (`format_image_size`);
-`RetrievalIndex.image_size` parses the stored text back, and `add` extracts with it.
+`build_retrieval_index` (`tf_netvlad.retrieval.build`) builds an index directory; `RetrievalIndex`
+here opens, searches and grows one. The build parses `image_size` once and stores its text
+(`format_image_size`); `RetrievalIndex.image_size` parses the stored text back, and `add`
+extracts with it. The UTM zone of the positions follows `tf_netvlad.retrieval.zones`.
 
 A build and an `add` hold the folder's writer lock (`tf_netvlad.data.locking`): a second writer
 is refused at once naming the first; searching needs no lock. File names in the JSON files must
@@ -42,229 +44,24 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
-from tf_netvlad.data import utm
 from tf_netvlad.data.fileio import resolve_paths, write_json
-from tf_netvlad.data.image_size import format_image_size, parse_image_size
+from tf_netvlad.data.image_size import parse_image_size
 from tf_netvlad.data.locking import holds_writer_lock
-from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INDEX_CHUNK_SIZE, SEED
-from tf_netvlad.models.identity import check_compatible, load_descriptor_model, model_fingerprint
-from tf_netvlad.retrieval import storage
+from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INDEX_CHUNK_SIZE
+from tf_netvlad.models.identity import check_compatible, load_descriptor_model
+from tf_netvlad.retrieval import storage, zones
 from tf_netvlad.retrieval.storage import FORMAT, FORMAT_VERSION, METADATA_FILE, PROGRESS_FILE
 from tf_netvlad.search import faiss_index as faiss_lib
-from tf_netvlad.search.index_kinds import (
-    IVF_TRAIN_SIZE,
-    KINDS,
-    TRAIN_BYTES,
-    apply_search_params,
-    check_factory,
-    resolve_kind,
-)
+from tf_netvlad.search.index_kinds import apply_search_params
 
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- build
-
-
-@holds_writer_lock("out_dir", "retrieval index")
-def build_retrieval_index(
-    model_or_path, out_dir, images, positions=None, root=None, image_size=None, kind="flat",
-    float16=False, batch_size=EXTRACT_BATCH_SIZE, chunk_size=INDEX_CHUNK_SIZE, on_error="skip",
-    resume=True, overwrite=False, progress=True, seed=SEED, utm_zone=None,
-):
-    """Extracts descriptors of database images into `out_dir` and builds a faiss index over them.
-
-    Args:
-        model_or_path: a descriptor `keras.Model` or a `.keras` file.
-        out_dir: index directory (created; see the module docstring for its files).
-        images: a `PlaceSplit` (its database images and `db_utm`), a `.mat`/`.csv` split file,
-            a folder of images (recursive; positions from `@utm_east@utm_north@` names if every
-            name has them), or a sequence of image paths (relative to `root` unless absolute).
-        positions: optional `(n, 2)` UTM positions (easting, northing), NaN where unknown;
-            overrides the split's/folder's.
-        root: image root for relative paths (default: the split's root).
-        image_size: resize policy (None/"keep", max side int or "640", (H, W) or "480x640");
-            stored and reused by `add` and `localize`.
-        kind: "flat" (exact inner product, default), "ivfpq", "hnsw" or a faiss factory string;
-            see `resolve_kind`. Approximate kinds are trained on a seeded random sample of up
-            to 100k stored descriptors (and at most 1 GiB as float32).
-        float16: store descriptors as float16 (half the disk; a "flat" index then stores
-            float16 too and searches them exactly).
-        batch_size: images per model call.
-        chunk_size: images per streamed chunk (memory holds one float32 chunk of descriptors).
-        on_error: "skip" (default) logs, records and leaves out unreadable images; "raise" stops
-            with `ImageReadError` naming the file (the partial build is kept and resumes).
-        resume: continue an interrupted build of the same inputs/model/policy/dtype in `out_dir`;
-            False discards it.
-        overwrite: replace a complete index in `out_dir` (otherwise refused; see `add`).
-        progress: show a tqdm bar.
-        seed: RNG seed of the training subsample of approximate kinds.
-        utm_zone: the UTM zone label of the positions ("17T": zone number and latitude band;
-            `tf_netvlad.data.utm`). Default: the split's `utm_zone`, or the zone in the
-            `@`-file names of a folder; None when unknown. Stored for `localize`.
-
-    Returns:
-        the loaded `RetrievalIndex`.
-    """
-    from tf_netvlad.data import pipelines
-
-    image_size = parse_image_size(image_size)
-    storage.check_options(batch_size, chunk_size, on_error)
-    resolve_kind(kind, 1, 4)
-    images, zone = _split_and_zone(images, root, utm_zone)
-    paths, positions, root = storage.resolve_images(images, positions, root)
-    zone = _positions_zone(zone, images, paths, positions, explicit=utm_zone is not None)
-    full_paths = resolve_paths(paths, root)
-    storage.refuse_duplicates(full_paths)
-    if on_error == "raise":
-        pipelines.check_files_exist(full_paths)
-    model, label = load_descriptor_model(model_or_path)
-    fingerprint = model_fingerprint(model)
-    dim = fingerprint["descriptor_dim"]
-    if kind not in KINDS:
-        check_factory(kind, dim)
-    directory = _prepare_directory(out_dir, overwrite)
-    dtype = "float16" if float16 else "float32"
-    expected = {
-        "operation": "build", "inputs_sha256": storage.inputs_sha256(paths, positions, root),
-        "model": {k: fingerprint[k] for k in ("fingerprint", "weights_sha256", "descriptor_dim")},
-        "image_size": format_image_size(image_size), "dtype": dtype,
-    }
-    state = storage.pending_state(directory, expected, "build") if resume else None
-    descriptors_file = "descriptors.f16" if float16 else "descriptors.f32"
-    if state is None:
-        storage.remove(directory, [PROGRESS_FILE, "descriptors.f32", "descriptors.f16"])
-        state = dict(expected, num_inputs=len(paths), dim=dim, descriptors_file=descriptors_file,
-                     images_done=0, rows_done=0, skipped=[])
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json(state, directory / PROGRESS_FILE, allow_nan=False)
-    elif state["images_done"]:
-        logger.info("Resuming the build in %s at image %d of %d.", directory,
-                    state["images_done"], len(paths))
-    state = storage.extract_into(directory, state, model, full_paths, image_size, batch_size,
-                                 chunk_size, on_error, progress)
-    metadata = _finish_build(directory, state, paths, positions, root, kind, dict(
-        fingerprint, source=label), seed, utm_zone=zone)
-    logger.info("Indexed %d of %d images in %s (%s, %s); %d skipped.", metadata["count"],
-                len(paths), directory, metadata["factory"], dtype, len(metadata["skipped"]))
-    return RetrievalIndex.load(directory)
-
-
-def _prepare_directory(out_dir, overwrite):
-    directory = Path(out_dir)
-    if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"`out_dir` {os.fspath(out_dir)!r} is a file, not a directory.")
-    if (directory / METADATA_FILE).exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{os.fspath(out_dir)!r} already holds a complete retrieval index. Use "
-                "RetrievalIndex.load(...).add(...) (CLI: --add) to append images, "
-                "overwrite=True (CLI: --overwrite) to replace it, or another directory."
-            )
-        storage.remove(directory, [METADATA_FILE, PROGRESS_FILE, "descriptors.f32",
-                                   "descriptors.f16", *storage.index_files(directory)])
-    return directory
-
-
-def _split_and_zone(images, root, utm_zone):
-    """`(images, zone label or None)`: a split file is loaded here, so that its zone is known."""
-    if isinstance(images, (str, os.PathLike)) and Path(images).is_file():
-        from tf_netvlad.data.places import load_split
-
-        images = load_split(images, root=root)
-    found = getattr(images, "utm_zone", None)
-    if utm_zone is not None and found is not None and not utm.same_projection(utm_zone, found):
-        raise ValueError(f"utm_zone={utm_zone!r} (CLI --utm-zone) disagrees with the split, whose "
-                         f"positions are in UTM zone {found}: leave it out.")
-    return images, utm_zone if utm_zone is not None else found
-
-
-def _positions_zone(zone, images, paths, positions, explicit):
-    """The zone label of the positions, checked against them (`utm.check_zone_fits`); for a
-    folder without one, the zone of its `@`-file names, refused when they name two zones.
-
-    A label the caller gave (`explicit`) that does not fit is refused; one read from the data
-    (made-up positions with a real label, say) is dropped with a warning: no lat/lon then."""
-    if zone is None and isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-        from tf_netvlad.data.split_files import parse_utm_filename
-
-        try:
-            labels = {parse_utm_filename(os.path.basename(p))[2] for p in paths} - {""}
-        except ValueError:
-            labels = set()
-        if len({utm.projection_key(z) for z in labels}) > 1:
-            raise ValueError(
-                f"The images in {os.fspath(images)!r} lie in UTM zones {sorted(labels)}: "
-                "eastings/northings of different zones cannot be compared. Index each zone "
-                "separately, or pass positions re-projected into one zone "
-                "(tf_netvlad.data.utm.latlon_to_utm(lat, lon, zone=...)) and `utm_zone`."
-            )
-        zone = min(labels) if labels else None
-    if zone is None:
-        return None
-    try:
-        return utm.check_zone_fits(positions, zone, "the image positions")
-    except ValueError as error:
-        if explicit:
-            raise
-        logger.warning("Not recording the UTM zone of the positions: %s", error)
-        return None
-
-
-def _finish_build(directory, state, paths, positions, root, kind, model_info, seed, utm_zone=None):
-    """Metadata and faiss index for a completed extraction; removes the progress marker."""
-    from tf_netvlad.data import pipelines
-
-    kept = storage.kept_input_indices(len(paths), state["skipped"])
-    if not len(kept):
-        storage.remove(directory, [PROGRESS_FILE, state["descriptors_file"]])
-        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in state["skipped"][:3])
-        raise pipelines.ImageReadError(
-            f"None of the {len(paths)} images could be read, nothing was indexed ({reasons}).",
-            path=state["skipped"][0]["path"],
-        )
-    dim, float16 = state["dim"], state["dtype"] == "float16"
-    metadata = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "count": int(len(kept)), "dim": dim,
-        "dtype": state["dtype"], "descriptors_file": state["descriptors_file"], "metric": "ip",
-        "kind": kind, "image_size": state["image_size"], "root": root,
-        "paths": [paths[i] for i in kept], "positions": storage.positions_json(positions[kept]),
-        "utm_zone": utm_zone,
-        "model": model_info,
-        "skipped": [{"path": paths[s["input_index"]], "reason": s["reason"]}
-                    for s in state["skipped"]],
-        "generation": -1,
-    }
-    db = storage.open_descriptors(directory, metadata)
-    factory, params = resolve_kind(kind, len(db), dim, float16)
-    train_size = min(len(db), IVF_TRAIN_SIZE, max(1, TRAIN_BYTES // (4 * dim)))
-    try:
-        faiss_index = faiss_lib.build_index(db, kind=factory, train_size=train_size, seed=seed)
-    except RuntimeError as error:
-        raise ValueError(
-            f"faiss could not build a {factory!r} index over {len(db)} descriptors ({error}). "
-            "Use kind='flat' for small databases; the extracted descriptors are kept, so a "
-            "re-run with another kind resumes without extracting again."
-        ) from error
-    apply_search_params(faiss_index, params)
-    metadata.update(factory=factory, search_params=params)
-    del db
-    storage.commit(directory, metadata, faiss_index)
-    storage.remove(directory, [PROGRESS_FILE])
-    return metadata
-
-
-# --------------------------------------------------------------------------- the index
-
-
 
 
 class RetrievalIndex:
     """A built index directory: descriptors (memmap), faiss index and metadata.
 
-    Load with `RetrievalIndex.load(directory)`; build with `build_retrieval_index`.
+    Load with `RetrievalIndex.load(directory)`; build with `build_retrieval_index`
+    (`tf_netvlad.retrieval.build`).
 
     Attributes:
         directory: the index directory (`Path`).
@@ -404,13 +201,7 @@ class RetrievalIndex:
         storage.check_unchanged(self.directory, self.metadata)  # another writer may have added
         image_size = self.image_size
         storage.check_options(batch_size, chunk_size, on_error)
-        images, zone = _split_and_zone(images, root, utm_zone)
-        paths, positions, root = storage.resolve_images(images, positions, root)
-        zone = _positions_zone(zone, images, paths, positions, explicit=utm_zone is not None)
-        zone = self._merged_zone(zone, positions)
-        full_paths = [os.path.abspath(p) for p in resolve_paths(paths, root)]
-        storage.refuse_duplicates(full_paths, [self.full_path(i) for i in range(self.count)],
-                                  self.directory)
+        paths, positions, full_paths, zone = self._images_to_add(images, positions, root, utm_zone)
         model, label = load_descriptor_model(model_or_path)
         self.check_model(model, label)
         if on_error == "raise":
@@ -418,30 +209,11 @@ class RetrievalIndex:
 
             pipelines.check_files_exist(full_paths)
         stored_paths = [self._stored_path(p) for p in full_paths]
-        expected = {"operation": "add",
-                    "inputs_sha256": storage.inputs_sha256(full_paths, positions, None),
-                    "base_count": self.count, "generation": self.metadata["generation"]}
-        try:
-            state = storage.pending_state(self.directory, expected, "add")
-        except ValueError as error:
-            logger.warning("Discarding an unfinished operation: %s", error)
-            state = None
-        if state is None:
-            state = dict(expected, num_inputs=len(paths), dim=self.dim, dtype=self.metadata["dtype"],
-                         descriptors_file=self.metadata["descriptors_file"], images_done=0,
-                         rows_done=self.count, skipped=[])
-            write_json(state, self.directory / PROGRESS_FILE, allow_nan=False)
+        state = self._progress_state(full_paths, positions)
         state = storage.extract_into(self.directory, state, model, full_paths, image_size,
                                      batch_size, chunk_size, on_error, progress)
         kept = storage.kept_input_indices(len(paths), state["skipped"])
-        metadata = dict(self.metadata)
-        metadata["count"] = self.count + len(kept)
-        metadata["paths"] = self.paths + [stored_paths[i] for i in kept]
-        metadata["positions"] = self.metadata["positions"] + storage.positions_json(positions[kept])
-        metadata["utm_zone"] = zone
-        metadata["skipped"] = self.metadata["skipped"] + [
-            {"path": stored_paths[s["input_index"]], "reason": s["reason"]}
-            for s in state["skipped"]]
+        metadata = self._grown_metadata(kept, stored_paths, positions, zone, state["skipped"])
         db = storage.open_descriptors(self.directory, metadata)
         faiss_lib.add_vectors(self.faiss_index, db, start=self.count)
         del db
@@ -452,22 +224,45 @@ class RetrievalIndex:
         self.__init__(self.directory, metadata, self.faiss_index)
         return self
 
-    def _merged_zone(self, zone, positions):
-        """The index's zone after adding `positions` of zone `zone`; never mixes two zones."""
-        ours = self.utm_zone
-        if zone is None or not np.isfinite(positions).all(axis=1).any():
-            return ours
-        if ours is not None and utm.same_projection(ours, zone):
-            return ours
-        if ours is None and not np.isfinite(self.positions).all(axis=1).any():
-            return zone
-        held = f"positions in UTM zone {ours}" if ours else "positions of no recorded UTM zone"
-        raise ValueError(
-            f"Index {os.fspath(self.directory)!r} holds {held}, the images to add are in zone "
-            f"{zone}: eastings/northings of two zones cannot be mixed. Build a separate index, "
-            "or pass positions re-projected into the index's zone "
-            "(tf_netvlad.data.utm.latlon_to_utm(lat, lon, zone=...))."
-        )
+    def _images_to_add(self, images, positions, root, utm_zone):
+        """`(paths, positions, full paths, zone)` of the images to add; refuses images already
+        indexed and positions of another UTM zone than the index's."""
+        paths, positions, root, zone = zones.images_and_zone(images, positions, root, utm_zone)
+        zone = zones.merged_zone(self.directory, self.utm_zone, self.positions, zone, positions)
+        full_paths = [os.path.abspath(p) for p in resolve_paths(paths, root)]
+        storage.refuse_duplicates(full_paths, [self.full_path(i) for i in range(self.count)],
+                                  self.directory)
+        return paths, positions, full_paths, zone
+
+    def _progress_state(self, full_paths, positions):
+        """The progress state to extract into: the interrupted add of the same images, or a new
+        one (written to `progress.json`; an unfinished operation of other inputs is discarded)."""
+        expected = {"operation": "add",
+                    "inputs_sha256": storage.inputs_sha256(full_paths, positions, None),
+                    "base_count": self.count, "generation": self.metadata["generation"]}
+        try:
+            state = storage.pending_state(self.directory, expected, "add")
+        except ValueError as error:
+            logger.warning("Discarding an unfinished operation: %s", error)
+            state = None
+        if state is None:
+            state = dict(expected, num_inputs=len(full_paths), dim=self.dim,
+                         dtype=self.metadata["dtype"],
+                         descriptors_file=self.metadata["descriptors_file"], images_done=0,
+                         rows_done=self.count, skipped=[])
+            write_json(state, self.directory / PROGRESS_FILE, allow_nan=False)
+        return state
+
+    def _grown_metadata(self, kept, stored_paths, positions, zone, skipped):
+        """The metadata after appending the inputs `kept` (and listing the `skipped` ones)."""
+        metadata = dict(self.metadata)
+        metadata["count"] = self.count + len(kept)
+        metadata["paths"] = self.paths + [stored_paths[i] for i in kept]
+        metadata["positions"] = self.metadata["positions"] + storage.positions_json(positions[kept])
+        metadata["utm_zone"] = zone
+        metadata["skipped"] = self.metadata["skipped"] + [
+            {"path": stored_paths[s["input_index"]], "reason": s["reason"]} for s in skipped]
+        return metadata
 
     def _stored_path(self, full_path):
         root = self.root

@@ -51,13 +51,13 @@ def images_in_folder(folder):
     Returns:
         `(relative_paths, positions (n, 2) float64 or None)`.
     """
-    from tf_netvlad.data import split_files
+    from tf_netvlad.data import image_folders
 
     folder = Path(folder)
-    files = split_files.list_images(folder)
+    files = image_folders.list_images(folder)
     relative = [os.path.relpath(f, folder) for f in files]
     try:
-        positions = np.array([split_files.parse_utm_filename(f.name)[:2] for f in files], np.float64)
+        positions = np.array([image_folders.parse_utm_filename(f.name)[:2] for f in files], np.float64)
     except ValueError:
         positions = None
     return relative, positions
@@ -90,7 +90,7 @@ def resolve_images(images, positions, root):
                 f"`images` {os.fspath(images)!r} does not exist: expected an image folder, a "
                 ".mat/.csv split file, a PlaceSplit or a list of image paths."
             )
-        from tf_netvlad.data.places import load_split
+        from tf_netvlad.data.split_loading import load_split
 
         images = load_split(path, root=root)
     if hasattr(images, "db_paths") and hasattr(images, "db_utm"):

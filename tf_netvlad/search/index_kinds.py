@@ -1,6 +1,6 @@
 """Retrieval-index kinds: "flat" | "ivfpq" | "hnsw" | a faiss factory string -> factory and
 search parameters, their check and application, and the training-sample caps of a retrieval
-index (`tf_netvlad.retrieval.index`). faiss itself is reached through
+index (`tf_netvlad.retrieval.build`). faiss itself is reached through
 `tf_netvlad.search.faiss_index`.
 """
 

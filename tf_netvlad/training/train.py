@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_netvlad.data import pipelines, places
+from tf_netvlad.data import pipelines, places, split_loading
 from tf_netvlad.data.decoded import decode_splits
 from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.images import diagnose_image
@@ -67,9 +67,9 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
         train_split: `places.PlaceSplit` or a split file (.mat / .csv / folder) of training images.
         val_split: optional validation split (recall@N every epoch, best-model selection).
         root, val_root: image roots (default: the splits' own `root`). A split file is read with
-            `places.load_split` (database/query folders detected under the root); load it yourself
+            `split_loading.load_split` (database/query folders detected under the root); load it yourself
             with `db_root=` / `query_root=` to give the folders. Every image of both splits is
-            checked before anything is written or computed (`places.check_images`).
+            checked before anything is written or computed (`split_loading.check_images`).
         out_dir: run directory (contents: see `tf_netvlad.training.checkpointing`). Must be new or empty
             unless `resume=True`.
         model: a `NetVLADModel` to train as is (already initialised), or None to build one from
@@ -106,11 +106,11 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
     # positives, one batch, negatives, validation positives: from the positions, before anything runs
     input_checks.check_training_input(cfg, train_split, val_split, sources)
     # every image the run will read, checked before the run directory, the model and the k-means
-    places.check_images(train_split, root=root, flags=_ROOT_ARGS,
-                        source=_source(sources[0], "train_split", train_split))
+    split_loading.check_images(train_split, root=root, flags=_ROOT_ARGS,
+                               source=_source(sources[0], "train_split", train_split))
     if val_split is not None:
-        places.check_images(val_split, root=val_root, flags=("val_root=",) + _ROOT_ARGS[1:],
-                            source=_source(sources[1], "val_split", val_split))
+        split_loading.check_images(val_split, root=val_root, flags=("val_root=",) + _ROOT_ARGS[1:],
+                                   source=_source(sources[1], "val_split", val_split))
     group = distributed.worker_group(strategy)
     # Holds the run directory's writer lock; a fresh run that fails early leaves nothing behind.
     with RunDirectory(out_dir, resume, group) as run:
@@ -344,7 +344,7 @@ def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, st
 # --------------------------------------------------------------------------- helpers
 
 
-_ROOT_ARGS = ("root=", "places.load_split(db_root=...)", "places.load_split(query_root=...)")
+_ROOT_ARGS = ("root=", "tf_netvlad.load_split(db_root=...)", "tf_netvlad.load_split(query_root=...)")
 
 
 def _source(given, what, split):
@@ -356,7 +356,7 @@ def _as_split(split, root, what):
     if split is None or isinstance(split, places.PlaceSplit):
         return split
     if isinstance(split, (str, os.PathLike)):
-        return places.load_split(split, root=root)
+        return split_loading.load_split(split, root=root)
     raise TypeError(f"`{what}` must be a PlaceSplit or a path to a split file. Received: {type(split).__name__}")
 
 
