@@ -78,3 +78,20 @@ def toy_split(rng, n_db=200, n_q=50, extent=300.0, timestamps=False, **kw):
         ts = dict(db_timestamps=rng.integers(0, 4, n_db), query_timestamps=rng.integers(0, 4, n_q))
     return PlaceSplit("toy_test", [f"db/{i:04d}.jpg" for i in range(n_db)], db,
                       [f"q/{i:04d}.jpg" for i in range(n_q)], q, **ts, **kw)
+
+
+def interrupt_extraction_at_chunk(monkeypatch, chunk):
+    """Makes `models.extract.extract_descriptors` raise KeyboardInterrupt on its `chunk`-th call (a
+    crash mid-build); returns the list of chunk sizes it was called with."""
+    from tf_netvlad.models import extract
+
+    real, calls = extract.extract_descriptors, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == chunk:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "extract_descriptors", interrupted)
+    return calls

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import write_block_images
+from tests.helpers import interrupt_extraction_at_chunk, write_block_images
 from tf_netvlad.data import pipelines
 from tf_netvlad.models import extract
 from tf_netvlad.models.identity import model_fingerprint
@@ -99,15 +99,7 @@ def test_float16_storage(tmp_path, tiny_model, images, reference):
 def test_resume_after_interruption_matches_uninterrupted_build(tmp_path, tiny_model, images,
                                                                monkeypatch):
     full = _build(tiny_model, tmp_path / "full", images, chunk_size=3)
-    real, calls = extract.extract_descriptors, []
-
-    def crash_on_third_chunk(*args, **kwargs):
-        calls.append(len(args[1]))
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "extract_descriptors", crash_on_third_chunk)
+    calls = interrupt_extraction_at_chunk(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         _build(tiny_model, tmp_path / "part", images, chunk_size=3)
     state = json.loads((tmp_path / "part" / PROGRESS_FILE).read_text())

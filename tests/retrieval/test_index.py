@@ -7,10 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import write_block_images
+from tests.helpers import interrupt_extraction_at_chunk, write_block_images
 from tests.retrieval import test_build as build_tests
 from tests.retrieval.test_build import SIZE, _build
-from tf_netvlad.models import extract
 from tf_netvlad.models.identity import ModelMismatchError, model_fingerprint
 from tf_netvlad.models.model import build_model, load_model
 from tf_netvlad.retrieval import build as rb
@@ -79,15 +78,7 @@ def test_interrupted_add_keeps_the_index_usable_and_resumes(tmp_path, tiny_model
     folder, names, positions = images
     index = rb.build_retrieval_index(tiny_model, tmp_path / "idx", names[:4], positions=positions[:4],
                                      root=folder, progress=False)
-    real, calls = extract.extract_descriptors, []
-
-    def crash_on_second_chunk(*args, **kwargs):
-        calls.append(len(args[1]))
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "extract_descriptors", crash_on_second_chunk)
+    calls = interrupt_extraction_at_chunk(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         index.add(tiny_model, names[4:10], positions=positions[4:10], root=folder, chunk_size=3,
                   progress=False)
