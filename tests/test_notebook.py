@@ -23,6 +23,7 @@ from PIL import Image
 import tf_netvlad
 from tf_netvlad.data import split_loading
 from tf_netvlad.demo import dataset as demo_data
+from tf_netvlad.demo import folder
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "train_netvlad.ipynb"
 CYCLES, CYCLE_QUERIES = 3, 8
@@ -107,7 +108,7 @@ def test_training_notebook_runs(tiny_demo, tmp_path, monkeypatch):
     out = tmp_path / "out"
     # The notebook asks for the same parameters, so it reuses the shared data (other parameters
     # would regenerate it in place).
-    params = demo_data.read_params(tiny_demo["root"])
+    params = folder.read_params(tiny_demo["root"])
     assert params["config"] == "demo" and params["seed"] == demo_data.CONFIGS["demo"]["seed"], params
     monkeypatch.setenv("TF_NETVLAD_NB_DATA", str(tiny_demo["root"]))
     monkeypatch.setenv("TF_NETVLAD_NB_SCALE", repr(params["scale"]))

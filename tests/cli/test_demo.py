@@ -172,7 +172,7 @@ def test_demo_refusals_come_before_tensorflow_and_leave_nothing(tmp_path, tiny_d
     line each, exit status 2, TensorFlow never imported, no file made, changed or removed."""
     import json
 
-    from tf_netvlad.demo import dataset, run
+    from tf_netvlad.demo import folder, run
 
     data = str(tiny_demo["root"])  # a real generated dataset: 'demo', seed 0, scale 0.01
     before = sorted(p.relative_to(data) for p in tiny_demo["root"].rglob("*"))
@@ -208,7 +208,7 @@ def test_demo_refusals_come_before_tensorflow_and_leave_nothing(tmp_path, tiny_d
     assert sorted(p.name for p in trained.iterdir()) == [run.RUN_RECORD, "last"]
     assert sorted(p.relative_to(data) for p in tiny_demo["root"].rglob("*")) == before
     assert os.stat(tiny_demo["manifest"]).st_mtime_ns == stamp
-    assert dataset.read_params(data)["config"] == "demo"
+    assert folder.read_params(data)["config"] == "demo"
 
 
 def _thumbnail_recall_reference(split, grey, ns):
@@ -240,7 +240,7 @@ def test_demo_on_a_held_out_configuration_reports_thumbnails_init_and_trained(mo
     import json
 
     from tf_netvlad.data.split_loading import load_split
-    from tf_netvlad.demo import dataset, run
+    from tf_netvlad.demo import folder, run
 
     monkeypatch.chdir(tmp_path)
     argv = ["demo", "--config", "other", "--scale", "0.05", "--epochs", "1", "--minutes", "10"]
@@ -252,7 +252,7 @@ def test_demo_on_a_held_out_configuration_reports_thumbnails_init_and_trained(mo
     assert summary["config"] == "other" and summary["training"]["epochs_done"] == 1
     # the recorded data parameters are the dataset's own (manifest.json) and the 'other' preset's
     params = summary["data_params"]
-    assert params == json.loads(json.dumps(dataset.read_params("demo_data_other")))
+    assert params == json.loads(json.dumps(folder.read_params("demo_data_other")))
     assert (params["config"], params["seed"], params["scale"], params["image_size"]) == ("other", 7, 0.05,
                                                                                          [120, 160])
     assert summary["artefacts"]["dataset"] == str(tmp_path / "demo_data_other")

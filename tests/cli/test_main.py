@@ -145,7 +145,7 @@ def test_library_skip_hints_become_the_commands_flags(command, strict, expected)
 
 def test_unreadable_image_errors_name_cli_flags_not_python_arguments(tiny_model, tmp_path, capsys):
     from tests.helpers import write_block_images
-    from tf_netvlad.models.model import save_model
+    from tf_netvlad.models.model_files import save_model
 
     names = write_block_images(tmp_path, 3, seed=0)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

@@ -7,7 +7,7 @@ import numpy as np
 
 from tf_netvlad import defaults
 from tf_netvlad.cli import main
-from tf_netvlad.models.model import load_model
+from tf_netvlad.models.model_files import load_model
 
 
 def test_init_then_evaluate_then_whiten(tiny_demo, tmp_path, capsys):
@@ -129,7 +129,7 @@ def test_every_broken_model_file_is_one_line_naming_file_and_cause(tiny_demo, ti
     "file signature not found" without a path."""
     import keras
 
-    from tf_netvlad.models.model import save_model
+    from tf_netvlad.models.model_files import save_model
 
     good = tmp_path / "good.keras"
     save_model(tiny_model, good)

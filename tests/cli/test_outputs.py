@@ -30,14 +30,14 @@ def outputs(tmp_path):
 def nothing_runs(monkeypatch):
     """Fails the test if a command gets past its checks: importing TensorFlow, resolving --model
     (a download for a pretrained name) and loading a model all raise."""
-    from tf_netvlad.models import model as model_lib
+    from tf_netvlad.models import model_files
 
     def reached(*args, **kwargs):
         raise AssertionError("the command ran past its output checks")
 
     monkeypatch.setattr(main, "import_tensorflow_quietly", reached)
     monkeypatch.setattr(main.pretrained, "resolve_model_flag", reached, raising=False)
-    monkeypatch.setattr(model_lib, "load_model", reached)
+    monkeypatch.setattr(model_files, "load_model", reached)
 
 
 EVALUATE = ["evaluate", "--dataset", "missing.mat", "--model", "missing.keras"]

@@ -24,7 +24,7 @@ TINY = {"db_1x1.png": (1, 1), "db_4x4.png": (4, 4), "q_2x2.png": (2, 2), "q_1x5.
 def tiny_split(tmp_path_factory, tiny_model):
     """A CSV split of 6 normal (32x40) and 2 tiny database images, 2 normal and 2 tiny queries,
     and the `tiny_model` saved as a .keras file."""
-    from tf_netvlad.models.model import save_model
+    from tf_netvlad.models.model_files import save_model
 
     root = tmp_path_factory.mktemp("tiny_images")
     normal = write_block_images(root, 8, seed=3)
@@ -70,7 +70,7 @@ def test_index_and_localize_tiny_images(tiny_split, tmp_path, capsys):
 
 
 def test_fit_whitening_on_tiny_images(tiny_split, tmp_path):
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     out = tmp_path / "white.keras"
     assert main.main(["fit-whitening", "--dataset", tiny_split["csv"], "--model", tiny_split["model"],

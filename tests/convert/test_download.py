@@ -128,7 +128,7 @@ def tiny_keras_bytes(tiny_model, tmp_path_factory):
 
 
 def test_https_uri_of_a_keras_file_is_downloaded_once(keras_home, file_server, tiny_model, tiny_keras_bytes):
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     file_server.files["/models/tiny.keras"] = tiny_keras_bytes
     url = file_server.url("/models/tiny.keras")

@@ -216,7 +216,7 @@ def test_side_apply_and_listed_are_inverse():
 # ------------------------------------------------------------------ through the command line
 @pytest.fixture(scope="module")
 def model_file(tiny_model, tmp_path_factory):
-    from tf_netvlad.models.model import save_model
+    from tf_netvlad.models.model_files import save_model
 
     return str(save_model(tiny_model, tmp_path_factory.mktemp("model") / "tiny.keras"))
 

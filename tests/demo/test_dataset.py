@@ -130,16 +130,7 @@ def test_demo_configuration_is_the_one_the_recipe_was_tuned_on(tmp_path):
     dataset.generate_demo_data(tmp_path / "d", config="demo", seed=0, scale=TINY, image_size=(96, 128),
                                db_spacing_m=3.0, conditions="demo", viewpoint=1.0, progress=False)
     assert os.stat(paths["manifest"]).st_mtime_ns == mtime
-    # a manifest from before the configurations (no config/sizes/conditions/viewpoint/layout keys)
-    # still marks the same dataset complete
-    manifest = json.loads(paths["manifest"].read_text())
-    for key in ("config", "sizes", "conditions", "viewpoint", "layout"):
-        del manifest[key]
-    paths["manifest"].write_text(json.dumps(manifest))
-    mtime = os.stat(paths["manifest"]).st_mtime_ns
-    dataset.generate_demo_data(tmp_path / "d", seed=0, scale=TINY, progress=False)
-    assert os.stat(paths["manifest"]).st_mtime_ns == mtime
-    assert dataset.read_params(tmp_path / "d")["config"] == "demo"
+    # a manifest from before the configurations: tests/demo/test_folder.py
 
 
 def test_sizes_image_size_and_conditions_are_what_was_asked(tmp_path):

@@ -23,7 +23,7 @@ def test_demo_command_writes_every_artefact_and_beats_the_kmeans_init(tmp_path, 
     # The reported recalls are those of the two model files on the held-out test split.
     from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.evaluation.recall import evaluate
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     test_split = load_split(Path(summary["artefacts"]["dataset"]) / "demo_test.mat")
     for stage, key in (("before", "init_model"), ("after", "trained_model")):

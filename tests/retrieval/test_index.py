@@ -11,7 +11,8 @@ from tests.helpers import interrupt_extraction_at_chunk, write_block_images
 from tests.retrieval import test_build as build_tests
 from tests.retrieval.test_build import SIZE, _build
 from tf_netvlad.models.identity import ModelMismatchError, model_fingerprint
-from tf_netvlad.models.model import build_model, load_model
+from tf_netvlad.models.model import build_model
+from tf_netvlad.models.model_files import load_model
 from tf_netvlad.retrieval import build as rb
 from tf_netvlad.retrieval import index as ri
 from tf_netvlad.search import faiss_index as faiss_lib

@@ -193,7 +193,7 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, 
     """Two MultiWorkerMirroredStrategy workers (1 CPU replica each) train the real `train()` path:
     k-means on the chief, sharded mining, per-replica input, and a resume, and end with identical
     weights equal to a single-process run on the same global batch (batch 4 = 2 + 2 rows)."""
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     script = WORKER_SCRIPT.format(recipe=repr(RECIPE))
     split = tiny_demo["train_mat"]
@@ -284,7 +284,7 @@ def test_train_under_mirrored_strategy_on_two_cpus_equals_one_device(tiny_demo, 
     with extraction under the strategy, validation, checkpoints) and ends with the weights of a
     single-device `train()` on the same global batch. 11 queries per cycle with batch 4 give global
     batches of 4, 4 and 3 tuples: the last is split 2 + 1 over the replicas."""
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     recipe = dict(RECIPE, cache_refresh_queries=11, lr=0.01)
     script = MIRRORED_TRAIN_SCRIPT.format(recipe=repr(recipe))
@@ -374,7 +374,7 @@ def test_mixed_precision_train_under_mirrored_strategy_runs_the_whole_loop(tiny_
     float32 NetVLAD and descriptors, the loss-scaling optimizer, finite trained weights and a
     reloadable best model. (Not compared with one device: dynamic loss scaling skips a step when the
     float16 gradients overflow, which depends on how the batch is split over the replicas.)"""
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     recipe = dict(RECIPE, cache_refresh_queries=11, lr=0.01, mixed_precision=True)
     run = tmp_path / "run"

@@ -215,7 +215,7 @@ def test_train_writes_artifacts_and_checkpoint_state(demo, tmp_path):
     # test_short_training_raises_recall_on_tiny_demo_data.)
     from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.evaluation.recall import evaluate
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     val, models = load_split(demo["val_mat"]), {}
     for name, want in (("init", summary["init_val"]),
@@ -407,7 +407,7 @@ def test_short_training_raises_recall_on_held_out_data(name, tmp_path):
     from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.demo.dataset import generate_demo_data
     from tf_netvlad.evaluation.recall import evaluate
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     config, scale, cycles, per_cycle = HELD_OUT_RUNS[name]
     # the training and validation towns scaled down; 200 test queries, so that a gain of a few

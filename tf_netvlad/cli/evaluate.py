@@ -99,7 +99,7 @@ def evaluate(args):
     from tf_netvlad.evaluation import run
     from tf_netvlad.evaluation.report import format_recall_table
     from tf_netvlad.models import initialization
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     if bool(args.model) == bool(args.backbone):
         raise flags.CommandError("Pass exactly one of --model FILE.keras or --backbone NAME.")
@@ -132,7 +132,7 @@ def evaluate(args):
 
 def evaluate_map(args):
     from tf_netvlad.evaluation import ground_truth, oxford_paris
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     gt = ground_truth.load_ground_truth(args.gt, images_dir=args.images, ext=args.ext,
                                         on_missing=args.on_missing)

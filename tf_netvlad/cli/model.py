@@ -71,8 +71,7 @@ def check_model_out(args):
 
 
 def init(args):
-    from tf_netvlad.models import initialization
-    from tf_netvlad.models import model as model_lib
+    from tf_netvlad.models import initialization, model_files
 
     flags.refuse_existing(args.out, args.overwrite)
     split = flags.load_dataset(args.dataset, args.root, args.db_root, args.query_root, parts=("db",))
@@ -82,7 +81,7 @@ def init(args):
         num_images=args.num_images, per_image=args.per_image, niter=args.niter, seed=args.seed,
         batch_size=args.batch_size,
     )
-    model_lib.save_model(model, args.out)
+    model_files.save_model(model, args.out)
     print(f"k-means init: {stats['num_descriptors']} descriptors, alpha={stats['alpha']:.2f}, "
           f"top-1/top-2 assignment ratio {stats['assignment_ratio']:.1f}")
     print(f"model: {args.out}")
@@ -90,8 +89,7 @@ def init(args):
 
 
 def fit_whitening(args):
-    from tf_netvlad.models import initialization
-    from tf_netvlad.models import model as model_lib
+    from tf_netvlad.models import initialization, model_files
 
     flags.refuse_existing(args.out, args.overwrite)
     split = flags.load_dataset(args.dataset, args.root, args.db_root, args.query_root, parts=("db",))
@@ -100,7 +98,7 @@ def fit_whitening(args):
             f"--dim {args.dim} needs at least {args.dim + 1} database images (PCA of n images has "
             f"n - 1 components), but {args.dataset} has {len(split.db_paths)}.")
     pretrained.resolve_model_flag(args)
-    model = model_lib.load_model(args.model, compile=False)
+    model = model_files.load_model(args.model, compile=False)
     if args.dim > model.descriptor_dim:
         raise flags.CommandError(f"--dim {args.dim} is larger than the {model.descriptor_dim}-D "
                                  f"descriptors of {args.model}.")
@@ -109,7 +107,7 @@ def fit_whitening(args):
         image_size=args.image_size, num_components=args.dim, max_images=args.max_images,
         seed=args.seed, batch_size=args.batch_size,
     )
-    model_lib.save_model(model, args.out)
+    model_files.save_model(model, args.out)
     print(f"whitened model ({args.dim}-D): {args.out}")
     return 0
 

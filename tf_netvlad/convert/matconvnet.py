@@ -15,7 +15,7 @@ from keras import layers
 from tf_netvlad.convert.common import check_input_file, check_out_path
 from tf_netvlad.layers.netvlad import L2_EPSILON
 from tf_netvlad.models.backbones import MatConvNetLRN
-from tf_netvlad.models.model import save_model
+from tf_netvlad.models.model_files import save_model
 
 _HOW_TO_STRUCT = (
     "Convert it in MATLAB to the struct form first: with the NetVLAD code on the path, load the "

@@ -264,7 +264,7 @@ def load_pretrained(name):
     >>> model.descriptor_dim                                             # doctest: +SKIP
     4096
     """
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
 
     return load_model(fetch_pretrained(name), compile=False)
 

@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from tf_netvlad.convert.common import check_input_file, check_out_path
-from tf_netvlad.models.model import save_model
+from tf_netvlad.models.model_files import save_model
 
 # torchvision `features` indices of the convolutions kept by `features[:-2]`.
 VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)

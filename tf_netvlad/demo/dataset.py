@@ -12,7 +12,8 @@ Queries: random position / lateral offset / height / yaw / pitch / roll / zoom (
 scaled by `viewpoint`), and random illumination (day, dusk, night with lit windows and lamps),
 season (summer, autumn, winter with snow), weather (clear, rain, fog) and occlusion (parked
 cars, vans, pedestrians), drawn from a condition mix. The facade geometry is what stays.
-The streets are built in `tf_netvlad.demo.scene` and drawn by `tf_netvlad.demo.render`.
+The streets are built in `tf_netvlad.demo.scene` and drawn by `tf_netvlad.demo.render`; the
+output folder's manifest, README and completeness check are `tf_netvlad.demo.folder`.
 
 The configurations ("demo", the held-out "small" and "other") and the condition mixes are
 `tf_netvlad.demo.configs`; the output is a deterministic function of the resolved parameters
@@ -22,7 +23,6 @@ The configurations ("demo", the held-out "small" and "other") and the condition 
 Run `generate_demo_data(out_dir, config="demo")`, or `tf_netvlad demo-data --out DIR`.
 """
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -32,13 +32,11 @@ import numpy as np
 from tf_netvlad.data import places
 from tf_netvlad.data.dbstruct import write_mat
 from tf_netvlad.data.split_files import write_csv
-from tf_netvlad.defaults import DEMO_IMAGE_SIZE, NON_TRIV_POS_DIST_SQ_THR_M2, POS_DIST_THR_M
+from tf_netvlad.defaults import NON_TRIV_POS_DIST_SQ_THR_M2, POS_DIST_THR_M
+from tf_netvlad.demo import folder
 from tf_netvlad.demo.configs import (
-    CONDITION_GROUPS,
-    CONDITION_MIXES,
     CONFIGS,
     ILLUMINATIONS,
-    LEGACY_PARAMS,
     SEASONS,
     SPLIT_NAMES,
     WEATHERS,
@@ -202,71 +200,6 @@ def _generate_split(split_name, split_idx, spec, params, out_root, progress, wor
         root=str(out_root))
 
 
-def _result_paths(out_dir):
-    out = {"root": out_dir, "manifest": out_dir / "manifest.json", "readme": out_dir / "README.txt"}
-    for name in SPLIT_NAMES:
-        out[f"{name}_mat"] = out_dir / f"demo_{name}.mat"
-        out[f"{name}_csv"] = out_dir / f"demo_{name}.csv"
-    return out
-
-
-def _count_files(root):
-    return sum(len(files) for _, _, files in os.walk(root))
-
-
-def _is_complete(out_dir, params):
-    """True when `out_dir` holds every file of a dataset generated with exactly `params`."""
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if "config" not in manifest:  # written before configurations existed: the demo's layout
-        manifest = dict(LEGACY_PARAMS, layout=params["layout"], **manifest)
-    if {k: manifest.get(k) for k in params} != json.loads(json.dumps(params)):
-        return False
-    return _count_files(out_dir) == manifest.get("file_count")
-
-
-def read_params(out_dir):
-    """The generation parameters recorded in a generated dataset's `manifest.json` (or None).
-
-    `generate_demo_data(out_dir, **read_params(out_dir))` reuses a dataset whatever its
-    configuration, instead of regenerating it with the defaults.
-    """
-    try:
-        manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    manifest = dict(LEGACY_PARAMS, **manifest)
-    return {"config": manifest["config"], "seed": manifest.get("seed"),
-            "image_size": tuple(manifest.get("image_size", DEMO_IMAGE_SIZE)),
-            "scale": manifest.get("scale", 1.0), "db_spacing_m": manifest.get("db_spacing_m"),
-            "jpeg_quality": manifest.get("jpeg_quality", 75), "sizes": manifest["sizes"],
-            "conditions": manifest["conditions"], "viewpoint": manifest["viewpoint"]}
-
-
-def _looks_like_ours(out_dir):
-    ours = {"images", "manifest.json", "README.txt"} | {f"demo_{n}.{e}" for n in SPLIT_NAMES for e in ("mat", "csv")}
-    return all(p.name in ours for p in out_dir.iterdir())
-
-
-def _remove_stale_temp_dirs(out_dir):
-    """Delete `.<name>.tmp-<pid>` / `.<name>.old-<pid>` left by interrupted runs (dead pids)."""
-    for p in out_dir.parent.glob(f".{out_dir.name}.*-*"):
-        kind, _, pid = p.name[len(out_dir.name) + 2:].partition("-")
-        if kind not in ("tmp", "old") or not pid.isdigit() or not p.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            alive = int(pid) != os.getpid()
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def generate_demo_data(out_dir, seed=None, image_size=None, scale=1.0, db_spacing_m=None,
                        jpeg_quality=75, progress=True, config="demo", sizes=None, conditions=None,
                        viewpoint=None, workers=1):
@@ -310,13 +243,13 @@ def generate_demo_data(out_dir, seed=None, image_size=None, scale=1.0, db_spacin
                             conditions=conditions, viewpoint=viewpoint)
     workers = check_int("workers", workers, 1)
     out_dir = Path(out_dir).absolute()
-    if _is_complete(out_dir, params):
-        return _result_paths(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or not _looks_like_ours(out_dir)):
+    if folder.is_complete(out_dir, params):
+        return folder.result_paths(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or not folder.looks_like_ours(out_dir)):
         raise FileExistsError(f"`out_dir` {str(out_dir)!r} exists and is not a tf_netvlad demo "
                               "dataset; choose a new or empty directory.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(out_dir)
+    folder.remove_stale_temp_dirs(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -330,7 +263,7 @@ def generate_demo_data(out_dir, seed=None, image_size=None, scale=1.0, db_spacin
             os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _result_paths(out_dir)
+    return folder.result_paths(out_dir)
 
 
 class _NoBar:
@@ -357,80 +290,5 @@ def _write_dataset(root, params, progress, workers):
         write_mat(split, root / f"demo_{name}.mat", which_set=name)
         write_csv(split, root / f"demo_{name}.csv")
         splits[name] = split
-    (root / "README.txt").write_text(_readme(splits, params))
-    manifest = dict(params)
-    manifest["splits"] = {n: {"db": s.num_db, "queries": s.num_queries} for n, s in splits.items()}
-    manifest["file_count"] = _count_files(root) + 1
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def _mix_text(mix):
-    parts = []
-    for group, values in CONDITION_GROUPS.items():
-        parts.append(" / ".join(f"{v} {p:.0%}" for v, p in zip(values, mix[group]) if p > 0))
-    return parts + [f"occluded {mix['occluded']:.0%}"]
-
-
-def _mix_tokens(mix):
-    """The `--conditions` value of `mix`: its name if it is a named mix, else its tokens."""
-    for name in CONDITION_MIXES:
-        if mix_by_name(name) == canonical_mix(mix):
-            return name
-    return ",".join([f"{v}:{p:.6g}" for group, values in CONDITION_GROUPS.items()
-                     for v, p in zip(values, mix[group])] + [f"occluded:{mix['occluded']:.6g}"])
-
-
-def _readme(splits, params):
-    config = CONFIGS[params["config"]]
-    f = params["viewpoint"]
-    illumination, season, weather, occluded = _mix_text(params["conditions"])
-    overrides = "".join(f" --{k.replace('_', '-')} {v}" for k, v in params["sizes"].items())
-    overrides += f" --conditions {_mix_tokens(params['conditions'])}"
-    lines = [
-        "tf_netvlad demo place-recognition dataset",
-        "=========================================",
-        "",
-        f"Generated by tf_netvlad.demo.dataset (version {params['version']}), configuration "
-        f"{params['config']!r}: {config['description']}.",
-        f"Seed {params['seed']}, image size {params['image_size'][0]}x{params['image_size'][1]} (HxW), "
-        f"scale {params['scale']}. Regenerate with:",
-        f"  tf_netvlad demo-data --out DIR --config {params['config']} --seed {params['seed']} "
-        f"--image-size {params['image_size'][0]} {params['image_size'][1]} --scale {params['scale']:g} "
-        f"--db-spacing {params['db_spacing_m']:g} --viewpoint {f:g}{overrides}",
-        "",
-        "Synthetic streets: each split is a town of parallel streets lined with procedural",
-        "buildings (window grids, shop signs, awnings, doors, cornices, gables), trees and lamp",
-        "posts. The towns are > 1 km apart and have different buildings.",
-        "",
-        f"Database: summer day, clear weather, one image every {params['db_spacing_m']:g} m, fixed",
-        "camera (20 deg yaw towards the facade, 12 deg pitch), occasional parked car.",
-        f"Queries: random position on the street, lateral offset {0.25 - 3.25 * f:+.1f}..{0.25 + 3.25 * f:+.1f} m, "
-        f"height {1.8 - 0.5 * f:.1f}-{1.8 + 0.5 * f:.1f} m,",
-        f"yaw +-{15 * f:.0f} deg, pitch +-{5 * f:.0f} deg, roll +-{4 * f:.0f} deg, zoom "
-        f"{1.05 - 0.2 * f:.2f}-{1.05 + 0.2 * f:.2f}, and random conditions:",
-        f"  illumination {illumination}",
-        "    (dusk: warm cast, some lit windows; night: dark, lit windows, lit signs and lamps);",
-        f"  season {season}",
-        "    (autumn: orange foliage, leaves; winter: bare trees, snow, overcast sky);",
-        f"  weather {weather}",
-        "    (rain: overcast, streaks, wet ground, haze; fog: contrast lost with distance);",
-        f"  {occluded} (cars, vans, pedestrians in front of the facade).",
-        "",
-        "Files (paths in the split files are relative to this directory):",
-    ]
-    for name, split in splits.items():
-        layout = params["layout"][name]
-        lengths = layout["street_lengths_m"]
-        span = f"{min(lengths):g}" + (f"-{max(lengths):g}" if max(lengths) > min(lengths) else "")
-        lines.append(f"  demo_{name}.mat / demo_{name}.csv: {split.num_db} db, {split.num_queries} "
-                     f"queries, {len(lengths)} streets x {span} m")
-    lines += [
-        "  images/<split>/database|queries/@easting@northing@18@T@@@<id>@@@@@@@@.jpg",
-        "",
-        "The .mat files are NetVLAD dbStruct files (posDistThr 25 m, nonTrivPosDistSqThr 100 m^2).",
-        "The CSV manifests have columns path, role (db|query), easting, northing, conditions;",
-        "conditions is '<day|dusk|night>;<summer|autumn|winter>[;rain|fog][;occluded]' for queries.",
-        "Load with tf_netvlad.load_split('demo_test.mat').",
-        "",
-    ]
-    return "\n".join(lines)
+    folder.write_readme(root, splits, params)
+    folder.write_manifest(root, splits, params)

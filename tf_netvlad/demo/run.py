@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # In the run folder: the generation parameters of the dataset the run trains on.
 RUN_RECORD = "demo_data.json"
-# The generation parameters a run is compared on (those `dataset.read_params` returns).
+# The generation parameters a run is compared on (those `folder.read_params` returns).
 _PARAM_KEYS = ("config", "seed", "image_size", "scale", "db_spacing_m", "jpeg_quality", "sizes",
                "conditions", "viewpoint")
 # Parameters `tf_netvlad demo` leaves at the configuration's value -> the `demo-data` flag that sets them.
@@ -47,7 +47,7 @@ def default_paths(config="demo"):
 
 def data_params(config="demo", seed=None, scale=1.0):
     """The generation parameters of the dataset a demo run uses, in the JSON form compared with a
-    dataset's `manifest.json` (`dataset.read_params`) and a run's `RUN_RECORD`.
+    dataset's `manifest.json` (`folder.read_params`) and a run's `RUN_RECORD`.
 
     `seed` None takes the configuration's; a ValueError names a bad value (before anything runs).
     """
@@ -103,9 +103,9 @@ def check_demo_inputs(data_dir, run_dir, params, fresh=False):
     that recorded another dataset and `fresh` is False. A dataset with the same parameters is
     reused. Imports neither TensorFlow nor the model code.
     """
-    from tf_netvlad.demo import dataset
+    from tf_netvlad.demo import folder
 
-    recorded = dataset.read_params(data_dir)
+    recorded = folder.read_params(data_dir)
     if recorded is not None and _comparable(recorded) != params:
         recorded = _comparable(recorded)
         settable = _settable(recorded)
@@ -231,7 +231,7 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
     from tf_netvlad.demo import dataset
     from tf_netvlad.evaluation import plots, recall
     from tf_netvlad.export import saved_model
-    from tf_netvlad.models.model import load_model
+    from tf_netvlad.models.model_files import load_model
     from tf_netvlad.training import train
     from tf_netvlad.training.checkpointing import ResumeMismatch
     from tf_netvlad.training.config import CPU_RECIPE

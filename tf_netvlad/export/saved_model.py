@@ -60,7 +60,7 @@ from tf_netvlad.export.serving_files import (
 )
 from tf_netvlad.layers.netvlad import L2_EPSILON
 from tf_netvlad.models.extract import check_image_size_for_model
-from tf_netvlad.models.model import resolve_model
+from tf_netvlad.models.model_files import resolve_model
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ class ModelMismatchError(ValueError):
 
 def load_descriptor_model(model_or_path):
     """Returns `(model, label)`: `label` is the `.keras` path, or the model's name for a model."""
-    from tf_netvlad.models.model import resolve_model
+    from tf_netvlad.models.model_files import resolve_model
 
     model, path = resolve_model(model_or_path, any_keras_model=True)
     return model, path or f"model {model.name!r}"

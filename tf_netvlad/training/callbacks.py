@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tf_netvlad.evaluation import recall
-from tf_netvlad.models.model import save_model
+from tf_netvlad.models.model_files import save_model
 from tf_netvlad.training.budget_schedule import budget_learning_rate, budget_progress
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,8 @@ from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.images import diagnose_image
 from tf_netvlad.evaluation import recall
 from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
-from tf_netvlad.models.model import build_model, load_model, save_model
+from tf_netvlad.models.model import build_model
+from tf_netvlad.models.model_files import load_model, save_model
 from tf_netvlad.training import augment, distributed, input_checks, mining, tuples
 from tf_netvlad.training.callbacks import (
     RunControl,
