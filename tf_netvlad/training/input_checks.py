@@ -41,6 +41,15 @@ def _describe_source(source, split):
     return f"split {split.name!r}"
 
 
+def _short_of_negatives(split, non_negatives, queries, num_negatives):
+    """`(query, its negatives, queries short)` when some of `queries` have fewer than
+    `num_negatives` database images beyond `pos_dist_thr` (the one with the fewest), else None."""
+    available = np.array([split.num_db - len(non_negatives[q]) for q in queries])
+    if available.min() >= num_negatives:
+        return None
+    return int(queries[np.argmin(available)]), int(available.min()), int(np.sum(available < num_negatives))
+
+
 def no_positive_message(split, label, exclude_trivial_m2=None, flag=""):
     """The one-line error for a training split in which no query has a training positive."""
     radius = np.sqrt(split.non_triv_pos_dist_sq_thr)
@@ -85,14 +94,13 @@ def check_training_input(cfg, train_split, val_split=None, sources=(None, None))
             f"have a database image within {np.sqrt(train_split.non_triv_pos_dist_sq_thr):g} m"
             f"{_trivial_note(cfg.exclude_trivial_m2)}, fewer than one batch of {cfg.batch_size} tuples. "
             "Lower --batch-size (batch_size) or add training queries.")
-    non_negatives = train_split.positives()
-    available = np.array([train_split.num_db - len(non_negatives[q]) for q in valid])
-    if available.min() < cfg.num_negatives:
-        worst = int(valid[np.argmin(available)])
+    short = _short_of_negatives(train_split, train_split.positives(), valid, cfg.num_negatives)
+    if short is not None:
+        worst, fewest, num_short = short
         raise ValueError(
-            f"Training {train_label} (--dataset): query {worst} has only {int(available.min())} database "
+            f"Training {train_label} (--dataset): query {worst} has only {fewest} database "
             f"images beyond {train_split.pos_dist_thr:g} m, fewer than the {cfg.num_negatives} negatives a "
-            f"tuple needs ({int(np.sum(available < cfg.num_negatives))} queries are short). Lower "
+            f"tuple needs ({num_short} queries are short). Lower "
             "--num-negatives (num_negatives) or use a larger database.")
     if val_split is not None:
         val_label = _describe_source(sources[1], val_split)
@@ -141,13 +149,13 @@ def trainable_queries(split, num_negatives, exclude_trivial_m2=None):
         logger.warning("%d of %d training queries have no positive within %.3g m%s and are skipped.",
                        dropped_queries, split.num_queries, np.sqrt(split.non_triv_pos_dist_sq_thr),
                        _trivial_note(exclude_trivial_m2))
-    available = np.array([split.num_db - len(n) for n in non_negatives])[valid_queries]
-    if available.min() < num_negatives:
-        worst = int(valid_queries[np.argmin(available)])
+    short = _short_of_negatives(split, non_negatives, valid_queries, num_negatives)
+    if short is not None:
+        worst, fewest, num_short = short
         raise ValueError(
             f"num_negatives={num_negatives} negatives per query are needed but query {worst} "
-            f"has only {int(available.min())} database images beyond {split.pos_dist_thr:g} m "
-            f"({int(np.sum(available < num_negatives))} queries are short). Lower "
+            f"has only {fewest} database images beyond {split.pos_dist_thr:g} m "
+            f"({num_short} queries are short). Lower "
             "num_negatives or use a larger database."
         )
     return positives, non_negatives, valid_queries
