@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from tf_netvlad.data.locking import pid_alive
 from tf_netvlad.defaults import DEMO_IMAGE_SIZE
 from tf_netvlad.demo.configs import (
     CONDITION_GROUPS,
@@ -82,14 +83,7 @@ def remove_stale_temp_dirs(out_dir):
         kind, _, pid = p.name[len(out_dir.name) + 2:].partition("-")
         if kind not in ("tmp", "old") or not pid.isdigit() or not p.is_dir():
             continue
-        try:
-            os.kill(int(pid), 0)
-            alive = int(pid) != os.getpid()
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
+        if not pid_alive(pid) or int(pid) == os.getpid():
             shutil.rmtree(p, ignore_errors=True)
 
 
