@@ -178,6 +178,9 @@ MISSING_INPUTS = [
     (["index", "--images", "{tmp}/missing", "--model", "{tmp}/m.keras", "--out", "{tmp}/index"], "--images"),
     (["hloc", "--model", "{tmp}/m.keras", "--images", "{tmp}", "--queries", "{tmp}/missing",
       "--features", "{tmp}/f.h5"], "--queries"),
+    # before this was checked up front, `localize` loaded TensorFlow and the index first
+    (["localize", "--index", "{tmp}/index", "--model", "{tmp}/m.keras", "{tmp}/ok.mat",
+      "--gt-dataset", "{tmp}/missing"], "--gt-dataset"),
 ]
 
 

@@ -245,11 +245,11 @@ def check_output(path, flag, suffixes=(), directory=False):
 
 
 # Namespace fields that name an input file or folder wherever a command has them (`--dataset`,
-# `--val`, the roots, `--gt`, `--images`, `--queries`); `cli.main` refuses a missing one before
-# TensorFlow is imported. `--index` and `--model` are left to their loaders, which say more (not an
-# index; a pretrained name or URI).
+# `--val`, the roots, `--gt`, `--images`, `--queries`, `localize --gt-dataset`); `cli.main` refuses
+# a missing one before TensorFlow is imported. `--index` and `--model` are left to their loaders,
+# which say more (not an index; a pretrained name or URI).
 INPUT_FIELDS = ("dataset", "root", "db_root", "query_root", "val", "val_root", "val_db_root",
-                "val_query_root", "gt", "images", "queries")
+                "val_query_root", "gt", "images", "queries", "gt_dataset")
 
 
 def check_inputs(args):
