@@ -189,13 +189,16 @@ def _weights(path):
 
 
 @pytest.mark.slow
-def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, tmp_path):
+@pytest.mark.parametrize("db_queries", [False, True])
+def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, tmp_path, db_queries):
     """Two MultiWorkerMirroredStrategy workers (1 CPU replica each) train the real `train()` path:
     k-means on the chief, sharded mining, per-replica input, and a resume, and end with identical
-    weights equal to a single-process run on the same global batch (batch 4 = 2 + 2 rows)."""
+    weights equal to a single-process run on the same global batch (batch 4 = 2 + 2 rows). With
+    `db_queries` (the CPU recipe's), a query that is a database image takes its descriptor from the
+    worker holding that image, as the single process takes it from its database pass."""
     from tf_netvlad.models.model_files import load_model
 
-    script = WORKER_SCRIPT.format(recipe=repr(RECIPE))
+    script = WORKER_SCRIPT.format(recipe=repr(dict(RECIPE, db_queries=db_queries)))
     split = tiny_demo["train_mat"]
     # single process, no strategy, 2 cycles in one go
     ref = subprocess.run([sys.executable, "-c", script, str(split), str(tmp_path / "single"),
@@ -222,7 +225,11 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, 
     # each worker extracted half of the database and of the cycle's 10 queries; the chief's
     # checkpoint holds the same tuples and negative memory as the single-process run
     assert chief["last_mining"]["extracted_db_images"] == other["last_mining"]["extracted_db_images"] == 25
-    assert chief["last_mining"]["extracted_query_images"] == 5
+    queries_read = [s["last_mining"]["extracted_query_images"] for s in (chief, other, ref_summary)]
+    if db_queries:  # only the split's own queries are read as queries, by one worker each
+        assert queries_read[0] + queries_read[1] == queries_read[2] < 10
+    else:
+        assert queries_read == [5, 5, 10]
     assert ref_summary["last_mining"]["extracted_db_images"] == 50
     for name in ("rows", "neg_cache"):
         np.testing.assert_array_equal(np.load(run / "last" / "mining.npz")[name],

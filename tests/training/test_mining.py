@@ -334,8 +334,8 @@ class _TableMiner(mining.HardNegativeMiner):
     def _lookup(self, paths):
         self.extracted.extend(paths)
         bad = np.array([i for i, p in enumerate(paths) if self.descriptors[p] is None], np.int64)
-        desc = np.stack([np.full(6, np.nan, np.float32) if self.descriptors[p] is None else self.descriptors[p]
-                         for p in paths])
+        desc = np.array([np.full(6, np.nan, np.float32) if self.descriptors[p] is None else self.descriptors[p]
+                         for p in paths], np.float32).reshape(-1, 6)  # a worker's block may be empty
         return desc, bad
 
     def _extract(self, model, paths, what):  # the whole-database path (compute_cache)
@@ -389,6 +389,43 @@ def test_multi_worker_miner_extracts_its_shard_and_mines_the_same_rows():
     assert m0.last_stats["extracted_db_images"] == 45 and m0.last_stats["extracted_query_images"] == 6
     assert m1.last_stats["extracted_query_images"] == 5 and single.last_stats["extracted_db_images"] == 90
     assert sum(p.startswith("q") for p in m0.extracted + m1.extracted) == 3 * 11
+
+
+def test_multi_worker_miner_takes_database_queries_from_the_worker_holding_the_image():
+    """`db_queries` under a multi-worker strategy: a query that is a database image (queries 22..111
+    here) takes that image's descriptor from the worker whose database block holds it, as
+    `compute_cache` does on one worker, so no worker extracts it a second time. The rows, the memory
+    and the failed images equal one worker's; an unreadable database image fails its query too."""
+    split = _line_split(num_db=90, query_x=np.arange(0, 440, 20.0)).with_database_queries()
+    rng = np.random.default_rng(4)
+    descriptors = {p: rng.normal(size=6).astype(np.float32) for p in split.db_paths + split.query_paths}
+    descriptors["db13.jpg"] = None  # held by worker 0; also query 22 + 13
+    single = _table_miner(split, descriptors)
+    cycles = range(11)  # 112 queries, 11 per cycle: every query at least once
+    want = [single.mine(None, cycle) for cycle in cycles]
+    group = _ThreadGroup(2)
+
+    def worker(member):
+        miner = _table_miner(split, descriptors, group=member)
+        return miner, [miner.mine(_FakeModel(), cycle) for cycle in cycles]
+
+    (m0, rows0), (m1, rows1) = group.run(worker)
+    for cycle in cycles:
+        np.testing.assert_array_equal(rows0[cycle], want[cycle])
+        np.testing.assert_array_equal(rows1[cycle], want[cycle])
+    for miner in (m0, m1):
+        np.testing.assert_array_equal(miner.neg_cache, single.neg_cache)
+        np.testing.assert_array_equal(miner.bad_db, [13])
+        np.testing.assert_array_equal(miner.bad_queries, [22 + 13])
+    # database images are read once per cycle, by the worker holding them; queries that are database
+    # images are never read as queries: the split's own 22 queries are the only query reads
+    assert [p for p in m0.extracted if p.startswith("db")] == [f"db{i}.jpg" for i in range(45)] * 11
+    assert [p for p in m1.extracted if p.startswith("db")] == [f"db{i}.jpg" for i in range(45, 90)] * 11
+    own_reads = sorted(p for p in m0.extracted + m1.extracted if p.startswith("q"))
+    assert own_reads == sorted(p for p in single.extracted if p.startswith("q"))
+    assert set(own_reads) == set(split.query_paths[:22])
+    assert sum(m.last_stats["extracted_query_images"] for m in (m0, m1)) \
+        == single.last_stats["extracted_query_images"]
 
 
 def test_multi_worker_miner_stop_mode_raises_on_every_worker():

@@ -1,7 +1,9 @@
 """Multi-worker mining: each worker holds only a block of the cache, every worker mines the same tuples.
 
 Under `MultiWorkerMirroredStrategy` (`HardNegativeMiner(group=...)`) worker w of W extracts the
-database ids `distributed.shard_range(num_db, W, w)` and the same block of the cycle's queries.
+database ids `distributed.shard_range(num_db, W, w)` and the same block of the cycle's queries that
+are not database images; a query that is a database image (`db_queries`) takes its descriptor from
+the worker that holds that image.
 Two exact all-reduces (sums in which every worker contributes zeros outside its part) then give
 every worker the same inputs: `exchange_cache_blocks` gathers the query descriptors and the failed
 images, and `mine_tuples_sharded` completes the table of the (query, positive) and (query,
@@ -15,14 +17,16 @@ from tf_netvlad.training.config import TrainConfig
 from tf_netvlad.training.tuple_mining import TupleRows, plan_query, sq_dists
 
 
-def exchange_cache_blocks(group, q_block, q_lo, num_queries, bad_q, bad_db, db_lo, num_db):
-    """Every worker's block of query descriptors and its failed images, on every worker.
+def exchange_cache_blocks(group, q_pos, q_rows, num_queries, bad_q, bad_db, db_lo, num_db):
+    """Every worker's query descriptors and its failed images, on every worker.
 
     Args:
         group: `distributed.WorkerGroup` (or anything with an exact `all_reduce_sum`).
-        q_block: float32 `(n, d)` this worker's descriptors of the cycle queries `q_lo .. q_lo + n`.
-        q_lo: position of the block's first query among the cycle's `num_queries` queries.
-        bad_q: int positions inside `q_block` whose image failed (their rows are ignored).
+        q_pos: int positions, among the cycle's `num_queries` queries, of the descriptors this worker
+            holds (every position is held by exactly one worker).
+        q_rows: float32 `(len(q_pos), d)` those descriptors.
+        bad_q: int positions, among the cycle's queries, whose image failed on this worker (their
+            rows are ignored).
         bad_db: int positions inside this worker's database block (first id `db_lo`) that failed.
         num_db: database size of the split.
 
@@ -30,12 +34,12 @@ def exchange_cache_blocks(group, q_block, q_lo, num_queries, bad_q, bad_db, db_l
         `(q_desc float32 (num_queries, d), bad db ids, bad query positions in 0..num_queries-1)`,
         the same on every worker (one all-reduce: `x + 0 = x`, so the gather is bit-exact).
     """
-    q_desc = np.zeros((num_queries, q_block.shape[1]), np.float32)
-    q_desc[q_lo : q_lo + len(q_block)] = q_block
+    q_desc = np.zeros((num_queries, q_rows.shape[1]), np.float32)
+    q_desc[q_pos] = q_rows
     flags = np.zeros(num_db + num_queries, np.float32)
     flags[db_lo + bad_db] = 1
-    flags[num_db + q_lo + bad_q] = 1
-    q_desc[q_lo + bad_q] = 0  # NaN rows of failed images would poison the sum
+    flags[num_db + bad_q] = 1
+    q_desc[bad_q] = 0  # NaN rows of failed images would poison the sum
     exchanged = group.all_reduce_sum(np.concatenate([q_desc.ravel(), flags]))
     q_desc = exchanged[: q_desc.size].reshape(q_desc.shape)
     flags = exchanged[q_desc.size :]

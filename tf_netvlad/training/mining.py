@@ -205,25 +205,34 @@ class HardNegativeMiner:
     def compute_shard_cache(self, model, query_ids):
         """Multi-worker cache: this worker's block of the db, and every query descriptor of the cycle.
 
-        Each worker extracts db ids `shard_range(num_db, W, index)` and the same block of
-        `query_ids`; the query descriptors and the failed images are exchanged (all-reduce), so
+        Each worker extracts db ids `shard_range(num_db, W, index)` and the same block of the
+        queries of `query_ids` that are not database images; a query that is a database image
+        (`db_queries`) takes the descriptor of the worker that holds that image, as `compute_cache`
+        does. The query descriptors and the failed images are exchanged (all-reduce), so
         `self.bad_db` / `self.bad_queries` are the same on every worker.
 
         Returns `(q_desc (Q, d), db_shard (n_w, d), db_lo)`.
         """
-        group = self.group
-        db_lo, db_hi = shard_range(self.split.num_db, group.num_workers, group.index)
-        q_lo, q_hi = shard_range(len(query_ids), group.num_workers, group.index)
+        group, num_db = self.group, self.split.num_db
+        db_lo, db_hi = shard_range(num_db, group.num_workers, group.index)
+        same = self._query_db_ids[query_ids]  # the database image each query is, or -1
+        own = np.flatnonzero(same < 0)
+        o_lo, o_hi = shard_range(len(own), group.num_workers, group.index)
+        extracted = own[o_lo:o_hi]
+        from_db = np.flatnonzero((same >= db_lo) & (same < db_hi))
         db_shard, bad_db = self._extract_block(model, self.split.db_paths[db_lo:db_hi], "database")
         q_block, bad_q = self._extract_block(
-            model, [self.split.query_paths[i] for i in query_ids[q_lo:q_hi]], "query")
-        q_desc, bad_db, bad_q = exchange_cache_blocks(group, q_block, q_lo, len(query_ids), bad_q, bad_db,
-                                                      db_lo, self.split.num_db)
+            model, [self.split.query_paths[i] for i in query_ids[extracted]], "query")
+        q_desc, bad_db, bad_q = exchange_cache_blocks(
+            group, np.concatenate([extracted, from_db]),
+            np.concatenate([q_block, db_shard[same[from_db] - db_lo]]), len(query_ids),
+            np.concatenate([extracted[bad_q], from_db[np.isin(same[from_db] - db_lo, bad_db)]]),
+            bad_db, db_lo, num_db)
         bad_queries = query_ids[bad_q]
         self._raise_if_stop(bad_db, bad_queries)
         self.bad_db = np.union1d(self.bad_db, bad_db)
         self.bad_queries = np.union1d(self.bad_queries, bad_queries)
-        self.last_extracted = {"database": db_hi - db_lo, "queries": q_hi - q_lo}
+        self.last_extracted = {"database": db_hi - db_lo, "queries": o_hi - o_lo}
         return q_desc, db_shard, db_lo
 
     def _extract_block(self, model, paths, what):
