@@ -223,11 +223,12 @@ class HardNegativeMiner:
         db_shard, bad_db = self._extract_block(model, self.split.db_paths[db_lo:db_hi], "database")
         q_block, bad_q = self._extract_block(
             model, [self.split.query_paths[i] for i in query_ids[extracted]], "query")
-        q_desc, bad_db, bad_q = exchange_cache_blocks(
-            group, np.concatenate([extracted, from_db]),
-            np.concatenate([q_block, db_shard[same[from_db] - db_lo]]), len(query_ids),
-            np.concatenate([extracted[bad_q], from_db[np.isin(same[from_db] - db_lo, bad_db)]]),
-            bad_db, db_lo, num_db)
+        # the query positions this worker supplies, their descriptors, and those whose image failed
+        held = np.concatenate([extracted, from_db])
+        held_desc = np.concatenate([q_block, db_shard[same[from_db] - db_lo]])
+        held_bad = np.concatenate([extracted[bad_q], from_db[np.isin(same[from_db] - db_lo, bad_db)]])
+        q_desc, bad_db, bad_q = exchange_cache_blocks(group, held, held_desc, len(query_ids), held_bad,
+                                                      bad_db, db_lo, num_db)
         bad_queries = query_ids[bad_q]
         self._raise_if_stop(bad_db, bad_queries)
         self.bad_db = np.union1d(self.bad_db, bad_db)
