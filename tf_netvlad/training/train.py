@@ -39,7 +39,7 @@ from tf_netvlad.evaluation import recall
 from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
 from tf_netvlad.models.model import build_model
 from tf_netvlad.models.model_files import load_model, save_model
-from tf_netvlad.training import augment, distributed, input_checks, mining, tuples
+from tf_netvlad.training import augment, distributed, input_checks, mining, onednn, tuples
 from tf_netvlad.training.callbacks import (
     RunControl,
     TrainingCheckpoint,
@@ -98,6 +98,8 @@ def train(train_split, val_split=None, *, root=None, val_root=None, out_dir, mod
         FloatingPointError when the loss becomes NaN/inf (the last good checkpoint is kept).
     """
     start_time = time.monotonic()
+    if warning := onednn.onednn_off_warning():  # `import tensorflow` came before `import tf_netvlad`
+        logger.warning(warning)
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     sources = (train_split, val_split)  # as the caller named them: errors name the files
     train_split = _as_split(train_split, root, "train_split")
