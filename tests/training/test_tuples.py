@@ -153,9 +153,11 @@ def test_augmentation_is_per_image_per_cycle_and_repeatable(colour_images):
     root, paths = colour_images
     brightness = Augmentation(min_crop=1.0, brightness=0.1, contrast=0.0, saturation=0.0, hue=0.0)
     pipe = TuplePipeline(paths, paths, root, (6, 8), num_rows=2, num_positives=1, num_negatives=2,
-                         batch_size=2, augmentation=brightness, seed=5)
+                         batch_size=2, augmentation=brightness, seed=5, augment_all_slots=True)
     plain = TuplePipeline(paths, paths, root, (6, 8), num_rows=2, num_positives=1, num_negatives=2,
                           batch_size=2)
+    query_only = TuplePipeline(paths, paths, root, (6, 8), num_rows=2, num_positives=1, num_negatives=2,
+                               batch_size=2, augmentation=brightness, seed=5)
     rows = [[1, 2, 3, 4], [5, 2, 3, 4]]
 
     def images(p, cycle):
@@ -172,6 +174,12 @@ def test_augmentation_is_per_image_per_cycle_and_repeatable(colour_images):
     # every image of the batch has its own draw, even the same db image in two rows (slots 1-3)
     assert len(np.unique(np.round(shift[..., 0], 3))) == 8
     assert np.abs(later - first).max() > 0.1  # another cycle, other draws
+    # the default changes the query slot only, by the draw the query gets when every slot changes;
+    # the positives and negatives are the images as read
+    only = images(query_only, 0)
+    np.testing.assert_allclose(only[:, 0], first[:, 0], atol=1e-4)
+    np.testing.assert_array_equal(only[:, 1:], base[:, 1:])
+    assert np.abs(only[:, 0] - base[:, 0]).min() > 0.1
 
 
 def _pipelines(root, paths, images, **kwargs):
@@ -188,9 +196,10 @@ def test_tuples_from_memory_equal_tuples_from_the_files(colour_images):
     root, paths = colour_images
     images = DecodedImages.load(list(paths) + list(paths[:5]), root, (6, 8))
     rows = [[0, 1, -1, 5, -2 - 6, 7], [4, 3, 2, 0, 1, 2], [2, 7, 6, -2 - 3, 4, 5]]
-    for augmentation in (None, Augmentation()):
+    for augmentation, all_slots in ((None, False), (Augmentation(), False), (Augmentation(), True)):
         files, memory = _pipelines(root, paths, images, num_rows=3, num_positives=2, num_negatives=3,
-                                   batch_size=2, augmentation=augmentation, seed=3)
+                                   batch_size=2, augmentation=augmentation, seed=3,
+                                   augment_all_slots=all_slots)
         for pipe in (files, memory):
             pipe.assign(rows, cycle=1)
         got, want = list(memory.dataset().as_numpy_iterator()), list(files.dataset().as_numpy_iterator())

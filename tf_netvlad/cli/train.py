@@ -50,7 +50,9 @@ TRAIN_HELP = {
     "lr_decay_factor": "LR multiplier at each decay",
     "lr_schedule": "step (x --lr-decay-factor every --lr-decay-every passes, paper) | budget (warm-up + "
                    "cosine over the time limit or step budget, any dataset size)",
-    "augment": "photometric + small geometric augmentation of every tuple image (MATLAB: none)",
+    "augment": "photometric + small geometric augmentation of each tuple's query image (MATLAB: none)",
+    "augment_all_slots": "--augment changes every tuple image (query, positives, negatives), not only "
+                         "the query",
     "db_queries": "the training database images also train as queries (positives: other database "
                   "images within 10 m; MATLAB: no)",
     "loss_reduction": "sum (per query) | mean_violating (÷ violating triplets in the batch, MATLAB)",

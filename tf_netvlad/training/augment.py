@@ -1,7 +1,8 @@
-"""Training-time augmentation of the tuple images (`--augment`; off in both recipes, see `TrainConfig`).
+"""Training-time augmentation of the tuple images (`--augment`: on in the CPU recipe, see `TrainConfig`).
 
-Every image of a tuple (the query, each positive, each negative) gets its own small change, so the
-descriptor learns what a place looks like under light and framing it was not photographed in:
+The query image of each tuple (`TuplePipeline`; with `--augment-all-slots` also each positive and
+negative) gets its own small change, so the descriptor learns what a place looks like under light
+and framing it was not photographed in:
 
 * geometric: a random crop of `min_crop`..1 of each side at a random offset, resized back to the
   image size (bilinear; a small zoom and shift, like a camera a few metres off or turned a few

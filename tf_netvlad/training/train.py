@@ -204,7 +204,7 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
         num_rows=miner.schedule.max_size,
         num_positives=cfg.num_positives, num_negatives=cfg.num_negatives, batch_size=cfg.batch_size,
         on_bad_image=cfg.on_bad_image, augmentation=augment.Augmentation() if cfg.augment else None,
-        seed=cfg.seed, images=images)
+        augment_all_slots=cfg.augment_all_slots, seed=cfg.seed, images=images)
     deadline = None if cfg.time_limit_s is None else start_time + cfg.time_limit_s
     control = RunControl(deadline, group)
     initial_epoch, best, history, init_val = 0, None, [], None

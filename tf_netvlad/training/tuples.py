@@ -30,10 +30,11 @@ built after the table is filled, declares the epoch's exact length (`tf.data` ca
 shows `n/N` and stops without the warning. That dataset is valid for that table only: the training
 loop (`training.train`) mines first, then runs one `fit` per refresh cycle on such a dataset.
 
-Augmentation (`augmentation=`, a `training.augment.Augmentation`; `--augment`): the images of a
-tuple are changed together (`augment.augment_images`), each slot by its own row of stateless draws
-seeded by (`seed`, refresh cycle, row), so the same row of the same cycle always gets the same images
-(resume and parallel reads are unaffected); padding positives stay black.
+Augmentation (`augmentation=`, a `training.augment.Augmentation`; `--augment`): the query image of
+each tuple is changed, or with `augment_all_slots` every image of the tuple, together
+(`augment.augment_images`), each slot by its own row of stateless draws seeded by (`seed`, refresh
+cycle, row), so the same row of the same cycle always gets the same images (resume and parallel
+reads are unaffected; the query's change is the same either way); padding positives stay black.
 
 Images that fail to load during an epoch (`on_bad_image`): "stop" fails with an
 `InvalidArgumentError` whose message contains `TUPLE_IMAGE_ERROR row=<i>` and the tuple's files
@@ -71,6 +72,8 @@ class TuplePipeline:
         batch_size: tuples per batch (paper: 4).
         on_bad_image: "stop" or "skip", see the module docstring.
         augmentation: None or a `training.augment.Augmentation`; seed: seeds its draws.
+        augment_all_slots: False (the query image of each tuple is augmented) or True (every image:
+            the query, the positives and the negatives; `TrainConfig.augment_all_slots`).
         images: None (read and decode the files at every step), or a `data.decoded.DecodedImages`
             holding every query and database image at `image_size`: tuples are gathered from memory
             (a failed image fails its tuple as a failed file does).
@@ -85,7 +88,8 @@ class TuplePipeline:
     def __init__(self, query_paths, db_paths, root, image_size, num_rows,
                  num_positives=TrainConfig.num_positives, num_negatives=TrainConfig.num_negatives,
                  batch_size=TrainConfig.batch_size, on_bad_image=TrainConfig.on_bad_image,
-                 augmentation=None, seed=TrainConfig.seed, images=None):
+                 augmentation=None, seed=TrainConfig.seed, images=None,
+                 augment_all_slots=TrainConfig.augment_all_slots):
         size = check_image_size(image_size)
         if not isinstance(size, tuple):
             raise ValueError(
@@ -109,6 +113,7 @@ class TuplePipeline:
         self.batch_size = int(batch_size)
         self.on_bad_image = on_bad_image
         self.augmentation = None if augmentation is None or augmentation.is_identity else augmentation
+        self.augment_all_slots = bool(augment_all_slots)
         self.seed = int(seed)
         self.images = images
         if images is not None:
@@ -204,10 +209,14 @@ class TuplePipeline:
         negatives = [load(1, negative_ids[j]) for j in range(self.num_negatives)]
         images = tf.stack([load(0, row[0])] + positives + negatives)  # the row's slots, in order
         if self.augmentation is not None:  # one draw per slot; padding positives stay black
-            images = augment.augment_images(images, augment.tuple_seed(self.seed, self.cycle, index),
-                                            self.augmentation)
-            keep = tf.concat([[True], mask, tf.ones([self.num_negatives], tf.bool)], 0)
-            images = tf.where(keep[:, None, None, None], images, 0.0)
+            seed = augment.tuple_seed(self.seed, self.cycle, index)
+            if self.augment_all_slots:
+                images = augment.augment_images(images, seed, self.augmentation)
+                keep = tf.concat([[True], mask, tf.ones([self.num_negatives], tf.bool)], 0)
+                images = tf.where(keep[:, None, None, None], images, 0.0)
+            else:  # the query only: row 0 of the draws, the query's change under augment_all_slots
+                images = tf.concat([augment.augment_images(images[:1], seed, self.augmentation),
+                                    images[1:]], 0)
         return index, {
             "query": images[0],
             "positives": images[1 : 1 + self.num_positives],
