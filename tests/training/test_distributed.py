@@ -189,16 +189,17 @@ def _weights(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("db_queries", [False, True])
-def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, tmp_path, db_queries):
+def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, tmp_path):
     """Two MultiWorkerMirroredStrategy workers (1 CPU replica each) train the real `train()` path:
     k-means on the chief, sharded mining, per-replica input, and a resume, and end with identical
     weights equal to a single-process run on the same global batch (batch 4 = 2 + 2 rows). With
-    `db_queries` (the CPU recipe's), a query that is a database image takes its descriptor from the
-    worker holding that image, as the single process takes it from its database pass."""
+    `db_queries` (the CPU recipe's), the split's own queries are extracted in blocks, one per worker,
+    and a query that is a database image takes its descriptor from the worker holding that image, as
+    the single process takes it from its database pass (without `db_queries` only the blocks are
+    used: `test_mining.test_multi_worker_miner_extracts_its_shard_and_mines_the_same_rows`)."""
     from tf_netvlad.models.model_files import load_model
 
-    script = WORKER_SCRIPT.format(recipe=repr(dict(RECIPE, db_queries=db_queries)))
+    script = WORKER_SCRIPT.format(recipe=repr(dict(RECIPE, db_queries=True)))
     split = tiny_demo["train_mat"]
     # single process, no strategy, 2 cycles in one go
     ref = subprocess.run([sys.executable, "-c", script, str(split), str(tmp_path / "single"),
@@ -222,14 +223,12 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, 
     w0, w1 = _weights(weights[0]), _weights(weights[1])
     for a, b in zip(w0, w1):
         np.testing.assert_array_equal(a, b)
-    # each worker extracted half of the database and of the cycle's 10 queries; the chief's
-    # checkpoint holds the same tuples and negative memory as the single-process run
+    # each worker extracted half of the database; the chief's checkpoint holds the same tuples and
+    # negative memory as the single-process run
     assert chief["last_mining"]["extracted_db_images"] == other["last_mining"]["extracted_db_images"] == 25
+    # only the split's own queries of the cycle are read as query images, each by one worker
     queries_read = [s["last_mining"]["extracted_query_images"] for s in (chief, other, ref_summary)]
-    if db_queries:  # only the split's own queries are read as queries, by one worker each
-        assert queries_read[0] + queries_read[1] == queries_read[2] < 10
-    else:
-        assert queries_read == [5, 5, 10]
+    assert queries_read[0] + queries_read[1] == queries_read[2] < 10
     assert ref_summary["last_mining"]["extracted_db_images"] == 50
     for name in ("rows", "neg_cache"):
         np.testing.assert_array_equal(np.load(run / "last" / "mining.npz")[name],
