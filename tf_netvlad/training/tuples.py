@@ -207,16 +207,16 @@ class TuplePipeline:
                                      lambda: tf.zeros([height, width, 3], tf.float32)))
         negative_ids, negative_mask = _decode_negatives(row[1 + self.num_positives :])
         negatives = [load(1, negative_ids[j]) for j in range(self.num_negatives)]
-        images = tf.stack([load(0, row[0])] + positives + negatives)  # the row's slots, in order
-        if self.augmentation is not None:  # one draw per slot; padding positives stay black
-            seed = augment.tuple_seed(self.seed, self.cycle, index)
-            if self.augment_all_slots:
-                images = augment.augment_images(images, seed, self.augmentation)
-                keep = tf.concat([[True], mask, tf.ones([self.num_negatives], tf.bool)], 0)
-                images = tf.where(keep[:, None, None, None], images, 0.0)
-            else:  # the query only: row 0 of the draws, the query's change under augment_all_slots
-                images = tf.concat([augment.augment_images(images[:1], seed, self.augmentation),
-                                    images[1:]], 0)
+        query = load(0, row[0])
+        augmenting = self.augmentation is not None
+        seed = augment.tuple_seed(self.seed, self.cycle, index) if augmenting else None
+        if augmenting and not self.augment_all_slots:  # row 0 of the draws, as under all slots
+            query = augment.augment_image(query, seed, self.augmentation)
+        images = tf.stack([query] + positives + negatives)  # the row's slots, in order
+        if augmenting and self.augment_all_slots:  # one draw per slot; padding positives stay black
+            images = augment.augment_images(images, seed, self.augmentation)
+            keep = tf.concat([[True], mask, tf.ones([self.num_negatives], tf.bool)], 0)
+            images = tf.where(keep[:, None, None, None], images, 0.0)
         return index, {
             "query": images[0],
             "positives": images[1 : 1 + self.num_positives],
