@@ -1,4 +1,4 @@
-"""Writer locks for the directories tf_netvlad fills incrementally, and lock-marked scratch files.
+"""Writer locks for the directories tf_netvlad fills incrementally.
 
 An index folder, a training run directory and a SavedModel export base are written step by step
 (a resumable build appends descriptor chunks, a run swaps checkpoints, an export picks the next
@@ -23,10 +23,8 @@ writer holds `DirectoryLock` for the whole operation:
 Readers (evaluation of an index, `localize`) take no lock: every writer switches its metadata
 atomically, so a reader sees one complete generation or the next.
 
-`scratch_file` is a temporary file (the `evaluate --memmap-dir` descriptor memmap) that is
-removed when its block ends, on SIGTERM too, and whose leftovers from a `kill -9` are removed by
-the next run in that directory: a live owner holds `flock` on it, so a file nobody holds is an
-orphan.
+What a killed writer leaves inside a locked directory (`remove_orphans`) and temporary files
+marked by the same `flock` (`scratch_file`) are in `tf_netvlad.data.scratch`.
 
 Standard library only.
 """
@@ -39,10 +37,8 @@ import json
 import logging
 import os
 import shlex
-import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 
@@ -303,104 +299,3 @@ def holds_writer_lock(argument, what):
         return locked
 
     return decorate
-
-
-def remove_orphans(directory, patterns):
-    """Removes files and folders matching glob `patterns` in `directory` (temp files of a killed
-    writer). Call only while holding the directory's `DirectoryLock`: then nobody else is writing
-    them. Symbolic links are removed, never followed. Returns the removed names."""
-    import glob
-    import shutil
-
-    removed = []
-    for pattern in patterns:
-        for path in sorted(glob.glob(os.path.join(glob.escape(os.fspath(directory)), pattern))):
-            if os.path.islink(path) or not os.path.isdir(path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-            removed.append(os.path.basename(path))
-    if removed:
-        logger.info("Removed leftovers of an interrupted writer in %s: %s", directory,
-                    ", ".join(removed))
-    return removed
-
-
-# --------------------------------------------------------------------------- scratch files
-
-
-class _Terminated(SystemExit):
-    """SIGTERM turned into an exception, so `finally` blocks run (exit status 143)."""
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated(128 + signum)
-
-
-@contextlib.contextmanager
-def sigterm_raises():
-    """Within the block, SIGTERM raises SystemExit(143) instead of killing the process at once,
-    so cleanup code runs. Only in the main thread and only if SIGTERM has its default action (a
-    handler the application installed is left alone)."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _unheld(path):
-    """True if no live process holds `flock` on `path` (its owner died)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
-@contextlib.contextmanager
-def scratch_file(directory, prefix, suffix=""):
-    """Yields the path of a new temporary file `directory/PREFIX_xxxx SUFFIX`, removed when the
-    block ends (SIGTERM included, see `sigterm_raises`).
-
-    The file is held with `flock` while in use. Files `PREFIX_*SUFFIX` in `directory` that nobody
-    holds are leftovers of a killed run and are removed first; those of a live run are kept.
-    """
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    if fcntl is not None:
-        import glob
-
-        pattern = os.path.join(glob.escape(directory), f"{prefix}_*{suffix}")
-        for path in glob.glob(pattern):
-            if os.path.isfile(path) and not os.path.islink(path) and _unheld(path):
-                logger.info("Removing %s, left by a killed run.", path)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-    with sigterm_raises():
-        # Created under a hidden name and locked before it gets the name the cleanup above looks
-        # for, so another run never sees it unlocked.
-        fd, hidden = tempfile.mkstemp(prefix=f".{prefix}_", suffix=suffix, dir=directory)
-        path = os.path.join(directory, os.path.basename(hidden)[1:])
-        try:
-            if fcntl is not None:
-                with contextlib.suppress(OSError):  # a file system without flock: no marking
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(hidden, path)
-            yield path
-        finally:
-            for name in (hidden, path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name)
-            os.close(fd)

@@ -276,7 +276,7 @@ def _approximate_recall(db_desc, query_desc, positives, ns, k, exclude, protocol
 
 def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
     """None (extract returns float32 in RAM), or a float16 array / `.npy` memmap to fill."""
-    from tf_netvlad.data.locking import scratch_file
+    from tf_netvlad.data.scratch import scratch_file
     from tf_netvlad.models import extract
 
     if dtype not in ("float32", "float16"):

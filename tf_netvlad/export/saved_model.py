@@ -42,7 +42,8 @@ import tensorflow as tf
 
 from tf_netvlad.data.image_size import check_image_size, parse_image_size
 from tf_netvlad.data.images import decode_and_resize, upscale_to_min_size
-from tf_netvlad.data.locking import holds_writer_lock, remove_orphans
+from tf_netvlad.data.locking import holds_writer_lock
+from tf_netvlad.data.scratch import remove_orphans
 from tf_netvlad.defaults import PAPER_IMAGE_SIZE
 from tf_netvlad.export.serving_files import (
     BATCHING_PARAMETERS,

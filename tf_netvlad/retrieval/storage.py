@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tf_netvlad.data.fileio import atomic_path, confined_path, write_json
-from tf_netvlad.data.locking import remove_orphans
+from tf_netvlad.data.scratch import remove_orphans
 from tf_netvlad.search import faiss_index as faiss_lib
 
 logger = logging.getLogger("tf_netvlad.retrieval.index")

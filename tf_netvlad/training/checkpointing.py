@@ -42,7 +42,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data.fileio import jsonable, write_json
-from tf_netvlad.data.locking import LOCK_FILE, DirectoryLock, remove_orphans
+from tf_netvlad.data.locking import LOCK_FILE, DirectoryLock
+from tf_netvlad.data.scratch import remove_orphans
 from tf_netvlad.training.config import RESUME_DEFAULTS, RESUME_KEYS
 
 RNG_FILE = "rng.json"
