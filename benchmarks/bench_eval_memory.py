@@ -107,7 +107,7 @@ def make_data(args, folder):
 
 
 def run(args):
-    from tf_netvlad.evaluation import recall
+    from tf_netvlad.evaluation import recall, recall_metrics
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
         started = time.perf_counter()
@@ -121,7 +121,7 @@ def run(args):
         started = time.perf_counter()
         positives = split.positives()
         results = recall.evaluate_descriptors(
-            db, queries, positives, ns=recall.REFERENCE_RECALL_NS, protocol="tokyo247",
+            db, queries, positives, ns=recall_metrics.REFERENCE_RECALL_NS, protocol="tokyo247",
             approximate=args.approx,
         )
         seconds = time.perf_counter() - started

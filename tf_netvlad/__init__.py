@@ -53,7 +53,7 @@ _PUBLIC = {
     "CPU_RECIPE": "tf_netvlad.training.config",
     "train": "tf_netvlad.training.train",
     # evaluation
-    "recall_at_n": "tf_netvlad.evaluation.recall",
+    "recall_at_n": "tf_netvlad.evaluation.recall_metrics",
     "evaluate": "tf_netvlad.evaluation.recall",
     "evaluate_model": "tf_netvlad.evaluation.run",
     "format_recall_table": "tf_netvlad.evaluation.report",

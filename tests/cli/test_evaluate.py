@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tf_netvlad.cli import main
-from tf_netvlad.evaluation.recall import DEFAULT_RECALL_NS, REFERENCE_RECALL_NS
+from tf_netvlad.evaluation.recall_metrics import DEFAULT_RECALL_NS, REFERENCE_RECALL_NS
 
 
 def test_evaluate_off_the_shelf_with_backbone(tiny_demo, tmp_path):

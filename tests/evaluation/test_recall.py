@@ -10,15 +10,15 @@ from PIL import Image
 from tests.helpers import write_solid_image
 from tf_netvlad.data.fileio import write_json
 from tf_netvlad.data.places import PlaceSplit
-from tf_netvlad.evaluation import plots, protocols, ranking, recall
+from tf_netvlad.evaluation import plots, protocols, ranking, recall, recall_metrics
 from tf_netvlad.evaluation.report import format_recall_table, recall_ns
 
 # --------------------------------------------------------------------------- recall_at_n
 
 
 def test_recall_ns_constants():
-    assert recall.DEFAULT_RECALL_NS == (1, 5, 10, 20)
-    assert recall.REFERENCE_RECALL_NS == (1, 2, 3, 4, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50,
+    assert recall_metrics.DEFAULT_RECALL_NS == (1, 5, 10, 20)
+    assert recall_metrics.REFERENCE_RECALL_NS == (1, 2, 3, 4, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50,
                                               55, 60, 65, 70, 75, 80, 85, 90, 95, 100)
 
 
@@ -30,30 +30,30 @@ def test_recall_at_n_hand_computed():
         [3, 9, 0],  # rank 3
     ])
     positives = [np.array([2, 9]), np.array([1]), np.array([0]), np.array([0, 11])]
-    assert recall.recall_at_n(retrieved, positives, ns=(1, 2, 3)) == {1: 0.25, 2: 0.5, 3: 0.75}
-    np.testing.assert_array_equal(recall.first_correct_rank(retrieved, positives), [2, 1, 0, 3])
+    assert recall_metrics.recall_at_n(retrieved, positives, ns=(1, 2, 3)) == {1: 0.25, 2: 0.5, 3: 0.75}
+    np.testing.assert_array_equal(recall_metrics.first_correct_rank(retrieved, positives), [2, 1, 0, 3])
 
 
 def test_queries_without_positives_are_excluded_and_logged(caplog):
     retrieved = np.array([[0, 1], [2, 3], [4, 5]])
     positives = [np.array([1]), np.array([], np.int64), np.array([7])]
     with caplog.at_level("WARNING"):
-        recalls = recall.recall_at_n(retrieved, positives, ns=(1, 2))
+        recalls = recall_metrics.recall_at_n(retrieved, positives, ns=(1, 2))
     # 2 scored queries: q0 found at rank 2, q2 never.
     assert recalls == {1: 0.0, 2: 0.5}
     assert "1 of 3 queries have no positive" in caplog.text
-    np.testing.assert_array_equal(recall.first_correct_rank(retrieved, positives), [2, -1, 0])
+    np.testing.assert_array_equal(recall_metrics.first_correct_rank(retrieved, positives), [2, -1, 0])
 
 
 def test_recall_at_n_errors():
     with pytest.raises(ValueError, match="recall@5 needs at least 5"):
-        recall.recall_at_n(np.zeros((2, 3), int), [[0], [1]], ns=(1, 5))
+        recall_metrics.recall_at_n(np.zeros((2, 3), int), [[0], [1]], ns=(1, 5))
     with pytest.raises(ValueError, match="one entry per query: got 1 entries for 2"):
-        recall.recall_at_n(np.zeros((2, 3), int), [[0]], ns=(1,))
+        recall_metrics.recall_at_n(np.zeros((2, 3), int), [[0]], ns=(1,))
     with pytest.raises(ValueError, match="None of the 2 queries has a positive"):
-        recall.recall_at_n(np.zeros((2, 3), int), [[], []], ns=(1,))
+        recall_metrics.recall_at_n(np.zeros((2, 3), int), [[], []], ns=(1,))
     with pytest.raises(ValueError, match="ns=\\(0,\\)"):
-        recall.recall_at_n(np.zeros((2, 3), int), [[0], [1]], ns=(0,))
+        recall_metrics.recall_at_n(np.zeros((2, 3), int), [[0], [1]], ns=(0,))
 
 
 # --------------------------------------------------------------------------- descriptors
@@ -71,7 +71,7 @@ def test_evaluate_descriptors_matches_numpy_ranking(rng):
     results, ids = recall.evaluate_descriptors(db, queries, positives, ns=(1, 3, 100), return_ids=True)
     ranking = np.argsort(-(queries.astype(np.float64) @ db.T.astype(np.float64)), axis=1)
     np.testing.assert_array_equal(ids, ranking)  # 100 > 40 db images: everything is retrieved
-    expected = recall.recall_at_n(ranking, positives, ns=(1, 3, 40))
+    expected = recall_metrics.recall_at_n(ranking, positives, ns=(1, 3, 40))
     assert results["recall@1"] == expected[1] and results["recall@3"] == expected[3]
     assert results["recall@100"] == 1.0
     assert (results["num_queries"], results["num_db"], results["descriptor_dim"]) == (10, 40, 8)
@@ -169,8 +169,8 @@ def test_write_json_is_atomic_and_converts_numpy(tmp_path):
 
 
 def test_plot_recall_curve_and_retrievals(tmp_path, colour_split):
-    before = {f"recall@{n}": min(1.0, 0.3 + n / 40) for n in recall.REFERENCE_RECALL_NS}
-    after = {f"recall@{n}": min(1.0, 0.6 + n / 50) for n in recall.REFERENCE_RECALL_NS}
+    before = {f"recall@{n}": min(1.0, 0.3 + n / 40) for n in recall_metrics.REFERENCE_RECALL_NS}
+    after = {f"recall@{n}": min(1.0, 0.6 + n / 50) for n in recall_metrics.REFERENCE_RECALL_NS}
     curve = plots.plot_recall_curve([before, after], tmp_path / "curve.png", labels=["before", "after"])
     with Image.open(curve) as image:
         assert image.size == (640, 440)

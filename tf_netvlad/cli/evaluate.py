@@ -14,9 +14,9 @@ log = logging.getLogger("tf_netvlad")
 
 def recall_ns(text):
     """`--recall-ns`: 'default' (1,5,10,20), 'reference' (MATLAB's 1-5, 10-100 step 5) or '1,5,10'."""
-    from tf_netvlad.evaluation import recall
+    from tf_netvlad.evaluation import recall_metrics
 
-    named = {"default": recall.DEFAULT_RECALL_NS, "reference": recall.REFERENCE_RECALL_NS}
+    named = {"default": recall_metrics.DEFAULT_RECALL_NS, "reference": recall_metrics.REFERENCE_RECALL_NS}
     if text in named:
         return named[text]
     try:

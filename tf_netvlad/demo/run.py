@@ -229,7 +229,7 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
     from tf_netvlad.data import split_loading
     from tf_netvlad.data.fileio import write_json
     from tf_netvlad.demo import dataset
-    from tf_netvlad.evaluation import plots, recall
+    from tf_netvlad.evaluation import plots, recall, recall_metrics
     from tf_netvlad.export import saved_model
     from tf_netvlad.models.model_files import load_model
     from tf_netvlad.training import train
@@ -256,7 +256,7 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
         raise ValueError(_run_mismatch(run_dir, _checkpoint_difference(error, params))) from error
 
     image_size = train_config.image_size
-    ns = recall.DEFAULT_RECALL_NS
+    ns = recall_metrics.DEFAULT_RECALL_NS
     thumbnails = thumbnail_recalls(test_split, ns)
     results, ids = {}, {}
     for stage, file in (("before", "init.keras"), ("after", "best.keras")):

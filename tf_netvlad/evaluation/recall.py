@@ -25,96 +25,10 @@ import numpy as np
 
 from tf_netvlad.data.image_size import format_image_size, parse_image_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, SEED
-from tf_netvlad.evaluation import protocols, ranking
+from tf_netvlad.evaluation import protocols, ranking, recall_metrics
 from tf_netvlad.search import faiss_index
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_RECALL_NS = (1, 5, 10, 20)
-# MATLAB NetVLAD `recallNs = [1:5, 10:5:100]`.
-REFERENCE_RECALL_NS = (1, 2, 3, 4, 5) + tuple(range(10, 101, 5))
-
-
-def _check_ns(ns):
-    ns = tuple(ns)
-    if not ns or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
-                     for n in ns):
-        raise ValueError(f"`ns` must be a non-empty sequence of ints >= 1. Received: ns={ns!r}")
-    return tuple(sorted({int(n) for n in ns}))
-
-
-def first_correct_rank(retrieved_ids, positives):
-    """1-based rank of the first true positive in each query's retrieved list.
-
-    Returns int64 `(Q,)`: `r >= 1` is the rank of the first positive, `0` means no positive within
-    the retrieved list, `-1` means the query has no positive at all (excluded from recall).
-    """
-    retrieved_ids = np.asarray(retrieved_ids)
-    if retrieved_ids.ndim != 2:
-        raise ValueError(
-            "`retrieved_ids` must be 2-D (num_queries, max_n). "
-            f"Received shape {retrieved_ids.shape}"
-        )
-    if len(positives) != len(retrieved_ids):
-        raise ValueError(
-            f"`positives` must have one entry per query: got {len(positives)} entries for "
-            f"{len(retrieved_ids)} queries."
-        )
-    ranks = np.zeros(len(retrieved_ids), np.int64)
-    for q, (row, pos) in enumerate(zip(retrieved_ids, positives)):
-        pos = np.asarray(pos)
-        if pos.size == 0:
-            ranks[q] = -1
-            continue
-        hits = np.flatnonzero(np.isin(row, pos))
-        if hits.size:
-            ranks[q] = hits[0] + 1
-    return ranks
-
-
-def recall_at_n(retrieved_ids, positives, ns=DEFAULT_RECALL_NS):
-    """recall@N for each N in `ns`, over the queries that have at least one positive.
-
-    Args:
-        retrieved_ids: int array `(Q, max_n)`, database ids per query, best first.
-        positives: list of Q int arrays of database ids within the positive radius.
-        ns: the N values; each must be <= `max_n`.
-
-    Returns:
-        dict `{N: fraction in [0, 1]}`. Queries without positives are excluded (logged); if no
-        query has a positive, `ValueError`.
-
-    Example:
-    >>> recall_at_n([[3, 1], [0, 2]], [[1], [5]], ns=(1, 2))
-    {1: 0.0, 2: 0.5}
-    """
-    ns = _check_ns(ns)
-    retrieved_ids = np.asarray(retrieved_ids)
-    ranks = first_correct_rank(retrieved_ids, positives)
-    if ns[-1] > retrieved_ids.shape[1]:
-        raise ValueError(
-            f"recall@{ns[-1]} needs at least {ns[-1]} retrieved ids per query. Received "
-            f"retrieved_ids with {retrieved_ids.shape[1]} columns; lower `ns` or retrieve more."
-        )
-    return _recalls_from_ranks(ranks, ns)
-
-
-def _recalls_from_ranks(ranks, ns, log=True):
-    valid = ranks >= 0
-    excluded = int((~valid).sum())
-    if not valid.any():
-        raise ValueError(
-            f"None of the {len(ranks)} queries has a positive database image, so recall is "
-            "undefined. Check the split (UTM coordinates, positive radius, image lists)."
-        )
-    if excluded and log:
-        logger.warning(
-            "%d of %d queries have no positive database image and are excluded from recall@N.",
-            excluded, len(ranks),
-        )
-    found = ranks[valid]
-    return {n: float(np.mean((found >= 1) & (found <= n))) for n in ns}
-
 
 def _score(ids, positives, ns, protocol, conditions, num_db, prefix, warn):
     """Protocol post-processing (panorama NMS) and recall@N, overall and per condition."""
@@ -123,8 +37,8 @@ def _score(ids, positives, ns, protocol, conditions, num_db, prefix, warn):
         ids = protocols.panorama_nms(ids, min(ns[-1], num_db // cutouts), cutouts)
     else:
         ids = ids[:, : ns[-1]]
-    ranks = first_correct_rank(ids, positives)
-    recalls = _recalls_from_ranks(ranks, ns, log=warn)
+    ranks = recall_metrics.first_correct_rank(ids, positives)
+    recalls = recall_metrics.recalls_from_ranks(ranks, ns, log=warn)
     results = {f"{prefix}recall@{n}": recalls[n] for n in ns}
     if conditions is not None:
         for name in dict.fromkeys(conditions):  # first-seen order
@@ -132,7 +46,7 @@ def _score(ids, positives, ns, protocol, conditions, num_db, prefix, warn):
             if prefix == "":
                 results[f"num_queries/{name}"] = int(len(subset))
             if (subset >= 0).any():
-                sub = _recalls_from_ranks(subset, ns, log=False)
+                sub = recall_metrics.recalls_from_ranks(subset, ns, log=False)
                 results.update({f"{prefix}recall@{n}/{name}": sub[n] for n in ns})
     return results, ids, ranks
 
@@ -150,8 +64,8 @@ def _check_conditions(conditions, num_queries):
 
 
 def evaluate_descriptors(
-    db_desc, query_desc, positives, ns=DEFAULT_RECALL_NS, chunk_size=faiss_index.DEFAULT_CHUNK_SIZE,
-    return_ids=False, exclude=None, protocol="pitts", conditions=None, approximate=None,
+    db_desc, query_desc, positives, ns=recall_metrics.DEFAULT_RECALL_NS,
+    chunk_size=faiss_index.DEFAULT_CHUNK_SIZE, return_ids=False, exclude=None, protocol="pitts", conditions=None, approximate=None,
     approx_train_size=None, approx_nprobe=None, seed=SEED, db_chunk_rows=None,
 ):
     """recall@N from precomputed descriptors (exact faiss inner-product search, streamed).
@@ -187,7 +101,7 @@ def evaluate_descriptors(
         `(results, ids)`: int64 `(Q, min(max(ns), num_db))` ids after exclusion (and panorama NMS
         for Tokyo 24/7, ids then up to the number of panoramas), -1 in empty slots.
     """
-    ns = _check_ns(ns)
+    ns = recall_metrics.check_ns(ns)
     if db_desc.ndim != 2 or query_desc.ndim != 2 or db_desc.shape[1] != query_desc.shape[1]:
         raise ValueError(
             "`db_desc` and `query_desc` must be 2-D with the same dim. Received shapes "
@@ -297,8 +211,8 @@ def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
 
 
 def evaluate(
-    model, split, root=None, image_size=None, ns=DEFAULT_RECALL_NS, batch_size=EXTRACT_BATCH_SIZE,
-    progress=True,
+    model, split, root=None, image_size=None, ns=recall_metrics.DEFAULT_RECALL_NS,
+    batch_size=EXTRACT_BATCH_SIZE, progress=True,
     return_ids=False, protocol="auto", query_image_size="auto", approximate=None,
     approx_train_size=None, approx_nprobe=None, descriptor_dtype="float32", memmap_dir=None,
     on_error="raise", images=None,
@@ -346,7 +260,7 @@ def evaluate(
     image_size = parse_image_size(image_size)
     if not protocols.is_auto(query_image_size):
         query_image_size = parse_image_size(query_image_size)
-    ns = _check_ns(ns)
+    ns = recall_metrics.check_ns(ns)
     protocol = protocols.resolve_protocol(protocol, split)
     query_size = protocols.query_image_size(protocol, image_size, query_image_size)
     root = getattr(split, "root", None) if root is None else root

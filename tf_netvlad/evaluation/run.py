@@ -18,11 +18,11 @@ def evaluate_model(model, split, root=None, image_size=None, ns=None, batch_size
     import numpy as np
 
     from tf_netvlad.data.fileio import write_json
-    from tf_netvlad.evaluation import plots, recall
+    from tf_netvlad.evaluation import plots, recall, recall_metrics
 
     results, ids = recall.evaluate(
         model, split, root=root, image_size=image_size,
-        ns=ns or recall.DEFAULT_RECALL_NS, batch_size=batch_size, progress=progress,
+        ns=ns or recall_metrics.DEFAULT_RECALL_NS, batch_size=batch_size, progress=progress,
         return_ids=True, **protocol_options,
     )
     results["model"] = label or model.name
