@@ -25,7 +25,7 @@ def test_raw_pixel_recall_is_exact_on_identical_images_and_low_on_queries(demo):
 
 @pytest.mark.slow
 def test_full_size_dataset_is_hard_for_raw_pixels(tmp_path):
-    paths = dataset.generate_demo_data(tmp_path / "full", progress=False)
+    paths = dataset.generate_demo_data(tmp_path / "full", progress=False, workers=2)  # same files as 1
     test = split_loading.load_split(paths["test_mat"])
     assert (test.num_db, test.num_queries) == (300, 150)
     recall = baseline.raw_pixel_recall(test)
