@@ -4,8 +4,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
-import pytest
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Before any test module imports TensorFlow: `import tf_netvlad` turns on the oneDNN kernels the
+# package runs with (TensorFlow imported first leaves them off on this CPU). Without it, whether a
+# test trained with them depended on which test modules were collected: a test file run alone that
+# imports TensorFlow first trained with other kernels, hence other float rounding, than the suite.
+import tf_netvlad  # noqa: F401,E402  (importing it does not import TensorFlow)
 
 
 def pytest_addoption(parser):

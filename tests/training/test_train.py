@@ -419,18 +419,25 @@ def test_short_training_raises_recall_on_held_out_data(name, tmp_path):
                           verbose=0, **recipe)
     test = load_split(data["test_mat"])
     size = recipe["image_size"]
-    before = evaluate(load_model(tmp_path / "run" / "init.keras"), test, image_size=size, ns=(1, 5),
+    ns = (1, 5, 10)
+    before = evaluate(load_model(tmp_path / "run" / "init.keras"), test, image_size=size, ns=ns,
                       progress=False)
-    after = evaluate(load_model(tmp_path / "run" / "best.keras"), test, image_size=size, ns=(1, 5),
+    after = evaluate(load_model(tmp_path / "run" / "best.keras"), test, image_size=size, ns=ns,
                      progress=False)
+    gains = {n: after[f"recall@{n}"] - before[f"recall@{n}"] for n in ns}
     print(f"{name}: test recall@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}, "
-          f"@5 {before['recall@5']:.3f} -> {after['recall@5']:.3f}")  # shown with pytest -rA
+          f"gains {gains}")  # shown with pytest -rA
     assert summary["epochs_done"] == cycles and summary["iterations"] == cycles * per_cycle // 4
-    # Measured (init -> trained, 200 test queries; `tiny_s2`, 2 positives): small recall@1 .185 -> .295,
-    # @5 .375 -> .565; other @1 .160 -> .245, @5 .460 -> .560. Asserted: about half of the smaller
-    # gain, 8 and 10 queries.
-    assert after["recall@1"] >= before["recall@1"] + 0.04 - 1e-9, (before, after)
-    assert after["recall@5"] >= before["recall@5"] + 0.05 - 1e-9, (before, after)
+    # 600 steps are short: which model they reach depends on every float rounding (the same run
+    # with TensorFlow's own kernels instead of oneDNN's, or another training seed, is another
+    # trajectory). Measured with the recipe's query augmentation (points of recall@1 / @5 / @10
+    # gained over the init, 200 test queries; training seeds 43 (the default), 1, 2, 3):
+    #   small: +18.0/+16.5/+14.5, +8.0/+2.0/+3.0, +4.5/+7.5/+3.0, +9.0/+10.0/+7.5
+    #   other: +9.5/+8.5/+5.0, +7.0/+9.5/+0.0, +5.5/+3.5/+3.5, +6.0/+9.0/+12.0
+    # so no single N at one seed is asserted (@5 gained +2.0 and +3.5 in two runs). Asserted: about
+    # half of the smallest gains, at recall@1 (+4.5) and on average over N = 1, 5, 10 (+4.2).
+    assert gains[1] >= 0.02 - 1e-9, (before, after)
+    assert sum(gains.values()) / len(ns) >= 0.02 - 1e-9, (before, after)
 
 
 KILL_SCRIPT = textwrap.dedent("""
