@@ -47,7 +47,6 @@ def remove_orphans(directory, patterns):
     return removed
 
 
-
 class _Terminated(SystemExit):
     """SIGTERM turned into an exception, so `finally` blocks run (exit status 143)."""
 
