@@ -19,7 +19,7 @@ from tf_netvlad.evaluation.report import format_recall_table, recall_ns
 def test_recall_ns_constants():
     assert recall_metrics.DEFAULT_RECALL_NS == (1, 5, 10, 20)
     assert recall_metrics.REFERENCE_RECALL_NS == (1, 2, 3, 4, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50,
-                                              55, 60, 65, 70, 75, 80, 85, 90, 95, 100)
+                                                  55, 60, 65, 70, 75, 80, 85, 90, 95, 100)
 
 
 def test_recall_at_n_hand_computed():
