@@ -24,6 +24,8 @@ import re
 import urllib.parse
 import zipfile
 
+from tf_netvlad.data import fileio
+
 CACHE_SUBDIR = "tf_netvlad"
 
 
@@ -88,19 +90,16 @@ def check_published(entry, digests):
 
 @contextlib.contextmanager
 def _fetched(url, target, what):
-    """Downloads `url` (Keras `get_file`, progress bar) to a hidden `.part` file beside `target`.
+    """Downloads `url` (Keras `get_file`, progress bar) to a hidden temporary file beside `target`.
 
-    Yields the `.part` path; when the block succeeds the file is renamed onto `target`, and on
-    any error (including the block's own checks, or Ctrl-C) it is removed, so `target` only ever
-    appears complete. A failed or cut download raises ConnectionError naming the URL.
+    Yields its path; the file becomes `target` only when the block succeeds (`fileio.atomic_path`)
+    and is removed on any error (including the block's own checks, or Ctrl-C), so `target` only
+    ever appears complete. A failed or cut download raises ConnectionError naming the URL.
     """
     import keras
 
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, exist_ok=True)
-    part = f".{os.path.basename(target)}.{os.getpid()}.part"
-    part_path = os.path.join(folder, part)
-    try:
+    with fileio.atomic_path(target, ".part") as part_path:
+        folder, part = os.path.split(part_path)
         try:
             keras.utils.get_file(fname=part, origin=url, cache_dir=folder, cache_subdir=folder,
                                  force_download=True)
@@ -109,10 +108,6 @@ def _fetched(url, target, what):
             detail = re.sub(r"^URL fetch failure on \S+: (None -- )?", "", detail)
             raise ConnectionError(f"Could not download {what} from {url} ({detail}).") from err
         yield part_path
-        os.replace(part_path, target)
-    finally:
-        if os.path.exists(part_path):
-            os.remove(part_path)
 
 
 def download_entry(entry, target):
