@@ -113,6 +113,24 @@ def test_train_multi_worker_builds_the_strategy_from_tf_config(tmp_path, monkeyp
     assert trained[1]["strategy"] is None and len(made) == 1
 
 
+@pytest.mark.parametrize("recipe, size", [("cpu", "96x128"), ("paper", "480x640")])
+def test_train_prints_how_to_evaluate_at_the_training_size(tmp_path, monkeypatch, capsys, recipe, size):
+    """`tf_netvlad evaluate` resizes to --image-size, by default the files' own size: a CPU-recipe
+    model trained at 96x128 and evaluated on "small"'s 180x240 files scored 24.5 % recall@1 instead
+    of 29.5 % at 96x128 (docs/recipes.md). The end of `train` says which size the model learnt."""
+    from tf_netvlad.training import train
+
+    best = str(tmp_path / "run" / "best.keras")
+    monkeypatch.setattr(train, "train", lambda *a, **k: {"status": "completed", "epochs_done": 1,
+                                                          "wall_time_s": 6.0, "files": {"best": best}})
+    mat = pittsburgh_as_distributed(tmp_path / "pitts")
+    assert main.main(["train", "--dataset", str(mat), "--out", str(tmp_path / "run"), "--recipe", recipe]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"best: {best}" in out
+    assert out[-1] == (f"evaluate it at its training size: tf_netvlad evaluate --dataset TEST --model {best} "
+                       f"--image-size {size}")
+
+
 def test_missing_validation_images_stop_train_before_any_work(tmp_path, monkeypatch, capsys):
     """Regression: the k-means init ran (and init.keras was written) before the validation
     images were found missing. Now both splits are checked before the training starts."""

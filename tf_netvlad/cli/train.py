@@ -11,6 +11,7 @@ import os
 import re
 
 from tf_netvlad.cli import flags
+from tf_netvlad.data.image_size import format_image_size
 from tf_netvlad.defaults import (
     BACKBONE_NAMES,
     LOSS_REDUCTIONS,
@@ -197,6 +198,10 @@ def train(args):
     if best:
         print("best: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in best.items()))
-    for key, path in summary.get("files", {}).items():
+    files = summary.get("files", {})
+    for key, path in files.items():
         print(f"{key}: {path}")
+    if files.get("best"):  # `evaluate` resizes to --image-size (default: the files' own size)
+        print(f"evaluate it at its training size: tf_netvlad evaluate --dataset TEST --model {files['best']} "
+              f"--image-size {format_image_size(config.image_size)}")
     return 0
