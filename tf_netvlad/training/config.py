@@ -259,11 +259,13 @@ RESUME_DEFAULTS = {"refresh_slowdown": False, "exclude_trivial_m2": None, "viola
 # A from-scratch CPU recipe for 2 CPU cores, tuned on the demo data (96x128 images, 700 db / 2500
 # queries in the training town) and then checked on the held-out configurations "small" and
 # "other" (docs/recipes.md, "The CPU recipe on data it was not tuned on"). 10 minutes on a 2-core AMD
-# EPYC, test recall@1 (k-means init -> trained): `tf_netvlad demo` 0.260 -> 0.600 (0.713 in an
-# earlier run); "small" 0.095 -> 0.340 (0.280, 0.325 earlier), "other" 0.060 -> 0.345 (0.360 earlier)
-# with `tf_netvlad train`; the images decoded once, `image_cache_mb`, give 22 cycles instead of 15.
-# With `augment` (query only), on a slow afternoon (14-15 cycles): demo 0.260 -> 0.607, "small"
-# 0.130 -> 0.245, "other" 0.075 -> 0.300 (0.580, 0.200, 0.275 without it, the same hour).
+# EPYC, test recall@1 (k-means init -> trained) at the training size, 96x128: `tf_netvlad demo`
+# 0.260 -> 0.600 (0.713 in an earlier run); "small" 0.095 -> 0.340 (0.280, 0.325 earlier), "other"
+# 0.060 -> 0.345 (0.360 earlier) with `tf_netvlad train`; the images decoded once, `image_cache_mb`,
+# give 22 cycles instead of 15. With `augment` (query only), on a slow afternoon (14-15 cycles):
+# demo 0.260 -> 0.607, "small" 0.095 -> 0.295, "other" 0.060 -> 0.325 (0.580, 0.240, 0.310 without
+# it, the same hour); at the files' own size (180x240, 120x160; `tf_netvlad evaluate`'s default)
+# "small" 0.130 -> 0.245 and "other" 0.075 -> 0.300.
 # Runs spread by up to 0.11: a time-limited run follows the host's speed. Needs:
 # * a `tiny` backbone with GroupNormalization: without it, Adam at 3e-4 collapses the descriptors
 #   (all d² -> 0.1, test recall@1 0.08), and at 1e-4 it barely learns (0.25 -> 0.26 in 3 min);
@@ -279,8 +281,8 @@ RESUME_DEFAULTS = {"refresh_slowdown": False, "exclude_trivial_m2": None, "viola
 #   minutes: test recall@1 0.130 (init) -> 0.200 (budget + augment), 0.230 (+ db_queries), 0.260
 #   (budget + db_queries, no augmentation).
 # * `augment` on the query images only (2026-12-01, runs V-Y of docs/recipes.md): test recall@1 on
-#   "small" 0.200 -> 0.245, on "other" 0.275 -> 0.300, each against the recipe without it run back
-#   to back on the same host. Augmenting every tuple image did not help in three measurements (in
+#   "small" 0.200 -> 0.245, on "other" 0.275 -> 0.300 at the files' size (0.240 -> 0.295 and
+#   0.310 -> 0.325 at 96x128), each against the recipe without it run back to back on the same host. Augmenting every tuple image did not help in three measurements (in
 #   10 minutes the runs are short of steps; "other" 0.545 -> 0.435 @5).
 # The paper recipe's MATLAB rules that were not part of the tuning stay off here (`loss_reduction`
 # "sum", `violating_only` False, `exclude_trivial_m2` None): see `TrainConfig`.
