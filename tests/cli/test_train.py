@@ -114,7 +114,7 @@ def test_train_multi_worker_builds_the_strategy_from_tf_config(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("recipe, size", [("cpu", "96x128"), ("paper", "480x640")])
-def test_train_prints_how_to_evaluate_at_the_training_size(tmp_path, monkeypatch, capsys, recipe, size):
+def test_train_names_the_training_size_and_the_evaluate_flag(tmp_path, monkeypatch, capsys, recipe, size):
     """`tf_netvlad evaluate` resizes to --image-size, by default the files' own size: a CPU-recipe
     model trained at 96x128 and evaluated on "small"'s 180x240 files scored 24.5 % recall@1 instead
     of 29.5 % at 96x128 (docs/recipes.md). The end of `train` says which size the model learnt."""
@@ -127,8 +127,8 @@ def test_train_prints_how_to_evaluate_at_the_training_size(tmp_path, monkeypatch
     assert main.main(["train", "--dataset", str(mat), "--out", str(tmp_path / "run"), "--recipe", recipe]) == 0
     out = capsys.readouterr().out.splitlines()
     assert f"best: {best}" in out
-    assert out[-1] == (f"evaluate it at its training size: tf_netvlad evaluate --dataset TEST --model {best} "
-                       f"--image-size {size}")
+    assert out[-1] == (f"trained on {size} images; tf_netvlad evaluate reads each test image at its own "
+                       f"size unless given --image-size {size}")
 
 
 def test_missing_validation_images_stop_train_before_any_work(tmp_path, monkeypatch, capsys):

@@ -201,7 +201,8 @@ def train(args):
     files = summary.get("files", {})
     for key, path in files.items():
         print(f"{key}: {path}")
-    if files.get("best"):  # `evaluate` resizes to --image-size (default: the files' own size)
-        print(f"evaluate it at its training size: tf_netvlad evaluate --dataset TEST --model {files['best']} "
-              f"--image-size {format_image_size(config.image_size)}")
+    if files.get("best"):
+        size = format_image_size(config.image_size)
+        print(f"trained on {size} images; tf_netvlad evaluate reads each test image at its own size "
+              f"unless given --image-size {size}")
     return 0

@@ -282,8 +282,9 @@ RESUME_DEFAULTS = {"refresh_slowdown": False, "exclude_trivial_m2": None, "viola
 #   (budget + db_queries, no augmentation).
 # * `augment` on the query images only (2026-12-01, runs V-Y of docs/recipes.md): test recall@1 on
 #   "small" 0.200 -> 0.245, on "other" 0.275 -> 0.300 at the files' size (0.240 -> 0.295 and
-#   0.310 -> 0.325 at 96x128), each against the recipe without it run back to back on the same host. Augmenting every tuple image did not help in three measurements (in
-#   10 minutes the runs are short of steps; "other" 0.545 -> 0.435 @5).
+#   0.310 -> 0.325 at 96x128), each against the recipe without it run back to back on the same
+#   host. Augmenting every tuple image did not help in three measurements (in 10 minutes the runs
+#   are short of steps; "other" 0.545 -> 0.435 @5).
 # The paper recipe's MATLAB rules that were not part of the tuning stay off here (`loss_reduction`
 # "sum", `violating_only` False, `exclude_trivial_m2` None): see `TrainConfig`.
 CPU_RECIPE = dict(backbone="tiny_s2", weights=None, trainable_from=None, num_clusters=16,
