@@ -43,6 +43,25 @@ def test_keras_roundtrip_is_exact_with_whitening(tmp_path, images):
     np.testing.assert_allclose(loaded(other).numpy(), model(other).numpy(), atol=1e-6)
 
 
+def test_training_image_size_is_saved_and_leaves_the_descriptors_and_identity_alone(tmp_path, images):
+    from tf_netvlad.models.identity import model_fingerprint
+
+    plain = build_model("tiny", num_clusters=4)
+    assert plain.training_image_size is None and "training_image_size" not in plain.get_config()
+    plain.save(tmp_path / "plain.keras")
+    trained = NetVLADModel.from_config(dict(plain.get_config(), training_image_size=(96, 128)))
+    trained.set_weights(plain.get_weights())
+    assert trained.training_image_size == "96x128"
+    trained.save(tmp_path / "trained.keras")
+    loaded = keras.saving.load_model(tmp_path / "trained.keras")  # the standard Keras path
+    assert loaded.training_image_size == "96x128"
+    assert keras.saving.load_model(tmp_path / "plain.keras").training_image_size is None  # older files
+    np.testing.assert_array_equal(loaded(images).numpy(), plain(images).numpy())
+    assert model_fingerprint(loaded) == model_fingerprint(plain)  # indexes stay compatible
+    with pytest.raises(ValueError, match="image_size"):
+        NetVLADModel.from_config(dict(plain.get_config(), training_image_size="big"))
+
+
 def test_vgg16_is_cut_before_relu_and_trains_from_conv5_1():
     backbone = backbones.build_backbone("vgg16", weights=None)
     assert backbone.layers[-1].name == "block5_conv3"

@@ -221,6 +221,7 @@ def test_train_writes_artifacts_and_checkpoint_state(demo, tmp_path):
     for name, want in (("init", summary["init_val"]),
                        ("best", {k[4:]: v for k, v in summary["best"].items() if k.startswith("val_")})):
         models[name] = load_model(run / f"{name}.keras", compile=False)
+        assert models[name].training_image_size == "48x64"  # TINY's image_size, recorded for evaluate
         got = evaluate(models[name], val, image_size=TINY["image_size"], ns=(1, 5, 10), progress=False)
         assert [got[f"recall@{n}"] for n in (1, 5, 10)] == pytest.approx(
             [want[f"recall@{n}"] for n in (1, 5, 10)]), name

@@ -210,6 +210,16 @@ def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, dim))
 
 
+def _note_training_size(model, image_size):
+    """Warns when `model` records a training size (`NetVLADModel.training_image_size`) and the
+    database images are read at another one: recall then measures a resolution it never saw."""
+    trained = getattr(model, "training_image_size", None)
+    if trained is not None and parse_image_size(trained) != image_size:
+        logger.warning("%s was trained on %s images and is evaluated with image_size %s; pass "
+                       "--image-size %s (image_size=%r) to evaluate it at its training size.",
+                       model.name, trained, format_image_size(image_size), trained, trained)
+
+
 def evaluate(
     model, split, root=None, image_size=None, ns=recall_metrics.DEFAULT_RECALL_NS,
     batch_size=EXTRACT_BATCH_SIZE, progress=True,
@@ -263,6 +273,7 @@ def evaluate(
     ns = recall_metrics.check_ns(ns)
     protocol = protocols.resolve_protocol(protocol, split)
     query_size = protocols.query_image_size(protocol, image_size, query_image_size)
+    _note_training_size(model, image_size)
     root = getattr(split, "root", None) if root is None else root
     positives = split.positives()
     exclude = split.same_timestamp_db() if protocol == "tokyotm" else None

@@ -14,8 +14,9 @@ import json
 
 import numpy as np
 
-# Config keys that differ between processes for the same model (auto-numbered layer names).
-_NAME_KEYS = ("name", "keras_history", "backbone_name", "trainable")
+# Config keys that differ between processes for the same model (auto-numbered layer names), or
+# that describe it without changing its descriptors (the size it was trained at).
+_NAME_KEYS = ("name", "keras_history", "backbone_name", "trainable", "training_image_size")
 
 
 class ModelMismatchError(ValueError):

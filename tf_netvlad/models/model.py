@@ -4,6 +4,7 @@ import copy
 
 import keras
 
+from tf_netvlad.data.image_size import format_image_size, parse_image_size
 from tf_netvlad.defaults import DEFAULT_VARIANT, MARGIN, NUM_CLUSTERS
 from tf_netvlad.layers.netvlad import NetVLAD
 from tf_netvlad.layers.preprocessing import ImagePreprocessing
@@ -44,6 +45,9 @@ class NetVLADModel(keras.Model):
         whitening_dim: None, or the output size of an appended `PCAWhitening` layer.
         margin: the ranking-loss margin m used by training (0.1 as in the paper).
         backbone_name: a label recorded in the config (e.g. "vgg16").
+        training_image_size: the resize policy the model was trained with ("96x128"; `train`
+            records it), or None when unknown. Informational: it does not change the model, and
+            `tf_netvlad evaluate` names it when it reads the images at another size.
 
     Call arguments:
         images: float32 `(batch, height, width, 3)`, RGB in 0..255, any height and width.
@@ -70,7 +74,8 @@ class NetVLADModel(keras.Model):
     """
 
     def __init__(self, backbone, preprocessing="raw", num_clusters=NUM_CLUSTERS, variant=DEFAULT_VARIANT, pre_l2=True,
-                 intra_normalize=True, whitening_dim=None, margin=MARGIN, backbone_name=None, **kwargs):
+                 intra_normalize=True, whitening_dim=None, margin=MARGIN, backbone_name=None,
+                 training_image_size=None, **kwargs):
         if not isinstance(backbone, keras.Model):
             raise ValueError(f"`backbone` must be a keras.Model. Received: {type(backbone).__name__}")
         if len(backbone.output_shape) != 4:
@@ -98,6 +103,8 @@ class NetVLADModel(keras.Model):
         self.whitening_dim = None if whitening_dim is None else int(whitening_dim)
         self.margin = float(margin)
         self.backbone_name = backbone_name or backbone.name
+        self.training_image_size = (None if training_image_size is None
+                                    else format_image_size(parse_image_size(training_image_size)))
         # === Training state (not config) ===
         self.loss_reduction = "sum"
         self.weight_decay = 0.0
@@ -281,6 +288,7 @@ class NetVLADModel(keras.Model):
             "whitening_dim": self.whitening_dim,
             "margin": self.margin,
             "backbone_name": self.backbone_name,
+            **({} if self.training_image_size is None else {"training_image_size": self.training_image_size}),
         }
 
     @classmethod

@@ -34,6 +34,7 @@ import tensorflow as tf
 from tf_netvlad.data import pipelines, places, split_loading
 from tf_netvlad.data.decoded import decode_splits
 from tf_netvlad.data.fileio import resolve_paths, write_json
+from tf_netvlad.data.image_size import format_image_size
 from tf_netvlad.data.images import diagnose_image
 from tf_netvlad.evaluation import recall
 from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
@@ -157,6 +158,7 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
             else:  # the chief's k-means initialisation (or given model) is broadcast below
                 model = _new_model(cfg) if model is None else model
                 init_stats = {"note": "weights broadcast from the chief (worker 0)"}
+            model.training_image_size = format_image_size(cfg.image_size)  # also a resumed older run's
             model.compile(optimizer=_make_optimizer(cfg))
             model.set_training_options(loss_reduction=cfg.loss_reduction, weight_decay=cfg.weight_decay,
                                        exclude_very_hard=cfg.exclude_very_hard and cfg.violating_only)
@@ -390,5 +392,6 @@ def _build_initial_model(cfg, model, train_split, root, out_dir, progress):
                                    seed=cfg.seed, batch_size=cfg.cache_batch_size, progress=progress)
     else:
         stats = {"note": "model given by the caller; no k-means initialisation"}
+    model.training_image_size = format_image_size(cfg.image_size)  # saved with every .keras of the run
     save_model(model, out_dir / "init.keras")
     return model, stats
