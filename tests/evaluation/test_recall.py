@@ -148,7 +148,7 @@ def test_evaluate_warns_when_a_model_is_read_at_another_size_than_it_was_trained
     notes = [r.getMessage() for r in caplog.records if "was trained on" in r.getMessage()]
     assert notes == [
         f"meancolour was trained on 24x32 images and is evaluated with image_size {size}; pass "
-        "--image-size 24x32 (image_size='24x32') to evaluate it at its training size."
+        "--image-size 24x32 (image_size='24x32') to use it at its training size."
         for size in ("keep", "16")]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tf_netvlad"):

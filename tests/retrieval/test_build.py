@@ -260,3 +260,32 @@ def test_resolve_kind_sizes():
     assert resolve_kind("IVF64,PQ16", 5, 256) == ("IVF64,PQ16", {})
     with pytest.raises(ValueError, match="Received: kind=3"):
         resolve_kind(3, 5, 256)
+
+
+def test_index_and_export_warn_when_a_model_is_used_at_another_size_than_its_training_size(
+        tmp_path, images, caplog):
+    """A model records the size `train` trained it at; building an index or a SavedModel at another
+    size says so in one line (a CPU-recipe model read at the files' size lost recall, see
+    tests/evaluation/test_recall.py), and at its own size says nothing."""
+    import logging
+
+    from tf_netvlad.export import saved_model
+    from tf_netvlad.models.model import NetVLADModel, build_model
+
+    plain = build_model("tiny", num_clusters=4)
+    model = NetVLADModel.from_config(dict(plain.get_config(), training_image_size="32x40"))
+    with caplog.at_level(logging.WARNING, logger="tf_netvlad"):
+        _build(model, tmp_path / "keep", images)  # the policy is compared, not the files' size
+        _build(model, tmp_path / "small", images, image_size=(16, 20))
+        saved_model.export_saved_model(model, tmp_path / "serving", image_size=(32, 40), warmup=False)
+        saved_model.export_saved_model(model, tmp_path / "serving", image_size=64, warmup=False)
+    notes = [r.getMessage() for r in caplog.records if "was trained on" in r.getMessage()]
+    name = model.name
+    assert notes == [
+        f"{name} was trained on 32x40 images and indexes the images with image_size keep; pass "
+        "--image-size 32x40 (image_size='32x40') to use it at its training size.",
+        f"{name} was trained on 32x40 images and indexes the images with image_size 16x20; pass "
+        "--image-size 32x40 (image_size='32x40') to use it at its training size.",
+        f"{name} was trained on 32x40 images and is exported with image_size 64; pass "
+        "--image-size 32x40 (image_size='32x40') to use it at its training size.",
+    ]

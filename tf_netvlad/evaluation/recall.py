@@ -26,6 +26,7 @@ import numpy as np
 from tf_netvlad.data.image_size import format_image_size, parse_image_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, SEED
 from tf_netvlad.evaluation import protocols, ranking, recall_metrics
+from tf_netvlad.models import identity
 from tf_netvlad.search import faiss_index
 
 logger = logging.getLogger(__name__)
@@ -210,16 +211,6 @@ def _descriptor_buffer(model, count, dtype, memmap_dir, stack, tag):
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, dim))
 
 
-def _note_training_size(model, image_size):
-    """Warns when `model` records a training size (`NetVLADModel.training_image_size`) and the
-    database images are read at another one: recall then measures a resolution it never saw."""
-    trained = getattr(model, "training_image_size", None)
-    if trained is not None and parse_image_size(trained) != image_size:
-        logger.warning("%s was trained on %s images and is evaluated with image_size %s; pass "
-                       "--image-size %s (image_size=%r) to evaluate it at its training size.",
-                       model.name, trained, format_image_size(image_size), trained, trained)
-
-
 def evaluate(
     model, split, root=None, image_size=None, ns=recall_metrics.DEFAULT_RECALL_NS,
     batch_size=EXTRACT_BATCH_SIZE, progress=True,
@@ -273,7 +264,7 @@ def evaluate(
     ns = recall_metrics.check_ns(ns)
     protocol = protocols.resolve_protocol(protocol, split)
     query_size = protocols.query_image_size(protocol, image_size, query_image_size)
-    _note_training_size(model, image_size)
+    identity.warn_if_not_training_size(model, image_size, "is evaluated")
     root = getattr(split, "root", None) if root is None else root
     positives = split.positives()
     exclude = split.same_timestamp_db() if protocol == "tokyotm" else None

@@ -60,6 +60,7 @@ from tf_netvlad.export.serving_files import (
     write_warmup,
 )
 from tf_netvlad.layers.netvlad import L2_EPSILON
+from tf_netvlad.models import identity
 from tf_netvlad.models.extract import check_image_size_for_model
 from tf_netvlad.models.model_files import resolve_model
 
@@ -254,6 +255,7 @@ def export_saved_model(model_or_path, base_dir, version=None, overwrite=False,
     """
     image_size = parse_image_size(image_size)
     model, source = resolve_model(model_or_path)
+    identity.warn_if_not_training_size(model, image_size, "is exported")
     functions = serving_functions(model, image_size, descriptor_dim)
     crop = _check_descriptor_dim(model, descriptor_dim)
     base_dir = Path(base_dir)

@@ -4,15 +4,21 @@ A descriptor database (a retrieval index, an evaluation cache) is only meaningfu
 that filled it. `model_fingerprint` identifies a model by a SHA-256 of its architecture (its
 Keras config with layer names removed, the shapes of all weights, the descriptor dim) and a
 SHA-256 of its weight values; `check_compatible` refuses another model with an error that says
-what differs.
+what differs. `warn_if_not_training_size` says when a model is used at another image size than
+the one it records having been trained at (not part of its identity: the weights are the same).
 
 Importing this module does not import TensorFlow; `load_descriptor_model` does.
 """
 
 import hashlib
 import json
+import logging
 
 import numpy as np
+
+from tf_netvlad.data.image_size import format_image_size, parse_image_size
+
+logger = logging.getLogger(__name__)
 
 # Config keys that differ between processes for the same model (auto-numbered layer names), or
 # that describe it without changing its descriptors (the size it was trained at).
@@ -48,6 +54,18 @@ def _strip_names(value):
     if isinstance(value, (list, tuple)):
         return [_strip_names(v) for v in value]
     return value
+
+
+def warn_if_not_training_size(model, image_size, use):
+    """Logs one warning when `model` records the size it was trained at
+    (`NetVLADModel.training_image_size`, set by `train`) and `use` ("is evaluated", ...) reads the
+    images at another parsed `image_size`: its descriptors then come from a resolution it never saw.
+    """
+    trained = getattr(model, "training_image_size", None)
+    if trained is not None and parse_image_size(trained) != image_size:
+        logger.warning("%s was trained on %s images and %s with image_size %s; pass --image-size %s "
+                       "(image_size=%r) to use it at its training size.", model.name, trained, use,
+                       format_image_size(image_size), trained, trained)
 
 
 def model_fingerprint(model):

@@ -25,7 +25,7 @@ from tf_netvlad.data.fileio import resolve_paths, write_json
 from tf_netvlad.data.image_size import format_image_size, parse_image_size
 from tf_netvlad.data.locking import holds_writer_lock
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INDEX_CHUNK_SIZE, SEED
-from tf_netvlad.models.identity import load_descriptor_model, model_fingerprint
+from tf_netvlad.models.identity import load_descriptor_model, model_fingerprint, warn_if_not_training_size
 from tf_netvlad.retrieval import storage, zones
 from tf_netvlad.retrieval.index import RetrievalIndex
 from tf_netvlad.retrieval.storage import FORMAT, FORMAT_VERSION, METADATA_FILE, PROGRESS_FILE
@@ -95,6 +95,7 @@ def build_retrieval_index(
     if on_error == "raise":
         pipelines.check_files_exist(full_paths)
     model, label = load_descriptor_model(model_or_path)
+    warn_if_not_training_size(model, image_size, "indexes the images")
     fingerprint = model_fingerprint(model)
     if kind not in KINDS:
         check_factory(kind, fingerprint["descriptor_dim"])
