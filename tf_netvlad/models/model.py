@@ -46,8 +46,8 @@ class NetVLADModel(keras.Model):
         margin: the ranking-loss margin m used by training (0.1 as in the paper).
         backbone_name: a label recorded in the config (e.g. "vgg16").
         training_image_size: the resize policy the model was trained with ("96x128"; `train`
-            records it), or None when unknown. Informational: it does not change the model, and
-            `tf_netvlad evaluate` names it when it reads the images at another size.
+            records it), or None when unknown. Informational: it does not change the model or its
+            fingerprint; `evaluate`, `index` and `export` warn when given another size.
 
     Call arguments:
         images: float32 `(batch, height, width, 3)`, RGB in 0..255, any height and width.
