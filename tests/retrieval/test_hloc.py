@@ -129,3 +129,29 @@ def test_bad_input_is_refused_before_a_model_is_loaded_and_nothing_is_written(tm
     assert [s["path"] for s in summary["skipped"]] == [str(root / "db" / "b" / "img01.png")]
     assert hloc_names(out / "f.h5") == {"a/img00.png", "a/img01.png", "a/img02.png", "b/img00.png"}
     assert "b/img01.png" not in open(out / "p.txt").read() and summary["num_pairs"] == 4 * 3
+
+
+def test_export_warns_when_images_are_read_at_another_size_than_the_training_size(tmp_path, tree,
+                                                                                  caplog):
+    """Descriptors extracted for hloc at another size than the model records it was trained at get
+    the same one-line warning as `evaluate`, `index` and `export`; descriptors taken from an index
+    extract nothing and say nothing (the index's build warned)."""
+    import logging
+
+    from tf_netvlad.models.model import NetVLADModel, build_model
+
+    root, db, _ = tree
+    model = NetVLADModel.from_config(dict(build_model("tiny", num_clusters=4).get_config(),
+                                          training_image_size="32x40"))
+    index = build_retrieval_index(model, tmp_path / "index", root / "db", image_size=(32, 40),
+                                  progress=False)
+    with caplog.at_level(logging.WARNING, logger="tf_netvlad"):
+        hloc.export_hloc(pairs=tmp_path / "a.txt", model=model, images=root / "db", num_matched=2,
+                         image_size=(32, 40), progress=False)
+        hloc.export_hloc(pairs=tmp_path / "b.txt", model=model, images=root / "db", num_matched=2,
+                         progress=False)  # the files' own size
+        hloc.export_hloc(pairs=tmp_path / "c.txt", index=index, num_matched=2)
+    notes = [r.getMessage() for r in caplog.records if "was trained on" in r.getMessage()]
+    assert notes == [f"{model.name} was trained on 32x40 images and extracts the hloc descriptors "
+                     "with image_size keep; pass --image-size 32x40 (image_size='32x40') to use it "
+                     "at its training size."]

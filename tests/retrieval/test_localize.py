@@ -210,3 +210,25 @@ def test_localize_reports_latitude_longitude_when_the_index_knows_its_zone(tmp_p
     result = loc.localize(plain, tiny_model, [str(folder / "p2.png")], k=1)[0]
     assert plain.utm_zone is None and result["estimated_latlon"] is None
     assert result["top"][0]["latlon"] is None and result["estimated_position"] is not None
+
+
+def test_localize_warns_when_the_queries_are_read_at_another_size_than_the_training_size(
+        setup, tiny_model, caplog):
+    """The queries are read at the index's policy unless `image_size` is given; a model that records
+    its training size (`NetVLADModel.training_image_size`) warns in one line when that is not it,
+    as `evaluate`, `index` and `export` do (tests/retrieval/test_build.py)."""
+    import logging
+
+    from tf_netvlad.models.model import NetVLADModel
+
+    folder, _, _, index = setup  # built at 24x32
+    model = NetVLADModel.from_config(dict(tiny_model.get_config(), training_image_size="24x32"))
+    model.set_weights(tiny_model.get_weights())  # same fingerprint: the index accepts it
+    query = [str(folder / "db4.png")]
+    with caplog.at_level(logging.WARNING, logger="tf_netvlad"):
+        assert loc.localize(index, model, query, k=1)[0]["top"][0]["id"] == 4
+        loc.localize(index, model, query, k=1, image_size="48x64")
+    notes = [r.getMessage() for r in caplog.records if "was trained on" in r.getMessage()]
+    assert notes == [f"{model.name} was trained on 24x32 images and localizes the queries with "
+                     "image_size 48x64; pass --image-size 24x32 (image_size='24x32') to use it at "
+                     "its training size."]

@@ -47,7 +47,8 @@ class NetVLADModel(keras.Model):
         backbone_name: a label recorded in the config (e.g. "vgg16").
         training_image_size: the resize policy the model was trained with ("96x128"; `train`
             records it), or None when unknown. Informational: it does not change the model or its
-            fingerprint; `evaluate`, `index` and `export` warn when given another size.
+            fingerprint; `evaluate`, `index`, `localize`, `hloc` and `export` warn when given another
+            size.
 
     Call arguments:
         images: float32 `(batch, height, width, 3)`, RGB in 0..255, any height and width.

@@ -219,7 +219,10 @@ def _read_descriptors(model, index, db, query, policy, batch_size, on_error, pro
     """`(database, queries, skipped records)` with descriptors: the index's, or the model's of the
     readable images. In self-retrieval (`query` None) the queries are the database."""
     from tf_netvlad.data import pipelines
+    from tf_netvlad.models.identity import warn_if_not_training_size
 
+    if index is None or query is not None:  # images are read with `model`
+        warn_if_not_training_size(model, policy, "extracts the hloc descriptors")
     skipped = []
     if index is not None:
         db = _Images(db.paths, db.names, index.descriptors)

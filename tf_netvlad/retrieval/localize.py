@@ -110,7 +110,7 @@ def localize(index, model_or_path, image_paths, k=LOCALIZE_TOP_K, image_size=Non
     """
     from tf_netvlad.data.images import diagnose_image
     from tf_netvlad.models import extract
-    from tf_netvlad.models.identity import load_descriptor_model
+    from tf_netvlad.models.identity import load_descriptor_model, warn_if_not_training_size
     from tf_netvlad.retrieval.index import RetrievalIndex
 
     if not isinstance(index, RetrievalIndex):
@@ -126,6 +126,7 @@ def localize(index, model_or_path, image_paths, k=LOCALIZE_TOP_K, image_size=Non
     policy = index.image_size if image_size is None else parse_image_size(image_size)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"`on_error` must be 'raise' or 'skip'. Received: {on_error!r}")
+    warn_if_not_training_size(model, policy, "localizes the queries")
     extracted = extract.extract_descriptors(model, queries, image_size=policy, batch_size=batch_size,
                                             progress=progress, on_error=on_error)
     descriptors, skipped = extracted if on_error == "skip" else (extracted, ())
