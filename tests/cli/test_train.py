@@ -177,13 +177,13 @@ DB_X = [5.0 * i for i in range(40)]  # a database image every 5 m over 195 m
 
 def _no_model(monkeypatch):
     """Makes building the model (and its k-means init) fail loudly: the errors must come first."""
-    from tf_netvlad.training import train
+    from tf_netvlad.training import run_model
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was built before the bad input was refused")
 
-    monkeypatch.setattr(train, "_build_initial_model", refuse)
-    monkeypatch.setattr(train, "_new_model", refuse)
+    monkeypatch.setattr(run_model, "prepare_model", refuse)
+    monkeypatch.setattr(run_model, "new_model", refuse)
 
 
 @pytest.mark.parametrize("query_x, flags, message", [

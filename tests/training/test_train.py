@@ -367,11 +367,12 @@ def test_database_images_train_as_queries_and_a_resume_must_keep_the_option(demo
 
 def test_fit_whitening_appends_whitening(demo):
     from tf_netvlad.data.split_loading import load_split
+    from tf_netvlad.models.initialization import fit_whitening
 
     split = load_split(demo["train_mat"])
     model = build_model("tiny", num_clusters=2)
-    white = train.fit_whitening(model, split.db_paths, root=split.root, image_size=(48, 64),
-                                   num_components=16, max_images=40, progress=False)
+    white = fit_whitening(model, split.db_paths, root=split.root, image_size=(48, 64),
+                          num_components=16, max_images=40, progress=False)
     desc = white.predict(np.zeros((2, 48, 64, 3), "float32") + 100, verbose=0)
     assert desc.shape == (2, 16) and np.allclose(np.linalg.norm(desc, axis=1), 1, atol=1e-5)
 

@@ -15,6 +15,8 @@ default, MATLAB's schedule) a refresh also happens at every pass end and the cyc
 
 `train` writes `out_dir` (`init.keras`, `best.keras`, the atomic `last` checkpoint, logs and
 `summary.json`; see `tf_netvlad.training.checkpointing`) and resumes from it exactly (`resume=True`).
+The run's model comes from `tf_netvlad.training.run_model`, its last files and summary from
+`tf_netvlad.training.run_summary`.
 
 The recipe is a `TrainConfig` (`tf_netvlad.training.config`), whose `image_size` is already the
 parsed `(H, W)`: `train` hands it unchanged to the tuple pipeline, the mining cache, the k-means
@@ -28,19 +30,21 @@ import time
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tf_netvlad.data import pipelines, places, split_loading
 from tf_netvlad.data.decoded import decode_splits
-from tf_netvlad.data.fileio import resolve_paths, write_json
-from tf_netvlad.data.image_size import format_image_size
-from tf_netvlad.data.images import diagnose_image
 from tf_netvlad.evaluation import recall
-from tf_netvlad.models.initialization import fit_whitening, initialize_netvlad
-from tf_netvlad.models.model import build_model
-from tf_netvlad.models.model_files import load_model, save_model
-from tf_netvlad.training import augment, distributed, input_checks, mining, onednn, tuples
+from tf_netvlad.training import (
+    augment,
+    distributed,
+    input_checks,
+    mining,
+    onednn,
+    run_model,
+    run_summary,
+    tuples,
+)
 from tf_netvlad.training.callbacks import (
     RunControl,
     TrainingCheckpoint,
@@ -150,19 +154,8 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
     scope = strategy.scope() if strategy is not None else _null_scope()
     try:
         with scope:
-            init_stats = {}
-            if resuming:
-                model = load_model(out_dir / "init.keras", compile=False)
-            elif group is None or group.is_chief:
-                model, init_stats = _build_initial_model(cfg, model, train_split, root, out_dir, progress)
-            else:  # the chief's k-means initialisation (or given model) is broadcast below
-                model = _new_model(cfg) if model is None else model
-                init_stats = {"note": "weights broadcast from the chief (worker 0)"}
-            model.training_image_size = format_image_size(cfg.image_size)  # also a resumed older run's
-            model.compile(optimizer=_make_optimizer(cfg))
-            model.set_training_options(loss_reduction=cfg.loss_reduction, weight_decay=cfg.weight_decay,
-                                       exclude_very_hard=cfg.exclude_very_hard and cfg.violating_only)
-            model.optimizer.build(model.trainable_variables)
+            model, init_stats = run_model.prepare_model(cfg, model, train_split, root, out_dir,
+                                                        resuming, group, progress)
         if group is not None:
             group.broadcast_variables(model.weights)
         return _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer,
@@ -289,61 +282,9 @@ def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, che
         )
     if control.time_stop or (cfg.time_limit_s is not None and control.time_over()):
         status = "time_limit"
-    return _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, status, init_val,
-                   init_stats, miner, pipeline, start_time, progress, group)
-
-
-def _finish(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir, status, init_val,
-            init_stats, miner, pipeline, start_time, progress, group=None):
-    worker = None if group is None else {"index": group.index, "num_workers": group.num_workers,
-                                         "is_chief": group.is_chief}
-    in_memory = 0 if pipeline.images is None else len(pipeline.images)
-    if group is not None and not group.is_chief:  # writes nothing; the chief's summary is the run's
-        return {"status": status, "worker": worker, "epochs_done": len(checkpoint_cb.history),
-                "iterations": int(model.optimizer.iterations.numpy()), "last_mining": miner.last_stats,
-                "images_in_memory": in_memory, "files": {}, "wall_time_s": time.monotonic() - start_time}
-    if val_split is None or not (out_dir / "best.keras").exists():
-        save_model(model, out_dir / "best.keras")
-    files = {"init": str(out_dir / "init.keras"), "best": str(out_dir / "best.keras"),
-             "last": str(out_dir / "last"), "csv_log": str(out_dir / "logs" / "train.csv"),
-             "tensorboard": str(out_dir / "logs" / "tensorboard")}
-    whitened = None
-    if cfg.whiten:
-        best = load_model(out_dir / "best.keras", compile=False)
-        white = fit_whitening(best, train_split.db_paths, root=root, image_size=cfg.image_size,
-                              num_components=cfg.whiten, max_images=cfg.whiten_max_images, seed=cfg.seed,
-                              batch_size=cfg.cache_batch_size, progress=progress)
-        path = save_model(white, out_dir / f"best_white{cfg.whiten}.keras")
-        files["best_whitened"] = str(path)
-        whitened = str(path)
-    history = checkpoint_cb.history
-    summary = {
-        "status": status,
-        "epochs_done": len(history),
-        "epochs_requested": cfg.epochs,
-        "passes_requested": cfg.passes,
-        "cycles_planned": miner.schedule.num_cycles(cfg.passes, cfg.epochs),
-        "iterations": int(model.optimizer.iterations.numpy()),
-        "queries_per_epoch": miner.cycle_size,
-        "refresh_slowdown": miner.schedule.slowdown,
-        "training_queries": len(miner.valid_queries),
-        "queries_without_positives": miner.dropped_queries,
-        "tuples_skipped_bad_images": pipeline.skipped,
-        "images_skipped_in_cache": int(len(miner.bad_db) + len(miner.bad_queries)),
-        "images_in_memory": in_memory,
-        "init_val": init_val,
-        "best": checkpoint_cb.best,
-        "final": history[-1] if history else None,
-        "init_stats": init_stats,
-        "whitened_model": whitened,
-        "last_mining": miner.last_stats,
-        "worker": worker,
-        "files": files,
-        "wall_time_s": time.monotonic() - start_time,
-        "config": config_json(cfg),
-    }
-    write_json(summary, out_dir / "summary.json")
-    return summary
+    return run_summary.finish_run(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir,
+                                  status, init_val, init_stats, miner, pipeline, start_time, progress,
+                                  group)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -363,35 +304,3 @@ def _as_split(split, root, what):
     if isinstance(split, (str, os.PathLike)):
         return split_loading.load_split(split, root=root)
     raise TypeError(f"`{what}` must be a PlaceSplit or a path to a split file. Received: {type(split).__name__}")
-
-
-def _make_optimizer(cfg):
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
-    return keras.optimizers.Adam(learning_rate=cfg.lr)
-
-
-def _new_model(cfg):
-    return build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
-                       num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
-
-
-def _build_initial_model(cfg, model, train_split, root, out_dir, progress):
-    if model is None:
-        model = _new_model(cfg)
-        paths = list(train_split.db_paths)
-        if cfg.on_bad_image == "skip":  # sample the init images here and leave out unloadable ones
-            rng = np.random.default_rng(cfg.seed)
-            chosen = np.sort(rng.choice(len(paths), size=min(cfg.init_images, len(paths)), replace=False))
-            resolved = resolve_paths([paths[i] for i in chosen], root)
-            paths = [paths[i] for i, full in zip(chosen, resolved) if diagnose_image(full) is None]
-            if len(paths) < len(chosen):
-                logger.warning("k-means init: skipped %d images that cannot be loaded.", len(chosen) - len(paths))
-        stats = initialize_netvlad(model, paths, root=root, image_size=cfg.image_size,
-                                   num_images=cfg.init_images, per_image=cfg.init_per_image,
-                                   seed=cfg.seed, batch_size=cfg.cache_batch_size, progress=progress)
-    else:
-        stats = {"note": "model given by the caller; no k-means initialisation"}
-    model.training_image_size = format_image_size(cfg.image_size)  # saved with every .keras of the run
-    save_model(model, out_dir / "init.keras")
-    return model, stats
