@@ -44,7 +44,8 @@ def test_every_image_size_flag_is_parsed_by_the_shared_converter():
     for name, sub in _subparsers().items():
         for action in sub._actions:
             if action.dest in ("image_size", "query_image_size") and name != "demo-data":
-                assert action.type in (flags.image_size, flags.image_size_or_auto), (name, action.dest)
+                assert action.type in (flags.image_size, flags.image_size_or_auto,
+                                       flags.image_size_or_keep), (name, action.dest)
                 seen.append(name)
     assert set(seen) == {"train", "init", "fit-whitening", "evaluate", "evaluate-map", "export",
                          "index", "localize", "hloc"}

@@ -67,6 +67,11 @@ def test_index_and_localize_flags_are_parsed():
     found = parse(["localize", "--index", "i", "--model", "m", "q.jpg", "--strict"])
     assert found.top_k == defaults.LOCALIZE_TOP_K and found.image_size is None
     assert found.on_error == "raise" and found.images == ["q.jpg"]
+    # where no flag means the index's policy, an explicit keep must stay distinguishable from it
+    for command in (["localize", "--index", "i", "--model", "m", "q.jpg"],
+                    ["hloc", "--index", "i", "--pairs", "p.txt", "--num-matched", "2"]):
+        assert parse(command + ["--image-size", "keep"]).image_size == "keep"
+        assert parse(command + ["--image-size", "96x128"]).image_size == (96, 128)
 
 
 def test_index_add_refuses_an_image_size(capsys):

@@ -42,6 +42,12 @@ def image_size(text):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def image_size_or_keep(text):
+    """As `image_size`, but 'keep' stays the word: for a flag whose absence (None) means another
+    policy (the index's), so that an explicit `--image-size keep` is not read as "not given"."""
+    return "keep" if text.strip().lower() == "keep" else image_size(text)
+
+
 def image_size_or_auto(text):
     """As `image_size`, or the word 'auto' (the command picks the policy)."""
     return "auto" if text.strip().lower() == "auto" else image_size(text)
@@ -105,10 +111,12 @@ def add_image_size(parser, help=IMAGE_SIZE_HELP, default="keep", flag="--image-s
     """The resize policy of the images a command reads (`tf_netvlad.data.image_size`).
 
     `default` is given as on the command line ('keep', '480x640', ...) so --help shows it as typed;
-    argparse parses it like a given value. `auto=True` also accepts the word 'auto'.
+    argparse parses it like a given value. `auto=True` also accepts the word 'auto'. With
+    `default=None` (the command then uses another policy, e.g. its index's) 'keep' is kept as the
+    word, which the library functions parse: otherwise it would parse to None, "not given".
     """
-    return parser.add_argument(flag, type=image_size_or_auto if auto else image_size,
-                               default=default, help=help)
+    kind = image_size_or_auto if auto else image_size_or_keep if default is None else image_size
+    return parser.add_argument(flag, type=kind, default=default, help=help)
 
 
 def add_batch_size(parser):
