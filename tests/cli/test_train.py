@@ -232,3 +232,29 @@ def test_validation_split_without_positives_fails_before_anything_is_made(tmp_pa
     assert err.startswith("tf_netvlad train: error: Validation split 'val' (--val): none of its 2 queries "
                           "has a database image within 25 m (posDistThr), so recall@N cannot be measured.")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("saved_recipe, now_recipe", [("paper", "cpu"), ("cpu", "paper")])
+def test_a_refused_resume_names_the_flags_that_resume_it(saved_recipe, now_recipe):
+    # A run saved with one recipe, resumed with the other: every training-state key differs in
+    # kind (names, numbers, None, booleans both ways, the image size). The flags the message
+    # suggests, given to `tf_netvlad train`, must make the same check accept the checkpoint.
+    import re
+    import shlex
+
+    from tf_netvlad.training.checkpointing import ResumeMismatch, check_resume
+    from tf_netvlad.training.config import config_json
+
+    saved = {"config": config_json(train_cli.train_config(saved_recipe, {})), "train_split": "abc"}
+    now = train_cli.train_config(now_recipe, {})
+    with pytest.raises(ResumeMismatch) as refused:
+        check_resume(saved, now, {"train_split": "abc"}, "run/last")
+    message = str(refused.value)
+    assert "\n" not in message and "margin: checkpoint=" in message and "new --out" in message
+    suggested = re.search(r"checkpoint's settings \((.*); Python: ", message).group(1)
+    assert "--image-size " in suggested and "--margin " in suggested and "--no-" in suggested
+    args = main.build_parser().parse_args(BASE + ["--recipe", now_recipe] + shlex.split(suggested))
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    check_resume(saved, train_cli.train_config(now_recipe, overrides), {"train_split": "abc"}, "run/last")
+    with pytest.raises(ResumeMismatch, match=r"train on the checkpoint's --dataset; to start over"):
+        check_resume(saved, train_cli.train_config(saved_recipe, {}), {"train_split": "other"}, "run/last")

@@ -194,23 +194,47 @@ def set_rng_state(rng, source="RNG state"):
 
 class ResumeMismatch(ValueError):
     """A checkpoint that `check_resume` refuses: `settings` lists the configuration keys that differ
-    (one string each), `split_differs` says whether the training split does."""
+    (one string each), `split_differs` says whether the training split does, and `restore` holds the
+    checkpoint's values of the differing keys, which the message turns into `tf_netvlad train` flags."""
 
-    def __init__(self, last, settings, split_differs):
+    def __init__(self, last, settings, split_differs, restore=None):
         self.last, self.settings, self.split_differs = last, list(settings), bool(split_differs)
+        self.restore = dict(restore or {})
         problems = self.settings + (["training split: different image lists or positions"] if split_differs else [])
+        fixes = []
+        if self.restore:
+            flags = " ".join(_as_flag(key, value) for key, value in self.restore.items())
+            python = ", ".join(f"{key}={value!r}" for key, value in self.restore.items())
+            fixes.append(f"resume with the checkpoint's settings ({flags}; Python: {python})")
+        if split_differs:
+            fixes.append("train on the checkpoint's --dataset")
         super().__init__(f"Cannot resume from {last}: the configuration differs from the checkpoint's "
-                         f"({'; '.join(problems)}). Use the original settings or a new out_dir.")
+                         f"({'; '.join(problems)}). To continue it, {' and '.join(fixes)}; to start "
+                         "over, choose a new --out (Python: out_dir=).")
+
+
+def _as_flag(key, value):
+    """`tf_netvlad train`'s flag that sets config field `key` to `value` (JSON form, as saved)."""
+    flag = "--" + key.replace("_", "-")
+    if value is True:
+        return flag
+    if value is False:
+        return "--no-" + flag[2:]
+    if value is None:
+        return f"{flag} none"
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {'x'.join(str(v) for v in value)}"
+    return f"{flag} {value}"
 
 
 def check_resume(saved, cfg, fingerprint, last):
     """Raises `ResumeMismatch` when `cfg` or the training split differs from the checkpoint's."""
     config = {**RESUME_DEFAULTS, **saved["config"]}
-    settings = [f"{key}: checkpoint={config.get(key)!r}, now={jsonable(getattr(cfg, key))!r}"
-                for key in RESUME_KEYS if config.get(key) != jsonable(getattr(cfg, key))]
+    differing = [key for key in RESUME_KEYS if config.get(key) != jsonable(getattr(cfg, key))]
+    settings = [f"{key}: checkpoint={config.get(key)!r}, now={jsonable(getattr(cfg, key))!r}" for key in differing]
     split_differs = saved.get("train_split") != fingerprint["train_split"]
     if settings or split_differs:
-        raise ResumeMismatch(last, settings, split_differs)
+        raise ResumeMismatch(last, settings, split_differs, {key: config.get(key) for key in differing})
 
 
 def _is_empty(out_dir):
