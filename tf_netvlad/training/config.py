@@ -51,8 +51,8 @@ class TrainConfig:
     * `num_clusters`, `variant`: paper K = 64, "v1" (the official models); CPU K = 16 (D·K = 1024).
     * `margin`: m on squared distances of unit descriptors. Paper 0.1 (MATLAB `margin`); CPU 0.3
       (a backbone trained from scratch with semi-hard mining: with 0.1 few mined triplets still
-      violate late in a run; 0.3 gained 1 to 7.5 points of test recall@1 on both held-out towns,
-      docs/recipes.md).
+      violate late in a run; 0.3 gained 1 to 7.5 points of test recall@1 in six of seven paired
+      runs on the held-out towns and lost 2.5 in the seventh, docs/recipes.md).
     * `init_images` × `init_per_image`: k-means features; paper 500 × 100 = 50,000 (MATLAB
       `getClusters.m`); CPU 300 × 50 (a small database and K = 16).
 
