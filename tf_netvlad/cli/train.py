@@ -19,7 +19,7 @@ from tf_netvlad.defaults import (
     ON_BAD_IMAGE_CHOICES,
     OPTIMIZERS,
 )
-from tf_netvlad.training.config import CPU_RECIPE, LR_SCHEDULES, TrainConfig
+from tf_netvlad.training.config import CPU_RECIPE, LR_SCHEDULES, TrainConfig, flag_name
 
 # Help for every TrainConfig field; the defaults shown come from the recipes themselves.
 TRAIN_HELP = {
@@ -123,7 +123,7 @@ def _as_flag(match, fields):
     name = match.group(1) or match.group(2)
     if name not in fields:
         return match.group(0)
-    flag = "--" + name.replace("_", "-")
+    flag = flag_name(name)
     return flag if match.group(1) else flag + " "
 
 
@@ -133,7 +133,7 @@ def _add_config_flags(parser):
     paper = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         name, default = field.name, getattr(paper, field.name)
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         text = f"{TRAIN_HELP.get(name, name)} (paper: {default}"
         text += f"; cpu: {CPU_RECIPE[name]})" if name in CPU_RECIPE else ")"
         if field.type is bool:

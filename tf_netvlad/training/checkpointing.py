@@ -44,7 +44,7 @@ import tensorflow as tf
 from tf_netvlad.data.fileio import jsonable, write_json
 from tf_netvlad.data.locking import LOCK_FILE, DirectoryLock
 from tf_netvlad.data.scratch import remove_orphans
-from tf_netvlad.training.config import RESUME_DEFAULTS, RESUME_KEYS
+from tf_netvlad.training.config import RESUME_DEFAULTS, RESUME_KEYS, flag_name
 
 RNG_FILE = "rng.json"
 # What a run writes into its directory: removed again when a fresh run fails before its first
@@ -215,7 +215,7 @@ class ResumeMismatch(ValueError):
 
 def _as_flag(key, value):
     """`tf_netvlad train`'s flag that sets config field `key` to `value` (JSON form, as saved)."""
-    flag = "--" + key.replace("_", "-")
+    flag = flag_name(key)
     if value is True:
         return flag
     if value is False:

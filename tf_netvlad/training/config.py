@@ -307,6 +307,11 @@ CPU_RECIPE = dict(backbone="tiny_s2", weights=None, trainable_from=None, num_clu
                   passes=None, epochs=100, time_limit_s=600)
 
 
+def flag_name(field):
+    """The `tf_netvlad train` flag of `TrainConfig` field `field` ("batch_size" -> "--batch-size")."""
+    return "--" + field.replace("_", "-")
+
+
 def config_json(cfg):
     """`cfg` as a JSON-ready dict (the form saved in checkpoints and `summary.json`)."""
     return jsonable(dataclasses.asdict(cfg))
