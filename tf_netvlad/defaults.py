@@ -13,7 +13,7 @@ NETVLAD_VARIANTS = ("v1", "v2")
 DEFAULT_VARIANT = "v1"
 
 # Backbone names (`models.backbones.BACKBONES` builds them; the CLI offers them as choices).
-BACKBONE_NAMES = ("vgg16", "alexnet", "resnet50", "mobilenetv2", "tiny", "tiny_s2")
+BACKBONE_NAMES = ("vgg16", "alexnet", "resnet50", "mobilenetv2", "tiny", "tiny_s2", "tiny_ws")
 
 # Ranking-loss reductions over a batch (`models.losses`, `TrainConfig.loss_reduction`).
 LOSS_REDUCTIONS = ("sum", "mean_violating")

@@ -82,6 +82,54 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
         return ops.cast(x * inv + shift, self.compute_dtype)
 
 
+
+@keras.saving.register_keras_serializable(package="tf_netvlad")
+class StandardizedConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose kernel is weight-standardised before every use.
+
+    Weight standardisation (Qiao et al. 2019, "Micro-Batch Training with Batch-Channel Normalization
+    and Weight Standardization"), scaled as the normaliser-free networks of Brock et al. 2021
+    ("Characterizing signal propagation to close the performance gap in unnormalized ResNets"): each
+    output channel's kernel, over its fan-in `kh·kw·Cin`, is shifted to mean 0 and scaled to
+    variance `gain² / fan_in`,
+
+        W' = gain · (W − mean(W)) / sqrt(fan_in · var(W) + epsilon),
+
+    so a layer keeps the scale of its input (with `gain` = sqrt(2 / (1 − 1/π)) ≈ 1.71 for a
+    following ReLU: `RELU_GAIN`) and a constant input maps to the bias. Normalises the weights
+    (a few thousand numbers) instead of the activations: the `tiny_ws` backbone trains from scratch
+    without GroupNormalization, whose element-wise work over the feature maps was a sixth of a CPU
+    training step (benchmarks/RESULTS.md). The stored kernel is the raw `W`; every other argument is
+    `Conv2D`'s.
+    """
+
+    def __init__(self, *args, gain=1.0, epsilon=1e-4, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = float(gain)
+        self.epsilon = float(epsilon)
+
+    def standardized_kernel(self, kernel=None):
+        """`W'` of the class docstring for `kernel` (default: the layer's), what the convolution uses."""
+        kernel = ops.cast(self.kernel if kernel is None else kernel, "float32")
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        variance = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
+        return (kernel - mean) * ops.rsqrt(fan_in * variance + self.epsilon) * self.gain
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(inputs, ops.cast(self.standardized_kernel(kernel), inputs.dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"gain": self.gain, "epsilon": self.epsilon})
+        return config
+
+
+# `StandardizedConv2D` gain before a ReLU: 1 / std(ReLU(z)) for z ~ N(0, 1), so that the ReLU's
+# output has unit variance again (Brock et al. 2021, NF-ResNets).
+RELU_GAIN = float(np.sqrt(2.0 / (1.0 - 1.0 / np.pi)))
+
+
 def _vgg16(weights):
     """VGG16 cut at conv5_3 *before* its ReLU (as every NetVLAD reference does).
 
@@ -176,6 +224,26 @@ def _tiny_s2(weights):
     return _tiny(weights, first_stride=2)
 
 
+def _tiny_ws(weights):
+    """`tiny_s2` with weight-standardised convolutions (`StandardizedConv2D`) and no
+    GroupNormalization: conv1 (stride 2), conv2 + pool2, conv3 + pool3, each followed by a ReLU (gain
+    `RELU_GAIN`), then conv4, linear (gain 1). Same weight shapes and output stride 8 as `tiny_s2`;
+    a CPU training step takes about 0.8x its time (no normalisation of the feature maps:
+    benchmarks/RESULTS.md), and it trains from scratch where `tiny` without normalisation collapses.
+    """
+    if weights == "imagenet":
+        raise ValueError("The `tiny` backbones have no pretrained weights; use weights=None.")
+    x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
+    for i, filters in enumerate((16, 32, 64), start=1):
+        stride = 2 if i == 1 else 1
+        x = StandardizedConv2D(filters, 3, strides=stride, padding="same", gain=RELU_GAIN, name=f"conv{i}")(x)
+        if stride == 1:
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+    x = StandardizedConv2D(64, 3, padding="same", name="conv4")(x)
+    return keras.Model(inputs, x, name="tiny_ws")
+
+
 # name -> (builder, preprocessing preset, default first trainable layer, ImageNet via keras)
 BACKBONES = {
     "vgg16": (_vgg16, "caffe", "block5_conv1", True),
@@ -184,6 +252,7 @@ BACKBONES = {
     "mobilenetv2": (_mobilenetv2, "tf", "block_13_expand", True),
     "tiny": (_tiny, "tf", None, False),
     "tiny_s2": (_tiny_s2, "tf", None, False),
+    "tiny_ws": (_tiny_ws, "tf", None, False),
 }
 
 
@@ -222,7 +291,8 @@ def build_backbone(name, weights=None, trainable_from="default"):
     Args:
         name: one of `BACKBONES`: "vgg16" (conv5_3 before ReLU, D=512), "alexnet" (conv5 before
             ReLU, D=256), "resnet50" (conv4, D=1024), "mobilenetv2" (block_16_project, D=320),
-            "tiny" (D=64), "tiny_s2" (`tiny` with a stride-2 first convolution: the CPU recipe's).
+            "tiny" (D=64), "tiny_s2" (`tiny` with a stride-2 first convolution: the CPU recipe's),
+            "tiny_ws" (`tiny_s2` with weight-standardised convolutions, no GroupNormalization).
         weights: None (random), "imagenet" (keras.applications download; needs internet), or a
             path to a weights file (`.h5`/`.weights.h5`). For keras.applications backbones the
             file is the application's own no-top weights file; for the others, weights saved
