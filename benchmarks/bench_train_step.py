@@ -18,8 +18,9 @@ without its GroupNormalization layers, NetVLAD alone, the optimizer update, each
 with `--layers`) and the step with Keras' own `GroupNormalization` in place of the package's
 `models.backbones.ChannelGroupNormalization` (same function and weights, statistics taken per
 group instead of per channel first: the step before that layer) and the previous recipe's step
-(`tiny` backbone, 4 positives per tuple: `previous_recipe`) are timed in the same
-round-robin, so what makes the step slower than its FLOPs can be read off. As the package does,
+(`tiny` backbone, 4 positives per tuple: `previous_recipe`) and the recipe's step with the
+`tiny_ws` backbone (weight-standardised convolutions, no GroupNormalization: `step_tiny_ws`, its
+ratio against its own FLOP time) are timed in the same round-robin, so what makes the step slower than its FLOPs can be read off. As the package does,
 TF_ENABLE_ONEDNN_OPTS defaults to 1 (pass TF_ENABLE_ONEDNN_OPTS=0 to time TensorFlow's own
 default on this CPU).
 Results and their reading: benchmarks/RESULTS.md.
@@ -178,6 +179,8 @@ def count_flops(model, image_size):
 # --------------------------------------------------------------------------- variants
 def make_variants(cfg, args):
     """name -> a zero-argument callable running one of the timed things to completion."""
+    import dataclasses
+
     import numpy as np
     import tensorflow as tf
 
@@ -210,6 +213,13 @@ def make_variants(cfg, args):
     previous.make_train_function()
     variants["step_previous_recipe"] = lambda: keras_step(previous, previous_iterator)
     checks["previous_recipe_step_flops"] = 3 * count_flops(previous, cfg.image_size)[0] * images_per_step(previous_cfg)
+    # the recipe with the `tiny_ws` backbone (weight-standardised convolutions, no GroupNormalization)
+    ws_cfg = dataclasses.replace(cfg, backbone="tiny_ws")
+    ws = build_recipe_model(ws_cfg)
+    ws_iterator = iter(ds)
+    ws.make_train_function()
+    variants["step_tiny_ws"] = lambda: keras_step(ws, ws_iterator)
+    checks["tiny_ws_step_flops"] = 3 * count_flops(ws, cfg.image_size)[0] * images_per_step(ws_cfg)
     if args.bf16:
         bf16 = build_recipe_model(cfg, policy="mixed_bfloat16")
         bf16.set_weights(model.get_weights())
@@ -303,7 +313,8 @@ def make_variants(cfg, args):
     if args.layers:
         variants.update({f"layer:{k}": run(fn) for k, fn in _layer_variants(backbone, pre).items()})
     if args.only:
-        keep = set(args.only.split(",")) | {"step", "step_previous_recipe", "gemm_2048", "gemm_im2col"}
+        keep = set(args.only.split(",")) | {"step", "step_previous_recipe", "step_tiny_ws", "gemm_2048",
+                                            "gemm_im2col"}
         variants = {k: v for k, v in variants.items() if k in keep}
     return model, variants, dict(shapes, **checks)
 
@@ -460,6 +471,8 @@ def measure(args):
         "step_ms_median": med["step"], "step_ms_best": best["step"],
         "previous_recipe": {"backbone": "tiny", "num_positives": 4, "step_ms_median": med["step_previous_recipe"],
                             "flop_ms_at_gemm_rate": shapes["previous_recipe_step_flops"] / (gemm_rate * 1e9) * 1000},
+        "tiny_ws": {"backbone": "tiny_ws", "step_ms_median": med["step_tiny_ws"],
+                    "flop_ms_at_gemm_rate": shapes["tiny_ws_step_flops"] / (gemm_rate * 1e9) * 1000},
         "flop_ms_at_gemm_rate": flop_ms, "ratio": med["step"] / flop_ms,
         "ms_median": med, "ms_best": best,
         "env": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "onednn": onednn,
@@ -499,6 +512,10 @@ def print_report(result):
     print(f"previous recipe (tiny, 4 positives): step {prev['step_ms_median']:.1f} ms; FLOPs at the GEMM rate "
           f"{prev['flop_ms_at_gemm_rate']:.1f} ms; ratio {prev['step_ms_median'] / prev['flop_ms_at_gemm_rate']:.2f}x; "
           f"this recipe's step takes {result['step_ms_median'] / prev['step_ms_median']:.2f}x its time")
+    ws = result["tiny_ws"]
+    print(f"the recipe with the tiny_ws backbone (weight-standardised convolutions, no GroupNormalization): "
+          f"step {ws['step_ms_median']:.1f} ms; FLOPs at the GEMM rate {ws['flop_ms_at_gemm_rate']:.1f} ms; "
+          f"ratio {ws['step_ms_median'] / ws['flop_ms_at_gemm_rate']:.2f}x")
     print("pieces (median / best ms per call):")
     for name, value in result["ms_median"].items():
         print(f"  {name:32s} {value:8.1f} {result['ms_best'][name]:8.1f}")
