@@ -82,7 +82,6 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
         return ops.cast(x * inv + shift, self.compute_dtype)
 
 
-
 @keras.saving.register_keras_serializable(package="tf_netvlad")
 class StandardizedConv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose kernel is weight-standardised before every use.
@@ -95,8 +94,8 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
         W' = gain · (W − mean(W)) / sqrt(fan_in · var(W) + epsilon),
 
-    so a layer keeps the scale of its input (with `gain` = sqrt(2 / (1 − 1/π)) ≈ 1.71 for a
-    following ReLU: `RELU_GAIN`) and a constant input maps to the bias. Normalises the weights
+    so the activations stay of the order of the input's scale from layer to layer (with `gain` =
+    sqrt(2 / (1 − 1/π)) ≈ 1.71 before a ReLU: `RELU_GAIN`) and a constant input maps to the bias. Normalises the weights
     (a few thousand numbers) instead of the activations: the `tiny_ws` backbone trains from scratch
     without GroupNormalization, whose element-wise work over the feature maps was a sixth of a CPU
     training step (benchmarks/RESULTS.md). The stored kernel is the raw `W`; every other argument is
@@ -228,7 +227,7 @@ def _tiny_ws(weights):
     """`tiny_s2` with weight-standardised convolutions (`StandardizedConv2D`) and no
     GroupNormalization: conv1 (stride 2), conv2 + pool2, conv3 + pool3, each followed by a ReLU (gain
     `RELU_GAIN`), then conv4, linear (gain 1). Same weight shapes and output stride 8 as `tiny_s2`;
-    a CPU training step takes about 0.8x its time (no normalisation of the feature maps:
+    a CPU training step takes 0.80-0.83x its time (no normalisation of the feature maps:
     benchmarks/RESULTS.md), and it trains from scratch where `tiny` without normalisation collapses.
     """
     if weights == "imagenet":
