@@ -95,11 +95,11 @@ class StandardizedConv2D(keras.layers.Conv2D):
         W' = gain · (W − mean(W)) / sqrt(fan_in · var(W) + epsilon),
 
     so the activations stay of the order of the input's scale from layer to layer (with `gain` =
-    sqrt(2 / (1 − 1/π)) ≈ 1.71 before a ReLU: `RELU_GAIN`) and a constant input maps to the bias. Normalises the weights
-    (a few thousand numbers) instead of the activations: the `tiny_ws` backbone trains from scratch
-    without GroupNormalization, whose element-wise work over the feature maps was a sixth of a CPU
-    training step (benchmarks/RESULTS.md). The stored kernel is the raw `W`; every other argument is
-    `Conv2D`'s.
+    sqrt(2 / (1 − 1/π)) ≈ 1.71 before a ReLU: `RELU_GAIN`) and a constant input maps to the bias.
+    Normalises the weights (a few thousand numbers) instead of the activations: the `tiny_ws`
+    backbone trains from scratch without GroupNormalization, whose element-wise work over the
+    feature maps was a sixth of a CPU training step (benchmarks/RESULTS.md). The stored kernel is
+    the raw `W`; every other argument is `Conv2D`'s.
     """
 
     def __init__(self, *args, gain=1.0, epsilon=1e-4, **kwargs):
@@ -194,7 +194,7 @@ def _mobilenetv2(weights):
     return _cut_application(app, "block_16_project", "mobilenetv2")
 
 
-def _tiny(weights, first_stride=1):
+def _tiny(weights, first_stride=1, standardized=False):
     """A 4-conv CNN (D = 64, stride 8) for tests and CPU demos; last conv linear like conv5_3.
 
     conv1-3 are each followed by 2x2 max pooling, a GroupNormalization (8 groups, no learnt
@@ -204,19 +204,32 @@ def _tiny(weights, first_stride=1):
     normalising at full resolution. `first_stride=2` ("tiny_s2", the CPU recipe's backbone): conv1
     strides by 2 instead of being followed by the first max pooling, so no layer works at full
     resolution (conv1 has a quarter of the FLOPs; same stride 8, same weights' shapes).
+    `standardized=True` ("tiny_ws", with `first_stride=2`): every convolution is a
+    `StandardizedConv2D` (gain `RELU_GAIN` before a ReLU, 1 for the linear conv4) and there is no
+    GroupNormalization; same weight shapes, a CPU training step takes 0.80-0.83x the time of
+    "tiny_s2"'s (no normalisation of the feature maps: benchmarks/RESULTS.md), and it trains from
+    scratch where the network without normalisation collapses.
     """
     if weights == "imagenet":
         raise ValueError("The `tiny` backbones have no pretrained weights; use weights=None.")
+
+    def conv(filters, stride, gain, name):
+        if standardized:
+            return StandardizedConv2D(filters, 3, strides=stride, padding="same", gain=gain, name=name)
+        return layers.Conv2D(filters, 3, strides=stride, padding="same", name=name)
+
     x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
     for i, filters in enumerate((16, 32, 64), start=1):
         stride = first_stride if i == 1 else 1
-        x = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"conv{i}")(x)
+        x = conv(filters, stride, RELU_GAIN, f"conv{i}")(x)
         if stride == 1:
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-        x = ChannelGroupNormalization(8, center=False, scale=False, name=f"norm{i}")(x)
+        if not standardized:
+            x = ChannelGroupNormalization(8, center=False, scale=False, name=f"norm{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
-    x = layers.Conv2D(64, 3, padding="same", name="conv4")(x)
-    return keras.Model(inputs, x, name="tiny" if first_stride == 1 else f"tiny_s{first_stride}")
+    x = conv(64, 1, 1.0, "conv4")(x)
+    name = "tiny_ws" if standardized else ("tiny" if first_stride == 1 else f"tiny_s{first_stride}")
+    return keras.Model(inputs, x, name=name)
 
 
 def _tiny_s2(weights):
@@ -224,23 +237,7 @@ def _tiny_s2(weights):
 
 
 def _tiny_ws(weights):
-    """`tiny_s2` with weight-standardised convolutions (`StandardizedConv2D`) and no
-    GroupNormalization: conv1 (stride 2), conv2 + pool2, conv3 + pool3, each followed by a ReLU (gain
-    `RELU_GAIN`), then conv4, linear (gain 1). Same weight shapes and output stride 8 as `tiny_s2`;
-    a CPU training step takes 0.80-0.83x its time (no normalisation of the feature maps:
-    benchmarks/RESULTS.md), and it trains from scratch where `tiny` without normalisation collapses.
-    """
-    if weights == "imagenet":
-        raise ValueError("The `tiny` backbones have no pretrained weights; use weights=None.")
-    x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
-    for i, filters in enumerate((16, 32, 64), start=1):
-        stride = 2 if i == 1 else 1
-        x = StandardizedConv2D(filters, 3, strides=stride, padding="same", gain=RELU_GAIN, name=f"conv{i}")(x)
-        if stride == 1:
-            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
-    x = StandardizedConv2D(64, 3, padding="same", name="conv4")(x)
-    return keras.Model(inputs, x, name="tiny_ws")
+    return _tiny(weights, first_stride=2, standardized=True)
 
 
 # name -> (builder, preprocessing preset, default first trainable layer, ImageNet via keras)
