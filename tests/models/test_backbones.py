@@ -136,20 +136,16 @@ def test_tiny_s2_strides_its_first_convolution_and_keeps_stride_8():
 
 
 def _numpy_conv_same(x, kernel, bias, stride):
-    """A 'same'-padded 2-D convolution by its definition (float64 loops over the kernel taps), with
-    TF's padding: the total padding max((ceil(n / s) - 1)·s + k - n, 0), its smaller half first."""
-    b, h, w, _ = x.shape
-    kh, kw, _, c_out = kernel.shape
-    out_h, out_w = -(-h // stride), -(-w // stride)
-    pad_h, pad_w = max((out_h - 1) * stride + kh - h, 0), max((out_w - 1) * stride + kw - w, 0)
-    xp = np.pad(x.astype("float64"), ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                                      (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-    out = np.zeros((b, out_h, out_w, c_out)) + bias
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride]
-            out += patch @ kernel[i, j].astype("float64")
-    return out
+    """A 'same'-padded 2-D convolution of a batch: the MatConvNet NumPy forward of the converter
+    tests (`_np_conv`, float64) per image, with TF's padding: the total padding
+    max((ceil(n / s) - 1)·s + k - n, 0), its smaller half first."""
+    from tests.convert.test_converters import _np_conv
+
+    (h, w), (kh, kw) = x.shape[1:3], kernel.shape[:2]
+    pad_h = max((-(-h // stride) - 1) * stride + kh - h, 0)
+    pad_w = max((-(-w // stride) - 1) * stride + kw - w, 0)
+    pad = (pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2)
+    return np.stack([_np_conv(image.astype("float64"), kernel, bias, stride, pad) for image in x])
 
 
 @pytest.mark.parametrize("stride, gain", [(1, 1.0), (2, backbones.RELU_GAIN)])
