@@ -49,8 +49,9 @@ class TrainConfig:
       a step takes 0.85× the time of "tiny"'s, whose first convolution and pooling run at full
       resolution; with 2 positives 0.65×: docs/recipes.md). `--backbone tiny_ws` (the same
       convolutions weight-standardised, no GroupNormalization) takes 0.80–0.83× `tiny_s2`'s step; in
-      10-minute runs it was ahead on the held-out towns and behind on the demo data
-      (docs/recipes.md, "A faster host"), so it is not the recipe's.
+      eight pairs of 10-minute runs it was ahead at 96×128 on the held-out towns on average, but
+      gained under 20 points in one run and was behind at the files' size (docs/recipes.md,
+      "`tiny_ws` against the recipe over more seeds"), so it is not the recipe's.
     * `num_clusters`, `variant`: paper K = 64, "v1" (the official models); CPU K = 16 (D·K = 1024).
     * `margin`: m on squared distances of unit descriptors. Paper 0.1 (MATLAB `margin`); CPU 0.3
       (a backbone trained from scratch with semi-hard mining: with 0.1 few mined triplets still
