@@ -177,6 +177,11 @@ def count_flops(model, image_size):
     return total + netvlad, rows
 
 
+def step_flops(model, cfg):
+    """Forward + backward FLOPs of one training step of `model` under `cfg` (3x the forward)."""
+    return 3 * count_flops(model, cfg.image_size)[0] * images_per_step(cfg)
+
+
 # --------------------------------------------------------------------------- variants
 def make_variants(cfg, args):
     """name -> a zero-argument callable running one of the timed things to completion."""
@@ -199,40 +204,32 @@ def make_variants(cfg, args):
         return float(logs["loss"])  # waits for the step
 
     variants["step"] = keras_step
-    before = build_recipe_model(cfg, keras_groupnorm=True)
-    before.set_weights(model.get_weights())
-    before_iterator = iter(ds)
-    before.make_train_function()
-    variants["step_keras_groupnorm"] = lambda: keras_step(before, before_iterator)
+
+    def add_step(name, m, dataset=ds, same_weights=False):
+        """Times `m`'s compiled training step as variant `name`, on `dataset`'s batch."""
+        if same_weights:
+            m.set_weights(model.get_weights())
+        it = iter(dataset)
+        m.make_train_function()
+        variants[name] = lambda: keras_step(m, it)
+        return m
+
+    before = add_step("step_keras_groupnorm", build_recipe_model(cfg, keras_groupnorm=True), same_weights=True)
     probe = tuple_batch(cfg, seed=1)["negatives"][0]
     checks = {"keras_groupnorm_max_abs_diff": float(np.max(np.abs(model(probe) - before(probe))))}
     # the step of the recipe before `tiny_s2` and 2 positives: `tiny` (conv1 and pool1 at full
     # resolution) with 4 positives per tuple
     previous_cfg = previous_recipe(cfg)
-    previous = build_recipe_model(previous_cfg)
-    previous_iterator = iter(tf.data.Dataset.from_tensors(tuple_batch(previous_cfg)).repeat())
-    previous.make_train_function()
-    variants["step_previous_recipe"] = lambda: keras_step(previous, previous_iterator)
-    checks["previous_recipe_step_flops"] = 3 * count_flops(previous, cfg.image_size)[0] * images_per_step(previous_cfg)
+    previous = add_step("step_previous_recipe", build_recipe_model(previous_cfg),
+                        tf.data.Dataset.from_tensors(tuple_batch(previous_cfg)).repeat())
+    checks["previous_recipe_step_flops"] = step_flops(previous, previous_cfg)
     # the recipe with the `tiny_ws` backbone (weight-standardised convolutions, no GroupNormalization)
     ws_cfg = dataclasses.replace(cfg, backbone="tiny_ws")
-    ws = build_recipe_model(ws_cfg)
-    ws_iterator = iter(ds)
-    ws.make_train_function()
-    variants["step_tiny_ws"] = lambda: keras_step(ws, ws_iterator)
-    checks["tiny_ws_step_flops"] = 3 * count_flops(ws, cfg.image_size)[0] * images_per_step(ws_cfg)
+    checks["tiny_ws_step_flops"] = step_flops(add_step("step_tiny_ws", build_recipe_model(ws_cfg)), ws_cfg)
     if args.bf16:
-        bf16 = build_recipe_model(cfg, policy="mixed_bfloat16")
-        bf16.set_weights(model.get_weights())
-        bf16_iterator = iter(ds)
-        bf16.make_train_function()
-        variants["step_bf16"] = lambda: keras_step(bf16, bf16_iterator)
+        add_step("step_bf16", build_recipe_model(cfg, policy="mixed_bfloat16"), same_weights=True)
     if args.jit:
-        xla = build_recipe_model(cfg, jit_compile=True)
-        xla.set_weights(model.get_weights())
-        xla_iterator = iter(ds)
-        xla.make_train_function()
-        variants["step_xla"] = lambda: keras_step(xla, xla_iterator)
+        add_step("step_xla", build_recipe_model(cfg, jit_compile=True), same_weights=True)
 
     x = {k: tf.constant(v) for k, v in batch.items()}
     images = tf.concat([x["query"], tf.reshape(x["positives"], (-1,) + cfg.image_size + (3,)),
@@ -445,12 +442,15 @@ def measure(args):
     model, variants, shapes = make_variants(cfg, args)
     fwd_per_image, rows = count_flops(model, cfg.image_size)
     n_images = images_per_step(cfg)
-    step_flops = 3 * fwd_per_image * n_images
+    recipe_flops = 3 * fwd_per_image * n_images
     times = time_variants(variants, args.repeats, args.steps)
     med = {k: _median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     gemm_rate = shapes["gemm_2048"] / (med["gemm_2048"] / 1000) / 1e9
-    flop_ms = step_flops / (gemm_rate * 1e9) * 1000
+    def ms_at_gemm_rate(flops):
+        return flops / (gemm_rate * 1e9) * 1000
+
+    flop_ms = ms_at_gemm_rate(recipe_flops)
     try:
         from tensorflow.python.util import _pywrap_util_port
         onednn = bool(_pywrap_util_port.IsMklEnabled())
@@ -463,7 +463,7 @@ def measure(args):
                    "optimizer": cfg.optimizer, "loss_reduction": cfg.loss_reduction},
         "flops": {"forward_per_image": fwd_per_image, "layers": [[n, f] for n, f, _ in rows],
                   "layer_shapes": [[n, f, list(shape)] for n, f, shape in rows[:-1]],
-                  "step_forward_backward": step_flops},
+                  "step_forward_backward": recipe_flops},
         "gemm_2048_gflops": gemm_rate,
         "gemm_im2col_gflops": shapes["gemm_im2col"] / (med["gemm_im2col"] / 1000) / 1e9 if "gemm_im2col" in med
         else None,
@@ -471,9 +471,9 @@ def measure(args):
         "keras_groupnorm_max_abs_diff": shapes["keras_groupnorm_max_abs_diff"],
         "step_ms_median": med["step"], "step_ms_best": best["step"],
         "previous_recipe": {"backbone": "tiny", "num_positives": 4, "step_ms_median": med["step_previous_recipe"],
-                            "flop_ms_at_gemm_rate": shapes["previous_recipe_step_flops"] / (gemm_rate * 1e9) * 1000},
+                            "flop_ms_at_gemm_rate": ms_at_gemm_rate(shapes["previous_recipe_step_flops"])},
         "tiny_ws": {"backbone": "tiny_ws", "step_ms_median": med["step_tiny_ws"],
-                    "flop_ms_at_gemm_rate": shapes["tiny_ws_step_flops"] / (gemm_rate * 1e9) * 1000},
+                    "flop_ms_at_gemm_rate": ms_at_gemm_rate(shapes["tiny_ws_step_flops"])},
         "flop_ms_at_gemm_rate": flop_ms, "ratio": med["step"] / flop_ms,
         "ms_median": med, "ms_best": best,
         "env": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "onednn": onednn,
