@@ -121,7 +121,20 @@ def augment_images(images, seed, augmentation):
     images = tf.convert_to_tensor(images, tf.float32)
     if augmentation.is_identity:
         return images
-    draws = tf.random.stateless_uniform([tf.shape(images)[0], _NUM_DRAWS], tf.cast(seed, tf.int64))
+    return augment_with_draws(images, draws_of(seed, tf.shape(images)[0]), augmentation)
+
+
+def draws_of(seed, n):
+    """The `(n, 8)` stateless draws of `seed` (`(2,)`) for `n` images; row k is image k's."""
+    return tf.random.stateless_uniform([n, _NUM_DRAWS], tf.cast(seed, tf.int64))
+
+
+def augment_with_draws(images, draws, augmentation):
+    """A stack `(n, H, W, 3)`, image k changed by row k of `draws` (`(n, 8)` from `draws_of`): a
+    stack gathered from several tuples, each image with the draw its own tuple's seed gives it."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    if augmentation.is_identity:
+        return images
     if augmentation.min_crop < 1:
         images = _crop(images, draws, augmentation.min_crop)
     if not augmentation.changes_colour:

@@ -16,7 +16,9 @@ written as `-2 - id` is a filler (`tuple_mining.mark_fillers`: it did not violat
 mined); its image is loaded, and its `negative_mask` is 0, so the loss leaves it out (MATLAB
 `trainWeakly.m` never loads it). Plain ids have mask 1. Images are
 read, decoded and resized in parallel inside the pipeline (`data.images.load_image`, deterministic
-order), batched and prefetched. Training needs a fixed `(H, W)` image size so tuples can be stacked:
+order), batched and prefetched; with the images decoded once in memory (`images=`), each batch is
+one gather instead (`training.memory_batches`), with the same contents. tf.data's autotuning is
+off (`_without_autotune`). Training needs a fixed `(H, W)` image size so tuples can be stacked:
 the parsed `TrainConfig.image_size`.
 
 Keras creates a new iterator of a finite dataset at every epoch, after `on_epoch_begin`, so a table
@@ -52,10 +54,12 @@ from tf_netvlad.data.fileio import resolve_paths
 from tf_netvlad.data.image_size import check_image_size
 from tf_netvlad.data.images import diagnose_image, load_image
 from tf_netvlad.defaults import ON_BAD_IMAGE_CHOICES
-from tf_netvlad.training import augment, tuple_mining
+from tf_netvlad.training import augment, memory_batches, tuple_mining
 from tf_netvlad.training.config import TrainConfig
 
 ERROR_MARKER = "TUPLE_IMAGE_ERROR"
+# Batches built ahead of the training step (and, from memory, built at once).
+PREFETCH_BATCHES = 2
 
 
 class TuplePipeline:
@@ -75,8 +79,9 @@ class TuplePipeline:
         augment_all_slots: False (the query image of each tuple is augmented) or True (every image:
             the query, the positives and the negatives; `TrainConfig.augment_all_slots`).
         images: None (read and decode the files at every step), or a `data.decoded.DecodedImages`
-            holding every query and database image at `image_size`: tuples are gathered from memory
-            (a failed image fails its tuple as a failed file does).
+            holding every query and database image at `image_size`: each batch is gathered from
+            memory at once (`training.memory_batches`; a failed image fails its tuple as a failed
+            file does).
 
     Example:
     >>> pipe = TuplePipeline(q_paths, db_paths, root, (96, 128), num_rows=100, num_positives=2,
@@ -120,9 +125,9 @@ class TuplePipeline:
             if images.image_size != size:
                 raise ValueError(f"The decoded images are {images.image_size}; the tuples need {size}.")
             with tf.init_scope():
-                self._memory_rows = (tf.constant(images.rows(self.query_paths)),
-                                     tf.constant(images.rows(self.db_paths)))
-                self._ok = tf.constant(images.ok)
+                self.memory_rows = (tf.constant(images.rows(self.query_paths)),
+                                    tf.constant(images.rows(self.db_paths)))
+                self.memory_ok = tf.constant(images.ok)
         width = 1 + self.num_positives + self.num_negatives
         with tf.init_scope():
             self.table = tf.Variable(tf.fill([self.num_rows, width], tf.constant(-1, tf.int64)),
@@ -194,8 +199,8 @@ class TuplePipeline:
             if self.images is None:
                 return load_image(tf.gather(paths[part], image_id), self.image_size)
             # a failed image fails the tuple, as a failed file does
-            memory_row = tf.gather(self._memory_rows[part], image_id)
-            with tf.control_dependencies([tf.debugging.Assert(tf.gather(self._ok, memory_row), [image_id])]):
+            memory_row = tf.gather(self.memory_rows[part], image_id)
+            with tf.control_dependencies([tf.debugging.Assert(tf.gather(self.memory_ok, memory_row), [image_id])]):
                 return tf.gather(self.images.pixels, memory_row)
 
         positive_ids = row[1 : 1 + self.num_positives]
@@ -205,7 +210,7 @@ class TuplePipeline:
             image_id = tf.maximum(positive_ids[i], 0)
             positives.append(tf.cond(mask[i], lambda i_=image_id: load(1, i_),
                                      lambda: tf.zeros([height, width, 3], tf.float32)))
-        negative_ids, negative_mask = _decode_negatives(row[1 + self.num_positives :])
+        negative_ids, negative_mask = memory_batches.decode_negatives(row[1 + self.num_positives :])
         negatives = [load(1, negative_ids[j]) for j in range(self.num_negatives)]
         query = load(0, row[0])
         augmenting = self.augmentation is not None
@@ -239,7 +244,8 @@ class TuplePipeline:
         row = self.table[index]
         q_paths = tf.constant(self.query_paths)
         db_paths = tf.constant(self.db_paths)
-        ids = tf.concat([row[1 : 1 + self.num_positives], _decode_negatives(row[1 + self.num_positives :])[0]], 0)
+        negatives = memory_batches.decode_negatives(row[1 + self.num_positives :])[0]
+        ids = tf.concat([row[1 : 1 + self.num_positives], negatives], 0)
         db_ids = tf.boolean_mask(ids, ids >= 0)
         files = tf.concat([tf.gather(q_paths, tf.maximum(row[:1], 0)), tf.gather(db_paths, db_ids)], 0)
         return tf.strings.reduce_join(files, separator="', '")
@@ -257,19 +263,24 @@ class TuplePipeline:
                 shows `n/N` steps and never reports "Your input ran out of data". Iterating it over
                 a table of another length fails with tf.data's cardinality error.
         """
-        def in_range(i):
-            return tf.logical_and(i >= self.start_row, i < self.end_row)
-
-        ds = tf.data.Dataset.range(self.num_rows).filter(in_range)
-        ds = ds.interleave(self._load_or_pad, cycle_length=max(2, self.batch_size), block_length=1,
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(self._check_loaded).map(lambda index, tuple_: tuple_)
-        ds = ds.batch(self.batch_size)
+        if self.images is not None:  # one gather per batch (`memory_batches`)
+            ds = tf.data.Dataset.range(-(-self.num_rows // self.batch_size))
+            ds = ds.filter(lambda b: b * self.batch_size < self.end_row - self.start_row)
+            ds = ds.map(lambda b: memory_batches.gather_batch(self, b),
+                        num_parallel_calls=PREFETCH_BATCHES, deterministic=True)
+        else:
+            ds = tf.data.Dataset.range(self.num_rows)
+            ds = ds.filter(lambda i: tf.logical_and(i >= self.start_row, i < self.end_row))
+            cycle = max(2, self.batch_size)
+            ds = ds.interleave(self._load_or_pad, cycle_length=cycle, block_length=1,
+                               num_parallel_calls=cycle, deterministic=True)
+            ds = ds.map(self._check_loaded).map(lambda index, tuple_: tuple_)
+            ds = ds.batch(self.batch_size)
         if num_batches is not None:
             if isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer)) or num_batches < 1:
                 raise ValueError(f"`num_batches` must be an int >= 1 or None. Received: {num_batches!r}")
             ds = ds.apply(tf.data.experimental.assert_cardinality(int(num_batches)))
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return _without_autotune(ds.prefetch(PREFETCH_BATCHES))
 
     def _load_or_pad(self, row):
         """One-element dataset: the tuple of `row`, or a padding tuple if `row` < 0 or it fails."""
@@ -281,17 +292,21 @@ class TuplePipeline:
         """Counts a failed tuple ("skip") or fails naming its files ("stop"); see `_padding_row`."""
         failed = index < -1
         if self.on_bad_image == "stop":
-            row = -index - 2
-            message = tf.strings.join([
-                f"{ERROR_MARKER} row=", tf.strings.as_string(row),
-                ": an image of this training tuple could not be read or decoded. Files of the "
-                "tuple: '", self._row_paths_message(tf.clip_by_value(row, 0, self.num_rows - 1)),
-                "'. Fix or remove the file, or train with on_bad_image='skip'.",
-            ])
+            message = self.failure_message(-index - 2)
             with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(failed), [message])]):
                 return tf.identity(index), tf.nest.map_structure(tf.identity, tuple_)
         with tf.control_dependencies([self.skipped_var.assign_add(tf.cast(failed, tf.int64))]):
             return tf.identity(index), tf.nest.map_structure(tf.identity, tuple_)
+
+    def failure_message(self, row):
+        """The "stop" error of table row `row` (a scalar tensor): `TUPLE_IMAGE_ERROR row=<row>` and
+        the tuple's files, which `describe_failure` reads back."""
+        return tf.strings.join([
+            f"{ERROR_MARKER} row=", tf.strings.as_string(row),
+            ": an image of this training tuple could not be read or decoded. Files of the "
+            "tuple: '", self._row_paths_message(tf.clip_by_value(row, 0, self.num_rows - 1)),
+            "'. Fix or remove the file, or train with on_bad_image='skip'.",
+        ])
 
     def replica_dataset(self, input_context):
         """This worker's input for `strategy.distribute_datasets_from_function` (multi-worker).
@@ -326,10 +341,11 @@ class TuplePipeline:
             return batch * self.batch_size < self.end_row - self.start_row
 
         ds = tf.data.Dataset.range(capacity).map(slot_row).filter(in_epoch)
-        ds = ds.interleave(lambda batch, row: self._load_or_pad(row), cycle_length=max(2, per_batch),
-                           block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        cycle = max(2, per_batch)
+        ds = ds.interleave(lambda batch, row: self._load_or_pad(row), cycle_length=cycle,
+                           block_length=1, num_parallel_calls=cycle, deterministic=True)
         ds = ds.map(lambda index, tuple_: self._check_loaded(index, tuple_)[1])
-        return ds.batch(per_replica).prefetch(tf.data.AUTOTUNE)
+        return _without_autotune(ds.batch(per_replica).prefetch(PREFETCH_BATCHES))
 
     def _padding_row(self, row):
         """A tuple that trains nothing (all positives masked); index -1 for padding, -2 - row for a
@@ -353,7 +369,12 @@ class TuplePipeline:
                 "Fix or remove the file, or train with on_bad_image='skip'.")
 
 
-def _decode_negatives(ids):
-    """`(db ids, float32 mask)` of a row's negative slots: a filler `-2 - id` has mask 0."""
-    filler = ids <= -2
-    return tf.where(filler, -2 - ids, ids), tf.cast(tf.logical_not(filler), tf.float32)
+def _without_autotune(ds):
+    """`ds` with tf.data's autotuning off. With it on, deleting an iterator waits for the autotuning
+    thread: each `fit` call (one per refresh cycle) then ended up to 2.3 s late, in 3 of 6 calls
+    measured (benchmarks/RESULTS.md, "A step inside `fit`"). The parallelism is fixed
+    instead: the files' tuples read `batch_size` at a time, batches prefetched `PREFETCH_BATCHES`
+    ahead."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
