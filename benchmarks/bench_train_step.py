@@ -30,7 +30,8 @@ Usage:
     python benchmarks/bench_train_step.py                  # TF defaults, 7 repeats of 10 steps
     python benchmarks/bench_train_step.py --layers         # also every backbone layer alone
     python benchmarks/bench_train_step.py --jit --bf16     # also the XLA and mixed_bfloat16 steps
-    python benchmarks/bench_train_step.py --data demo_data # also the JPEG tuple pipeline alone
+    python benchmarks/bench_train_step.py --data demo_data # also the tuple pipeline alone (files, memory)
+                                                           # and a `model.fit` epoch from memory
     python benchmarks/bench_train_step.py --compare-onednn # alternates processes with
                                                            # TF_ENABLE_ONEDNN_OPTS=0 and =1
     python benchmarks/bench_train_step.py --intra 2 --inter 1
@@ -54,7 +55,8 @@ def _parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=7, help="round-robin rounds (median over them)")
     parser.add_argument("--steps", type=int, default=10, help="calls per variant and round")
     parser.add_argument("--jit", action="store_true", help="also time the step compiled with XLA")
-    parser.add_argument("--data", help="a generated demo-data folder: also time the JPEG tuple pipeline")
+    parser.add_argument("--data", help="a generated demo-data folder: also time the tuple pipeline "
+                        "(files, memory) and a `model.fit` epoch from memory")
     parser.add_argument("--intra", type=int, default=0, help="TF intra-op threads (0: TF's default)")
     parser.add_argument("--inter", type=int, default=0, help="TF inter-op threads (0: TF's default)")
     parser.add_argument("--bf16", action="store_true",
@@ -378,28 +380,36 @@ def _without_normalisation(backbone):
     return keras.Model(inputs, x, name="tiny_without_groupnorm")
 
 
-def pipeline_ms_per_batch(cfg, data_dir, batches=60, warmup=10, memory=False):
-    """ms per batch of the real tuple pipeline alone (JPEG read + decode + resize of every image, or
-    with `memory` a gather from the images decoded once, `data.decoded.DecodedImages`, as
-    `training.train` does when they fit `image_cache_mb`), pulled back to back so that its prefetch
-    buffer cannot hide the production cost."""
+def _tuple_pipeline(cfg, data_dir, rows_n, memory, augment=False):
+    """The training `TuplePipeline` of `data_dir`'s training split, its table filled with `rows_n`
+    random tuples; `memory`: the images decoded once (`data.decoded.DecodedImages`), as
+    `training.train` holds them when they fit `image_cache_mb`; `augment`: the recipe's augmentation."""
     import numpy as np
 
     from tf_netvlad.data import split_loading
     from tf_netvlad.data.decoded import DecodedImages
     from tf_netvlad.training import tuples
+    from tf_netvlad.training.augment import Augmentation
 
     split = split_loading.load_split(os.path.join(data_dir, "demo_train.mat"))
     images = (DecodedImages.load(list(split.db_paths) + list(split.query_paths), split.root, cfg.image_size)
               if memory else None)
     rng = np.random.default_rng(0)
-    rows_n = 400
     rows = np.concatenate([rng.integers(split.num_queries, size=(rows_n, 1)),
                            rng.integers(split.num_db, size=(rows_n, cfg.num_positives + cfg.num_negatives))], 1)
     pipe = tuples.TuplePipeline(split.query_paths, split.db_paths, split.root, cfg.image_size, num_rows=rows_n,
                                 num_positives=cfg.num_positives, num_negatives=cfg.num_negatives,
-                                batch_size=cfg.batch_size, on_bad_image=cfg.on_bad_image, images=images)
+                                batch_size=cfg.batch_size, on_bad_image=cfg.on_bad_image, images=images,
+                                augmentation=Augmentation() if augment else None)
     pipe.assign(rows)
+    return pipe
+
+
+def pipeline_ms_per_batch(cfg, data_dir, batches=60, warmup=10, memory=False):
+    """ms per batch of the real tuple pipeline alone (JPEG read + decode + resize of every image, or
+    with `memory` a gather from the images decoded once), pulled back to back so that its prefetch
+    buffer cannot hide the production cost."""
+    pipe = _tuple_pipeline(cfg, data_dir, 400, memory)
     iterator = iter(pipe.dataset().repeat())
     for _ in range(warmup):
         next(iterator)["query"].numpy()
@@ -407,6 +417,25 @@ def pipeline_ms_per_batch(cfg, data_dir, batches=60, warmup=10, memory=False):
     for _ in range(batches):
         next(iterator)["query"].numpy()
     return (time.perf_counter() - start) / batches * 1000
+
+
+def fit_ms_per_step(cfg, data_dir, model, bare_step, rounds, batches=100):
+    """(fit, bare) ms per step, medians over `rounds`: per round one `model.fit` call over an epoch
+    of `batches` batches of the tuple pipeline from memory with the recipe's augmentation (the call's
+    start and end included: `training.train` makes one call per refresh cycle), then as many bare
+    compiled steps (`bare_step`, the benchmark's "step") on an in-memory batch."""
+    pipe = _tuple_pipeline(cfg, data_dir, batches * cfg.batch_size, memory=True, augment=cfg.augment)
+    model.fit(pipe.dataset(num_batches=pipe.num_batches), verbose=0)  # trace
+    fit, bare = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        model.fit(pipe.dataset(num_batches=pipe.num_batches), verbose=0)
+        fit.append((time.perf_counter() - start) / batches * 1000)
+        start = time.perf_counter()
+        for _ in range(batches):
+            bare_step()
+        bare.append((time.perf_counter() - start) / batches * 1000)
+    return _median(fit), _median(bare)
 
 
 # --------------------------------------------------------------------------- timing
@@ -486,6 +515,8 @@ def measure(args):
     if args.data:
         result["tuple_pipeline_ms_per_batch"] = pipeline_ms_per_batch(cfg, args.data)
         result["tuple_pipeline_memory_ms_per_batch"] = pipeline_ms_per_batch(cfg, args.data, memory=True)
+        result["fit_ms_per_step"], result["fit_bare_ms_per_step"] = fit_ms_per_step(
+            cfg, args.data, model, variants["step"], args.repeats)
     if "step_xla" in med:
         result["step_xla_ms_median"] = med["step_xla"]
         result["ratio_xla"] = med["step_xla"] / flop_ms
@@ -523,6 +554,9 @@ def print_report(result):
     if "tuple_pipeline_ms_per_batch" in result:
         print(f"tuple pipeline alone (JPEG files, back to back): {result['tuple_pipeline_ms_per_batch']:.1f} ms "
               f"per batch; from the images decoded in memory: {result['tuple_pipeline_memory_ms_per_batch']:.1f} ms")
+        fit, bare = result["fit_ms_per_step"], result["fit_bare_ms_per_step"]
+        print(f"model.fit over an epoch from memory (augmented, call start and end included): {fit:.1f} ms per "
+              f"step against {bare:.1f} ms for the bare step in the same rounds ({fit / bare:.2f}x)")
     layers = {k.split(":", 1)[1]: v for k, v in result["ms_median"].items() if k.startswith("layer:")}
     if layers:
         shapes = result["flops"]["layer_shapes"]
