@@ -64,7 +64,7 @@ def _augment(pipe, images, index):
     tuple's own seed, `augment.tuple_seed(seed, cycle, row)`: row k of them for slot k, as
     `TuplePipeline` draws them for one tuple (the caller blacks out padding positives again)."""
     slots = pipe.row_width if pipe.augment_all_slots else 1
-    # one small op per batch slot (a tf.map_fn over the rows costs more than the augmentation)
+    # each tuple's draws, unrolled over the batch's slots (the last batch may be shorter)
     draws = tf.stack([augment.draws_of(augment.tuple_seed(pipe.seed, pipe.cycle, index[0] + k), slots)
                       for k in range(pipe.batch_size)])[: tf.shape(index)[0]]  # (n, slots, 8)
     shape = tf.shape(images)
