@@ -249,8 +249,10 @@ def test_a_failed_image_in_memory_fails_its_tuple_as_a_failed_file_does(colour_i
 
 def test_the_pipelines_run_without_tf_data_autotuning(colour_images):
     """With autotuning on, deleting an iterator waited for tf.data's autotuning thread: a `fit` call
-    ended up to 2.3 s late (benchmarks/RESULTS.md, "A step inside `fit`")."""
+    ended up to 2.3 s late (benchmarks/RESULTS.md, "A step inside `fit`"); so did extraction's
+    `data.pipelines.image_dataset`."""
     from tf_netvlad.data.decoded import DecodedImages
+    from tf_netvlad.data.pipelines import image_dataset
 
     root, paths = colour_images
     images = DecodedImages.load(paths, root, (6, 8))
@@ -262,3 +264,6 @@ def test_the_pipelines_run_without_tf_data_autotuning(colour_images):
                    pipe.replica_dataset(tf.distribute.InputContext(1, 0, 1))):
             assert ds.options().autotune.enabled is False
             assert len(list(ds.as_numpy_iterator())) == 1
+    ds = image_dataset(paths, root, (6, 8), batch_size=4)
+    assert ds.options().autotune.enabled is False
+    assert [len(batch) for batch in ds.as_numpy_iterator()] == [4, 4]

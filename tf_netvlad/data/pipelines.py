@@ -31,6 +31,7 @@ called by the public functions that read images, such as `extract_descriptors`).
 """
 
 import logging
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -40,6 +41,10 @@ from tf_netvlad.data.fileio import resolve_paths
 from tf_netvlad.data.image_size import check_image_size, is_fixed_size
 from tf_netvlad.data.images import diagnose_image, load_image
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, ON_ERROR_CHOICES
+
+# Batches prepared ahead of their consumer, and images decoded at once (one per core).
+PREFETCH_BATCHES = 2
+DECODE_CALLS = max(2, os.cpu_count() or 2)
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +104,10 @@ def image_dataset(
 ):
     """Builds an order-preserving tf.data pipeline of float32 image batches (0..255 RGB).
 
-    Decoding runs in parallel (`num_parallel_calls=AUTOTUNE`, deterministic order) and batches are
-    prefetched. With a fixed `(H, W)` policy, batches hold `batch_size` images; with "keep" or a
-    max side, shapes may differ, so every batch holds one image (`ImageBatches` regroups
+    Decoding runs in parallel (`DECODE_CALLS` images at once, deterministic order) and batches are
+    prefetched (`PREFETCH_BATCHES`; tf.data's autotuning off: `without_autotune`). With a fixed
+    `(H, W)` policy, batches hold `batch_size` images; with "keep" or a max side, shapes may
+    differ, so every batch holds one image (`ImageBatches` regroups
     consecutive equal shapes into larger batches).
 
     Args:
@@ -132,7 +138,7 @@ def image_dataset(
     )
     ds = ds.map(
         lambda i, p: (i, load_image(p, image_size)),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=DECODE_CALLS,
         deterministic=True,
     )
     # A failing element is dropped here; in "raise" mode the index gap is turned into an error
@@ -143,7 +149,18 @@ def image_dataset(
     ds = ds.batch(int(batch_size) if is_fixed_size(image_size) else 1)
     if not with_indices:
         ds = ds.map(lambda i, x: x)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds.prefetch(PREFETCH_BATCHES))
+
+
+def without_autotune(ds):
+    """`ds` with tf.data's autotuning off; the package's pipelines set their parallelism instead.
+
+    With autotuning on, deleting an iterator waits for the autotuning thread: a `model.fit` call
+    on the training tuples ended up to 2.3 s after its last step in 3 of 6 calls, a loop over 2,000
+    images to extract in 1 of 6 by 1.1 s (benchmarks/RESULTS.md, "A step inside `fit`")."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def _assert_no_gaps(ds, paths_t, count, image_size):

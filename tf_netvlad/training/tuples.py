@@ -18,7 +18,7 @@ mined); its image is loaded, and its `negative_mask` is 0, so the loss leaves it
 read, decoded and resized in parallel inside the pipeline (`data.images.load_image`, deterministic
 order), batched and prefetched; with the images decoded once in memory (`images=`), each batch is
 one gather instead (`training.memory_batches`), with the same contents. tf.data's autotuning is
-off (`_without_autotune`). Training needs a fixed `(H, W)` image size so tuples can be stacked:
+off (`data.pipelines.without_autotune`). Training needs a fixed `(H, W)` image size so tuples can be stacked:
 the parsed `TrainConfig.image_size`.
 
 Keras creates a new iterator of a finite dataset at every epoch, after `on_epoch_begin`, so a table
@@ -50,6 +50,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from tf_netvlad.data import pipelines
 from tf_netvlad.data.fileio import resolve_paths
 from tf_netvlad.data.image_size import check_image_size
 from tf_netvlad.data.images import diagnose_image, load_image
@@ -58,8 +59,6 @@ from tf_netvlad.training import augment, memory_batches, tuple_mining
 from tf_netvlad.training.config import TrainConfig
 
 ERROR_MARKER = "TUPLE_IMAGE_ERROR"
-# Batches built ahead of the training step (and, from memory, built at once).
-PREFETCH_BATCHES = 2
 
 
 class TuplePipeline:
@@ -267,7 +266,7 @@ class TuplePipeline:
             ds = tf.data.Dataset.range(-(-self.num_rows // self.batch_size))
             ds = ds.filter(lambda b: b * self.batch_size < self.end_row - self.start_row)
             ds = ds.map(lambda b: memory_batches.gather_batch(self, b),
-                        num_parallel_calls=PREFETCH_BATCHES, deterministic=True)
+                        num_parallel_calls=pipelines.PREFETCH_BATCHES, deterministic=True)
         else:
             ds = tf.data.Dataset.range(self.num_rows)
             ds = ds.filter(lambda i: tf.logical_and(i >= self.start_row, i < self.end_row))
@@ -280,7 +279,7 @@ class TuplePipeline:
             if isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer)) or num_batches < 1:
                 raise ValueError(f"`num_batches` must be an int >= 1 or None. Received: {num_batches!r}")
             ds = ds.apply(tf.data.experimental.assert_cardinality(int(num_batches)))
-        return _without_autotune(ds.prefetch(PREFETCH_BATCHES))
+        return pipelines.without_autotune(ds.prefetch(pipelines.PREFETCH_BATCHES))
 
     def _load_or_pad(self, row):
         """One-element dataset: the tuple of `row`, or a padding tuple if `row` < 0 or it fails."""
@@ -345,7 +344,7 @@ class TuplePipeline:
         ds = ds.interleave(lambda batch, row: self._load_or_pad(row), cycle_length=cycle,
                            block_length=1, num_parallel_calls=cycle, deterministic=True)
         ds = ds.map(lambda index, tuple_: self._check_loaded(index, tuple_)[1])
-        return _without_autotune(ds.batch(per_replica).prefetch(PREFETCH_BATCHES))
+        return pipelines.without_autotune(ds.batch(per_replica).prefetch(pipelines.PREFETCH_BATCHES))
 
     def _padding_row(self, row):
         """A tuple that trains nothing (all positives masked); index -1 for padding, -2 - row for a
@@ -367,14 +366,3 @@ class TuplePipeline:
             broken = [f"one of {files} (all load now; the file may have changed during training)"]
         return (f"Training tuple {int(match.group(1))} could not be loaded: {', '.join(broken)}. "
                 "Fix or remove the file, or train with on_bad_image='skip'.")
-
-
-def _without_autotune(ds):
-    """`ds` with tf.data's autotuning off. With it on, deleting an iterator waits for the autotuning
-    thread: each `fit` call (one per refresh cycle) then ended up to 2.3 s late, in 3 of 6 calls
-    measured (benchmarks/RESULTS.md, "A step inside `fit`"). The parallelism is fixed
-    instead: the files' tuples read `batch_size` at a time, batches prefetched `PREFETCH_BATCHES`
-    ahead."""
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.with_options(options)
