@@ -18,8 +18,8 @@ mined); its image is loaded, and its `negative_mask` is 0, so the loss leaves it
 read, decoded and resized in parallel inside the pipeline (`data.images.load_image`, deterministic
 order), batched and prefetched; with the images decoded once in memory (`images=`), each batch is
 one gather instead (`training.memory_batches`), with the same contents. tf.data's autotuning is
-off (`data.pipelines.without_autotune`). Training needs a fixed `(H, W)` image size so tuples can be stacked:
-the parsed `TrainConfig.image_size`.
+off (`data.pipelines.without_autotune`). Training needs a fixed `(H, W)` image size so tuples can
+be stacked: the parsed `TrainConfig.image_size`.
 
 Keras creates a new iterator of a finite dataset at every epoch, after `on_epoch_begin`, so a table
 re-mined in `MiningCallback.on_epoch_begin` is what the next epoch reads (style guide 4.9). The rows
