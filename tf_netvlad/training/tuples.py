@@ -264,7 +264,7 @@ class TuplePipeline:
         """
         if self.images is not None:  # one gather per batch (`memory_batches`)
             ds = tf.data.Dataset.range(-(-self.num_rows // self.batch_size))
-            ds = ds.filter(lambda b: b * self.batch_size < self.end_row - self.start_row)
+            ds = ds.filter(self._batch_in_epoch)
             ds = ds.map(lambda b: memory_batches.gather_batch(self, b),
                         num_parallel_calls=pipelines.PREFETCH_BATCHES, deterministic=True)
         else:
@@ -280,6 +280,10 @@ class TuplePipeline:
                 raise ValueError(f"`num_batches` must be an int >= 1 or None. Received: {num_batches!r}")
             ds = ds.apply(tf.data.experimental.assert_cardinality(int(num_batches)))
         return pipelines.without_autotune(ds.prefetch(pipelines.PREFETCH_BATCHES))
+
+    def _batch_in_epoch(self, batch):
+        """Whether batch `batch` of the epoch holds a row (`start_row + batch·batch_size < end_row`)."""
+        return batch * self.batch_size < self.end_row - self.start_row
 
     def _load_or_pad(self, row):
         """One-element dataset: the tuple of `row`, or a padding tuple if `row` < 0 or it fails."""
@@ -336,10 +340,7 @@ class TuplePipeline:
             valid = tf.logical_and(offset < self.batch_size, row < self.end_row)
             return batch, tf.where(valid, row, tf.constant(-1, tf.int64))
 
-        def in_epoch(batch, row):
-            return batch * self.batch_size < self.end_row - self.start_row
-
-        ds = tf.data.Dataset.range(capacity).map(slot_row).filter(in_epoch)
+        ds = tf.data.Dataset.range(capacity).map(slot_row).filter(lambda batch, row: self._batch_in_epoch(batch))
         cycle = max(2, per_batch)
         ds = ds.interleave(lambda batch, row: self._load_or_pad(row), cycle_length=cycle,
                            block_length=1, num_parallel_calls=cycle, deterministic=True)
