@@ -238,10 +238,11 @@ def test_a_failed_image_in_memory_fails_its_tuple_as_a_failed_file_does(colour_i
     np.testing.assert_array_equal(mean_values(batch["query"]), [0, 0, 20])  # row 1: black padding
     np.testing.assert_array_equal(batch["positive_mask"][:, 0], [1, 0, 1])
     assert skip.skipped == 1
+    # the batch's second row failed: the error names it, not the batch's first row
     stop = TuplePipeline(paths, paths, root, (6, 8), num_rows=3, num_positives=1, num_negatives=2,
-                         batch_size=1, images=images)
+                         batch_size=3, images=images)
     stop.assign(rows)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="TUPLE_IMAGE_ERROR row=1") as info:
+    with pytest.raises(tf.errors.InvalidArgumentError, match="TUPLE_IMAGE_ERROR row=1:") as info:
         list(stop.dataset().as_numpy_iterator())
     message = stop.describe_failure(info.value)
     assert "img3.png" in message and "img2.png" not in message and "decoded" in message

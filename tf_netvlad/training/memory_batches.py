@@ -54,8 +54,7 @@ def gather_batch(pipe, batch):
 def _check_failures(pipe, index, failed):
     """"stop": fails naming the first failed row; "skip": counts the failed rows."""
     if pipe.on_bad_image == "stop":
-        first = tf.gather(index, tf.argmax(tf.cast(failed, tf.int32)))
-        return tf.debugging.Assert(tf.logical_not(tf.reduce_any(failed)), [pipe.failure_message(first)])
+        return pipe.assert_loaded(tf.reduce_any(failed), tf.gather(index, tf.argmax(tf.cast(failed, tf.int32))))
     return pipe.skipped_var.assign_add(tf.reduce_sum(tf.cast(failed, tf.int64)))
 
 

