@@ -27,7 +27,7 @@ def gather_batch(pipe, batch):
     num_positives = pipe.num_positives
     positive_ids = rows[:, 1 : 1 + num_positives]
     positive_mask = positive_ids >= 0
-    negative_ids, negative_mask = decode_negatives(rows[:, 1 + num_positives :])
+    negative_ids, negative_mask = pipe.decode_negatives(rows[:, 1 + num_positives :])
     query_memory, db_memory = pipe.memory_rows
     memory = tf.concat([tf.gather(query_memory, rows[:, :1]),
                         tf.gather(db_memory, tf.concat([tf.maximum(positive_ids, 0), negative_ids], 1))], 1)
@@ -71,9 +71,3 @@ def _augment(pipe, images, index):
                                          tf.reshape(draws, [-1, draws.shape[-1]]), pipe.augmentation)
     changed = tf.reshape(changed, tf.concat([shape[:1], [slots], shape[2:]], 0))
     return changed if slots == pipe.row_width else tf.concat([changed, images[:, slots:]], 1)
-
-
-def decode_negatives(ids):
-    """`(db ids, float32 mask)` of a row's negative slots: a filler `-2 - id` has mask 0."""
-    filler = ids <= -2
-    return tf.where(filler, -2 - ids, ids), tf.cast(tf.logical_not(filler), tf.float32)

@@ -209,7 +209,7 @@ class TuplePipeline:
             image_id = tf.maximum(positive_ids[i], 0)
             positives.append(tf.cond(mask[i], lambda i_=image_id: load(1, i_),
                                      lambda: tf.zeros([height, width, 3], tf.float32)))
-        negative_ids, negative_mask = memory_batches.decode_negatives(row[1 + self.num_positives :])
+        negative_ids, negative_mask = self.decode_negatives(row[1 + self.num_positives :])
         negatives = [load(1, negative_ids[j]) for j in range(self.num_negatives)]
         query = load(0, row[0])
         augmenting = self.augmentation is not None
@@ -229,6 +229,13 @@ class TuplePipeline:
             "negative_mask": negative_mask,
         }
 
+    @staticmethod
+    def decode_negatives(ids):
+        """`(db ids, float32 mask)` of the negative slots of table rows (a tensor): a filler `-2 - id`
+        has mask 0. The tensor twin of `tuple_mining.decode_negatives` (NumPy, free of TensorFlow)."""
+        filler = ids <= -2
+        return tf.where(filler, -2 - ids, ids), tf.cast(tf.logical_not(filler), tf.float32)
+
     def _zeros_element(self):
         height, width = self.image_size
         return {
@@ -243,7 +250,7 @@ class TuplePipeline:
         row = self.table[index]
         q_paths = tf.constant(self.query_paths)
         db_paths = tf.constant(self.db_paths)
-        negatives = memory_batches.decode_negatives(row[1 + self.num_positives :])[0]
+        negatives = self.decode_negatives(row[1 + self.num_positives :])[0]
         ids = tf.concat([row[1 : 1 + self.num_positives], negatives], 0)
         db_ids = tf.boolean_mask(ids, ids >= 0)
         files = tf.concat([tf.gather(q_paths, tf.maximum(row[:1], 0)), tf.gather(db_paths, db_ids)], 0)
