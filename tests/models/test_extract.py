@@ -43,6 +43,24 @@ def test_batch_size_and_relative_paths_do_not_change_results(tmp_path, rng, mean
     np.testing.assert_allclose(one, model.predict_on_batch(resized), atol=1e-6)
 
 
+def test_recipe_descriptors_do_not_depend_on_the_cache_batch_size(tmp_path, rng):
+    """The CPU recipe extracts its refreshes and validation `cache_batch_size` images at a time
+    (64, for speed): its `tiny_s2` model normalises each image on its own at inference (GroupNorm,
+    no batch statistics), so every image gets the descriptor it gets alone and mining does not
+    change with the batch size."""
+    import tf_netvlad
+
+    keras.utils.set_random_seed(3)
+    model = tf_netvlad.build_model("tiny_s2", weights=None, num_clusters=16)
+    paths, _ = _write_random(tmp_path, rng, [(24, 32)] * 9)
+    alone = extract.extract_descriptors(model, paths, image_size=(24, 32), batch_size=1, progress=False)
+    batched = extract.extract_descriptors(model, paths, image_size=(24, 32), progress=False,
+                                          batch_size=tf_netvlad.CPU_RECIPE["cache_batch_size"])
+    assert tf_netvlad.CPU_RECIPE["cache_batch_size"] >= len(paths)  # one call holds all nine
+    assert np.abs(alone).max() > 0.05  # L2-normalised 1,024-D rows, not all zeros
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
 def test_out_memmap_is_filled(tmp_path, rng, mean_colour_model):
     model = mean_colour_model
     paths, pixels = _write_random(tmp_path, rng, [(6, 6)] * 4)

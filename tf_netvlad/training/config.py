@@ -96,7 +96,9 @@ class TrainConfig:
       (MATLAB `compFeatsFrequency` = 1000), both recipes.
     * `refresh_slowdown`: MATLAB's schedule: also refresh at every pass end, and the refresh
       interval grows by 1/`lr_decay_factor` at every LR drop. Paper True; CPU False.
-    * `cache_batch_size`: images per model call when computing caches and validation (8).
+    * `cache_batch_size`: images per model call when computing caches, the k-means init's features
+      and validation. Paper 8 (VGG16 at 480x640); CPU 64 (`tiny_s2` at 96x128: a refresh's
+      extraction 1.5x faster than with 8, so more of the time limit trains; docs/recipes.md).
 
     **Loss and optimisation** (`tf_netvlad.models.losses`):
 
@@ -307,7 +309,7 @@ CPU_RECIPE = dict(backbone="tiny_s2", weights=None, trainable_from=None, num_clu
                   exclude_very_hard=True, violating_only=False, cache_refresh_queries=1000,
                   refresh_slowdown=False, optimizer="adam", lr=3e-4, weight_decay=0.0, lr_decay_every=1.5,
                   lr_decay_factor=0.5, lr_schedule="budget", augment=True, db_queries=True,
-                  loss_reduction="sum", margin=0.3,
+                  loss_reduction="sum", margin=0.3, cache_batch_size=64,
                   passes=None, epochs=100, time_limit_s=600)
 
 
