@@ -23,3 +23,16 @@ def test_image_preprocessing_passes_the_shared_keras_checks(tmp_path, make):
     order = [2, 1, 0] if layer.channel_order == "bgr" else [0, 1, 2]
     want = (images * layer.scale)[..., order] - np.array(layer.mean)
     np.testing.assert_allclose(out, want / np.array(layer.std), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["tf", "raw", "torch", "caffe"])
+def test_presets_compute_exactly_the_float32_arithmetic_of_their_definition(preset):
+    """((x * scale)[order] - mean) / std in float32, element for element: equal means and stds are
+    applied as scalars ("tf", "raw"), which must not change a single bit."""
+    images = (np.random.default_rng(1).random((2, 5, 4, 3)) * 255).astype("float32")
+    layer = ImagePreprocessing.from_preset(preset)
+    order = [2, 1, 0] if layer.channel_order == "bgr" else [0, 1, 2]
+    want = (images * np.float32(layer.scale))[..., order] - np.array(layer.mean, "float32")
+    if layer.std != (1.0, 1.0, 1.0):
+        want = want / np.array(layer.std, "float32")
+    np.testing.assert_array_equal(np.asarray(layer(images)), want)

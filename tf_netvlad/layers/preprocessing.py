@@ -62,9 +62,18 @@ class ImagePreprocessing(keras.layers.Layer):
         x = ops.cast(inputs, self.compute_dtype) * self.scale
         if self.channel_order == "bgr":
             x = ops.flip(x, axis=-1)
-        mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
-        std = ops.convert_to_tensor(self.std, dtype=self.compute_dtype)
-        return (x - mean) / std
+        # The same value in every channel is subtracted (divided) as a scalar, the same arithmetic
+        # per element: a per-channel operand is a broadcast TensorFlow runs several times slower
+        # on CPU (1.2 of the 1.3 ms this layer took in a CPU-recipe training step, "tf" preset).
+        x = x - self._operand(self.mean)
+        if self.std != (1.0, 1.0, 1.0):
+            x = x / self._operand(self.std)
+        return x
+
+    def _operand(self, values):
+        if len(set(values)) == 1:
+            return ops.convert_to_tensor(values[0], dtype=self.compute_dtype)
+        return ops.convert_to_tensor(values, dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
