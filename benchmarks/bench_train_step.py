@@ -439,18 +439,24 @@ def fit_ms_per_step(cfg, data_dir, model, bare_step, rounds, batches=100):
 
 
 # --------------------------------------------------------------------------- timing
-def time_variants(variants, repeats, steps):
-    """Round-robin: per round, `steps` calls of each variant; returns name -> per-round ms/call."""
+def time_variants(variants, repeats, steps, cpu=None):
+    """Round-robin: per round, `steps` calls of each variant; returns name -> per-round ms/call.
+
+    `cpu`, a dict, receives name -> per-round CPU ms/call of the whole process (all threads: the
+    operations' work, and the thread pools' spinning and dispatch while they wait).
+    """
     for fn in variants.values():  # trace, compile, warm up
         fn()
         fn()
     times = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 fn()
             times[name].append((time.perf_counter() - start) / steps * 1000)
+            if cpu is not None:
+                cpu.setdefault(name, []).append((time.process_time() - start_cpu) / steps * 1000)
     return times
 
 
@@ -472,8 +478,10 @@ def measure(args):
     fwd_per_image, rows = count_flops(model, cfg.image_size)
     n_images = images_per_step(cfg)
     recipe_flops = 3 * fwd_per_image * n_images
-    times = time_variants(variants, args.repeats, args.steps)
+    cpu = {}
+    times = time_variants(variants, args.repeats, args.steps, cpu=cpu)
     med = {k: _median(v) for k, v in times.items()}
+    cpu_med = {k: _median(v) for k, v in cpu.items()}
     best = {k: min(v) for k, v in times.items()}
     gemm_rate = shapes["gemm_2048"] / (med["gemm_2048"] / 1000) / 1e9
     def ms_at_gemm_rate(flops):
@@ -504,7 +512,7 @@ def measure(args):
         "tiny_ws": {"backbone": "tiny_ws", "step_ms_median": med["step_tiny_ws"],
                     "flop_ms_at_gemm_rate": ms_at_gemm_rate(shapes["tiny_ws_step_flops"])},
         "flop_ms_at_gemm_rate": flop_ms, "ratio": med["step"] / flop_ms,
-        "ms_median": med, "ms_best": best,
+        "ms_median": med, "ms_best": best, "cpu_ms_median": cpu_med,
         "env": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "onednn": onednn,
                 "intra": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -548,9 +556,15 @@ def print_report(result):
     print(f"the recipe with the tiny_ws backbone (weight-standardised convolutions, no GroupNormalization): "
           f"step {ws['step_ms_median']:.1f} ms; FLOPs at the GEMM rate {ws['flop_ms_at_gemm_rate']:.1f} ms; "
           f"ratio {ws['step_ms_median'] / ws['flop_ms_at_gemm_rate']:.2f}x")
-    print("pieces (median / best ms per call):")
+    cpu = result["cpu_ms_median"]
+    cores = {name: cpu[name] / result["ms_median"][name] for name in ("step", "gemm_2048")}
+    print(f"CPU time of the process: step {cpu['step']:.1f} ms ({cores['step']:.2f} cores busy), the GEMM "
+          f"{cpu['gemm_2048']:.1f} ms ({cores['gemm_2048']:.2f}); the step's FLOPs at the GEMM's CPU rate "
+          f"{result['flop_ms_at_gemm_rate'] * cores['gemm_2048']:.1f} CPU ms "
+          f"(CPU ratio {cpu['step'] / (result['flop_ms_at_gemm_rate'] * cores['gemm_2048']):.2f}x)")
+    print("pieces (median / best ms per call; CPU ms of the process per call):")
     for name, value in result["ms_median"].items():
-        print(f"  {name:32s} {value:8.1f} {result['ms_best'][name]:8.1f}")
+        print(f"  {name:32s} {value:8.1f} {result['ms_best'][name]:8.1f} {cpu[name]:8.1f}")
     if "tuple_pipeline_ms_per_batch" in result:
         print(f"tuple pipeline alone (JPEG files, back to back): {result['tuple_pipeline_ms_per_batch']:.1f} ms "
               f"per batch; from the images decoded in memory: {result['tuple_pipeline_memory_ms_per_batch']:.1f} ms")
