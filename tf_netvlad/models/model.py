@@ -12,6 +12,11 @@ from tf_netvlad.layers.whitening import PCAWhitening
 from tf_netvlad.models import backbones as backbones_lib
 from tf_netvlad.models import losses
 
+# `sparse_backward`: the step back-propagates only through the images that train while fewer than
+# this fraction of the cycle's negatives violate the margin. The CPU recipe's step (32 images) was
+# faster sparse up to about 70 % violating and 15-20 % slower at 100 % (benchmarks/RESULTS.md).
+SPARSE_MAX_VIOLATING = 0.6
+
 
 def _as_preprocessing(preprocessing):
     if isinstance(preprocessing, ImagePreprocessing):
@@ -110,6 +115,7 @@ class NetVLADModel(keras.Model):
         self.loss_reduction = "sum"
         self.weight_decay = 0.0
         self.exclude_very_hard = False
+        self.sparse_backward = False
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.violating_tracker = keras.metrics.Mean(name="violating_triplets")
         self.positive_tracker = keras.metrics.Mean(name="positive_d2")
@@ -132,9 +138,21 @@ class NetVLADModel(keras.Model):
         return keras.Model(self.input, self.netvlad.input, name=f"{self.name}_local_features")
 
     # ------------------------------------------------------------------ training
-    def set_training_options(self, loss_reduction=None, weight_decay=None, exclude_very_hard=None):
-        """Sets the loss reduction ("sum" | "mean_violating"), the coupled L2 weight decay and whether
-        the step re-checks MATLAB's `excludeVeryHard` with fresh descriptors (`losses.ranking_loss_terms`)."""
+    def set_training_options(self, loss_reduction=None, weight_decay=None, exclude_very_hard=None,
+                             sparse_backward=None):
+        """Sets the loss reduction ("sum" | "mean_violating"), the coupled L2 weight decay, whether
+        the step re-checks MATLAB's `excludeVeryHard` with fresh descriptors (`losses.ranking_loss_terms`)
+        and whether it back-propagates only through the images whose descriptor has a gradient
+        (`sparse_backward`, see `_sparse_tuple_descriptors`; refused for models with layers whose
+        training-mode output depends on the batch or on random draws, such as batch normalisation
+        or dropout)."""
+        if sparse_backward is not None:
+            coupled = _batch_or_random_layers(self) if sparse_backward else []
+            if coupled:
+                raise ValueError(
+                    f"`sparse_backward` needs every image's descriptor to depend on that image alone; "
+                    f"{self.name!r} has {', '.join(coupled[:3])}: train it without --sparse-backward")
+            self.sparse_backward = bool(sparse_backward)
         if exclude_very_hard is not None:
             self.exclude_very_hard = bool(exclude_very_hard)
         if loss_reduction is not None:
@@ -154,25 +172,32 @@ class NetVLADModel(keras.Model):
         """One forward pass over a batch of tuples -> `(query (B, d), positives (B, P, d), negatives (B, N, d))`."""
         import tensorflow as tf
 
+        images = self._tuple_images(x)
+        return self._split_descriptors(x, tf.cast(self(images, training=training), tf.float32))
+
+    @staticmethod
+    def _tuple_images(x):
+        """The B·(1 + P + N) images of a batch of tuples: queries, then positives, then negatives."""
+        import tensorflow as tf
+
         for key in ("query", "positives", "negatives"):
             if key not in x:
                 raise ValueError(
                     "Training data must be dicts with keys 'query', 'positives', 'positive_mask' and "
                     f"'negatives' (see tf_netvlad.training.tuples). Missing {key!r}; received keys {sorted(x)}"
                 )
-        query, positives, negatives = x["query"], x["positives"], x["negatives"]
-        batch = tf.shape(query)[0]
-        num_pos, num_neg = tf.shape(positives)[1], tf.shape(negatives)[1]
+        query = x["query"]
         image_shape = tf.shape(query)[1:]
-        images = tf.concat(
-            [
-                query,
-                tf.reshape(positives, tf.concat([[-1], image_shape], 0)),
-                tf.reshape(negatives, tf.concat([[-1], image_shape], 0)),
-            ],
-            axis=0,
-        )
-        desc = tf.cast(self(images, training=training), tf.float32)
+        return tf.concat([query, tf.reshape(x["positives"], tf.concat([[-1], image_shape], 0)),
+                          tf.reshape(x["negatives"], tf.concat([[-1], image_shape], 0))], axis=0)
+
+    @staticmethod
+    def _split_descriptors(x, desc):
+        """`(B·(1 + P + N), d)` descriptors in `_tuple_images` order -> `(q (B, d), p (B, P, d), n (B, N, d))`."""
+        import tensorflow as tf
+
+        batch = tf.shape(x["query"])[0]
+        num_pos, num_neg = tf.shape(x["positives"])[1], tf.shape(x["negatives"])[1]
         dim = tf.shape(desc)[1]
         q = desc[:batch]
         p = tf.reshape(desc[batch : batch + batch * num_pos], tf.stack([batch, num_pos, dim]))
@@ -237,20 +262,85 @@ class NetVLADModel(keras.Model):
             results = {name: tf.reshape(value, [1]) for name, value in results.items()}
         return results
 
-    def train_step(self, data):
+    def _images_with_gradient(self, x, descriptors):
+        """Indices (int32, ascending) of the tuple images whose descriptor gets a gradient.
+
+        From `descriptors` of every image (`_tuple_images` order): the ranking loss is a sum of
+        hinges, so an image's descriptor has a non-zero gradient only if it is a negative with a
+        positive hinge, or the query or a best positive (every positive at the minimum, as the
+        gradient of the min is shared between ties) of a query with such a negative. The first
+        query is always included, so the list is never empty.
+        """
         import tensorflow as tf
 
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
+        query, positives, negatives = self._split_descriptors(x, descriptors)
+        terms = losses.ranking_loss_terms(
+            query, positives, negatives, positive_mask=x.get("positive_mask"),
+            negative_mask=x.get("negative_mask"), margin=self.margin,
+            exclude_very_hard=self.exclude_very_hard,
+        )
+        hinged = terms["hinge"] > 0
+        active = tf.reduce_any(hinged, axis=1)
+        d2_pos = losses.squared_distances(query, positives)
+        best = d2_pos == tf.expand_dims(terms["best_positive_d2"], 1)
+        if x.get("positive_mask") is not None:
+            best = best & (tf.cast(x["positive_mask"], tf.float32) > 0)
+        best = best & tf.expand_dims(active, 1)
+        first = tf.one_hot(0, tf.shape(active)[0], on_value=True, off_value=False)
+        flags = tf.concat([active | first, tf.reshape(best, [-1]), tf.reshape(hinged, [-1])], axis=0)
+        return tf.cast(tf.where(flags)[:, 0], tf.int32)
+
+    def _sparse_tuple_descriptors(self, x):
+        """`tuple_descriptors(x, training=True)` whose gradient reaches only the images that have one.
+
+        One pass over every image outside the gradient tape finds them (`_images_with_gradient`);
+        the caller's tape then records a second pass over those images only, scattered into the
+        first pass's descriptors. The loss and its gradient are those of the full pass (the images
+        left out have a zero gradient), at the cost of one forward pass plus the forward and
+        backward passes of the images that train: less than the full forward and backward passes
+        when fewer than about 2/3 of the images train (benchmarks/RESULTS.md).
+        """
+        import tensorflow as tf
+
+        images = self._tuple_images(x)
+        constant = tf.stop_gradient(tf.cast(self(images, training=True), tf.float32))
+        rows = self._images_with_gradient(x, constant)
+        fresh = tf.cast(self(tf.gather(images, rows), training=True), tf.float32)
+        return self._split_descriptors(x, tf.tensor_scatter_nd_update(constant, rows[:, None], fresh))
+
+    def _gradients(self, x, sparse):
+        """(gradients of the trainable variables, objective, reported loss, global sums) of one batch."""
+        import tensorflow as tf
+
         with tf.GradientTape() as tape:
-            y_pred = self.tuple_descriptors(x, training=True)
+            if sparse:
+                y_pred = self._sparse_tuple_descriptors(x)
+            else:
+                y_pred = self.tuple_descriptors(x, training=True)
             loss, report, total, replicas = self._loss_and_stats(x, y_pred)
             objective = loss
             decay = self._weight_decay_term(replicas)
             if decay is not None:
                 objective = objective + decay
             scaled = self.optimizer.scale_loss(objective)
-        gradients = tape.gradient(scaled, variables)
+        return tape.gradient(scaled, self.trainable_variables), objective, report, total
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        context = tf.distribute.get_replica_context()
+        if self.sparse_backward and (context is None or context.num_replicas_in_sync == 1):
+            # The sparse step costs one more forward pass, repaid when few images train: it runs
+            # while the refresh cycle's fraction of violating negatives so far is below
+            # SPARSE_MAX_VIOLATING (the first step of a cycle, with none measured yet, runs it).
+            use_sparse = self.violating_tracker.result() < SPARSE_MAX_VIOLATING
+            gradients, objective, report, total = tf.cond(
+                use_sparse, lambda: self._gradients(x, sparse=True), lambda: self._gradients(x, sparse=False))
+        else:
+            # Under several replicas every replica must run the same collectives: no branch.
+            gradients, objective, report, total = self._gradients(x, sparse=self.sparse_backward)
         # Keras runs one more step call at the end of a dataset of unknown length; without this
         # dependency the optimizer's iteration counter could be incremented before the failing
         # `get_next` stops it (a race), so the counter would drift from the real number of updates.
@@ -298,6 +388,16 @@ class NetVLADModel(keras.Model):
         config["backbone"] = keras.layers.deserialize(config["backbone"], custom_objects=custom_objects)
         config["preprocessing"] = keras.layers.deserialize(config["preprocessing"], custom_objects=custom_objects)
         return cls(**config)
+
+
+def _batch_or_random_layers(model):
+    """Names and classes of the layers whose training-mode output depends on the rest of the batch
+    (batch normalisation) or on random draws (dropout, noise)."""
+    kinds = (keras.layers.BatchNormalization, keras.layers.Dropout, keras.layers.SpatialDropout1D,
+             keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D, keras.layers.GaussianDropout,
+             keras.layers.GaussianNoise, keras.layers.AlphaDropout)
+    return [f"{layer.name} ({type(layer).__name__})" for layer in model._flatten_layers()
+            if isinstance(layer, kinds)]
 
 
 def _multi_worker(strategy):
