@@ -57,6 +57,8 @@ TRAIN_HELP = {
     "db_queries": "the training database images also train as queries (positives: other database "
                   "images within 10 m; MATLAB: no)",
     "loss_reduction": "sum (per query) | mean_violating (÷ violating triplets in the batch, MATLAB)",
+    "sparse_backward": "back-propagate only through the images that train (violating negatives, their "
+                       "queries and best positives): the same gradients, faster when few violate",
     "mixed_precision": "mixed_float16 (NetVLAD, whitening and the loss stay float32)",
     "recall_ns": "validation recall@N values (must include 5)",
     "val_max_queries": "validation queries per epoch (MATLAB nTestSample)",

@@ -107,6 +107,14 @@ class TrainConfig:
       MATLAB's size against the same weight decay ("sum", per query, is up to N = 10 times larger).
       CPU "sum" (as tuned; Adam divides out the gradient's overall scale and there is no weight
       decay, the reason for MATLAB's normaliser).
+    * `sparse_backward`: the step back-propagates only through the images whose descriptor has a
+      gradient (the negatives with a positive hinge, their queries and best positives), found by
+      a first pass over every image outside the gradient tape; the same loss and gradients
+      (`NetVLADModel.set_training_options`). It pays off while less than about 60 % of the
+      negatives violate (`models.model.SPARSE_MAX_VIOLATING`; above, the step runs the full
+      pass). Paper off (VGG16 below conv5 is frozen: a second forward pass costs more than the
+      backward it saves); CPU on (late in a run 15-45 % of its negatives violate; benchmarks/RESULTS.md).
+      Refused for backbones with batch normalisation or dropout.
     * `optimizer`, `lr`, `momentum`, `weight_decay`: paper SGD, 1e-3, 0.9, 1e-3 (MATLAB `demo.m`
       for Pitts30k; use lr 1e-4 for Pitts250k and TokyoTM as `demo.m` does; weight decay coupled
       to the kernels); CPU Adam 3e-4, no weight decay (1e-3 was worse than the k-means init).
@@ -192,6 +200,7 @@ class TrainConfig:
     augment_all_slots: bool = False
     db_queries: bool = False
     loss_reduction: str = "mean_violating"
+    sparse_backward: bool = False
     mixed_precision: bool = False
     recall_ns: tuple = (1, 5, 10)
     val_max_queries: int = 1000
@@ -303,6 +312,7 @@ RESUME_DEFAULTS = {"refresh_slowdown": False, "exclude_trivial_m2": None, "viola
 #   0.340 -> 0.315 (3,437 and 3,000 steps); the same seed run twice can end 0.06 apart.
 # * `cache_batch_size` 64 instead of 8 (2026-12-02, docs/recipes.md, "64 images per extraction
 #   call"): each refresh's extraction 1.4x faster; 3-7 % more steps in 10 minutes, the same tuples.
+# * `sparse_backward` (2026-12-03): the same gradients, only the images that train back-propagate.
 # The paper recipe's MATLAB rules that were not part of the tuning stay off here (`loss_reduction`
 # "sum", `violating_only` False, `exclude_trivial_m2` None): see `TrainConfig`.
 CPU_RECIPE = dict(backbone="tiny_s2", weights=None, trainable_from=None, num_clusters=16,
@@ -311,7 +321,7 @@ CPU_RECIPE = dict(backbone="tiny_s2", weights=None, trainable_from=None, num_clu
                   exclude_very_hard=True, violating_only=False, cache_refresh_queries=1000,
                   refresh_slowdown=False, optimizer="adam", lr=3e-4, weight_decay=0.0, lr_decay_every=1.5,
                   lr_decay_factor=0.5, lr_schedule="budget", augment=True, db_queries=True,
-                  loss_reduction="sum", margin=0.3, cache_batch_size=64,
+                  loss_reduction="sum", margin=0.3, cache_batch_size=64, sparse_backward=True,
                   passes=None, epochs=100, time_limit_s=600)
 
 

@@ -50,7 +50,8 @@ def prepare_model(cfg, model, train_split, root, out_dir, resuming, group, progr
         save_model(model, out_dir / "init.keras")
     model.compile(optimizer=make_optimizer(cfg))
     model.set_training_options(loss_reduction=cfg.loss_reduction, weight_decay=cfg.weight_decay,
-                               exclude_very_hard=cfg.exclude_very_hard and cfg.violating_only)
+                               exclude_very_hard=cfg.exclude_very_hard and cfg.violating_only,
+                               sparse_backward=cfg.sparse_backward)
     model.optimizer.build(model.trainable_variables)
     return model, stats
 
