@@ -185,9 +185,36 @@ def step_flops(model, cfg):
 
 
 # --------------------------------------------------------------------------- variants
+# violating fractions (%) of the batch's negatives at which the sparse step is timed: late in the
+# CPU recipe's 10-minute runs 15-20 % ("small"), 35-45 % (demo data, "other"); early 50-80 %
+SPARSE_VIOLATING_PERCENTS = (20, 45, 70, 100)
+
+
+def _margin_for_violating(model, batch, fraction):
+    """(a margin at which `fraction` of `batch`'s negatives violate, the number of the batch's images
+    whose descriptor then has a gradient)."""
+    import numpy as np
+    import tensorflow as tf
+
+    q, p, n = (np.asarray(t) for t in model.tuple_descriptors(batch))
+    best = (((q[:, None] - p) ** 2).sum(-1)).min(1)
+    gaps = np.sort((((q[:, None] - n) ** 2).sum(-1) - best[:, None]).ravel())
+    count = int(round(fraction * gaps.size))  # a negative violates iff its gap is below the margin
+    if count == 0:
+        margin = float(gaps[0]) - 1e-3
+    elif count == gaps.size:
+        margin = float(gaps[-1]) + 1.0
+    else:
+        margin = 0.5 * float(gaps[count - 1] + gaps[count])
+    model.margin = margin
+    flat = tf.concat([tf.reshape(t, (-1, t.shape[-1])) for t in (q, p, n)], 0)
+    return margin, int(len(model._images_with_gradient(batch, flat)))
+
+
 def make_variants(cfg, args):
     """name -> a zero-argument callable running one of the timed things to completion."""
     import dataclasses
+    import inspect
 
     import numpy as np
     import tensorflow as tf
@@ -228,6 +255,19 @@ def make_variants(cfg, args):
     # the recipe with the `tiny_ws` backbone (weight-standardised convolutions, no GroupNormalization)
     ws_cfg = dataclasses.replace(cfg, backbone="tiny_ws")
     checks["tiny_ws_step_flops"] = step_flops(add_step("step_tiny_ws", build_recipe_model(ws_cfg)), ws_cfg)
+    if "sparse_backward" in inspect.signature(model.set_training_options).parameters:
+        # The step back-propagating only through the images that train (the CPU recipe's
+        # `sparse_backward`), with a margin that makes a set fraction of the batch's negatives
+        # violate. The learning rate is 0 so that the fraction stays where it is set (Adam still
+        # computes its update).
+        for percent in SPARSE_VIOLATING_PERCENTS:
+            sparse = build_recipe_model(cfg)
+            sparse.set_weights(model.get_weights())
+            sparse.set_training_options(sparse_backward=True)
+            sparse.optimizer.learning_rate.assign(0.0)
+            sparse.margin, trained = _margin_for_violating(sparse, batch, percent / 100)
+            add_step(f"step_sparse_{percent}", sparse)
+            checks[f"sparse_{percent}_images_trained"] = trained
     if args.bf16:
         add_step("step_bf16", build_recipe_model(cfg, policy="mixed_bfloat16"), same_weights=True)
     if args.jit:
@@ -525,6 +565,11 @@ def measure(args):
         result["tuple_pipeline_memory_ms_per_batch"] = pipeline_ms_per_batch(cfg, args.data, memory=True)
         result["fit_ms_per_step"], result["fit_bare_ms_per_step"] = fit_ms_per_step(
             cfg, args.data, model, variants["step"], args.repeats)
+    result["sparse"] = {
+        str(percent): {"step_ms_median": med[f"step_sparse_{percent}"],
+                       "images_trained": shapes[f"sparse_{percent}_images_trained"],
+                       "ratio": med[f"step_sparse_{percent}"] / flop_ms}
+        for percent in SPARSE_VIOLATING_PERCENTS if f"step_sparse_{percent}" in med}
     if "step_xla" in med:
         result["step_xla_ms_median"] = med["step_xla"]
         result["ratio_xla"] = med["step_xla"] / flop_ms
@@ -544,7 +589,7 @@ def print_report(result):
           f"{result['gemm_im2col_shape']}: {result['gemm_im2col_gflops']:.0f} GFLOP/s")
     print(f"descriptors with Keras' GroupNormalization vs the package's: max |diff| "
           f"{result['keras_groupnorm_max_abs_diff']:.1e}")
-    print(f"step {result['step_ms_median']:.1f} ms (best {result['step_ms_best']:.1f}); FLOPs at the GEMM rate "
+    print(f"step, every image training (the full step) {result['step_ms_median']:.1f} ms (best {result['step_ms_best']:.1f}); FLOPs at the GEMM rate "
           f"{result['flop_ms_at_gemm_rate']:.1f} ms; ratio {result['ratio']:.2f}x"
           + (f"; XLA step {result['step_xla_ms_median']:.1f} ms (ratio {result['ratio_xla']:.2f}x)"
              if "step_xla_ms_median" in result else ""))
@@ -556,6 +601,11 @@ def print_report(result):
     print(f"the recipe with the tiny_ws backbone (weight-standardised convolutions, no GroupNormalization): "
           f"step {ws['step_ms_median']:.1f} ms; FLOPs at the GEMM rate {ws['flop_ms_at_gemm_rate']:.1f} ms; "
           f"ratio {ws['step_ms_median'] / ws['flop_ms_at_gemm_rate']:.2f}x")
+    for percent, sparse in result.get("sparse", {}).items():
+        print(f"the step with sparse_backward, {percent} % of the negatives violating "
+              f"({sparse['images_trained']} of {r['images_per_step']} images train): "
+              f"{sparse['step_ms_median']:.1f} ms, {sparse['ratio']:.2f}x the FLOP time of all its images, "
+              f"{sparse['step_ms_median'] / result['step_ms_median']:.2f}x the full step")
     cpu = result["cpu_ms_median"]
     cores = {name: cpu[name] / result["ms_median"][name] for name in ("step", "gemm_2048")}
     print(f"CPU time of the process: step {cpu['step']:.1f} ms ({cores['step']:.2f} cores busy), the GEMM "
