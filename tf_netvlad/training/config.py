@@ -98,7 +98,7 @@ class TrainConfig:
       interval grows by 1/`lr_decay_factor` at every LR drop. Paper True; CPU False.
     * `cache_batch_size`: images per model call when computing caches, the k-means init's features
       and validation. Paper 8 (VGG16 at 480x640); CPU 64 (`tiny_s2` at 96x128: a refresh's
-      extraction 1.5x faster than with 8, so more of the time limit trains; docs/recipes.md).
+      extraction 1.4x faster than with 8, so more of the time limit trains; docs/recipes.md).
 
     **Loss and optimisation** (`tf_netvlad.models.losses`):
 
@@ -112,8 +112,8 @@ class TrainConfig:
       a first pass over every image outside the gradient tape; the same loss and gradients
       (`NetVLADModel.set_training_options`). It pays off while less than about 60 % of the
       negatives violate (`models.model.SPARSE_MAX_VIOLATING`; above, the step runs the full
-      pass). Paper off (VGG16 below conv5 is frozen: a second forward pass costs more than the
-      backward it saves); CPU on (late in a run 15-45 % of its negatives violate; benchmarks/RESULTS.md).
+      pass). Paper off (not measured there: with VGG16 frozen below conv5 the backward pass is short,
+      and the extra forward pass is expected to cost more than it saves); CPU on (late in a run 15-45 % of its negatives violate; benchmarks/RESULTS.md).
       Refused for backbones with batch normalisation or dropout.
     * `optimizer`, `lr`, `momentum`, `weight_decay`: paper SGD, 1e-3, 0.9, 1e-3 (MATLAB `demo.m`
       for Pitts30k; use lr 1e-4 for Pitts250k and TokyoTM as `demo.m` does; weight decay coupled
