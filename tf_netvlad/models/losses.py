@@ -73,7 +73,8 @@ def ranking_loss_terms(query, positives, negatives, positive_mask=None, negative
             (d²(q, n) < d²(q, p*), MATLAB `excludeVeryHard`, checked on these descriptors).
 
     Returns:
-        dict of float32 tensors: `hinge (B, N)` (0 where masked), `best_positive_d2 (B,)`,
+        dict of float32 tensors: `hinge (B, N)` (0 where masked), `positive_d2 (B, P)` (masked
+        positives at a large constant), `best_positive_d2 (B,)` (its minimum),
         `negative_d2 (B, N)`, `violating (B, N)` (1.0 where the hinge is > 0), `has_positive (B,)`,
         `negative_weight (B, N)` (1.0 for negatives that count).
     """
@@ -94,6 +95,7 @@ def ranking_loss_terms(query, positives, negatives, positive_mask=None, negative
     violating = ops.cast(hinge > 0, "float32")
     return {
         "hinge": hinge,
+        "positive_d2": masked,
         "best_positive_d2": best,
         "negative_d2": d2_neg,
         "violating": violating,

@@ -281,11 +281,8 @@ class NetVLADModel(keras.Model):
         )
         hinged = terms["hinge"] > 0
         active = tf.reduce_any(hinged, axis=1)
-        d2_pos = losses.squared_distances(query, positives)
-        best = d2_pos == tf.expand_dims(terms["best_positive_d2"], 1)
-        if x.get("positive_mask") is not None:
-            best = best & (tf.cast(x["positive_mask"], tf.float32) > 0)
-        best = best & tf.expand_dims(active, 1)
+        # masked positives sit at a large constant in `positive_d2`, never at the minimum
+        best = (terms["positive_d2"] == tf.expand_dims(terms["best_positive_d2"], 1)) & tf.expand_dims(active, 1)
         first = tf.one_hot(0, tf.shape(active)[0], on_value=True, off_value=False)
         flags = tf.concat([active | first, tf.reshape(best, [-1]), tf.reshape(hinged, [-1])], axis=0)
         return tf.cast(tf.where(flags)[:, 0], tf.int32)
