@@ -24,6 +24,7 @@ ratio against its own FLOP time) are timed in the same round-robin, so what make
 slower than its FLOPs can be read off. As the package does,
 TF_ENABLE_ONEDNN_OPTS defaults to 1 (pass TF_ENABLE_ONEDNN_OPTS=0 to time TensorFlow's own
 default on this CPU).
+Where the step's wall time goes, op by op: benchmarks/profile_train_step.py.
 Results and their reading: benchmarks/RESULTS.md.
 
 Usage:
