@@ -85,6 +85,41 @@ def test_channel_group_normalization_is_keras_group_normalization(tmp_path, chan
         np.testing.assert_allclose(out, want, atol=2e-5)
 
 
+def test_channel_group_normalization_gradient_is_the_definitions_at_the_tiny_backbones_size():
+    """The layer's hand-written gradient against central differences of the float64 NumPy definition,
+    along random directions of the input, gamma and beta, at the shape of the tiny backbone's first
+    normalisation (48x64 maps, 16 channels in 8 groups; the maps' mean far from 0)."""
+    import tensorflow as tf
+
+    from tf_netvlad.models.backbones import ChannelGroupNormalization
+
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(3, 48, 64, 16)) * rng.uniform(0.5, 3, 16) + 3).astype("float32")
+    gamma, beta = (rng.normal(size=16).astype("float32") for _ in range(2))
+    upstream = rng.normal(size=x.shape)
+    layer = ChannelGroupNormalization(groups=8, epsilon=1e-3)
+    layer.build(x.shape)
+    layer.set_weights([gamma, beta])
+    inp = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inp)
+        loss = tf.reduce_sum(tf.cast(layer(inp), "float64") * upstream)
+    grads = [g.numpy().astype("float64") for g in tape.gradient(loss, [inp, layer.gamma, layer.beta])]
+
+    def definition(x_, gamma_, beta_):  # the loss from the float64 definition
+        return float(np.sum(_numpy_group_norm(x_, 8, 1e-3, gamma_, beta_) * upstream))
+
+    point = [x.astype("float64"), gamma.astype("float64"), beta.astype("float64")]
+    for which, grad in enumerate(grads):
+        for _ in range(3):
+            direction = rng.normal(size=grad.shape)
+            step = 1e-4 / np.sqrt(np.mean(direction ** 2))
+            plus, minus = list(point), list(point)
+            plus[which], minus[which] = point[which] + step * direction, point[which] - step * direction
+            numeric = (definition(*plus) - definition(*minus)) / (2 * step)
+            assert np.sum(grad * direction) == pytest.approx(numeric, rel=1e-4, abs=1e-3)
+
+
 def test_tiny_backbone_normalises_with_channel_group_normalization_and_old_models_still_load(tmp_path):
     """New tiny backbones use the faster layer; a model saved with Keras' GroupNormalization (before
     the change) loads through the standard Keras path and gives the same features."""
