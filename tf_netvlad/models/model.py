@@ -204,17 +204,21 @@ class NetVLADModel(keras.Model):
         n = tf.reshape(desc[batch + batch * num_pos :], tf.stack([batch, num_neg, dim]))
         return q, p, n
 
-    def _loss_and_stats(self, x, y_pred):
-        """Replica loss (global normalisers, for the gradient) and global sums (for the metrics)."""
-        import tensorflow as tf
-
+    def _loss_terms(self, x, y_pred):
+        """`losses.ranking_loss_terms` of the descriptors `y_pred = (q, p, n)` of the tuples `x`, with
+        the model's margin and very-hard rule."""
         query, positives, negatives = y_pred
-        terms = losses.ranking_loss_terms(
+        return losses.ranking_loss_terms(
             query, positives, negatives, positive_mask=x.get("positive_mask"),
             negative_mask=x.get("negative_mask"), margin=self.margin,
             exclude_very_hard=self.exclude_very_hard,
         )
-        local = losses.ranking_loss_sums(terms)
+
+    def _loss_and_stats(self, x, y_pred):
+        """Replica loss (global normalisers, for the gradient) and global sums (for the metrics)."""
+        import tensorflow as tf
+
+        local = losses.ranking_loss_sums(self._loss_terms(x, y_pred))
         context = tf.distribute.get_replica_context()
         replicas = 1 if context is None else context.num_replicas_in_sync
         total = local if replicas == 1 else context.all_reduce(tf.distribute.ReduceOp.SUM, local)
@@ -273,12 +277,7 @@ class NetVLADModel(keras.Model):
         """
         import tensorflow as tf
 
-        query, positives, negatives = self._split_descriptors(x, descriptors)
-        terms = losses.ranking_loss_terms(
-            query, positives, negatives, positive_mask=x.get("positive_mask"),
-            negative_mask=x.get("negative_mask"), margin=self.margin,
-            exclude_very_hard=self.exclude_very_hard,
-        )
+        terms = self._loss_terms(x, self._split_descriptors(x, descriptors))
         hinged = terms["hinge"] > 0
         active = tf.reduce_any(hinged, axis=1)
         # masked positives sit at a large constant in `positive_d2`, never at the minimum
