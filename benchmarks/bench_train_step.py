@@ -212,6 +212,16 @@ def _margin_for_violating(model, batch, fraction):
     return margin, int(len(model._images_with_gradient(batch, flat)))
 
 
+def set_sparse(model, batch, fraction):
+    """Turns `model`'s sparse step on with a margin at which `fraction` of `batch`'s negatives violate
+    and a learning rate of 0, so that the fraction stays put (Adam still computes its update).
+    Returns the number of the batch's images that then train."""
+    model.set_training_options(sparse_backward=True)
+    model.optimizer.learning_rate.assign(0.0)
+    model.margin, trained = _margin_for_violating(model, batch, fraction)
+    return trained
+
+
 def make_variants(cfg, args):
     """name -> a zero-argument callable running one of the timed things to completion."""
     import dataclasses
@@ -258,17 +268,12 @@ def make_variants(cfg, args):
     checks["tiny_ws_step_flops"] = step_flops(add_step("step_tiny_ws", build_recipe_model(ws_cfg)), ws_cfg)
     if "sparse_backward" in inspect.signature(model.set_training_options).parameters:
         # The step back-propagating only through the images that train (the CPU recipe's
-        # `sparse_backward`), with a margin that makes a set fraction of the batch's negatives
-        # violate. The learning rate is 0 so that the fraction stays where it is set (Adam still
-        # computes its update).
+        # `sparse_backward`) at set fractions of the batch's negatives violating.
         for percent in SPARSE_VIOLATING_PERCENTS:
             sparse = build_recipe_model(cfg)
             sparse.set_weights(model.get_weights())
-            sparse.set_training_options(sparse_backward=True)
-            sparse.optimizer.learning_rate.assign(0.0)
-            sparse.margin, trained = _margin_for_violating(sparse, batch, percent / 100)
+            checks[f"sparse_{percent}_images_trained"] = set_sparse(sparse, batch, percent / 100)
             add_step(f"step_sparse_{percent}", sparse)
-            checks[f"sparse_{percent}_images_trained"] = trained
     if args.bf16:
         add_step("step_bf16", build_recipe_model(cfg, policy="mixed_bfloat16"), same_weights=True)
     if args.jit:

@@ -111,9 +111,7 @@ def profile(args):
     batch = bench.tuple_batch(cfg)
     label = "the full step (every image trains)"
     if args.sparse:
-        model.set_training_options(sparse_backward=True)
-        model.optimizer.learning_rate.assign(0.0)  # the violating fraction stays where it is set
-        model.margin, trained = bench._margin_for_violating(model, batch, args.sparse / 100)
+        trained = bench.set_sparse(model, batch, args.sparse / 100)
         label = (f"the sparse step, {args.sparse} % of the negatives violating "
                  f"({trained} of {bench.images_per_step(cfg)} images train)")
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
@@ -124,19 +122,9 @@ def profile(args):
 
     a = tf.random.normal((2048, 2048))
     gemm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, a)))
-    for _ in range(3):
-        step(), float(gemm())
-    gemm_ms, untraced_ms = [], []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(5):
-            float(gemm())
-        gemm_ms.append((time.perf_counter() - start) / 5 * 1000)
-        start = time.perf_counter()
-        for _ in range(5):
-            step()
-        untraced_ms.append((time.perf_counter() - start) / 5 * 1000)
-    gemm_rate = 2 * 2048 ** 3 / (bench._median(gemm_ms) / 1000)  # FLOP/s
+    times = bench.time_variants({"gemm": lambda: float(gemm()), "step": step}, repeats=5, steps=5)
+    gemm_rate = 2 * 2048 ** 3 / (bench._median(times["gemm"]) / 1000)  # FLOP/s
+    untraced_ms = bench._median(times["step"])
 
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
@@ -156,9 +144,9 @@ def profile(args):
     spans = concurrency(events)
     conv_wall = per_step(covered([e for e in events if is_conv(e[4])]))
 
-    print(f"{label}: {bench._median(untraced_ms):.1f} ms untraced, {traced_ms:.1f} ms traced "
-          f"({n} steps); same-run GEMM {gemm_rate / 1e9:.0f} GFLOP/s; the step's FLOPs at that rate "
-          f"{step_flop_ms:.1f} ms (ratio {bench._median(untraced_ms) / step_flop_ms:.2f}x untraced)")
+    print(f"{label}: {untraced_ms:.1f} ms untraced, {traced_ms:.1f} ms traced "
+          f"({n} steps); same-run GEMM {gemm_rate / 1e9:.0f} GFLOP/s; the forward and backward FLOPs of all its images at that rate "
+          f"{step_flop_ms:.1f} ms (ratio {untraced_ms / step_flop_ms:.2f}x untraced)")
     print("wall time per step by ops running at once: "
           + ", ".join(f"{k}: {per_step(v):.1f} ms" for k, v in sorted(spans.items()) if k >= 0))
     print(f"convolutions, forward and backward: {conv_wall:.1f} ms of wall time with at least one running, "
