@@ -69,8 +69,8 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
         channels = int(x.shape[-1])
         per_group = channels // self.groups
 
-        gamma = ops.cast(self.gamma, "float32") if self.scale else ops.ones((channels,), "float32")
-        beta = ops.cast(self.beta, "float32") if self.center else ops.zeros((channels,), "float32")
+        gamma = ops.cast(self.gamma, "float32") if self.scale else None
+        beta = ops.cast(self.beta, "float32") if self.center else None
         groups, epsilon = self.groups, self.epsilon
 
         def group_sum(per_channel):  # (B, C) -> each channel's group sum, (B, C)
@@ -82,26 +82,32 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
             return per_channel[:, None, None, :]
 
         @ops.custom_gradient
-        def normalise(x, gamma, beta):
+        def normalise(x, *affine):
             count = ops.cast(ops.shape(x)[1] * ops.shape(x)[2] * per_group, "float32")
             mean = group_sum(ops.sum(x, axis=(1, 2))) / count
             centred = x - maps(mean)
             r = ops.rsqrt(group_sum(ops.sum(ops.square(centred), axis=(1, 2))) / count + epsilon)
-            scale = r * gamma
+            x_hat = centred * maps(r)
+            # without a learnt scale or offset (the tiny backbones) y is x̂ itself: no pass more
+            y = x_hat * gamma if gamma is not None else x_hat
+            y = y + beta if beta is not None else y
 
             def grad(upstream):
                 # y = x̂ γ + β with x̂ = (x − μ) r per image and group: the input gradient is
                 # γ r dy − (r / M) (Σ_g γ Σ dy + x̂ Σ_g γ Σ dy x̂), M the group's size
                 sum_dy = ops.sum(upstream, axis=(1, 2))
-                sum_dy_xhat = r * ops.sum(upstream * centred, axis=(1, 2))
-                on_centred = -r * r * group_sum(gamma * sum_dy_xhat) / count
-                constant = -r * group_sum(gamma * sum_dy) / count
-                dx = upstream * maps(scale) + centred * maps(on_centred) + maps(constant)
-                return dx, ops.sum(sum_dy_xhat, axis=0), ops.sum(sum_dy, axis=0)
+                sum_dy_xhat = ops.sum(upstream * x_hat, axis=(1, 2))
+                g = gamma if gamma is not None else 1.0
+                on_x_hat = -r * group_sum(g * sum_dy_xhat) / count
+                constant = -r * group_sum(g * sum_dy) / count
+                dx = upstream * maps(r * g) + x_hat * maps(on_x_hat) + maps(constant)
+                return (dx,) + ((ops.sum(sum_dy_xhat, axis=0),) if gamma is not None else ()) + (
+                    (ops.sum(sum_dy, axis=0),) if beta is not None else ())
 
-            return centred * maps(scale) + beta, grad
+            return y, grad
 
-        return ops.cast(normalise(x, gamma, beta), self.compute_dtype)
+        affine = [v for v in (gamma, beta) if v is not None]
+        return ops.cast(normalise(x, *affine), self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="tf_netvlad")
