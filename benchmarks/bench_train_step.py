@@ -88,12 +88,13 @@ def previous_recipe(cfg):
     return dataclasses.replace(cfg, backbone="tiny", num_positives=4)
 
 
-def build_recipe_model(cfg, jit_compile=False, keras_groupnorm=False, policy=None):
+def build_recipe_model(cfg, jit_compile=False, keras_groupnorm=False, conv_biases=False, policy=None):
     """The recipe's model, compiled as `training.train` compiles it.
 
     `keras_groupnorm`: the backbone's `ChannelGroupNormalization` layers replaced by Keras' own
-    `GroupNormalization` (same function and configuration). `policy`: a Keras dtype policy to
-    build under (e.g. "mixed_bfloat16"; NetVLAD and the loss stay float32).
+    `GroupNormalization` (same function and configuration). `conv_biases`: conv1..conv3's biases
+    in the convolutions instead of the normalisations (`_with_conv_biases`). `policy`: a Keras dtype
+    policy to build under (e.g. "mixed_bfloat16"; NetVLAD and the loss stay float32).
     """
     import inspect
 
@@ -108,9 +109,10 @@ def build_recipe_model(cfg, jit_compile=False, keras_groupnorm=False, policy=Non
     try:
         model = build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
                             num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
-        if keras_groupnorm:
-            model = NetVLADModel(_with_keras_groupnorm(model.backbone),
-                                 preprocessing=keras.layers.serialize(model.preprocessing),
+        if keras_groupnorm or conv_biases:
+            backbone = _with_conv_biases(model.backbone)
+            backbone = _with_keras_groupnorm(backbone) if keras_groupnorm else backbone
+            model = NetVLADModel(backbone, preprocessing=keras.layers.serialize(model.preprocessing),
                                  num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
     finally:
         keras.config.set_dtype_policy(previous)
@@ -257,6 +259,10 @@ def make_variants(cfg, args):
     before = add_step("step_keras_groupnorm", build_recipe_model(cfg, keras_groupnorm=True), same_weights=True)
     probe = tuple_batch(cfg, seed=1)["negatives"][0]
     checks = {"keras_groupnorm_max_abs_diff": float(np.max(np.abs(model(probe) - before(probe))))}
+    # the recipe's network with conv1..conv3's biases in the convolutions (the step before the
+    # normalisations held them): the same function, the convolutions' fused bias gradients
+    biased = add_step("step_conv_biases", build_recipe_model(cfg, conv_biases=True), same_weights=True)
+    checks["conv_biases_max_abs_diff"] = float(np.max(np.abs(model(probe) - biased(probe))))
     # the step of the recipe before `tiny_s2` and 2 positives: `tiny` (conv1 and pool1 at full
     # resolution) with 4 positives per tuple
     previous_cfg = previous_recipe(cfg)
@@ -397,17 +403,43 @@ def _layer_variants(backbone, x):
 
 def _with_keras_groupnorm(backbone):
     """A copy of a sequential backbone (same weights) with Keras' `GroupNormalization` in place of
-    the package's `ChannelGroupNormalization` (a subclass: same configuration, other statistics)."""
+    the package's `ChannelGroupNormalization` (a subclass: same configuration, other statistics);
+    the biases must be in the convolutions (`_with_conv_biases`)."""
     import keras
 
     x = inputs = keras.Input(shape=(None, None, 3))
     for layer in backbone.layers[1:]:
         cls = (keras.layers.GroupNormalization if isinstance(layer, keras.layers.GroupNormalization)
                else layer.__class__)
-        clone = cls.from_config(layer.get_config())
+        config = layer.get_config()
+        config.pop("input_bias", None)  # (False: `_with_conv_biases` first)
+        clone = cls.from_config(config)
         x = clone(x)
         if layer.weights:
             clone.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name=backbone.name)
+
+
+def _with_conv_biases(backbone):
+    """A copy of a tiny backbone (same function and weights) with conv1..conv3's biases in the
+    convolutions, as before `ChannelGroupNormalization(input_bias=True)` held them."""
+    import keras
+
+    from tf_netvlad.models.backbones import ChannelGroupNormalization
+
+    biases = {layer.name.replace("norm", "conv"): layer.get_weights()[0] for layer in backbone.layers
+              if isinstance(layer, ChannelGroupNormalization) and layer.input_bias}
+    x = inputs = keras.Input(shape=(None, None, 3))
+    for layer in backbone.layers[1:]:
+        config = layer.get_config()
+        if layer.name in biases:
+            config["use_bias"] = True
+        if isinstance(layer, ChannelGroupNormalization):
+            config["input_bias"] = False
+        clone = layer.__class__.from_config(config)
+        x = clone(x)
+        if clone.weights:
+            clone.set_weights(layer.get_weights() + ([biases[layer.name]] if layer.name in biases else []))
     return keras.Model(inputs, x, name=backbone.name)
 
 
@@ -552,6 +584,7 @@ def measure(args):
         else None,
         "gemm_im2col_shape": shapes["gemm_im2col_shape"],
         "keras_groupnorm_max_abs_diff": shapes["keras_groupnorm_max_abs_diff"],
+        "conv_biases_max_abs_diff": shapes["conv_biases_max_abs_diff"],
         "step_ms_median": med["step"], "step_ms_best": best["step"],
         "previous_recipe": {"backbone": "tiny", "num_positives": 4, "step_ms_median": med["step_previous_recipe"],
                             "flop_ms_at_gemm_rate": ms_at_gemm_rate(shapes["previous_recipe_step_flops"])},
@@ -599,6 +632,12 @@ def print_report(result):
           f"{result['flop_ms_at_gemm_rate']:.1f} ms; ratio {result['ratio']:.2f}x"
           + (f"; XLA step {result['step_xla_ms_median']:.1f} ms (ratio {result['ratio_xla']:.2f}x)"
              if "step_xla_ms_median" in result else ""))
+    if "step_conv_biases" in result["ms_median"]:
+        biased = result["ms_median"]["step_conv_biases"]
+        print(f"the recipe with conv1..conv3's biases in the convolutions (same function, max |diff| "
+              f"{result['conv_biases_max_abs_diff']:.1e}): step {biased:.1f} ms, ratio "
+              f"{biased / result['flop_ms_at_gemm_rate']:.2f}x; the recipe's step takes "
+              f"{result['step_ms_median'] / biased:.2f}x its time")
     prev = result["previous_recipe"]
     print(f"previous recipe (tiny, 4 positives): step {prev['step_ms_median']:.1f} ms; FLOPs at the GEMM rate "
           f"{prev['flop_ms_at_gemm_rate']:.1f} ms; ratio {prev['step_ms_median'] / prev['flop_ms_at_gemm_rate']:.2f}x; "

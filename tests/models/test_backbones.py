@@ -45,11 +45,14 @@ def _numpy_group_norm(x, groups, epsilon, gamma=None, beta=None):
     return out * (1 if gamma is None else gamma) + (0 if beta is None else beta)
 
 
-@pytest.mark.parametrize("channels, groups, affine", [(16, 8, False), (32, 8, False), (12, 3, True)])
-def test_channel_group_normalization_is_keras_group_normalization(tmp_path, channels, groups, affine):
+@pytest.mark.parametrize("channels, groups, affine, input_bias",
+                         [(16, 8, False, False), (16, 8, False, True), (32, 8, False, False), (12, 3, True, False),
+                          (12, 3, True, True)])
+def test_channel_group_normalization_is_keras_group_normalization(tmp_path, channels, groups, affine, input_bias):
     """Same outputs as the definition (NumPy) and as Keras' layer, same input and weight gradients, on
     maps with a large non-zero mean (where a one-pass variance would lose digits); passes the shared
-    Keras checks (config, .keras round trip, mixed_float16)."""
+    Keras checks (config, .keras round trip, mixed_float16). With `input_bias` the reference is Keras'
+    layer applied to x + b, b a variable: the function of a convolution's bias before the layer."""
     import keras
     import tensorflow as tf
 
@@ -58,58 +61,66 @@ def test_channel_group_normalization_is_keras_group_normalization(tmp_path, chan
     rng = np.random.default_rng(channels)
     x = (rng.normal(size=(3, 5, 7, channels)) * rng.uniform(0.5, 3, channels) + 4).astype("float32")
     kwargs = dict(groups=groups, center=affine, scale=affine, epsilon=1e-3)
-    ours, theirs = ChannelGroupNormalization(**kwargs), keras.layers.GroupNormalization(**kwargs)
+    ours, theirs = ChannelGroupNormalization(**kwargs, input_bias=input_bias), keras.layers.GroupNormalization(**kwargs)
     ours.build(x.shape), theirs.build(x.shape)
-    if affine:
-        weights = [rng.normal(size=channels).astype("float32") for _ in range(2)]
-        ours.set_weights(weights), theirs.set_weights(weights)
-    want = _numpy_group_norm(x, groups, 1e-3, *(weights if affine else ()))
+    weights = [rng.normal(size=channels).astype("float32") for _ in range(2)] if affine else []
+    theirs.set_weights(weights)
+    bias = (rng.normal(size=channels) * 2).astype("float32") if input_bias else np.zeros(channels, "float32")
+    ours.set_weights(weights + ([bias] if input_bias else []))
+    want = _numpy_group_norm(x + bias, groups, 1e-3, *weights)
     np.testing.assert_allclose(ours(x).numpy(), want, atol=2e-5)
 
     upstream = tf.constant(rng.normal(size=x.shape).astype("float32"))
+    shift = tf.Variable(bias)
     grads = []
-    for layer in (ours, theirs):
+    for layer, shifted in ((ours, False), (theirs, True)):
         inp = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(inp)
-            loss = tf.reduce_sum(layer(inp) * upstream)
-        grads.append(tape.gradient(loss, [inp] + layer.trainable_variables))
+            loss = tf.reduce_sum(layer(inp + shift if shifted else inp) * upstream)
+        variables = layer.trainable_variables[:2 if affine else 0]
+        grads.append(tape.gradient(loss, [inp] + variables + ([ours.bias if not shifted else shift] if input_bias else [])))
+    assert len(grads[0]) == 1 + 2 * affine + input_bias
     for mine, keras_grad in zip(*grads):
         np.testing.assert_allclose(mine.numpy(), keras_grad.numpy(), atol=2e-5, rtol=1e-4)
     # a group's outputs do not change when its inputs shift: the input gradient sums to 0 per group
     per_group = grads[0][0].numpy().reshape(3, -1, groups, channels // groups).sum(axis=(1, 3))
     np.testing.assert_allclose(per_group, 0, atol=1e-3)
+    if input_bias:  # and the bias's gradient is the input gradient summed per channel
+        np.testing.assert_allclose(grads[0][-1].numpy(), grads[0][0].numpy().sum(axis=(0, 1, 2)), atol=1e-4)
 
-    out = check_keras_class(lambda: ChannelGroupNormalization(**kwargs, name="norm1"), x, tmp_path)
-    if not affine:  # (the checks perturb the weights of an affine layer)
+    out = check_keras_class(lambda: ChannelGroupNormalization(**kwargs, input_bias=input_bias, name="norm1"),
+                            x, tmp_path)
+    if not affine and not input_bias:  # (the checks perturb the weights)
         np.testing.assert_allclose(out, want, atol=2e-5)
 
 
 def test_channel_group_normalization_gradient_is_the_definitions_at_the_tiny_backbones_size():
     """The layer's hand-written gradient against central differences of the float64 NumPy definition,
-    along random directions of the input, gamma and beta, at the shape of the tiny backbone's first
-    normalisation (48x64 maps, 16 channels in 8 groups; the maps' mean far from 0)."""
+    along random directions of the input, gamma, beta and the input bias, at the shape of the tiny
+    backbone's first normalisation (48x64 maps, 16 channels in 8 groups; the maps' mean far from 0,
+    where the bias's gradient from per-channel sums could lose digits)."""
     import tensorflow as tf
 
     from tf_netvlad.models.backbones import ChannelGroupNormalization
 
     rng = np.random.default_rng(7)
     x = (rng.normal(size=(3, 48, 64, 16)) * rng.uniform(0.5, 3, 16) + 3).astype("float32")
-    gamma, beta = (rng.normal(size=16).astype("float32") for _ in range(2))
+    gamma, beta, bias = (rng.normal(size=16).astype("float32") for _ in range(3))
     upstream = rng.normal(size=x.shape)
-    layer = ChannelGroupNormalization(groups=8, epsilon=1e-3)
+    layer = ChannelGroupNormalization(groups=8, epsilon=1e-3, input_bias=True)
     layer.build(x.shape)
-    layer.set_weights([gamma, beta])
+    layer.set_weights([gamma, beta, bias])
     inp = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(inp)
         loss = tf.reduce_sum(tf.cast(layer(inp), "float64") * upstream)
-    grads = [g.numpy().astype("float64") for g in tape.gradient(loss, [inp, layer.gamma, layer.beta])]
+    grads = [g.numpy().astype("float64") for g in tape.gradient(loss, [inp, layer.gamma, layer.beta, layer.bias])]
 
-    def definition(x_, gamma_, beta_):  # the loss from the float64 definition
-        return float(np.sum(_numpy_group_norm(x_, 8, 1e-3, gamma_, beta_) * upstream))
+    def definition(x_, gamma_, beta_, bias_):  # the loss from the float64 definition
+        return float(np.sum(_numpy_group_norm(x_ + bias_, 8, 1e-3, gamma_, beta_) * upstream))
 
-    point = [x.astype("float64"), gamma.astype("float64"), beta.astype("float64")]
+    point = [v.astype("float64") for v in (x, gamma, beta, bias)]
     for which, grad in enumerate(grads):
         for _ in range(3):
             direction = rng.normal(size=grad.shape)
@@ -121,8 +132,10 @@ def test_channel_group_normalization_gradient_is_the_definitions_at_the_tiny_bac
 
 
 def test_tiny_backbone_normalises_with_channel_group_normalization_and_old_models_still_load(tmp_path):
-    """New tiny backbones use the faster layer; a model saved with Keras' GroupNormalization (before
-    the change) loads through the standard Keras path and gives the same features."""
+    """New tiny backbones use the faster layer, which holds the convolution's bias; models saved
+    before either change (convolutions with a bias, then Keras' GroupNormalization or this layer
+    without `input_bias`) load through the standard Keras path and compute the same features from
+    the same weights."""
     import keras
 
     from tf_netvlad.models.backbones import ChannelGroupNormalization
@@ -130,19 +143,36 @@ def test_tiny_backbone_normalises_with_channel_group_normalization_and_old_model
     tiny = backbones.build_backbone("tiny")
     norms = [layer for layer in tiny.layers if "norm" in layer.name]
     assert [type(layer) for layer in norms] == [ChannelGroupNormalization] * 3
+    assert all(layer.input_bias for layer in norms)
+    assert [layer.use_bias for layer in tiny.layers if "conv" in layer.name] == [False, False, False, True]
+    rng = np.random.default_rng(1)
+    for layer in norms:
+        layer.set_weights([rng.normal(size=layer.bias.shape).astype("float32")])
+    images = rng.uniform(-1, 1, size=(2, 24, 32, 3)).astype("float32")
 
-    x = keras.Input(shape=(None, None, 3))
-    y = x
-    for layer in tiny.layers[1:]:  # the same network with Keras' own layer, as saved before
-        y = (keras.layers.GroupNormalization(8, center=False, scale=False, name=layer.name)
-             if isinstance(layer, ChannelGroupNormalization) else layer)(y)
-    old = keras.Model(x, y)
-    old.save(tmp_path / "old.keras")
-    reloaded = keras.saving.load_model(tmp_path / "old.keras")
-    assert isinstance(reloaded.get_layer("norm1"), keras.layers.GroupNormalization)
-    assert not isinstance(reloaded.get_layer("norm1"), ChannelGroupNormalization)
-    images = np.random.default_rng(1).uniform(-1, 1, size=(2, 24, 32, 3)).astype("float32")
-    np.testing.assert_allclose(reloaded(images).numpy(), tiny(images).numpy(), atol=1e-4)
+    for old_norm in (lambda name: keras.layers.GroupNormalization(8, center=False, scale=False, name=name),
+                     lambda name: ChannelGroupNormalization(8, center=False, scale=False, name=name)):
+        x = keras.Input(shape=(None, None, 3))
+        y, biases = x, {}
+        for layer in tiny.layers[1:]:  # the same network as saved before: the biases in the convolutions
+            if isinstance(layer, keras.layers.Conv2D) and not layer.use_bias:
+                y = keras.layers.Conv2D(layer.filters, 3, strides=layer.strides, padding="same", name=layer.name)(y)
+            elif isinstance(layer, ChannelGroupNormalization):
+                biases[layer.name.replace("norm", "conv")] = layer.get_weights()[0]
+                y = old_norm(layer.name)(y)
+            else:
+                y = layer.__class__.from_config(layer.get_config())(y)
+        old = keras.Model(x, y)
+        for layer in old.layers:
+            if layer.weights:
+                kernel_and_bias = tiny.get_layer(layer.name).get_weights()
+                layer.set_weights(kernel_and_bias if layer.name == "conv4" else
+                                  kernel_and_bias + [biases[layer.name]])
+        old.save(tmp_path / "old.keras")
+        reloaded = keras.saving.load_model(tmp_path / "old.keras")
+        assert reloaded.get_layer("conv1").use_bias
+        assert not getattr(reloaded.get_layer("norm1"), "input_bias", False)
+        np.testing.assert_allclose(reloaded(images).numpy(), tiny(images).numpy(), atol=1e-4)
 
 
 def test_tiny_s2_strides_its_first_convolution_and_keeps_stride_8():

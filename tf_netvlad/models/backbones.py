@@ -59,11 +59,34 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
     (`ops.custom_gradient`: two reductions and four element-wise passes over the maps, where
     automatic differentiation of the forward pass made about twenty ops per layer, broadcasts
     included): 4 % off the CPU recipe's training step. Other layouts use the Keras code.
+
+    `input_bias=True` adds a learnt per-channel bias to the input before normalising it: the
+    function of a `Conv2D` with `use_bias=True` followed by this layer, with the bias held here
+    and the convolution built without one (the tiny backbones). The bias only moves each image's
+    per-channel constants (the mean subtracted), and its gradient, Σ dx over images and positions,
+    follows from per-channel sums the gradient computes anyway; a convolution's own bias gradient
+    is a reduction over its output maps fused into the weight gradient, 5 % of the CPU recipe's
+    training step (benchmarks/RESULTS.md).
     """
+
+    def __init__(self, *args, input_bias=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.input_bias = bool(input_bias)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.input_bias:
+            self.bias = self.add_weight(shape=(int(input_shape[self.axis]),), name="input_bias",
+                                        initializer="zeros")
+
+    def get_config(self):
+        config = super().get_config()
+        config["input_bias"] = self.input_bias
+        return config
 
     def call(self, inputs):
         if len(inputs.shape) != 4 or self.axis not in (-1, 3):
-            return super().call(inputs)
+            return super().call(inputs + ops.cast(self.bias, inputs.dtype) if self.input_bias else inputs)
         low_precision = keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16")
         x = ops.cast(inputs, "float32") if low_precision else inputs  # as Keras: statistics in float32
         channels = int(x.shape[-1])
@@ -71,6 +94,7 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
 
         gamma = ops.cast(self.gamma, "float32") if self.scale else None
         beta = ops.cast(self.beta, "float32") if self.center else None
+        shift = ops.cast(self.bias, "float32") if self.input_bias else None
         groups, epsilon = self.groups, self.epsilon
 
         def group_sum(per_channel):  # (B, C) -> each channel's group sum, (B, C)
@@ -82,10 +106,13 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
             return per_channel[:, None, None, :]
 
         @ops.custom_gradient
-        def normalise(x, *affine):
-            count = ops.cast(ops.shape(x)[1] * ops.shape(x)[2] * per_group, "float32")
-            mean = group_sum(ops.sum(x, axis=(1, 2))) / count
-            centred = x - maps(mean)
+        def normalise(x, *weights):
+            positions = ops.cast(ops.shape(x)[1] * ops.shape(x)[2], "float32")
+            count = positions * per_group
+            sums = ops.sum(x, axis=(1, 2))  # per image and channel, of x + b
+            sums = sums + positions * shift if shift is not None else sums
+            mean = group_sum(sums) / count
+            centred = x - maps(mean - shift if shift is not None else mean)  # x + b − μ
             r = ops.rsqrt(group_sum(ops.sum(ops.square(centred), axis=(1, 2))) / count + epsilon)
             x_hat = centred * maps(r)
             # without a learnt scale or offset (the tiny backbones) y is x̂ itself: no pass more
@@ -93,7 +120,7 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
             y = y + beta if beta is not None else y
 
             def grad(upstream):
-                # y = x̂ γ + β with x̂ = (x − μ) r per image and group: the input gradient is
+                # y = x̂ γ + β with x̂ = (x + b − μ) r per image and group: the input gradient is
                 # γ r dy − (r / M) (Σ_g γ Σ dy + x̂ Σ_g γ Σ dy x̂), M the group's size
                 sum_dy = ops.sum(upstream, axis=(1, 2))
                 sum_dy_xhat = ops.sum(upstream * x_hat, axis=(1, 2))
@@ -101,13 +128,20 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
                 on_x_hat = -r * group_sum(g * sum_dy_xhat) / count
                 constant = -r * group_sum(g * sum_dy) / count
                 dx = upstream * maps(r * g) + x_hat * maps(on_x_hat) + maps(constant)
-                return (dx,) + ((ops.sum(sum_dy_xhat, axis=0),) if gamma is not None else ()) + (
-                    (ops.sum(sum_dy, axis=0),) if beta is not None else ())
+                grads = [dx]
+                if gamma is not None:
+                    grads.append(ops.sum(sum_dy_xhat, axis=0))
+                if beta is not None:
+                    grads.append(ops.sum(sum_dy, axis=0))
+                if shift is not None:  # Σ dx per channel, from the per-channel sums of its terms
+                    sum_x_hat = r * (sums - positions * mean)
+                    grads.append(ops.sum(r * g * sum_dy + on_x_hat * sum_x_hat + positions * constant, axis=0))
+                return tuple(grads)
 
             return y, grad
 
-        affine = [v for v in (gamma, beta) if v is not None]
-        return ops.cast(normalise(x, *affine), self.compute_dtype)
+        weights = [v for v in (gamma, beta, shift) if v is not None]
+        return ops.cast(normalise(x, *weights), self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="tf_netvlad")
@@ -226,7 +260,9 @@ def _tiny(weights, first_stride=1, standardized=False):
     """A 4-conv CNN (D = 64, stride 8) for tests and CPU demos; last conv linear like conv5_3.
 
     conv1-3 are each followed by 2x2 max pooling, a GroupNormalization (8 groups, no learnt
-    scale/offset, so the layers with weights are only conv1..conv4) and a ReLU. Trained from
+    scale/offset) and a ReLU; their biases are held by the normalisation (`input_bias`: the same
+    function as a convolution with a bias, a faster gradient), so the weights are conv1..conv4's
+    kernels, conv4's bias and norm1..norm3's input biases. Trained from
     scratch without the normalisation, the ranking loss collapses the descriptors (every d² -> 0)
     at learning rates that learn anything; normalising after the pooling costs a quarter of
     normalising at full resolution. `first_stride=2` ("tiny_s2", the CPU recipe's backbone): conv1
@@ -244,7 +280,8 @@ def _tiny(weights, first_stride=1, standardized=False):
     def conv(filters, stride, gain, name):
         if standardized:
             return StandardizedConv2D(filters, 3, strides=stride, padding="same", gain=gain, name=name)
-        return layers.Conv2D(filters, 3, strides=stride, padding="same", name=name)
+        # before a normalisation the convolution's bias is the normalisation's `input_bias`
+        return layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=name == "conv4", name=name)
 
     x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
     for i, filters in enumerate((16, 32, 64), start=1):
@@ -253,7 +290,7 @@ def _tiny(weights, first_stride=1, standardized=False):
         if stride == 1:
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
         if not standardized:
-            x = ChannelGroupNormalization(8, center=False, scale=False, name=f"norm{i}")(x)
+            x = ChannelGroupNormalization(8, center=False, scale=False, input_bias=True, name=f"norm{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
     x = conv(64, 1, 1.0, "conv4")(x)
     name = "tiny_ws" if standardized else ("tiny" if first_stride == 1 else f"tiny_s{first_stride}")
