@@ -20,7 +20,9 @@ with `--layers`) and the step with Keras' own `GroupNormalization` in place of t
 group instead of per channel first: the step before that layer) and the previous recipe's step
 (`tiny` backbone, 4 positives per tuple: `previous_recipe`) and the recipe's step with the
 `tiny_ws` backbone (weight-standardised convolutions, no GroupNormalization: `step_tiny_ws`, its
-ratio against its own FLOP time) are timed in the same round-robin, so what makes the step
+ratio against its own FLOP time) and the recipe's network with conv1..conv3's biases in the
+convolutions instead of the GroupNorms (`step_conv_biases`: same function and weights, the step
+before the normalisations held them) are timed in the same round-robin, so what makes the step
 slower than its FLOPs can be read off. As the package does,
 TF_ENABLE_ONEDNN_OPTS defaults to 1 (pass TF_ENABLE_ONEDNN_OPTS=0 to time TensorFlow's own
 default on this CPU).
