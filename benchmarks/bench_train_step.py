@@ -238,6 +238,12 @@ def make_variants(cfg, args):
 
     batch = tuple_batch(cfg)
     model = build_recipe_model(cfg)
+    # non-zero biases in the normalisations (zero at initialisation), so that the descriptors of the
+    # variants with the same weights but the biases elsewhere are compared on a function that uses them
+    rng = np.random.default_rng(0)
+    for layer in model.backbone.layers:
+        if getattr(layer, "input_bias", False):
+            layer.bias.assign(rng.normal(0, 0.5, layer.bias.shape).astype("float32"))
     ds = tf.data.Dataset.from_tensors(batch).repeat()
     iterator = iter(ds)
     model.make_train_function()
