@@ -39,6 +39,8 @@ def test_train_flags_arrive_typed():
     config = train_cli.train_config(args.recipe, overrides)
     assert config.image_size == (64, 80) and config.optimizer == "sgd" and config.backbone == "vgg16"
     assert main.build_parser().parse_args(BASE + ["--time-limit-s", "90"]).time_limit_s == 90.0
+    assert main.build_parser().parse_args(BASE + ["--refresh-share", "none"]).refresh_share is None
+    assert main.build_parser().parse_args(BASE + ["--refresh-share", "0.4"]).refresh_share == 0.4
 
 
 def test_paper_recipe_is_matlab_and_the_cpu_recipe_keeps_its_tuning():
@@ -46,6 +48,7 @@ def test_paper_recipe_is_matlab_and_the_cpu_recipe_keeps_its_tuning():
     assert (paper.loss_reduction, paper.exclude_trivial_m2, paper.violating_only, paper.passes,
             paper.epochs, paper.time_limit_s) == ("mean_violating", 1.0, True, 30.0, None, None)
     cpu = train_cli.train_config("cpu", {})
+    assert (paper.refresh_share, cpu.refresh_share) == (None, 0.25)  # MATLAB's interval; bounded refreshes
     assert (cpu.loss_reduction, cpu.exclude_trivial_m2, cpu.violating_only, cpu.passes,
             cpu.epochs, cpu.time_limit_s) == ("sum", None, False, None, 100, 600)
     args = main.build_parser().parse_args(BASE + [

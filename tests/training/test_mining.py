@@ -136,6 +136,22 @@ def test_query_schedule_drops_queries_without_positives_and_covers_each_pass():
     np.testing.assert_array_equal(miner.queries_for_cycle(1), stream[2:4])
 
 
+def test_refresh_share_lengthens_the_cycles_of_a_large_database_only():
+    """`refresh_share`: the cycle size of `refresh_schedule.share_cycle_size` from the split's sizes.
+    400 db images, 100 queries; with `with_database_queries` 500 training queries of which 100
+    (0.2) are not database images; tuples of 1 + 1 + 2 images, share 0.25: per query
+    3·4·0.25 − 0.2·0.75 = 2.85, Q = ceil(400·0.75 / 2.85) = ceil(105.3) = 106."""
+    split = _line_split(num_db=400, query_x=np.arange(0, 2000, 20.0))
+    options = dict(num_positives=1, num_negatives=2, cache_refresh_queries=10)
+    with_db = split.with_database_queries()
+    assert mining.HardNegativeMiner(with_db, refresh_share=0.25, **options).cycle_size == 106
+    assert mining.HardNegativeMiner(with_db, **options).cycle_size == 10  # None: every 10 queries
+    # the split's own 100 queries only: 3 − 0.75 = 2.25 per query, ceil(133.3) = 134 > 100: one pass
+    assert mining.HardNegativeMiner(split, refresh_share=0.25, **options).cycle_size == 100
+    # a database that costs little: the reference interval stays
+    assert mining.HardNegativeMiner(split, refresh_share=0.9, **options).cycle_size == 10
+
+
 def test_bad_splits_give_clear_errors():
     no_pos = _line_split(query_x=(1000.0, 2000.0))
     with pytest.raises(ValueError, match="none of its 2 queries has a database image within 10 m"):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tf_netvlad.training.refresh_schedule import RefreshSchedule
+from tf_netvlad.training.refresh_schedule import RefreshSchedule, share_cycle_size
 
 
 def test_fixed_schedule_runs_across_pass_ends_with_the_step_decay_in_passes():
@@ -100,3 +100,48 @@ def test_run_length_in_passes():
     assert [next(endless) for _ in range(3)] == [2, 3, 4]
     with pytest.raises(ValueError, match="passes"):
         fixed.num_cycles(0)
+
+
+def _refresh_share(q, num_db, own_fraction, images_per_tuple):
+    """The refresh's share of a cycle's image passes, from the definition (one forward pass per
+    extracted image, three per trained tuple image)."""
+    extracted = num_db + own_fraction * q
+    return extracted / (extracted + 3 * images_per_tuple * q)
+
+
+def test_share_cycle_size_hand_computed_at_a_large_database():
+    # 20,000 db images, a third of the training queries are not database images (10,000 of 30,000
+    # with db_queries), tuples of 1 + 2 + 5 images, share 0.25: per query 3·8·0.25 − 0.75/3 = 5.75,
+    # Q = ceil(20,000 · 0.75 / 5.75) = ceil(2,608.7) = 2,609
+    q = share_cycle_size(1000, 0.25, 20_000, 1 / 3, 8, 30_000)
+    assert q == 2609
+    assert _refresh_share(2609, 20_000, 1 / 3, 8) <= 0.25 < _refresh_share(2608, 20_000, 1 / 3, 8)
+
+
+def test_share_cycle_size_keeps_the_reference_interval_on_small_databases():
+    # the demo and the held-out towns: refreshes are 6-9 % of a cycle at 1000 queries
+    for num_db, own in ((700, 2500 / 3200), (2000, 400 / 2400), (1200, 1200 / 2400)):
+        assert share_cycle_size(1000, 0.25, num_db, own, 8, 3200) == 1000
+        assert _refresh_share(1000, num_db, own, 8) < 0.1
+    assert share_cycle_size(1000, None, 20_000, 1 / 3, 8, 30_000) == 1000  # off: MATLAB's interval
+    assert share_cycle_size(1000, None, 20_000, 1 / 3, 8, 600) == 600  # never more than one pass
+    assert share_cycle_size(1000, 0.25, 20_000, 1 / 3, 8, 2000) == 2000
+    # a share no cycle length reaches (training cheaper than the cycle's own query images): one pass
+    assert share_cycle_size(10, 0.01, 100, 1.0, 1, 500) == 500
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("num_db,own,images", [(5_000, 0.0, 8), (50_000, 1.0, 4), (123_457, 0.4, 12)])
+def test_share_cycle_size_is_the_shortest_cycle_within_the_share(share, num_db, own, images):
+    q = share_cycle_size(1, share, num_db, own, images, 10**9)
+    if own / (own + 3 * images) >= share:  # the share's limit as Q grows: never reached, one pass
+        assert q == 10**9
+        return
+    assert _refresh_share(q, num_db, own, images) <= share + 1e-12
+    assert q == 1 or _refresh_share(q - 1, num_db, own, images) > share
+
+
+def test_share_cycle_size_refuses_a_share_outside_0_1():
+    for share in (0, 1, -0.5, 1.5):
+        with pytest.raises(ValueError, match="`share` must be in"):
+            share_cycle_size(1000, share, 100, 0.5, 8, 1000)

@@ -384,6 +384,9 @@ def test_config_validation_and_no_positive_split(tmp_path):
         train.TrainConfig(loss_reduction="mean")
     with pytest.raises(ValueError, match="`image_cache_mb` must be an int >= 0. Received: image_cache_mb=-1"):
         train.TrainConfig(image_cache_mb=-1)
+    for share in (0, 1, 1.5, "0.2"):
+        with pytest.raises(ValueError, match=r"`refresh_share` must be a number in \(0, 1\) or None"):
+            train.TrainConfig(refresh_share=share)
     from tf_netvlad.data.places import PlaceSplit
 
     far = PlaceSplit(name="far", db_paths=("a.jpg", "b.jpg"), db_utm=np.array([[0.0, 0], [1, 0]]),
@@ -545,6 +548,36 @@ def test_matlab_refresh_schedule_trains_growing_cycles(tiny_demo, tmp_path):
     assert len(rows) == 20 and len(set(rows[:, 0].tolist())) == 20  # the last cycle: 20 queries
     lrs = [float(line.split(",")[2]) for line in (run / "logs" / "train.csv").read_text().splitlines()[1:]]
     assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005])
+
+
+def test_refresh_share_lengthens_cycles_and_a_resume_compares_the_cycle_size(demo, tmp_path):
+    """`refresh_share` on the tiny demo split (70 db images, no query is a database image, tuples of
+    1 + 2 + 4 images): share 0.3 gives 3·7·0.3 − 0.7 = 5.6 per query and ceil(70·0.7 / 5.6) = 9
+    queries per cycle instead of `cache_refresh_queries` = 4. A resume whose cycles would differ is
+    refused, naming the flag; a checkpoint saved before the option (no cycle size, no share) resumes
+    when its cycles are the same, and only then."""
+    run = tmp_path / "run"
+    recipe = dict(TINY, cache_refresh_queries=4)
+    summary = train.train(demo["train_mat"], out_dir=run, epochs=1, refresh_share=0.3, progress=False,
+                          verbose=0, **recipe)
+    assert summary["queries_per_epoch"] == 9 and summary["iterations"] == 3  # ceil(9 / 4) steps
+    state_file = run / "last" / "state.json"
+    assert json.loads(state_file.read_text())["queries_per_cycle"] == 9
+    with pytest.raises(ValueError, match=r"refresh cycle: checkpoint=9 queries, now=4 .*--refresh-share 0.3"):
+        train.train(demo["train_mat"], out_dir=run, epochs=2, resume=True, progress=False, verbose=0, **recipe)
+    summary = train.train(demo["train_mat"], out_dir=run, epochs=2, resume=True, refresh_share=0.3,
+                          progress=False, verbose=0, **recipe)
+    assert summary["status"] == "completed" and summary["iterations"] == 6
+
+    state = json.loads(state_file.read_text())  # as written before `refresh_share` existed
+    del state["queries_per_cycle"], state["config"]["refresh_share"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"refresh cycle: checkpoint=4 queries, now=9 .*--refresh-share none"):
+        train.train(demo["train_mat"], out_dir=run, epochs=3, resume=True, refresh_share=0.3,
+                    progress=False, verbose=0, **recipe)
+    summary = train.train(demo["train_mat"], out_dir=run, epochs=3, resume=True, progress=False, verbose=0,
+                          **recipe)
+    assert summary["status"] == "completed" and summary["iterations"] == 7  # + one cycle of 4
 
 
 def test_resume_treats_checkpoints_without_refresh_slowdown_as_the_fixed_schedule(tmp_path):

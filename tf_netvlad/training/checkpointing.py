@@ -237,6 +237,17 @@ def check_resume(saved, cfg, fingerprint, last):
         raise ResumeMismatch(last, settings, split_differs, {key: config.get(key) for key in differing})
 
 
+def check_cycle_size(saved, cycle_size, size_without_share, last):
+    """Raises `ResumeMismatch` when the run's refresh cycles (queries per cycle, `cycle_size`) differ
+    from the checkpoint's. A checkpoint saved before `refresh_share` existed has no
+    `queries_per_cycle`: its cycles were `size_without_share`."""
+    before = saved.get("queries_per_cycle", size_without_share)
+    if before != cycle_size:
+        share = saved["config"].get("refresh_share")
+        raise ResumeMismatch(last, [f"refresh cycle: checkpoint={before} queries, now={cycle_size} "
+                                    f"(refresh_share: checkpoint={share!r})"], False, {"refresh_share": share})
+
+
 def _is_empty(out_dir):
     """True if `out_dir` does not exist or holds nothing but a writer lock file."""
     return not out_dir.is_dir() or all(p.name == LOCK_FILE for p in out_dir.iterdir())

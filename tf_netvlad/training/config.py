@@ -94,6 +94,15 @@ class TrainConfig:
 
     * `cache_refresh_queries`: queries per refresh of the descriptor cache = one Keras epoch
       (MATLAB `compFeatsFrequency` = 1000), both recipes.
+    * `refresh_share`: None, or cycles longer than `cache_refresh_queries` on a large database,
+      so that a refresh (one forward pass over the database and the cycle's own query images) is at
+      most this share of a cycle's image passes (training counted as 3 passes per tuple image:
+      `refresh_schedule.share_cycle_size`). Paper None (MATLAB refreshes every 1000 queries
+      whatever the database's size). CPU 0.25: the same cycles as before up to about 7,000
+      database images (the demo and the held-out towns: refreshes 6-9 % of a cycle); on held-out
+      datasets of 20,000 and 15,000 database images, where refreshing every 1000 queries took
+      about 40 % of a 10-minute run, test recall@1 36.0 % vs 27.0 % and 37.5 % vs 34.5 %
+      (docs/recipes.md, "A large database").
     * `refresh_slowdown`: MATLAB's schedule: also refresh at every pass end, and the refresh
       interval grows by 1/`lr_decay_factor` at every LR drop. Paper True; CPU False.
     * `cache_batch_size`: images per model call when computing caches, the k-means init's features
@@ -185,6 +194,7 @@ class TrainConfig:
     exclude_very_hard: bool = False
     violating_only: bool = True
     cache_refresh_queries: int = 1000
+    refresh_share: float = None
     refresh_slowdown: bool = True
     cache_batch_size: int = EXTRACT_BATCH_SIZE
     passes: float = 30.0
@@ -258,12 +268,18 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"`{name}` must be an int >= 0. Received: {name}={value!r}")
+        if self.refresh_share is not None and not (isinstance(self.refresh_share, (int, float, np.number))
+                                                   and 0 < self.refresh_share < 1):
+            raise ValueError(f"`refresh_share` must be a number in (0, 1) or None. Received: "
+                             f"refresh_share={self.refresh_share!r}")
         if "recall@5" not in {f"recall@{n}" for n in self.recall_ns}:
             raise ValueError(f"`recall_ns` must include 5 (model selection). Received: {self.recall_ns!r}")
 
 
 # Fields that define the training state; a resume with other values is refused. (`passes`,
-# `epochs` and `time_limit_s` are the run's length: a resume may extend it.)
+# `epochs` and `time_limit_s` are the run's length: a resume may extend it. `refresh_share` is
+# checked by the cycle size it gives on the run's split, `checkpointing.check_cycle_size`: where
+# it changes nothing, a run saved before it existed resumes.)
 RESUME_KEYS = ("backbone", "num_clusters", "variant", "margin", "image_size", "batch_size",
                "num_positives", "exclude_trivial_m2", "num_negatives", "negative_pool_size", "keep_factor",
                "exclude_very_hard", "violating_only", "cache_refresh_queries", "refresh_slowdown",
@@ -319,7 +335,7 @@ CPU_RECIPE = dict(backbone="tiny_s2", weights=None, trainable_from=None, num_clu
                   image_size=DEMO_IMAGE_SIZE, init_images=300, init_per_image=50, batch_size=4,
                   num_positives=2, exclude_trivial_m2=None, num_negatives=5, negative_pool_size=300,
                   exclude_very_hard=True, violating_only=False, cache_refresh_queries=1000,
-                  refresh_slowdown=False, optimizer="adam", lr=3e-4, weight_decay=0.0, lr_decay_every=1.5,
+                  refresh_share=0.25, refresh_slowdown=False, optimizer="adam", lr=3e-4, weight_decay=0.0, lr_decay_every=1.5,
                   lr_decay_factor=0.5, lr_schedule="budget", augment=True, db_queries=True,
                   loss_reduction="sum", margin=0.3, cache_batch_size=64, sparse_backward=True,
                   passes=None, epochs=100, time_limit_s=600)

@@ -53,7 +53,7 @@ from tf_netvlad.training.config import TrainConfig
 from tf_netvlad.training.distributed import shard_range
 from tf_netvlad.training.distributed_mining import exchange_cache_blocks, mine_tuples_sharded
 from tf_netvlad.training.input_checks import trainable_queries
-from tf_netvlad.training.refresh_schedule import RefreshSchedule
+from tf_netvlad.training.refresh_schedule import RefreshSchedule, share_cycle_size
 from tf_netvlad.training.tuple_mining import mine_tuples, strip_fillers
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class HardNegativeMiner:
             `TrainConfig.image_size`).
         num_positives, num_negatives, pool_size, keep_factor, margin: mining recipe.
         cache_refresh_queries: queries per refresh cycle (one Keras epoch).
+        refresh_share: None, or longer cycles on a large database so that a refresh is at most this
+            share of a cycle's image passes (`refresh_schedule.share_cycle_size`).
         refresh_slowdown, lr_decay_every, lr_decay_factor: MATLAB's refresh schedule (a refresh
             at every pass end, cycles × 1/lr_decay_factor at every LR drop); see
             `refresh_schedule.RefreshSchedule`.
@@ -104,7 +106,8 @@ class HardNegativeMiner:
                  batch_size=TrainConfig.cache_batch_size, on_bad_image=TrainConfig.on_bad_image,
                  progress=True, exclude_very_hard=TrainConfig.exclude_very_hard, group=None,
                  refresh_slowdown=False, lr_decay_every=TrainConfig.lr_decay_every,
-                 lr_decay_factor=TrainConfig.lr_decay_factor, exclude_trivial_m2=None, violating_only=False):
+                 lr_decay_factor=TrainConfig.lr_decay_factor, exclude_trivial_m2=None, violating_only=False,
+                 refresh_share=None):
         self.split = split
         self.group = group
         self.root = split.root if root is None else root
@@ -125,7 +128,10 @@ class HardNegativeMiner:
         self.positives, self.non_negatives, self.valid_queries = trainable_queries(
             split, self.num_negatives, exclude_trivial_m2)
         self.dropped_queries = int(split.num_queries - len(self.valid_queries))
-        self.schedule = RefreshSchedule(len(self.valid_queries), cache_refresh_queries, refresh_slowdown,
+        own = float(np.mean(self._query_db_ids[self.valid_queries] < 0))  # not database images
+        size = share_cycle_size(cache_refresh_queries, refresh_share, split.num_db, own,
+                                1 + self.num_positives + self.num_negatives, len(self.valid_queries))
+        self.schedule = RefreshSchedule(len(self.valid_queries), size, refresh_slowdown,
                                         lr_decay_every, lr_decay_factor)
         self.neg_cache = np.full((split.num_queries, self.num_negatives), -1, np.int64)
         self.bad_db = np.zeros(0, np.int64)

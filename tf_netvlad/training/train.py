@@ -1,7 +1,7 @@
 """Weakly supervised NetVLAD training: `train(...)`, one `fit` per refresh cycle, and its outputs.
 
 A Keras epoch is one **refresh cycle**: `cache_refresh_queries` training queries (default 1000,
-all queries if fewer) whose descriptor cache is refreshed and whose tuples are mined just before
+all queries if fewer; more with `refresh_share` when the database is large) whose descriptor cache is refreshed and whose tuples are mined just before
 the epoch's `fit` call (`mining.MiningCallback.prepare`), so the epoch's dataset declares its exact
 number of steps. The run's length is `passes` passes over the training queries (the paper's
 epochs: 30), capped by `epochs` refresh cycles and `time_limit_s`; the learning-rate
@@ -54,10 +54,12 @@ from tf_netvlad.training.callbacks import (
 )
 from tf_netvlad.training.checkpointing import (
     RunDirectory,
+    check_cycle_size,
     check_resume,
     split_fingerprint,
 )
 from tf_netvlad.training.config import TrainConfig, config_json
+from tf_netvlad.training.refresh_schedule import RefreshSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +149,12 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
         batch_size=cfg.cache_batch_size, on_bad_image=cfg.on_bad_image, progress=progress,
         exclude_very_hard=cfg.exclude_very_hard, group=group, refresh_slowdown=cfg.refresh_slowdown,
         lr_decay_every=cfg.lr_decay_every, lr_decay_factor=cfg.lr_decay_factor,
-        exclude_trivial_m2=cfg.exclude_trivial_m2, violating_only=cfg.violating_only)
+        exclude_trivial_m2=cfg.exclude_trivial_m2, violating_only=cfg.violating_only,
+        refresh_share=cfg.refresh_share)
+    fingerprint["queries_per_cycle"] = miner.cycle_size
+    if resuming:
+        unshared = RefreshSchedule(len(miner.valid_queries), cfg.cache_refresh_queries).size
+        check_cycle_size(saved, miner.cycle_size, unshared, checkpointer.last)
     previous_policy = keras.config.dtype_policy()
     if cfg.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
