@@ -335,8 +335,8 @@ CPU_RECIPE = dict(backbone="tiny_s2", weights=None, trainable_from=None, num_clu
                   image_size=DEMO_IMAGE_SIZE, init_images=300, init_per_image=50, batch_size=4,
                   num_positives=2, exclude_trivial_m2=None, num_negatives=5, negative_pool_size=300,
                   exclude_very_hard=True, violating_only=False, cache_refresh_queries=1000,
-                  refresh_share=0.25, refresh_slowdown=False, optimizer="adam", lr=3e-4, weight_decay=0.0, lr_decay_every=1.5,
-                  lr_decay_factor=0.5, lr_schedule="budget", augment=True, db_queries=True,
+                  refresh_share=0.25, refresh_slowdown=False, optimizer="adam", lr=3e-4, weight_decay=0.0,
+                  lr_decay_every=1.5, lr_decay_factor=0.5, lr_schedule="budget", augment=True, db_queries=True,
                   loss_reduction="sum", margin=0.3, cache_batch_size=64, sparse_backward=True,
                   passes=None, epochs=100, time_limit_s=600)
 

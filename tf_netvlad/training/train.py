@@ -1,9 +1,10 @@
 """Weakly supervised NetVLAD training: `train(...)`, one `fit` per refresh cycle, and its outputs.
 
 A Keras epoch is one **refresh cycle**: `cache_refresh_queries` training queries (default 1000,
-all queries if fewer; more with `refresh_share` when the database is large) whose descriptor cache is refreshed and whose tuples are mined just before
-the epoch's `fit` call (`mining.MiningCallback.prepare`), so the epoch's dataset declares its exact
-number of steps. The run's length is `passes` passes over the training queries (the paper's
+all queries if fewer; more with `refresh_share` when the database is large) whose descriptor cache
+is refreshed and whose tuples are mined just before the epoch's `fit` call
+(`mining.MiningCallback.prepare`), so the epoch's dataset declares its exact number of steps. The
+run's length is `passes` passes over the training queries (the paper's
 epochs: 30), capped by `epochs` refresh cycles and `time_limit_s`; the learning-rate
 schedule is expressed in *passes over the training queries* (the paper's epochs), so "halve the LR
 every 5 epochs" holds whatever the refresh rate: a cycle starting after p passes has the LR
