@@ -102,10 +102,10 @@ def test_run_length_in_passes():
         fixed.num_cycles(0)
 
 
-def _refresh_share(q, num_db, own_fraction, images_per_tuple):
-    """The refresh's share of a cycle's image passes, from the definition (one forward pass per
-    extracted image, three per trained tuple image)."""
-    extracted = num_db + own_fraction * q
+def _refresh_share(q, num_db, own_fraction, images_per_tuple, validation=0):
+    """The refresh's (and validation's) share of a cycle's image passes, from the definition (one
+    forward pass per extracted image, three per trained tuple image)."""
+    extracted = num_db + validation + own_fraction * q
     return extracted / (extracted + 3 * images_per_tuple * q)
 
 
@@ -116,6 +116,10 @@ def test_share_cycle_size_hand_computed_at_a_large_database():
     q = share_cycle_size(1000, 0.25, 20_000, 1 / 3, 8, 30_000)
     assert q == 2609
     assert _refresh_share(2609, 20_000, 1 / 3, 8) <= 0.25 < _refresh_share(2608, 20_000, 1 / 3, 8)
+    # and a validation of 1,000 images at each cycle's end: ceil(21,000 · 0.75 / 5.75) = ceil(2,739.1)
+    q = share_cycle_size(1000, 0.25, 20_000, 1 / 3, 8, 30_000, extra_images=1000)
+    assert q == 2740
+    assert _refresh_share(2740, 20_000, 1 / 3, 8, 1000) <= 0.25 < _refresh_share(2739, 20_000, 1 / 3, 8, 1000)
 
 
 def test_share_cycle_size_keeps_the_reference_interval_on_small_databases():
@@ -131,14 +135,15 @@ def test_share_cycle_size_keeps_the_reference_interval_on_small_databases():
 
 
 @pytest.mark.parametrize("share", [0.05, 0.2, 0.25, 0.5, 0.9])
-@pytest.mark.parametrize("num_db,own,images", [(5_000, 0.0, 8), (50_000, 1.0, 4), (123_457, 0.4, 12)])
-def test_share_cycle_size_is_the_shortest_cycle_within_the_share(share, num_db, own, images):
-    q = share_cycle_size(1, share, num_db, own, images, 10**9)
+@pytest.mark.parametrize("num_db,own,images,validation", [(5_000, 0.0, 8, 0), (50_000, 1.0, 4, 7_600),
+                                                         (123_457, 0.4, 12, 333)])
+def test_share_cycle_size_is_the_shortest_cycle_within_the_share(share, num_db, own, images, validation):
+    q = share_cycle_size(1, share, num_db, own, images, 10**9, extra_images=validation)
     if own / (own + 3 * images) >= share:  # the share's limit as Q grows: never reached, one pass
         assert q == 10**9
         return
-    assert _refresh_share(q, num_db, own, images) <= share + 1e-12
-    assert q == 1 or _refresh_share(q - 1, num_db, own, images) > share
+    assert _refresh_share(q, num_db, own, images, validation) <= share + 1e-12
+    assert q == 1 or _refresh_share(q - 1, num_db, own, images, validation) > share
 
 
 def test_share_cycle_size_refuses_a_share_outside_0_1():

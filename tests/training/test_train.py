@@ -555,7 +555,8 @@ def test_refresh_share_lengthens_cycles_and_a_resume_compares_the_cycle_size(dem
     1 + 2 + 4 images): share 0.3 gives 3·7·0.3 − 0.7 = 5.6 per query and ceil(70·0.7 / 5.6) = 9
     queries per cycle instead of `cache_refresh_queries` = 4. A resume whose cycles would differ is
     refused, naming the flag; a checkpoint saved before the option (no cycle size, no share) resumes
-    when its cycles are the same, and only then."""
+    when its cycles are the same, and only then. The validation at each cycle's end counts with the
+    refresh: with the demo's validation split (20 db images, 30 queries) ceil(120·0.7 / 5.6) = 15."""
     run = tmp_path / "run"
     recipe = dict(TINY, cache_refresh_queries=4)
     summary = train.train(demo["train_mat"], out_dir=run, epochs=1, refresh_share=0.3, progress=False,
@@ -563,7 +564,7 @@ def test_refresh_share_lengthens_cycles_and_a_resume_compares_the_cycle_size(dem
     assert summary["queries_per_epoch"] == 9 and summary["iterations"] == 3  # ceil(9 / 4) steps
     state_file = run / "last" / "state.json"
     assert json.loads(state_file.read_text())["queries_per_cycle"] == 9
-    with pytest.raises(ValueError, match=r"refresh cycle: checkpoint=9 queries, now=4 .*--refresh-share 0.3"):
+    with pytest.raises(ValueError, match=r"refresh cycle: checkpoint=9 queries, now=4 \(set by refresh_share.*--refresh-share 0.3"):
         train.train(demo["train_mat"], out_dir=run, epochs=2, resume=True, progress=False, verbose=0, **recipe)
     summary = train.train(demo["train_mat"], out_dir=run, epochs=2, resume=True, refresh_share=0.3,
                           progress=False, verbose=0, **recipe)
@@ -578,6 +579,10 @@ def test_refresh_share_lengthens_cycles_and_a_resume_compares_the_cycle_size(dem
     summary = train.train(demo["train_mat"], out_dir=run, epochs=3, resume=True, progress=False, verbose=0,
                           **recipe)
     assert summary["status"] == "completed" and summary["iterations"] == 7  # + one cycle of 4
+
+    summary = train.train(demo["train_mat"], demo["val_mat"], out_dir=tmp_path / "val", epochs=1,
+                          refresh_share=0.3, progress=False, verbose=0, **recipe)
+    assert summary["queries_per_epoch"] == 15 and summary["iterations"] == 4
 
 
 def test_resume_treats_checkpoints_without_refresh_slowdown_as_the_fixed_schedule(tmp_path):

@@ -244,8 +244,9 @@ def check_cycle_size(saved, cycle_size, size_without_share, last):
     before = saved.get("queries_per_cycle", size_without_share)
     if before != cycle_size:
         share = saved["config"].get("refresh_share")
-        raise ResumeMismatch(last, [f"refresh cycle: checkpoint={before} queries, now={cycle_size} "
-                                    f"(refresh_share: checkpoint={share!r})"], False, {"refresh_share": share})
+        raise ResumeMismatch(last, [f"refresh cycle: checkpoint={before} queries, now={cycle_size} (set by "
+                                    f"refresh_share, checkpoint={share!r}, and the database and validation "
+                                    "sizes)"], False, {"refresh_share": share})
 
 
 def _is_empty(out_dir):

@@ -69,8 +69,9 @@ class HardNegativeMiner:
             `TrainConfig.image_size`).
         num_positives, num_negatives, pool_size, keep_factor, margin: mining recipe.
         cache_refresh_queries: queries per refresh cycle (one Keras epoch).
-        refresh_share: None, or longer cycles on a large database so that a refresh is at most this
-            share of a cycle's image passes (`refresh_schedule.share_cycle_size`).
+        refresh_share: None, or longer cycles on a large database so that a refresh (and the
+            validation of `validation_images` images that ends each cycle) is at most this share of
+            a cycle's image passes (`refresh_schedule.share_cycle_size`).
         refresh_slowdown, lr_decay_every, lr_decay_factor: MATLAB's refresh schedule (a refresh
             at every pass end, cycles × 1/lr_decay_factor at every LR drop); see
             `refresh_schedule.RefreshSchedule`.
@@ -107,7 +108,7 @@ class HardNegativeMiner:
                  progress=True, exclude_very_hard=TrainConfig.exclude_very_hard, group=None,
                  refresh_slowdown=False, lr_decay_every=TrainConfig.lr_decay_every,
                  lr_decay_factor=TrainConfig.lr_decay_factor, exclude_trivial_m2=None, violating_only=False,
-                 refresh_share=None):
+                 refresh_share=None, validation_images=0):
         self.split = split
         self.group = group
         self.root = split.root if root is None else root
@@ -130,7 +131,8 @@ class HardNegativeMiner:
         self.dropped_queries = int(split.num_queries - len(self.valid_queries))
         own = float(np.mean(self._query_db_ids[self.valid_queries] < 0))  # not database images
         size = share_cycle_size(cache_refresh_queries, refresh_share, split.num_db, own,
-                                1 + self.num_positives + self.num_negatives, len(self.valid_queries))
+                                1 + self.num_positives + self.num_negatives, len(self.valid_queries),
+                                extra_images=validation_images)
         self.schedule = RefreshSchedule(len(self.valid_queries), size, refresh_slowdown,
                                         lr_decay_every, lr_decay_factor)
         self.neg_cache = np.full((split.num_queries, self.num_negatives), -1, np.int64)

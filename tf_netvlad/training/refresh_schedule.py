@@ -12,7 +12,8 @@ Two schedules, both deterministic functions of the cycle index (so a resumed run
   the last cycle of a pass holds the remainder.
 
 With `refresh_share` (the CPU recipe) the cycles are made longer than `size` when the database
-is large, so that refreshing the cache stays a bounded share of a run's time: `share_cycle_size`.
+(and the validation split) is large, so that refreshing the cache and validating stay a bounded
+share of a run's time: `share_cycle_size`.
 
 Pure Python; `HardNegativeMiner` draws the query order of each pass from its seed.
 """
@@ -27,16 +28,18 @@ from tf_netvlad.training.config import TrainConfig
 TRAINING_PASSES_PER_IMAGE = 3
 
 
-def share_cycle_size(size, share, num_db, own_query_fraction, images_per_tuple, num_queries):
+def share_cycle_size(size, share, num_db, own_query_fraction, images_per_tuple, num_queries,
+                     extra_images=0):
     """Queries per refresh cycle such that a refresh is at most `share` of a cycle's image passes.
 
     A refresh extracts the whole database and the cycle's queries that are not database images
-    (`own_query_fraction` of them; with `db_queries` the others reuse their database descriptor):
-    `num_db + f·Q` forward passes. Training the cycle's Q tuples of `images_per_tuple` images
-    costs about `TRAINING_PASSES_PER_IMAGE · images_per_tuple · Q`. The refresh's share of the
-    two stays at most `share` when
+    (`own_query_fraction` of them; with `db_queries` the others reuse their database descriptor),
+    and the cycle ends with a validation of `extra_images` images: `num_db + extra + f·Q` forward
+    passes. Training the cycle's Q tuples of `images_per_tuple` images costs about
+    `TRAINING_PASSES_PER_IMAGE · images_per_tuple · Q`. The refresh's share of the two stays at
+    most `share` when
 
-        Q ≥ num_db · (1 − share) / (3 · images_per_tuple · share − f · (1 − share)).
+        Q ≥ (num_db + extra) · (1 − share) / (3 · images_per_tuple · share − f · (1 − share)).
 
     Returns that Q rounded up, at least `size` (MATLAB's 1000 queries: a small database keeps the
     reference interval) and at most `num_queries` (one cycle per pass). `share` None: `size`.
@@ -49,7 +52,7 @@ def share_cycle_size(size, share, num_db, own_query_fraction, images_per_tuple, 
     per_query = TRAINING_PASSES_PER_IMAGE * int(images_per_tuple) * share - own_query_fraction * (1 - share)
     if per_query <= 0:
         return num_queries
-    needed = math.ceil(num_db * (1 - share) / per_query - 1e-9)
+    needed = math.ceil((num_db + extra_images) * (1 - share) / per_query - 1e-9)
     return min(num_queries, max(size, needed))
 
 

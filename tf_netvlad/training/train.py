@@ -151,7 +151,7 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
         exclude_very_hard=cfg.exclude_very_hard, group=group, refresh_slowdown=cfg.refresh_slowdown,
         lr_decay_every=cfg.lr_decay_every, lr_decay_factor=cfg.lr_decay_factor,
         exclude_trivial_m2=cfg.exclude_trivial_m2, violating_only=cfg.violating_only,
-        refresh_share=cfg.refresh_share)
+        refresh_share=cfg.refresh_share, validation_images=_validation_images(val_split, cfg.val_max_queries))
     fingerprint["queries_per_cycle"] = miner.cycle_size
     if resuming:
         unshared = RefreshSchedule(len(miner.valid_queries), cfg.cache_refresh_queries).size
@@ -171,6 +171,15 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
                     list(callbacks or []))
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
+
+def _validation_images(val_split, max_queries):
+    """Images the validation at the end of each refresh cycle extracts: the validation database and
+    at most `max_queries` of its queries (`callbacks.validation_queries`)."""
+    if val_split is None:
+        return 0
+    queries = val_split.num_queries if max_queries is None else min(val_split.num_queries, int(max_queries))
+    return val_split.num_db + queries
 
 
 def _tensorboard_available():
