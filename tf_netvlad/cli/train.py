@@ -39,8 +39,8 @@ TRAIN_HELP = {
     "exclude_very_hard": "semi-hard mining: skip negatives nearer than the best positive (MATLAB excludeVeryHard)",
     "keep_factor": "hardest N*keep_factor candidates are checked for margin violation",
     "cache_refresh_queries": "queries per descriptor-cache refresh (= one Keras epoch)",
-    "refresh_share": "longer refresh cycles on a large database: a refresh at most this share of a "
-                     "cycle's image passes (none: every --cache-refresh-queries, MATLAB)",
+    "refresh_share": "longer refresh cycles on a large database: a refresh and the validation at most "
+                     "this share of a cycle's image passes (none: every --cache-refresh-queries, MATLAB)",
     "refresh_slowdown": "MATLAB schedule: also refresh at every pass end, cycles x 1/lr-decay-factor "
                         "at every LR drop",
     "cache_batch_size": "images per batch when caching descriptors",
