@@ -98,11 +98,12 @@ class TrainConfig:
       so that a refresh (one forward pass over the database and the cycle's own query images) and
       the validation that ends the cycle are at most this share of a cycle's image passes (training
       counted as 3 passes per tuple image: `refresh_schedule.share_cycle_size`). Paper None
-      (MATLAB refreshes every 1000 queries whatever the database's size). CPU 0.25: the same cycles as before up to about 7,000
-      database and validation images (the demo and the held-out towns: refreshes 6-9 % of a
-      cycle); on held-out datasets of 20,000 and 15,000 database images, where refreshing every
-      1000 queries took about 40 % of a 10-minute run (test recall@1 27.0 % and 34.5 %), longer
-      cycles reached 32.0-36.0 % and 37.5-42.0 % (docs/recipes.md, "A large database").
+      (MATLAB refreshes every 1000 queries whatever the database's size). CPU 0.25: the same
+      cycles as before up to about 7,000 database and validation images (the demo and the held-out
+      towns: refreshes 6-9 % of a cycle); on held-out datasets of 20,000 and 15,000 database
+      images, where refreshing every 1000 queries took about 40 % of a 10-minute run (test
+      recall@1 27.0 % and 34.5 %), longer cycles reached 32.0-36.0 % and 37.5-42.0 %
+      (docs/recipes.md, "A large database").
     * `refresh_slowdown`: MATLAB's schedule: also refresh at every pass end, and the refresh
       interval grows by 1/`lr_decay_factor` at every LR drop. Paper True; CPU False.
     * `cache_batch_size`: images per model call when computing caches, the k-means init's features
