@@ -143,6 +143,10 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
         check_resume(saved, cfg, fingerprint, checkpointer.last)
     if cfg.db_queries:  # after the fingerprint, which names the split as given (and `db_queries`)
         train_split = train_split.with_database_queries()
+    # the validation queries of every cycle's end; their images count in the cycle size (every worker
+    # sizes the cycles the same), the chief validates on them
+    val_eval = validation_queries(val_split, cfg.val_max_queries, cfg.seed)
+    validation_images = 0 if val_eval is None else val_eval.num_db + val_eval.num_queries
     miner = mining.HardNegativeMiner(
         train_split, root=root, image_size=cfg.image_size, num_positives=cfg.num_positives,
         num_negatives=cfg.num_negatives, pool_size=cfg.negative_pool_size, keep_factor=cfg.keep_factor,
@@ -151,7 +155,7 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
         exclude_very_hard=cfg.exclude_very_hard, group=group, refresh_slowdown=cfg.refresh_slowdown,
         lr_decay_every=cfg.lr_decay_every, lr_decay_factor=cfg.lr_decay_factor,
         exclude_trivial_m2=cfg.exclude_trivial_m2, violating_only=cfg.violating_only,
-        refresh_share=cfg.refresh_share, validation_images=_validation_images(val_split, cfg.val_max_queries))
+        refresh_share=cfg.refresh_share, validation_images=validation_images)
     fingerprint["queries_per_cycle"] = miner.cycle_size
     if resuming:
         unshared = RefreshSchedule(len(miner.valid_queries), cfg.cache_refresh_queries).size
@@ -166,20 +170,11 @@ def _train(cfg, train_split, val_split, root, val_root, run, model, verbose, pro
                                                         resuming, group, progress)
         if group is not None:
             group.broadcast_variables(model.weights)
-        return _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer,
-                    fingerprint, resuming, init_stats, start_time, verbose, progress, group,
+        return _fit(cfg, model, miner, train_split, val_split, val_eval, root, val_root, out_dir,
+                    checkpointer, fingerprint, resuming, init_stats, start_time, verbose, progress, group,
                     list(callbacks or []))
     finally:
         keras.config.set_dtype_policy(previous_policy)
-
-
-def _validation_images(val_split, max_queries):
-    """Images the validation at the end of each refresh cycle extracts: the validation database and
-    at most `max_queries` of its queries (`callbacks.validation_queries`)."""
-    if val_split is None:
-        return 0
-    queries = val_split.num_queries if max_queries is None else min(val_split.num_queries, int(max_queries))
-    return val_split.num_db + queries
 
 
 def _tensorboard_available():
@@ -200,10 +195,10 @@ class _null_scope:
         return False
 
 
-def _fit(cfg, model, miner, train_split, val_split, root, val_root, out_dir, checkpointer, fingerprint,
-         resuming, init_stats, start_time, verbose, progress, group=None, extra_callbacks=()):
+def _fit(cfg, model, miner, train_split, val_split, val_eval, root, val_root, out_dir, checkpointer,
+         fingerprint, resuming, init_stats, start_time, verbose, progress, group=None, extra_callbacks=()):
     chief = group is None or group.is_chief
-    val_eval = validation_queries(val_split, cfg.val_max_queries, cfg.seed) if chief else None
+    val_eval = val_eval if chief else None  # `validation_queries(val_split)`: the chief validates
     # every training and validation image decoded once, if they fit in `image_cache_mb`; under a
     # multi-worker strategy each worker holds the training images (its replicas' tuples and its
     # share of every refresh read them), the chief also the validation images
