@@ -60,6 +60,13 @@ def _parse_args(argv=None):
     parser.add_argument("--jit", action="store_true", help="also time the step compiled with XLA")
     parser.add_argument("--data", help="a generated demo-data folder: also time the tuple pipeline "
                         "(files, memory) and a `model.fit` epoch from memory")
+    parser.add_argument("--cpu-streams", default="auto", metavar="auto|N",
+                        help="as `tf_netvlad --cpu-streams` (models.streams.configure_streams): each batch "
+                             "in N independent parts, each op on cores // N threads; the GEMMs are timed "
+                             "in N parts side by side too (the machine's rate either way)")
+    parser.add_argument("--compare-streams", action="store_true",
+                        help="run this benchmark in fresh processes with --cpu-streams 1 and auto, "
+                             "alternating, and compare the step times")
     parser.add_argument("--intra", type=int, default=0, help="TF intra-op threads (0: TF's default)")
     parser.add_argument("--inter", type=int, default=0, help="TF inter-op threads (0: TF's default)")
     parser.add_argument("--bf16", action="store_true",
@@ -70,7 +77,8 @@ def _parse_args(argv=None):
     parser.add_argument("--compare-onednn", action="store_true",
                         help="run this benchmark in fresh processes with TF_ENABLE_ONEDNN_OPTS=0 and =1, "
                              "alternating, and compare the step times")
-    parser.add_argument("--rounds", type=int, default=3, help="process pairs for --compare-onednn")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="process pairs for --compare-onednn and --compare-streams")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     return parser.parse_args(argv)
 
@@ -234,7 +242,7 @@ def make_variants(cfg, args):
     import numpy as np
     import tensorflow as tf
 
-    from tf_netvlad.models import losses
+    from tf_netvlad.models import losses, streams
 
     batch = tuple_batch(cfg)
     model = build_recipe_model(cfg)
@@ -357,15 +365,16 @@ def make_variants(cfg, args):
                      "optimizer_update": run(optimizer_apply), "backbone_fwd_bwd": run(backbone_fb),
                      "backbone_no_groupnorm_fwd_bwd": run(backbone_no_gn_fb), "netvlad_fwd_bwd": run(netvlad_fb)})
 
-    # the machine: a square GEMM of about the step's FLOPs, and the largest conv's im2col GEMM
+    # the machine: a square GEMM of about the step's FLOPs, and the largest conv's im2col GEMM, each
+    # in as many row blocks side by side as the step has streams (one op per core, as the step's)
     a = tf.random.normal((2048, 2048))
-    gemm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, a)))
+    gemm = tf.function(lambda: tf.reduce_sum(streams.in_streams(lambda rows: tf.matmul(rows, a), a)))
     variants["gemm_2048"] = run(gemm)
     _, rows = count_flops(model, cfg.image_size)
     name, _, (m, k, n) = max(rows[:-1], key=lambda r: r[1])
     m *= images_per_step(cfg)
     lhs, rhs = tf.random.normal((m, k)), tf.random.normal((k, n))
-    im2col = tf.function(lambda: tf.reduce_sum(tf.matmul(lhs, rhs)))
+    im2col = tf.function(lambda: tf.reduce_sum(streams.in_streams(lambda rows: tf.matmul(rows, rhs), lhs)))
     variants["gemm_im2col"] = run(im2col)
     shapes = {"gemm_2048": 2 * 2048 ** 3, "gemm_im2col": 2 * m * k * n,
               "gemm_im2col_shape": f"{name}: ({m} x {k}) @ ({k} x {n})"}
@@ -555,6 +564,9 @@ def _median(values):
 def measure(args):
     import tensorflow as tf
 
+    from tf_netvlad.models.streams import configure_streams
+
+    cpu_streams = configure_streams(args.cpu_streams)  # before any TensorFlow work
     if args.intra:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
     if args.inter:
@@ -603,7 +615,7 @@ def measure(args):
         "env": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "onednn": onednn,
                 "intra": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter": tf.config.threading.get_inter_op_parallelism_threads(),
-                "nproc": os.cpu_count(), "loadavg_end": os.getloadavg()[0],
+                "nproc": os.cpu_count(), "cpu_streams": cpu_streams, "loadavg_end": os.getloadavg()[0],
                 "tensorflow": tf.__version__},
         "repeats": args.repeats, "steps": args.steps,
     }
@@ -697,33 +709,49 @@ def print_report(result):
     print("env:", json.dumps(result["env"]))
 
 
+def compare_processes(args, flag, settings):
+    """Alternates fresh processes of this benchmark, one per `(label, env, argv)` of `settings`
+    (`flag` dropped from the command line); prints each run and the median step ratios."""
+    results = {label: [] for label, _, _ in settings}
+    argv = [a for a in sys.argv[1:] if a != flag]
+    for _ in range(args.rounds):
+        for label, env, extra in settings:
+            out = subprocess.run([sys.executable, __file__, "--json"] + argv + extra, env=dict(os.environ, **env),
+                                 capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[label].append(res)
+            pieces = ", ".join(f"{k} {v:.1f}" for k, v in res["ms_median"].items() if not k.startswith("gemm"))
+            print(f"{label} (oneDNN {res['env']['onednn']}, {res['env']['cpu_streams']} stream(s)): GEMM "
+                  f"{res['gemm_2048_gflops']:.0f} GFLOP/s, FLOP time {res['flop_ms_at_gemm_rate']:.1f} ms, step "
+                  f"ratio {res['ratio']:.2f}x; ms: {pieces}; load {res['env']['loadavg_end']:.1f}", flush=True)
+    summary = {}
+    for label, runs in results.items():
+        summary[label] = {name: _median([r["ms_median"][name] / r["flop_ms_at_gemm_rate"] for r in runs])
+                          for name in runs[0]["ms_median"] if name.startswith("step")}
+    step = {k: _median([r["step_ms_median"] for r in v]) for k, v in results.items()}
+    first, second = (label for label, _, _ in settings)
+    print(json.dumps({"ratio_to_flop_time": summary, "step_ms": step, "speedup": step[first] / step[second]}))
+
+
 def compare_onednn(args):
     """Alternates fresh processes with TF_ENABLE_ONEDNN_OPTS=0 and =1; prints both and the ratio."""
-    results = {"0": [], "1": []}
-    argv = [a for a in sys.argv[1:] if a not in ("--compare-onednn",)]
-    for _ in range(args.rounds):
-        for flag in ("0", "1"):
-            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag)
-            out = subprocess.run([sys.executable, __file__, "--json"] + argv, env=env, capture_output=True,
-                                 text=True, check=True)
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            results[flag].append(res)
-            pieces = ", ".join(f"{k} {v:.1f}" for k, v in res["ms_median"].items() if not k.startswith("gemm"))
-            print(f"TF_ENABLE_ONEDNN_OPTS={flag} (oneDNN {res['env']['onednn']}): GEMM {res['gemm_2048_gflops']:.0f} "
-                  f"GFLOP/s, FLOP time {res['flop_ms_at_gemm_rate']:.1f} ms, step ratio {res['ratio']:.2f}x; "
-                  f"ms: {pieces}; load {res['env']['loadavg_end']:.1f}", flush=True)
-    summary = {}
-    for flag, runs in results.items():
-        summary[flag] = {name: _median([r["ms_median"][name] / r["flop_ms_at_gemm_rate"] for r in runs])
-                         for name in runs[0]["ms_median"] if name.startswith("step")}
-    step = {k: _median([r["step_ms_median"] for r in v]) for k, v in results.items()}
-    print(json.dumps({"ratio_to_flop_time": summary, "step_ms": step, "speedup_onednn": step["0"] / step["1"]}))
+    compare_processes(args, "--compare-onednn", [(f"TF_ENABLE_ONEDNN_OPTS={flag}", {"TF_ENABLE_ONEDNN_OPTS": flag}, [])
+                                                 for flag in ("0", "1")])
+
+
+def compare_streams(args):
+    """Alternates fresh processes with --cpu-streams 1 and auto; prints both and the ratio."""
+    compare_processes(args, "--compare-streams", [(f"--cpu-streams {value}", {}, ["--cpu-streams", value])
+                                                  for value in ("1", "auto")])
 
 
 def main():
     args = _parse_args()
     if args.compare_onednn:
         compare_onednn(args)
+        return
+    if args.compare_streams:
+        compare_streams(args)
         return
     result = measure(args)
     if args.json:

@@ -13,6 +13,12 @@ import pytest  # noqa: E402
 # imports TensorFlow first trained with other kernels, hence other float rounding, than the suite.
 import tf_netvlad  # noqa: F401,E402  (importing it does not import TensorFlow)
 
+# The `tf_netvlad` command splits each batch into streams by default (`--cpu-streams auto`), which
+# sets TensorFlow's thread pools for the whole process: tests call `main.main` in this process, so
+# the first of them would decide the threading of every test after it. Commands run with one stream
+# here and in the console scripts the tests start; tests/models/test_streams.py tests the streams.
+os.environ.setdefault("TF_NETVLAD_CPU_STREAMS", "1")
+
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")

@@ -45,6 +45,7 @@ _PUBLIC = {
     "save_model": "tf_netvlad.models.model_files",
     "ranking_loss": "tf_netvlad.models.losses",
     "extract_descriptors": "tf_netvlad.models.extract",
+    "configure_streams": "tf_netvlad.models.streams",
     "initialize_netvlad": "tf_netvlad.models.initialization",
     "init_model": "tf_netvlad.models.initialization",
     "fit_whitening": "tf_netvlad.models.initialization",

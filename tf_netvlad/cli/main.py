@@ -16,6 +16,9 @@ import sys
 from tf_netvlad.cli import demo, evaluate, export, flags, model, pretrained, retrieval, train
 from tf_netvlad.cli.flags import CommandError
 
+# The environment variable that sets --cpu-streams' default (the test suite sets it to 1).
+STREAMS_VARIABLE = "TF_NETVLAD_CPU_STREAMS"
+
 # Each group module adds its subcommands, in this order in --help: from the demo to deployment.
 GROUPS = (demo, train, model, pretrained, evaluate, export, retrieval)
 
@@ -27,10 +30,25 @@ def build_parser():
         description="NetVLAD place recognition with Keras 3 / TensorFlow.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "--cpu-streams", type=_streams_flag, default=os.environ.get(STREAMS_VARIABLE, "auto"),
+        metavar="auto|N",
+        help="run each batch of images as N independent parts side by side, each op on cores // N "
+             "threads (models.streams); 'auto' is 2 on a CPU-only host with 2 or more cores, 1 keeps "
+             f"TensorFlow's own threading; the default can be set with {STREAMS_VARIABLE}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.add_commands(subparsers)
     return parser
+
+
+def _streams_flag(value):
+    from tf_netvlad.models.streams import parse_streams  # NumPy-free, TensorFlow-free
+
+    try:
+        return parse_streams(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _configure_logging(verbose):
@@ -112,8 +130,12 @@ def main(argv=None):
         if getattr(args, "check", None) is not None:
             args.check(args)  # outputs and numbers: before TensorFlow, a download or a model load
         flags.check_inputs(args)  # then a missing --dataset, --val, --images ...: before TensorFlow
-        if args.needs_tensorflow and not args.verbose:
-            import_tensorflow_quietly()
+        if args.needs_tensorflow:
+            if not args.verbose:
+                import_tensorflow_quietly()
+            from tf_netvlad.models.streams import configure_streams
+
+            configure_streams(args.cpu_streams)  # before any TensorFlow work: it sets the thread pools
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

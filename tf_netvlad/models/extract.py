@@ -26,6 +26,7 @@ from tf_netvlad.data.fileio import resolve_paths
 from tf_netvlad.data.image_size import check_image_size, format_image_size, parse_image_size
 from tf_netvlad.data.images import upscale_to_min_size
 from tf_netvlad.defaults import EXTRACT_BATCH_SIZE, INIT_IMAGES, INIT_PER_IMAGE, SEED
+from tf_netvlad.models import streams
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def _single_output(outputs):
     return outputs
 
 
-# model -> {(H, W): tf.function}; weak keys so cached functions do not keep models alive.
+# model -> {(H, W, streams): tf.function}; weak keys so cached functions do not keep models alive.
 _PREDICT_FNS = weakref.WeakKeyDictionary()
 # model -> (min_h, min_w) or None, see `minimum_input_size`.
 _MIN_SIZES = weakref.WeakKeyDictionary()
@@ -145,12 +146,15 @@ def make_predict_fn(model, image_size=None):
     `(H, W)` policy and `[None, None, None, 3]` otherwise, so "keep" does not retrace for every new
     image shape. The function is cached per model and policy, so repeated extractions (cache
     refreshes, per-epoch validation) reuse one trace. Images smaller than the model's
-    `minimum_input_size` are stretched up to it first (`data.images.upscale_to_min_size`).
+    `minimum_input_size` are stretched up to it first (`data.images.upscale_to_min_size`). The
+    batch runs in `streams.stream_count()` parts (`streams.in_streams`; one unless the process
+    was configured for more).
     """
     size = check_image_size(image_size)
     height, width = size if isinstance(size, tuple) else (None, None)
     cache = _PREDICT_FNS.setdefault(model, {})
-    if (height, width) not in cache:
+    count = streams.stream_count()
+    if (height, width, count) not in cache:
         model_ref = weakref.ref(model)
         spec = tf.TensorSpec([None, height, width, 3], tf.float32)
         min_size = minimum_input_size(model)
@@ -158,10 +162,11 @@ def make_predict_fn(model, image_size=None):
         @tf.function(input_signature=[spec])
         def predict(images):
             images = upscale_to_min_size(images, min_size)
-            return _single_output(model_ref()(images, training=False))
+            return streams.in_streams(lambda part: _single_output(model_ref()(part, training=False)),
+                                      images, count)
 
-        cache[(height, width)] = predict
-    return cache[(height, width)]
+        cache[(height, width, count)] = predict
+    return cache[(height, width, count)]
 
 
 def _tqdm(total, desc, progress):

@@ -10,7 +10,7 @@ from tf_netvlad.layers.netvlad import NetVLAD
 from tf_netvlad.layers.preprocessing import ImagePreprocessing
 from tf_netvlad.layers.whitening import PCAWhitening
 from tf_netvlad.models import backbones as backbones_lib
-from tf_netvlad.models import losses
+from tf_netvlad.models import losses, streams
 
 # `sparse_backward`: the step back-propagates only through the images that train while fewer than
 # this fraction of the cycle's negatives violate the margin. The CPU recipe's step (32 images) was
@@ -170,10 +170,18 @@ class NetVLADModel(keras.Model):
 
     def tuple_descriptors(self, x, training=False):
         """One forward pass over a batch of tuples -> `(query (B, d), positives (B, P, d), negatives (B, N, d))`."""
+        images = self._tuple_images(x)
+        return self._split_descriptors(x, self._descriptors_in_streams(images, training))
+
+    def _descriptors_in_streams(self, images, training):
+        """float32 `self(images)`, computed in `streams.stream_count()` independent parts of the
+        batch (`streams.in_streams`: on a CPU configured for it, one part per core); in one part
+        in training when a batch normalisation that trains would see the parts' statistics."""
         import tensorflow as tf
 
-        images = self._tuple_images(x)
-        return self._split_descriptors(x, tf.cast(self(images, training=training), tf.float32))
+        count = 1 if training and _training_batch_norms(self) else streams.stream_count()
+        return streams.in_streams(lambda part: tf.cast(self(part, training=training), tf.float32),
+                                  images, count)
 
     @staticmethod
     def _tuple_images(x):
@@ -299,9 +307,9 @@ class NetVLADModel(keras.Model):
         import tensorflow as tf
 
         images = self._tuple_images(x)
-        constant = tf.stop_gradient(tf.cast(self(images, training=True), tf.float32))
+        constant = tf.stop_gradient(self._descriptors_in_streams(images, training=True))
         rows = self._images_with_gradient(x, constant)
-        fresh = tf.cast(self(tf.gather(images, rows), training=True), tf.float32)
+        fresh = self._descriptors_in_streams(tf.gather(images, rows), training=True)
         return self._split_descriptors(x, tf.tensor_scatter_nd_update(constant, rows[:, None], fresh))
 
     def _gradients(self, x, sparse):
@@ -394,6 +402,13 @@ def _batch_or_random_layers(model):
              keras.layers.GaussianNoise, keras.layers.AlphaDropout)
     return [f"{layer.name} ({type(layer).__name__})" for layer in model._flatten_layers()
             if isinstance(layer, kinds)]
+
+
+def _training_batch_norms(model):
+    """The trainable batch normalisations of `model` (in training they normalise by the batch's
+    statistics; a frozen one uses its moving statistics, image by image)."""
+    return [layer for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 
 def _multi_worker(strategy):
