@@ -195,3 +195,24 @@ def test_cli_refuses_a_bad_stream_count(value, capsys):
         main.main(["--cpu-streams", value, "evaluate", "--dataset", "d.mat", "--backbone", "tiny"])
     assert exc.value.code == 2
     assert "argument --cpu-streams: cpu streams must be 'auto' or a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_cli_train_records_its_streams_and_trains_as_one_stream(tiny_demo, tmp_path):
+    """`tf_netvlad train` through the console script with the default (`auto`) and with one stream:
+    the summary names the streams, and two short cycles give the same losses to rounding."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_NETVLAD_CPU_STREAMS"}
+    summaries = {}
+    for name, flags in (("auto", []), ("one", ["--cpu-streams", "1"])):
+        out = tmp_path / name
+        subprocess.run([_console_script(), *flags, "train", "--dataset", str(tiny_demo["train_mat"]),
+                        "--val", str(tiny_demo["val_mat"]), "--out", str(out), "--backbone", "tiny",
+                        "--num-clusters", "4", "--image-size", "32x40", "--init-images", "8",
+                        "--cache-refresh-queries", "8", "--epochs", "2", "--time-limit-s", "none",
+                        "--no-augment", "--seed", "3"],
+                       env=env, check=True, capture_output=True, text=True, timeout=600)
+        summaries[name] = json.loads((out / "summary.json").read_text())
+    assert summaries["one"]["cpu_streams"] == 1
+    assert summaries["auto"]["cpu_streams"] == (2 if streams.available_cores() >= 2 else 1)
+    assert summaries["auto"]["iterations"] == summaries["one"]["iterations"] >= 4  # 2 cycles
+    np.testing.assert_allclose(summaries["auto"]["final"]["loss"], summaries["one"]["final"]["loss"], rtol=1e-3)
+    assert summaries["one"]["final"]["loss"] > 0

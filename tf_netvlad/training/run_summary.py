@@ -1,6 +1,6 @@
 """The end of a training run: `best.keras` when validation chose none, the whitened best model,
 and `summary.json` (what `train` returns: status, cycles, steps, best and initial validation
-recall, counts of queries and images, files, wall time, the config).
+recall, counts of queries and images, the streams of images per step, files, wall time, the config).
 """
 
 import time
@@ -8,6 +8,7 @@ import time
 from tf_netvlad.data.fileio import write_json
 from tf_netvlad.models.initialization import fit_whitening
 from tf_netvlad.models.model_files import load_model, save_model
+from tf_netvlad.models.streams import stream_count
 from tf_netvlad.training.config import config_json
 
 
@@ -59,6 +60,7 @@ def finish_run(cfg, model, checkpoint_cb, train_split, val_split, root, out_dir,
         "whitened_model": whitened,
         "last_mining": miner.last_stats,
         "worker": worker,
+        "cpu_streams": stream_count(),
         "files": files,
         "wall_time_s": time.monotonic() - start_time,
         "config": config_json(cfg),
