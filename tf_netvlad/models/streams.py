@@ -1,22 +1,24 @@
 """A CPU's cores as independent streams of images: each op on one core, the batch split across them.
 
-TensorFlow runs each op of a step with all the cores (its intra-op thread pool) and the ops one
+TensorFlow runs each op of a step with all the cores (its intra-op thread pool), and the ops one
 after another where they depend on each other. The CPU recipe's step is hundreds of short ops on
-small maps (normalisations, ReLUs, pooling, NetVLAD, their gradients), and at two threads each of
-them pays the pool's hand-off and the two cores' shared caches; that, not the arithmetic, is most
-of the step's time above its FLOPs (benchmarks/RESULTS.md). With `configure_streams(2)` on a
-2-core CPU every op runs on one core, and the model's training step (`NetVLADModel`) and
-extraction (`extract.make_predict_fn`) split each batch of images into two halves whose ops do not
-depend on each other, so TensorFlow's two inter-op threads run one half each, side by side. Every
-layer of a NetVLAD model works image by image (group normalisation, not batch normalisation), so
-the descriptors are those of the whole batch and the gradients their sum, to float32 rounding.
+small maps (normalisations, ReLUs, pooling, NetVLAD, their gradients) beside its convolutions,
+and those short ops are where its time above its FLOPs goes (benchmarks/RESULTS.md). With
+`configure_streams(2)` on a 2-core CPU every op runs on one core, and the model's training step
+(`NetVLADModel`) and extraction (`extract.make_predict_fn`) split each batch of images into two
+halves whose ops do not depend on each other, so TensorFlow's two inter-op threads run one half
+each, side by side: the recipe's step took 0.94× the time of one stream in paired benchmark runs.
+Every layer of a NetVLAD model works image by image (group normalisation; a batch normalisation
+that trains keeps one stream), so the descriptors are those of the whole batch and the gradients
+their sum, to float32 rounding.
 
 The thread pools are fixed when TensorFlow's runtime starts, so this is a process setting made
 before any TensorFlow work: the `tf_netvlad` command does it (`tf_netvlad --cpu-streams auto|N`),
 a notebook or script calls `configure_streams()` first. Once TensorFlow is running with other
-pools, `configure_streams` logs why and keeps one stream. On a GPU it keeps one stream (the split
-would only add kernel launches). Measured only on the 2-core host of benchmarks/RESULTS.md, where
-`auto` is 2 streams; on more cores `auto` keeps 2 streams of `cores // 2` threads each.
+pools, `configure_streams` logs why and keeps the streams it had (one by default). On a GPU `auto`
+is one stream (the split would only add kernel launches). Measured only on the 2-core host of
+benchmarks/RESULTS.md, where `auto` is 2 streams; on more cores `auto` keeps 2 streams of
+`cores // 2` threads each.
 
 Example:
 >>> import tf_netvlad.models.streams as streams
