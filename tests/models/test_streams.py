@@ -7,6 +7,7 @@ when TensorFlow's runtime starts) and the `tf_netvlad --cpu-streams` flag throug
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -163,7 +164,9 @@ def test_one_stream_leaves_tensorflows_pools():
 
 
 def _console_script():
-    return os.path.join(os.path.dirname(sys.executable), "tf_netvlad")
+    script = shutil.which("tf_netvlad")  # as tests/cli/test_main.py finds it
+    assert script is not None, "the tf_netvlad console script is not installed (pip install -e .)"
+    return script
 
 
 def test_cli_evaluate_in_two_streams_gives_the_recalls_of_one(tiny_demo, tiny_model, tmp_path):

@@ -1,6 +1,7 @@
 """The end of a training run: `best.keras` when validation chose none, the whitened best model,
 and `summary.json` (what `train` returns: status, cycles, steps, best and initial validation
-recall, counts of queries and images, the streams of images per step, files, wall time, the config).
+recall, counts of queries and images, the process's streams of images (`models.streams`), files, wall
+time, the config).
 """
 
 import time
