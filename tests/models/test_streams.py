@@ -200,6 +200,17 @@ def test_cli_refuses_a_bad_stream_count(value, capsys):
     assert "argument --cpu-streams: cpu streams must be 'auto' or a whole number of at least 1" in capsys.readouterr().err
 
 
+def test_cli_names_the_variable_when_its_default_is_bad(monkeypatch, capsys):
+    from tf_netvlad.cli import main
+
+    monkeypatch.setenv("TF_NETVLAD_CPU_STREAMS", "two")
+    with pytest.raises(SystemExit) as exc:
+        main.main(["evaluate", "--dataset", "d.mat", "--backbone", "tiny"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("Received: 'two' (given by --cpu-streams or TF_NETVLAD_CPU_STREAMS)")
+
+
 def test_cli_train_records_its_streams_and_trains_as_one_stream(tiny_demo, tmp_path):
     """`tf_netvlad train` through the console script with the default (`auto`) and with one stream:
     the summary names the streams, and two short cycles give the same losses to rounding."""

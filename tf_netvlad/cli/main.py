@@ -47,8 +47,8 @@ def _streams_flag(value):
 
     try:
         return parse_streams(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    except ValueError as err:  # the value may come from the environment: name both
+        raise argparse.ArgumentTypeError(f"{err} (given by --cpu-streams or {STREAMS_VARIABLE})") from None
 
 
 def _configure_logging(verbose):
