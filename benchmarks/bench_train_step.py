@@ -53,6 +53,39 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
+# the instruction sets that decide oneDNN's convolution kernels on x86 (AVX2 or AVX-512, BF16)
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_info(cpuinfo_text=None):
+    """The CPU the benchmark ran on, from `/proc/cpuinfo` (its first processor): model name, family,
+    model and which of `CPU_FLAGS` it has. The step's ratio to the GEMM rate differs between CPUs
+    (benchmarks/RESULTS.md: 1.32-1.48x on a Zen 4 with AVX-512, 1.42-1.98x on a Zen 3), so every
+    result names its CPU. {} where there is no /proc/cpuinfo."""
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            return {}
+    fields = {}
+    for line in cpuinfo_text.split("\n\n")[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {"model_name": fields.get("model name"), "family": fields.get("cpu family"),
+            "model": fields.get("model"), "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def describe_cpu(info):
+    """One line: 'AMD EPYC (family 25, model 1; avx2 fma)'."""
+    if not info:
+        return "unknown CPU"
+    return (f"{info['model_name']} (family {info['family']}, model {info['model']}; "
+            f"{' '.join(info['flags']) or 'none of ' + '/'.join(CPU_FLAGS)})")
+
+
 def _parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="round-robin rounds (median over them)")
@@ -616,7 +649,7 @@ def measure(args):
                 "intra": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter": tf.config.threading.get_inter_op_parallelism_threads(),
                 "nproc": os.cpu_count(), "cpu_streams": cpu_streams, "loadavg_end": os.getloadavg()[0],
-                "tensorflow": tf.__version__},
+                "tensorflow": tf.__version__, "cpu": cpu_info()},
         "repeats": args.repeats, "steps": args.steps,
     }
     if args.data:
@@ -706,6 +739,7 @@ def print_report(result):
         print(f"the convolutions alone: {conv_ms:.1f} ms against {conv_flop_ms:.1f} ms of FLOP time "
               f"({conv_ms / conv_flop_ms:.2f}x; with nothing else in the step, its ratio would be "
               f"{conv_ms / result['flop_ms_at_gemm_rate']:.2f}x)")
+    print(f"CPU: {describe_cpu(result['env']['cpu'])}")
     print("env:", json.dumps(result["env"]))
 
 
@@ -714,6 +748,7 @@ def compare_processes(args, flag, settings):
     (`flag` dropped from the command line); prints each run and the median step ratios."""
     results = {label: [] for label, _, _ in settings}
     argv = [a for a in sys.argv[1:] if a != flag]
+    print(f"CPU: {describe_cpu(cpu_info())}, {os.cpu_count()} cores", flush=True)
     for _ in range(args.rounds):
         for label, env, extra in settings:
             out = subprocess.run([sys.executable, __file__, "--json"] + argv + extra, env=dict(os.environ, **env),

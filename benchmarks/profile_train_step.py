@@ -19,6 +19,7 @@ one). Results and their reading: benchmarks/RESULTS.md.
 Usage:
     python benchmarks/profile_train_step.py                 # the full step, 20 traced steps
     python benchmarks/profile_train_step.py --sparse 20     # the sparse step, 20 % of negatives violating
+    python benchmarks/profile_train_step.py --cpu-streams 1 # one stream (TensorFlow's own threading)
 """
 
 import argparse
@@ -41,6 +42,10 @@ def _parse_args(argv=None):
     parser.add_argument("--sparse", type=int, choices=(20, 45, 70, 100),
                         help="trace the sparse_backward step with this percentage of the negatives violating")
     parser.add_argument("--top", type=int, default=25, help="how many of the longest ops to list")
+    parser.add_argument("--cpu-streams", default="auto", metavar="auto|N",
+                        help="as `tf_netvlad --cpu-streams` (models.streams.configure_streams): the step runs "
+                             "each batch as N parts side by side, and the GEMM rate is timed in N parts too, "
+                             "as bench_train_step.py does (default: auto, the CLI's default)")
     return parser.parse_args(argv)
 
 
@@ -106,6 +111,9 @@ def profile(args):
     import bench_train_step as bench
     import tensorflow as tf
 
+    from tf_netvlad.models import streams
+
+    cpu_streams = streams.configure_streams(args.cpu_streams)  # before any TensorFlow work
     cfg = bench.recipe()
     model = bench.build_recipe_model(cfg)
     batch = bench.tuple_batch(cfg)
@@ -121,7 +129,8 @@ def profile(args):
         return float(model.train_function(iterator)["loss"])
 
     a = tf.random.normal((2048, 2048))
-    gemm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, a)))
+    # in N parts side by side under N streams, as the step runs its images (bench_train_step.py)
+    gemm = tf.function(lambda: tf.reduce_sum(streams.in_streams(lambda rows: tf.matmul(rows, a), a)))
     times = bench.time_variants({"gemm": lambda: float(gemm()), "step": step}, repeats=5, steps=5)
     gemm_rate = 2 * 2048 ** 3 / (bench._median(times["gemm"]) / 1000)  # FLOP/s
     untraced_ms = bench._median(times["step"])
@@ -144,7 +153,8 @@ def profile(args):
     spans = concurrency(events)
     conv_wall = per_step(covered([e for e in events if is_conv(e[4])]))
 
-    print(f"{label}: {untraced_ms:.1f} ms untraced, {traced_ms:.1f} ms traced "
+    print(f"CPU: {bench.describe_cpu(bench.cpu_info())}")
+    print(f"{label}, {cpu_streams} stream(s): {untraced_ms:.1f} ms untraced, {traced_ms:.1f} ms traced "
           f"({n} steps); same-run GEMM {gemm_rate / 1e9:.0f} GFLOP/s; the forward and backward FLOPs of all its images at that rate "
           f"{step_flop_ms:.1f} ms (ratio {untraced_ms / step_flop_ms:.2f}x untraced)")
     print("wall time per step by ops running at once: "
