@@ -124,11 +124,13 @@ def test_train_names_the_training_size_and_the_evaluate_flag(tmp_path, monkeypat
     from tf_netvlad.training import train
 
     best = str(tmp_path / "run" / "best.keras")
-    monkeypatch.setattr(train, "train", lambda *a, **k: {"status": "completed", "epochs_done": 1,
-                                                          "wall_time_s": 6.0, "files": {"best": best}})
+    monkeypatch.setattr(train, "train", lambda *a, **k: {"status": "completed", "epochs_done": 3,
+                                                          "iterations": 12028, "wall_time_s": 600.0,
+                                                          "files": {"best": best}})
     mat = pittsburgh_as_distributed(tmp_path / "pitts")
     assert main.main(["train", "--dataset", str(mat), "--out", str(tmp_path / "run"), "--recipe", recipe]) == 0
     out = capsys.readouterr().out.splitlines()
+    assert "training completed: 3 epochs, 12,028 optimizer steps in 10.0 min" in out
     assert f"best: {best}" in out
     assert out[-1] == (f"trained on {size} images; tf_netvlad evaluate reads each test image at its own "
                        f"size unless given --image-size {size}")

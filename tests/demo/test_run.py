@@ -20,6 +20,7 @@ def test_demo_command_writes_every_artefact_and_beats_the_kmeans_init(tmp_path, 
     assert "k-means init" in printed and "trained" in printed and "artefacts:" in printed
     summary = json.loads((tmp_path / "run" / "demo_summary.json").read_text())
     assert summary["training"]["status"] == "completed" and summary["training"]["epochs_done"] == 4
+    assert summary["training"]["iterations"] == json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"] > 0
     # The reported recalls are those of the two model files on the held-out test split.
     from tf_netvlad.data.split_loading import load_split
     from tf_netvlad.evaluation.recall import evaluate
@@ -182,7 +183,7 @@ def test_format_report_puts_thumbnails_beside_the_init_and_the_trained_model():
     report = {"config": "small", "data_params": {"seed": 11, "scale": 0.1, "image_size": [180, 240]},
               "thumbnails": {"grey": results(0.125, 0.25, 192), "rgb": results(0.25, 0.5, 576)},
               "before": results(0.375, 0.625, 256), "after": results(0.75, 1.0, 256),
-              "training": {"status": "time_limit", "epochs_done": 3, "wall_time_s": 90.0},
+              "training": {"status": "time_limit", "epochs_done": 3, "iterations": 1234, "wall_time_s": 90.0},
               "artefacts": {"dataset": "demo_data_small"}}
     lines = run.format_report(report).splitlines()
     assert "of the 'small' dataset, held out from the CPU recipe's tuning" in lines[1]
@@ -191,4 +192,6 @@ def test_format_report_puts_thumbnails_beside_the_init_and_the_trained_model():
     assert table == [["N", "thumbnails", "grey", "thumbnails", "RGB", "k-means", "init", "trained"],
                      ["1", "12.50%", "25.00%", "37.50%", "75.00%"],
                      ["5", "25.00%", "50.00%", "62.50%", "100.00%"]]
-    assert "training: time_limit after 3 epochs, 1.5 min" in lines
+    assert "training: time_limit after 3 epochs, 1,234 optimizer steps, 1.5 min" in lines
+    del report["training"]["iterations"]  # a demo_summary.json of an earlier version
+    assert "training: time_limit after 3 epochs, 1.5 min" in run.format_report(report).splitlines()

@@ -197,8 +197,11 @@ def train(args):
     summary = train_lib.train(train_split, val_split, out_dir=args.out, config=config,
                               resume=args.resume, strategy=strategy)
     best = summary.get("best") or {}
-    print(f"training {summary['status']}: {summary['epochs_done']} epochs in "
-          f"{summary['wall_time_s'] / 60:.1f} min")
+    # the steps, not the minutes, are what a time-limited run's recall follows (docs/recipes.md)
+    steps = summary.get("iterations")
+    print(f"training {summary['status']}: {summary['epochs_done']} epochs"
+          + (f", {steps:,} optimizer steps" if steps is not None else "")
+          + f" in {summary['wall_time_s'] / 60:.1f} min")
     if best:
         print("best: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in best.items()))

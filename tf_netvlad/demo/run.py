@@ -287,7 +287,7 @@ def run_demo(data_dir=None, run_dir=None, saved_model_dir=None, minutes=10.0, se
     artefacts["saved_model"] = str(saved)
     report = {"config": config, "data_params": params, "thumbnails": thumbnails,
               "before": results["before"], "after": results["after"], "artefacts": artefacts,
-              "training": {k: summary.get(k) for k in ("status", "epochs_done", "wall_time_s", "best")}}
+              "training": {k: summary.get(k) for k in ("status", "epochs_done", "iterations", "wall_time_s", "best")}}
     artefacts["summary"] = str(write_json(report, run_dir / "demo_summary.json"))
     return report
 
@@ -335,8 +335,10 @@ def format_report(report):
     runs, labels = _columns(report)
     lines.append(format_recall_table(runs, labels=labels))
     training = report["training"]
-    lines += ["", f"training: {training['status']} after {training['epochs_done']} epochs, "
-                  f"{training['wall_time_s'] / 60:.1f} min", "", "artefacts:"]
+    steps = training.get("iterations")  # absent from a summary written before it was recorded
+    lines += ["", f"training: {training['status']} after {training['epochs_done']} epochs"
+                  + (f", {steps:,} optimizer steps" if steps is not None else "")
+                  + f", {training['wall_time_s'] / 60:.1f} min", "", "artefacts:"]
     width = max(len(k) for k in report["artefacts"])
     for key, value in report["artefacts"].items():
         lines.append(f"  {key.ljust(width)}  {os.path.relpath(value) if os.path.isabs(value) else value}")
