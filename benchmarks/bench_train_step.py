@@ -105,7 +105,9 @@ def _parse_args(argv=None):
     parser.add_argument("--bf16", action="store_true",
                         help="also time the step under Keras' mixed_bfloat16 policy")
     parser.add_argument("--layers", action="store_true",
-                        help="also time every backbone layer's forward+backward alone (the step's shapes)")
+                        help="also time every backbone layer's forward+backward alone (the step's shapes, "
+                             "the whole batch in one op: under 2 streams that op has one core while the GEMM "
+                             "has two, so compare layers with --cpu-streams 1)")
     parser.add_argument("--only", help="comma-separated variant names to time (default: all)")
     parser.add_argument("--compare-onednn", action="store_true",
                         help="run this benchmark in fresh processes with TF_ENABLE_ONEDNN_OPTS=0 and =1, "
@@ -445,7 +447,9 @@ def _layer_variants(backbone, x):
         out[layer.name] = timed(lambda t, layer=layer: layer(t, training=True), layer.trainable_variables,
                                 inp, g, i == 0)
         if isinstance(layer, keras.layers.GroupNormalization):
-            plain = keras.layers.GroupNormalization.from_config(layer.get_config())
+            config = layer.get_config()
+            config.pop("input_bias", None)  # Keras' layer has none: the normalisation alone
+            plain = keras.layers.GroupNormalization.from_config(config)
             out[layer.name + "_keras"] = timed(lambda t, plain=plain: plain(t, training=True), [], inp, g, False)
         x = y
     return out
