@@ -133,13 +133,16 @@ def previous_recipe(cfg):
     return dataclasses.replace(cfg, backbone="tiny", num_positives=4)
 
 
-def build_recipe_model(cfg, jit_compile=False, keras_groupnorm=False, conv_biases=False, policy=None):
+def build_recipe_model(cfg, jit_compile=False, keras_groupnorm=False, conv_biases=False, plain_convs=False,
+                       policy=None):
     """The recipe's model, compiled as `training.train` compiles it.
 
     `keras_groupnorm`: the backbone's `ChannelGroupNormalization` layers replaced by Keras' own
     `GroupNormalization` (same function and configuration). `conv_biases`: conv1..conv3's biases
-    in the convolutions instead of the normalisations (`_with_conv_biases`). `policy`: a Keras dtype
-    policy to build under (e.g. "mixed_bfloat16"; NetVLAD and the loss stay float32).
+    in the convolutions instead of the normalisations (`_with_conv_biases`). `plain_convs`: the
+    backbone's `GemmGradConv2D` layers replaced by Keras' `Conv2D` (same function and weights, the
+    weight gradients by oneDNN's convolution: `_with_plain_convs`). `policy`: a Keras dtype policy
+    to build under (e.g. "mixed_bfloat16"; NetVLAD and the loss stay float32).
     """
     import inspect
 
@@ -154,9 +157,10 @@ def build_recipe_model(cfg, jit_compile=False, keras_groupnorm=False, conv_biase
     try:
         model = build_model(cfg.backbone, weights=cfg.weights, trainable_from=cfg.trainable_from,
                             num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
-        if keras_groupnorm or conv_biases:
-            backbone = _with_conv_biases(model.backbone)
+        if keras_groupnorm or conv_biases or plain_convs:
+            backbone = _with_conv_biases(model.backbone) if keras_groupnorm or conv_biases else model.backbone
             backbone = _with_keras_groupnorm(backbone) if keras_groupnorm else backbone
+            backbone = _with_plain_convs(backbone) if plain_convs else backbone
             model = NetVLADModel(backbone, preprocessing=keras.layers.serialize(model.preprocessing),
                                  num_clusters=cfg.num_clusters, variant=cfg.variant, margin=cfg.margin)
     finally:
@@ -314,6 +318,9 @@ def make_variants(cfg, args):
     # normalisations held them): the same function, the convolutions' fused bias gradients
     biased = add_step("step_conv_biases", build_recipe_model(cfg, conv_biases=True), same_weights=True)
     checks["conv_biases_max_abs_diff"] = float(np.max(np.abs(model(probe) - biased(probe))))
+    # the recipe's network with Keras' Conv2D in place of GemmGradConv2D: the same function, the
+    # weight gradients by oneDNN's backward-weights convolution (the step before the GEMMs)
+    add_step("step_onednn_weight_grads", build_recipe_model(cfg, plain_convs=True), same_weights=True)
     # the step of the recipe before `tiny_s2` and 2 positives: `tiny` (conv1 and pool1 at full
     # resolution) with 4 positives per tuple
     previous_cfg = previous_recipe(cfg)
@@ -418,7 +425,7 @@ def make_variants(cfg, args):
         variants.update({f"layer:{k}": run(fn) for k, fn in _layer_variants(backbone, pre).items()})
     if args.only:
         keep = set(args.only.split(",")) | {"step", "step_previous_recipe", "step_tiny_ws", "gemm_2048",
-                                            "gemm_im2col"}
+                                            "gemm_im2col", "step_onednn_weight_grads"}
         variants = {k: v for k, v in variants.items() if k in keep}
     return model, variants, dict(shapes, **checks)
 
@@ -494,6 +501,23 @@ def _with_conv_biases(backbone):
         x = clone(x)
         if clone.weights:
             clone.set_weights(layer.get_weights() + ([biases[layer.name]] if layer.name in biases else []))
+    return keras.Model(inputs, x, name=backbone.name)
+
+
+def _with_plain_convs(backbone):
+    """A copy of a tiny backbone (same function and weights) with Keras' `Conv2D` in place of its
+    `GemmGradConv2D` layers: the weight gradients by oneDNN's convolution, as before the GEMMs."""
+    import keras
+
+    from tf_netvlad.models.backbones import GemmGradConv2D
+
+    x = inputs = keras.Input(shape=(None, None, 3))
+    for layer in backbone.layers[1:]:
+        cls = keras.layers.Conv2D if isinstance(layer, GemmGradConv2D) else layer.__class__
+        clone = cls.from_config(layer.get_config())
+        x = clone(x)
+        if layer.weights:
+            clone.set_weights(layer.get_weights())
     return keras.Model(inputs, x, name=backbone.name)
 
 
@@ -695,6 +719,11 @@ def print_report(result):
               f"{result['conv_biases_max_abs_diff']:.1e}): step {biased:.1f} ms, ratio "
               f"{biased / result['flop_ms_at_gemm_rate']:.2f}x; the recipe's step takes "
               f"{result['step_ms_median'] / biased:.2f}x its time")
+    if "step_onednn_weight_grads" in result["ms_median"]:
+        onednn = result["ms_median"]["step_onednn_weight_grads"]
+        print(f"the recipe with oneDNN's weight-gradient convolutions (Keras' Conv2D, same function): step "
+              f"{onednn:.1f} ms, ratio {onednn / result['flop_ms_at_gemm_rate']:.2f}x; the recipe's step "
+              f"(weight gradients as GEMMs) takes {result['step_ms_median'] / onednn:.2f}x its time")
     prev = result["previous_recipe"]
     print(f"previous recipe (tiny, 4 positives): step {prev['step_ms_median']:.1f} ms; FLOPs at the GEMM rate "
           f"{prev['flop_ms_at_gemm_rate']:.1f} ms; ratio {prev['step_ms_median'] / prev['flop_ms_at_gemm_rate']:.2f}x; "

@@ -20,6 +20,8 @@ Usage:
     python benchmarks/profile_train_step.py                 # the full step, 20 traced steps
     python benchmarks/profile_train_step.py --sparse 20     # the sparse step, 20 % of negatives violating
     python benchmarks/profile_train_step.py --cpu-streams 1 # one stream (TensorFlow's own threading)
+    python benchmarks/profile_train_step.py --onednn-weight-grads  # the convolutions' weight gradients
+                                                            # by oneDNN, as before GemmGradConv2D
 """
 
 import argparse
@@ -42,6 +44,9 @@ def _parse_args(argv=None):
     parser.add_argument("--sparse", type=int, choices=(20, 45, 70, 100),
                         help="trace the sparse_backward step with this percentage of the negatives violating")
     parser.add_argument("--top", type=int, default=25, help="how many of the longest ops to list")
+    parser.add_argument("--onednn-weight-grads", action="store_true",
+                        help="the recipe's network with Keras' Conv2D in place of GemmGradConv2D: the weight "
+                             "gradients by oneDNN's backward-weights convolution, as before the GEMMs")
     parser.add_argument("--cpu-streams", default="auto", metavar="auto|N",
                         help="as `tf_netvlad --cpu-streams` (models.streams.configure_streams): the step runs "
                              "each batch as N parts side by side, and the GEMM rate is timed in N parts too, "
@@ -93,9 +98,11 @@ def covered(events):
     return total
 
 
-def is_conv(op_type):
-    """Conv2D, its input and weight gradients, and oneDNN's fused forms (`_MklNativeFusedConv2D`, ...)."""
-    return "Conv2D" in op_type
+def is_conv(op_type, op_name=""):
+    """Conv2D, its input and weight gradients, and oneDNN's fused forms (`_MklNativeFusedConv2D`, ...);
+    the matrix products of a `GemmGradConv2D`'s weight gradient ("conv<i>/backward/MatMul")."""
+    return "Conv2D" in op_type or ("MatMul" in op_type and re.search(r"(^|/)conv\d+(_\d+)?/backward/", op_name)
+                                   is not None)
 
 
 def layer_of(op_name, layer_names):
@@ -115,7 +122,7 @@ def profile(args):
 
     cpu_streams = streams.configure_streams(args.cpu_streams)  # before any TensorFlow work
     cfg = bench.recipe()
-    model = bench.build_recipe_model(cfg)
+    model = bench.build_recipe_model(cfg, plain_convs=args.onednn_weight_grads)
     batch = bench.tuple_batch(cfg)
     label = "the full step (every image trains)"
     if args.sparse:
@@ -151,7 +158,7 @@ def profile(args):
     step_flop_ms = 3 * fwd_per_image * images / gemm_rate * 1000
     conv_flop_ms = 3 * sum(f for name, f, _ in rows[:-1]) * images / gemm_rate * 1000
     spans = concurrency(events)
-    conv_wall = per_step(covered([e for e in events if is_conv(e[4])]))
+    conv_wall = per_step(covered([e for e in events if is_conv(e[4], e[3])]))
 
     print(f"CPU: {bench.describe_cpu(bench.cpu_info())}")
     print(f"{label}, {cpu_streams} stream(s): {untraced_ms:.1f} ms untraced, {traced_ms:.1f} ms traced "
@@ -168,7 +175,8 @@ def profile(args):
     by_layer = collections.defaultdict(lambda: [0, 0, 0])
     by_op = collections.Counter()
     for s, e, _, op_name, op_type in events:
-        backward = "gradient_tape" in op_name or "Grad" in op_type or "Backprop" in op_type
+        backward = ("gradient_tape" in op_name or "/backward/" in op_name or "Grad" in op_type
+                    or "Backprop" in op_type)
         entry = by_layer[layer_of(op_name, names)]
         entry[1 if backward else 0] += e - s
         entry[2] += 1

@@ -28,7 +28,7 @@ KERAS_CLASS_MODULES = (
     "tf_netvlad.layers.netvlad",          # NetVLAD
     "tf_netvlad.layers.whitening",        # PCAWhitening
     "tf_netvlad.layers.preprocessing",    # ImagePreprocessing
-    "tf_netvlad.models.backbones",        # MatConvNetLRN (converted AlexNet-style backbones), ChannelGroupNormalization, StandardizedConv2D
+    "tf_netvlad.models.backbones",        # MatConvNetLRN (converted AlexNet-style backbones), ChannelGroupNormalization, StandardizedConv2D, GemmGradConv2D
     "tf_netvlad.models.model",            # NetVLADModel
 )
 

@@ -272,3 +272,92 @@ def test_tiny_ws_has_no_normalisation_keeps_tiny_s2_shapes_and_the_scale_of_its_
     ws.save(tmp_path / "ws.keras")
     reloaded = keras.saving.load_model(tmp_path / "ws.keras")
     np.testing.assert_array_equal(reloaded(x[:1]).numpy(), ws(x[:1]).numpy())
+
+
+def _numpy_conv_grads(x, kernel, upstream, stride):
+    """The input, kernel and bias gradients of `_numpy_conv_same` (TF's 'same' padding) for the output
+    gradient `upstream`, from the definition y[n, r, c, o] = Σ_ijk xpad[n, r·s + i, c·s + j, k] ·
+    W[i, j, k, o] + b[o], in float64."""
+    (n, h, w, _), (kh, kw) = x.shape, kernel.shape[:2]
+    out_h, out_w = upstream.shape[1:3]
+    pad_h = max((out_h - 1) * stride + kh - h, 0)
+    pad_w = max((out_w - 1) * stride + kw - w, 0)
+    top, left = pad_h // 2, pad_w // 2
+    xpad = np.zeros((n, h + pad_h, w + pad_w, x.shape[3]))
+    xpad[:, top:top + h, left:left + w] = x
+    g = upstream.astype("float64")
+    d_kernel = np.zeros(kernel.shape)
+    d_xpad = np.zeros_like(xpad)
+    rows, cols = slice(None, (out_h - 1) * stride + 1, stride), slice(None, (out_w - 1) * stride + 1, stride)
+    for i in range(kh):
+        for j in range(kw):
+            window = xpad[:, i:, j:][:, rows, cols]  # the input each output pixel meets under tap (i, j)
+            d_kernel[i, j] = np.einsum("nrck,nrco->ko", window, g)
+            d_xpad[:, i:, j:][:, rows, cols] += np.einsum("nrco,ko->nrck", g, kernel[i, j])
+    return d_xpad[:, top:top + h, left:left + w], d_kernel, g.sum((0, 1, 2))
+
+
+@pytest.mark.parametrize("kernel_size, stride, use_bias", [(3, 1, False), (3, 1, True), ((5, 3), 1, True),
+                                                           (1, 1, False), (3, 2, True)])
+def test_gemm_grad_conv2d_trains_with_the_gradients_of_the_convolution(tmp_path, kernel_size, stride, use_bias):
+    """`GemmGradConv2D` called with training=True: output and the input, kernel and bias gradients
+    against a float64 NumPy convolution and its gradients from the definition (the weight gradient
+    as GEMMs of row-shifted slices for stride 1 and odd kernels; stride 2 is Conv2D's own code);
+    maps whose width is not the height, 5 -> 7 channels, 3 images. Passes the shared Keras checks
+    (config, `.keras` round trip, mixed precision)."""
+    import tensorflow as tf
+
+    from tf_netvlad.models.backbones import GemmGradConv2D
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 9, 11, 5)).astype("float32")
+    layer = GemmGradConv2D(7, kernel_size, strides=stride, padding="same", use_bias=use_bias)
+    layer.build(x.shape)
+    kh, kw = layer.kernel_size
+    kernel = rng.normal(size=(kh, kw, 5, 7)).astype("float32")
+    bias = rng.normal(size=7).astype("float32")
+    layer.set_weights([kernel, bias] if use_bias else [kernel])
+    want = _numpy_conv_same(x, kernel, bias if use_bias else np.zeros(7), stride)
+    upstream = rng.normal(size=want.shape).astype("float32")
+    want_dx, want_dkernel, want_dbias = _numpy_conv_grads(x, kernel, upstream, stride)
+
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        y = layer(inputs, training=True)
+        loss = tf.reduce_sum(y * upstream)
+    grads = tape.gradient(loss, [inputs] + layer.trainable_variables)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer(x, training=False).numpy(), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grads[0].numpy(), want_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grads[1].numpy(), want_dkernel, rtol=1e-4, atol=1e-3)
+    if use_bias:
+        np.testing.assert_allclose(grads[2].numpy(), want_dbias, rtol=1e-4, atol=1e-3)
+    check_keras_class(lambda: GemmGradConv2D(7, kernel_size, strides=stride, padding="same",
+                                             use_bias=use_bias, name="conv2"), x, tmp_path)
+
+
+def test_tiny_backbones_train_their_stride_1_convolutions_with_gemm_weight_gradients():
+    """In a traced training step of `tiny_s2` (the CPU recipe's backbone) and `tiny`, the stride-1
+    3x3 convolutions' weight gradients are matrix products, not oneDNN's backward-weights
+    convolution (only `tiny_s2`'s stride-2 conv1 keeps one); inference traces no matrix product."""
+    import tensorflow as tf
+
+    from tf_netvlad.models.backbones import GemmGradConv2D
+
+    for name, plain_filter_grads in (("tiny_s2", 1), ("tiny", 0)):
+        backbone = backbones.build_backbone(name)
+        assert [type(layer) for layer in backbone.layers if "conv" in layer.name] == [GemmGradConv2D] * 4
+
+        @tf.function
+        def step(images, backbone=backbone):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(backbone(images, training=True))
+            return tape.gradient(loss, backbone.trainable_variables)
+
+        spec = tf.TensorSpec((None, 32, 48, 3), tf.float32)
+        ops = [op.type for op in step.get_concrete_function(spec).graph.get_operations()]
+        assert ops.count("Conv2DBackpropFilter") == plain_filter_grads, name
+        assert ops.count("MatMul") == 9 * (4 - plain_filter_grads), name
+        inference = tf.function(lambda images, backbone=backbone: backbone(images, training=False))
+        assert "MatMul" not in [op.type for op in inference.get_concrete_function(spec).graph.get_operations()]

@@ -114,9 +114,15 @@ def test_fit_with_sparse_backward_ends_with_the_weights_of_the_full_step():
         weights[sparse] = model.get_weights()
     assert 0 < history[True]["violating_triplets"][0] < 1
     np.testing.assert_allclose(history[True]["loss"], history[False]["loss"], rtol=1e-5)
-    for a, b in zip(weights[False], weights[True]):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
-    assert not all(np.allclose(a, b) for a, b in zip(reference.get_weights(), weights[True]))
+    # The two passes round differently (the sparse one runs the backbone on a gathered batch and
+    # sums its weight gradients over other rows), and four steps of momentum carry that forward:
+    # conv1 ended up to 0.23 % of its update apart (oneDNN, the weight gradients as GEMMs;
+    # 2026-12-03), where a sparse gradient that left out or doubled an image's contribution moves
+    # a weight by the order of the update itself.
+    for a, b, start in zip(weights[False], weights[True], reference.get_weights()):
+        update = np.abs(a - start).max()
+        assert update > 0
+        assert np.abs(b - a).max() <= 1e-2 * update
 
 
 def test_sparse_backward_is_refused_for_batch_normalisation():

@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers, ops
 
 
@@ -186,6 +187,76 @@ class StandardizedConv2D(keras.layers.Conv2D):
         return config
 
 
+def _shifted_gemm_kernel_grad(x, upstream, kernel_shape):
+    """dL/dW of a stride-1 "same" kh×kw convolution (odd kh, kw) of NHWC `x`, as kh·kw GEMMs.
+
+    Pad `x` and the output gradient `upstream` to the same (H + kh − 1) × (W + kw − 1) grid and
+    flatten both to one row per padded pixel. Output pixel row r reads tap (i, j) of the kernel
+    at input row r + (i − ph)·Wp + (j − pw): one constant offset per tap over the whole batch. So
+    tap (i, j)'s gradient is x_rows[i·Wp + j : … + L]ᵀ · dy_rows[ph·Wp + pw : … + L], a
+    (Cin × L)·(L × Cout) GEMM on a contiguous slice of rows. Rows of the padded grid that are not
+    output pixels have a zero output gradient and add nothing; the taps of border pixels read the
+    padding. No im2col copy (kh·kw times the input) is made.
+    """
+    kh, kw, cin, cout = kernel_shape
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    shape = tf.shape(x)
+    wp = shape[2] + 2 * pw
+    padding = [[0, 0], [ph, ph], [pw, pw], [0, 0]]
+    x_rows = tf.reshape(tf.pad(x, padding), (-1, cin))
+    start = ph * wp + pw  # the padded row of the first image's first output pixel
+    length = tf.shape(x_rows)[0] - 2 * start  # through the last image's last output pixel
+    dy_rows = tf.reshape(tf.pad(upstream, padding), (-1, cout))[start:start + length]
+    taps = [tf.matmul(x_rows[i * wp + j:i * wp + j + length], dy_rows, transpose_a=True)
+            for i in range(kh) for j in range(kw)]
+    return tf.reshape(tf.stack(taps), (kh, kw, cin, cout))
+
+
+@keras.saving.register_keras_serializable(package="tf_netvlad")
+class GemmGradConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose weight gradient is computed as GEMMs when it trains.
+
+    Same function, configuration and weights as `Conv2D`; inference (and every export) runs the
+    plain convolution. Called with `training=True`, a stride-1, "same", undilated, ungrouped
+    convolution with an odd kernel on NHWC maps keeps the forward convolution and its input
+    gradient (oneDNN's kernels) but computes its weight gradient as kh·kw matrix products of
+    row-shifted slices of the zero-padded input (`_shifted_gemm_kernel_grad`). For the tiny
+    backbones' narrow layers (16 to 64 channels) on an AVX2 CPU without AVX-512, oneDNN's
+    weight-gradient convolution ran at 0.43-0.48 of the GEMM rate inside the CPU recipe's training
+    step, the largest single cost of the step; the GEMMs run faster (benchmarks/RESULTS.md, "The
+    weight gradients as GEMMs"). Gradients agree with `Conv2D`'s to float32 rounding. Any other
+    configuration uses `Conv2D`'s code.
+    """
+
+    def _gemm_grad_applies(self, inputs):
+        return (keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4
+                and self.data_format == "channels_last" and tuple(self.strides) == (1, 1)
+                and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
+                and self.padding == "same" and all(k % 2 == 1 for k in self.kernel_size))
+
+    def call(self, inputs, training=None):
+        if not training or not self._gemm_grad_applies(inputs):
+            return super().call(inputs)
+        kernel = tf.cast(tf.convert_to_tensor(self.kernel), inputs.dtype)
+        name = self.name
+
+        @tf.custom_gradient
+        def convolution(x, w):
+            def grad(upstream):
+                # named "<layer>/backward/...", for benchmarks/profile_train_step.py
+                with tf.name_scope(name), tf.name_scope("backward"):
+                    dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=w, out_backprop=upstream,
+                                                        strides=[1, 1, 1, 1], padding="SAME")
+                    return dx, _shifted_gemm_kernel_grad(x, upstream, w.shape)
+
+            return tf.nn.conv2d(x, w, 1, "SAME"), grad
+
+        outputs = convolution(inputs, kernel)
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+
 # `StandardizedConv2D` gain before a ReLU: 1 / std(ReLU(z)) for z ~ N(0, 1), so that the ReLU's
 # output has unit variance again (Brock et al. 2021, NF-ResNets).
 RELU_GAIN = float(np.sqrt(2.0 / (1.0 - 1.0 / np.pi)))
@@ -267,7 +338,10 @@ def _tiny(weights, first_stride=1, standardized=False):
     at learning rates that learn anything; normalising after the pooling costs a quarter of
     normalising at full resolution. `first_stride=2` ("tiny_s2", the CPU recipe's backbone): conv1
     strides by 2 instead of being followed by the first max pooling, so no layer works at full
-    resolution (conv1 has a quarter of the FLOPs; same stride 8, same weights' shapes).
+    resolution (conv1 has a quarter of the FLOPs; same stride 8, same weights' shapes). The
+    convolutions are `GemmGradConv2D`s: `Conv2D`s whose stride-1 weight gradients are GEMMs in
+    training (the same function and weights; a `.keras` file saved with plain `Conv2D`s loads and
+    trains the same).
     `standardized=True` ("tiny_ws", with `first_stride=2`): every convolution is a
     `StandardizedConv2D` (gain `RELU_GAIN` before a ReLU, 1 for the linear conv4) and there is no
     GroupNormalization; same weight shapes, a CPU training step takes 0.80-0.83x the time of
@@ -281,7 +355,7 @@ def _tiny(weights, first_stride=1, standardized=False):
         if standardized:
             return StandardizedConv2D(filters, 3, strides=stride, padding="same", gain=gain, name=name)
         # before a normalisation the convolution's bias is the normalisation's `input_bias`
-        return layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=name == "conv4", name=name)
+        return GemmGradConv2D(filters, 3, strides=stride, padding="same", use_bias=name == "conv4", name=name)
 
     x = inputs = keras.Input(shape=(None, None, 3), name="backbone_input")
     for i, filters in enumerate((16, 32, 64), start=1):
