@@ -234,10 +234,14 @@ def test_two_workers_train_like_one_process_on_the_same_global_batch(tiny_demo, 
         np.testing.assert_array_equal(np.load(run / "last" / "mining.npz")[name],
                                       np.load(tmp_path / "single" / "last" / "mining.npz")[name])
     # (b) the single-process weights, up to float summation order: the gradient is the sum of two
-    # replica halves instead of one batch sum (relative rounding ~1e-7 per step, 6 steps)
+    # replica halves instead of one batch sum (relative rounding ~1e-7 per step, 6 steps). The
+    # rounding is relative to the gradient's sums, not to each weight, so the tolerance is the
+    # array's scale: conv1 ended 1.3e-6 apart on a weight of 1.5e-3 among weights up to 0.27
+    # (2026-12-03, its weight gradients as GEMMs), where a replica left out of the sum moves
+    # weights by the order of the updates
     single = _weights(tmp_path / "single.npz")
     for a, b in zip(w0, single):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
     # (c) training changed the k-means-initialised weights (the chief's init.keras == single's)
     init = load_model(run / "init.keras").get_weights()
     for a, b in zip(init, load_model(tmp_path / "single" / "init.keras").get_weights()):
