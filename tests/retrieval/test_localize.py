@@ -86,12 +86,11 @@ def test_localize_uses_the_index_resize_policy_by_default(setup, tiny_model):
     assert own["id"] == 3 and own["score"] == pytest.approx(1.0, abs=1e-5)
     # The policy matters: the full-size image gives another descriptor.
     full = loc.localize(index, tiny_model, [query], k=1, image_size="keep")[0]["top"][0]
-    expected = float(np.dot(
-        tiny_model.predict_on_batch(pipelines.load_image(query)[None].numpy())[0], index.descriptors[3]))
-    # localize runs the model in a graph (Grappler-fused kernels), predict_on_batch eagerly: the
-    # two differ by up to ~2e-4 in this score (seen on CI under xdist), far below the 0.06 the
-    # policy makes.
-    assert full["score"] == pytest.approx(expected, abs=1e-3) and full["score"] < 0.99
+    # At its full size db3 need not be closest to its own 24x32 entry (an untrained model: another
+    # image's entry won for some weights), so the reference is the best entry of the whole index.
+    scores = index.descriptors @ tiny_model.predict_on_batch(pipelines.load_image(query)[None].numpy())[0]
+    assert full["id"] == int(np.argmax(scores)) and full["score"] < 0.99
+    assert full["score"] == pytest.approx(float(scores.max()), abs=1e-4)
 
 
 def test_localize_without_positions_or_truth(tmp_path, tiny_model, setup):
