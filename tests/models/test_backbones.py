@@ -1,6 +1,8 @@
 """Backbone registry and the MatConvNetLRN layer (the backbones' structure and weights are tested in
 tests/models/test_model.py)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -299,15 +301,18 @@ def _numpy_conv_grads(x, kernel, upstream, stride):
 
 @pytest.mark.parametrize("kernel_size, stride, use_bias", [(3, 1, False), (3, 1, True), ((5, 3), 1, True),
                                                            (1, 1, False), (3, 2, True)])
-def test_gemm_grad_conv2d_trains_with_the_gradients_of_the_convolution(tmp_path, kernel_size, stride, use_bias):
-    """`GemmGradConv2D` called with training=True: output and the input, kernel and bias gradients
-    against a float64 NumPy convolution and its gradients from the definition (the weight gradient
-    as GEMMs of row-shifted slices for stride 1 and odd kernels; stride 2 is Conv2D's own code);
-    maps whose width is not the height, 5 -> 7 channels, 3 images. Passes the shared Keras checks
-    (config, `.keras` round trip, mixed precision)."""
+def test_gemm_grad_conv2d_trains_with_the_gradients_of_the_convolution(tmp_path, monkeypatch, kernel_size,
+                                                                        stride, use_bias):
+    """`GemmGradConv2D` called with training=True on one thread per op: output and the input,
+    kernel and bias gradients against a float64 NumPy convolution and its gradients from the
+    definition (the weight gradient as GEMMs of row-shifted slices for stride 1 and odd kernels;
+    stride 2 is Conv2D's own code); maps whose width is not the height, 5 -> 7 channels, 3 images.
+    Passes the shared Keras checks (config, `.keras` round trip, mixed precision)."""
     import tensorflow as tf
 
     from tf_netvlad.models.backbones import GemmGradConv2D
+
+    monkeypatch.setattr(backbones, "one_thread_per_op", lambda: True)  # this process's pool is TF's default
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 9, 11, 5)).astype("float32")
@@ -337,10 +342,24 @@ def test_gemm_grad_conv2d_trains_with_the_gradients_of_the_convolution(tmp_path,
                                              use_bias=use_bias, name="conv2"), x, tmp_path)
 
 
-def test_tiny_backbones_train_their_stride_1_convolutions_with_gemm_weight_gradients():
-    """In a traced training step of `tiny_s2` (the CPU recipe's backbone) and `tiny`, the stride-1
-    3x3 convolutions' weight gradients are matrix products, not oneDNN's backward-weights
-    convolution (only `tiny_s2`'s stride-2 conv1 keeps one); inference traces no matrix product."""
+def _training_step_ops(backbone):
+    import tensorflow as tf
+
+    @tf.function
+    def step(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(backbone(images, training=True))
+        return tape.gradient(loss, backbone.trainable_variables)
+
+    spec = tf.TensorSpec((None, 32, 48, 3), tf.float32)
+    return [op.type for op in step.get_concrete_function(spec).graph.get_operations()]
+
+
+def test_tiny_backbones_train_their_stride_1_convolutions_with_gemm_weight_gradients(monkeypatch):
+    """In a traced training step of `tiny_s2` (the CPU recipe's backbone) and `tiny` on one thread
+    per op, the stride-1 3x3 convolutions' weight gradients are matrix products, not oneDNN's
+    backward-weights convolution (only `tiny_s2`'s stride-2 conv1 keeps one); with more threads
+    per op all four are the convolution's; inference traces no matrix product."""
     import tensorflow as tf
 
     from tf_netvlad.models.backbones import GemmGradConv2D
@@ -348,16 +367,39 @@ def test_tiny_backbones_train_their_stride_1_convolutions_with_gemm_weight_gradi
     for name, plain_filter_grads in (("tiny_s2", 1), ("tiny", 0)):
         backbone = backbones.build_backbone(name)
         assert [type(layer) for layer in backbone.layers if "conv" in layer.name] == [GemmGradConv2D] * 4
-
-        @tf.function
-        def step(images, backbone=backbone):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(backbone(images, training=True))
-            return tape.gradient(loss, backbone.trainable_variables)
-
-        spec = tf.TensorSpec((None, 32, 48, 3), tf.float32)
-        ops = [op.type for op in step.get_concrete_function(spec).graph.get_operations()]
+        monkeypatch.setattr(backbones, "one_thread_per_op", lambda: True)
+        ops = _training_step_ops(backbone)
         assert ops.count("Conv2DBackpropFilter") == plain_filter_grads, name
         assert ops.count("MatMul") == 9 * (4 - plain_filter_grads), name
+        monkeypatch.setattr(backbones, "one_thread_per_op", lambda: False)
+        ops = _training_step_ops(backbone)
+        assert ops.count("Conv2DBackpropFilter") == 4 and "MatMul" not in ops, name
+        monkeypatch.setattr(backbones, "one_thread_per_op", lambda: True)
+        spec = tf.TensorSpec((None, 32, 48, 3), tf.float32)
         inference = tf.function(lambda images, backbone=backbone: backbone(images, training=False))
         assert "MatMul" not in [op.type for op in inference.get_concrete_function(spec).graph.get_operations()]
+
+
+ONE_THREAD_CASE = """
+import sys
+import tensorflow as tf
+if sys.argv[1] != "default":
+    tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+from tf_netvlad.models import backbones
+print(backbones.one_thread_per_op(), tf.config.list_physical_devices("GPU") == [])
+"""
+
+
+@pytest.mark.parametrize("intra, expected", [("1", True), ("2", False), ("default", False)])
+def test_gemm_weight_gradients_follow_the_intra_op_pool_of_a_fresh_process(intra, expected):
+    """The GEMM form is chosen where it was measured faster: an intra-op pool of one thread (as
+    `configure_streams(2)` makes on 2 cores), not two threads per op nor TensorFlow's default."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ONE_THREAD_CASE, intra], capture_output=True, text=True,
+                         check=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    chosen, no_gpu = out.stdout.split()[-2:]
+    if no_gpu != "True":
+        pytest.skip("on a GPU the layer keeps the convolution's gradient")
+    assert chosen == str(expected)

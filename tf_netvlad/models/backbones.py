@@ -212,6 +212,15 @@ def _shifted_gemm_kernel_grad(x, upstream, kernel_shape):
     return tf.reshape(tf.stack(taps), (kh, kw, cin, cout))
 
 
+def one_thread_per_op():
+    """True when TensorFlow runs each op on one thread (an intra-op pool of 1, as
+    `streams.configure_streams` sets up with one stream per core) and sees no GPU: where
+    `GemmGradConv2D`'s weight gradients as GEMMs were measured as fast as oneDNN's or faster.
+    Read when a training step is traced."""
+    return (tf.config.threading.get_intra_op_parallelism_threads() == 1
+            and not tf.config.list_physical_devices("GPU"))
+
+
 @keras.saving.register_keras_serializable(package="tf_netvlad")
 class GemmGradConv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose weight gradient is computed as GEMMs when it trains.
@@ -220,16 +229,19 @@ class GemmGradConv2D(keras.layers.Conv2D):
     plain convolution. Called with `training=True`, a stride-1, "same", undilated, ungrouped
     convolution with an odd kernel on NHWC maps keeps the forward convolution and its input
     gradient (oneDNN's kernels) but computes its weight gradient as kh·kw matrix products of
-    row-shifted slices of the zero-padded input (`_shifted_gemm_kernel_grad`). For the tiny
-    backbones' narrow layers (16 to 64 channels) on an AVX2 CPU without AVX-512, oneDNN's
-    weight-gradient convolution ran at 0.43-0.48 of the GEMM rate inside the CPU recipe's training
-    step, the largest single cost of the step; the GEMMs run faster (benchmarks/RESULTS.md, "The
-    weight gradients as GEMMs"). Gradients agree with `Conv2D`'s to float32 rounding. Any other
-    configuration uses `Conv2D`'s code.
+    row-shifted slices of the zero-padded input (`_shifted_gemm_kernel_grad`), when TensorFlow runs
+    each op on one thread on a CPU (`one_thread_per_op`: the CPU recipe's two streams on 2 cores).
+    For the tiny backbones' narrow layers (16 to 64 channels) on an AVX2 CPU without AVX-512,
+    oneDNN's weight-gradient convolution ran at 0.43-0.48 of the GEMM rate inside the CPU recipe's
+    training step, the largest single cost of the step; on one thread per op the GEMMs ran as fast
+    or faster, with two threads per op 2-13 % slower (their small outputs split poorly), so there
+    and on a GPU the layer keeps `Conv2D`'s gradient (benchmarks/RESULTS.md, "The weight gradients
+    as GEMMs"). Gradients agree with `Conv2D`'s to float32 rounding. Any other configuration uses
+    `Conv2D`'s code.
     """
 
     def _gemm_grad_applies(self, inputs):
-        return (keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4
+        return (keras.backend.backend() == "tensorflow" and one_thread_per_op() and len(inputs.shape) == 4
                 and self.data_format == "channels_last" and tuple(self.strides) == (1, 1)
                 and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
                 and self.padding == "same" and all(k % 2 == 1 for k in self.kernel_size))
@@ -340,8 +352,8 @@ def _tiny(weights, first_stride=1, standardized=False):
     strides by 2 instead of being followed by the first max pooling, so no layer works at full
     resolution (conv1 has a quarter of the FLOPs; same stride 8, same weights' shapes). The
     convolutions are `GemmGradConv2D`s: `Conv2D`s whose stride-1 weight gradients are GEMMs in
-    training (the same function and weights; a `.keras` file saved with plain `Conv2D`s loads and
-    trains the same).
+    training on one thread per op (the same function and weights; a `.keras` file saved with plain
+    `Conv2D`s loads and trains the same).
     `standardized=True` ("tiny_ws", with `first_stride=2`): every convolution is a
     `StandardizedConv2D` (gain `RELU_GAIN` before a ReLU, 1 for the linear conv4) and there is no
     GroupNormalization; same weight shapes, a CPU training step takes 0.80-0.83x the time of
