@@ -234,9 +234,9 @@ class GemmGradConv2D(keras.layers.Conv2D):
     For the tiny backbones' narrow layers (16 to 64 channels) on an AVX2 CPU without AVX-512,
     oneDNN's weight-gradient convolution ran at 0.43-0.48 of the GEMM rate inside the CPU recipe's
     training step, the largest single cost of the step; on one thread per op the GEMMs ran as fast
-    or faster, with two threads per op 2-13 % slower (their small outputs split poorly), so there
-    and on a GPU the layer keeps `Conv2D`'s gradient (benchmarks/RESULTS.md, "The weight gradients
-    as GEMMs"). Gradients agree with `Conv2D`'s to float32 rounding. Any other configuration uses
+    or faster, with two threads per op slightly slower in every pair timed (their small outputs
+    split poorly), so there and on a GPU (unmeasured) the layer keeps `Conv2D`'s gradient
+    (benchmarks/RESULTS.md, "The weight gradients as GEMMs"). Gradients agree with `Conv2D`'s to float32 rounding. Any other configuration uses
     `Conv2D`'s code.
     """
 
