@@ -723,7 +723,7 @@ def print_report(result):
         onednn = result["ms_median"]["step_onednn_weight_grads"]
         print(f"the recipe with oneDNN's weight-gradient convolutions (Keras' Conv2D, same function): step "
               f"{onednn:.1f} ms, ratio {onednn / result['flop_ms_at_gemm_rate']:.2f}x; the recipe's step "
-              f"(weight gradients as GEMMs on one thread per op, else the same) takes "
+              f"(weight gradients as GEMMs where backbones.gemm_weight_grads_wanted(), else the same) takes "
               f"{result['step_ms_median'] / onednn:.2f}x its time")
     prev = result["previous_recipe"]
     print(f"previous recipe (tiny, 4 positives): step {prev['step_ms_median']:.1f} ms; FLOPs at the GEMM rate "

@@ -312,7 +312,7 @@ def test_gemm_grad_conv2d_trains_with_the_gradients_of_the_convolution(tmp_path,
 
     from tf_netvlad.models.backbones import GemmGradConv2D
 
-    monkeypatch.setattr(backbones, "one_thread_per_op", lambda: True)  # this process's pool is TF's default
+    monkeypatch.setattr(backbones, "gemm_weight_grads_wanted", lambda: True)  # whatever this CPU and pool
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 9, 11, 5)).astype("float32")
@@ -356,10 +356,10 @@ def _training_step_ops(backbone):
 
 
 def test_tiny_backbones_train_their_stride_1_convolutions_with_gemm_weight_gradients(monkeypatch):
-    """In a traced training step of `tiny_s2` (the CPU recipe's backbone) and `tiny` on one thread
-    per op, the stride-1 3x3 convolutions' weight gradients are matrix products, not oneDNN's
-    backward-weights convolution (only `tiny_s2`'s stride-2 conv1 keeps one); with more threads
-    per op all four are the convolution's; inference traces no matrix product."""
+    """In a traced training step of `tiny_s2` (the CPU recipe's backbone) and `tiny` where the GEMMs
+    are wanted, the stride-1 3x3 convolutions' weight gradients are matrix products, not oneDNN's
+    backward-weights convolution (only `tiny_s2`'s stride-2 conv1 keeps one); where they are not,
+    all four are the convolution's; inference traces no matrix product."""
     import tensorflow as tf
 
     from tf_netvlad.models.backbones import GemmGradConv2D
@@ -367,14 +367,14 @@ def test_tiny_backbones_train_their_stride_1_convolutions_with_gemm_weight_gradi
     for name, plain_filter_grads in (("tiny_s2", 1), ("tiny", 0)):
         backbone = backbones.build_backbone(name)
         assert [type(layer) for layer in backbone.layers if "conv" in layer.name] == [GemmGradConv2D] * 4
-        monkeypatch.setattr(backbones, "one_thread_per_op", lambda: True)
+        monkeypatch.setattr(backbones, "gemm_weight_grads_wanted", lambda: True)
         ops = _training_step_ops(backbone)
         assert ops.count("Conv2DBackpropFilter") == plain_filter_grads, name
         assert ops.count("MatMul") == 9 * (4 - plain_filter_grads), name
-        monkeypatch.setattr(backbones, "one_thread_per_op", lambda: False)
+        monkeypatch.setattr(backbones, "gemm_weight_grads_wanted", lambda: False)
         ops = _training_step_ops(backbone)
         assert ops.count("Conv2DBackpropFilter") == 4 and "MatMul" not in ops, name
-        monkeypatch.setattr(backbones, "one_thread_per_op", lambda: True)
+        monkeypatch.setattr(backbones, "gemm_weight_grads_wanted", lambda: True)
         spec = tf.TensorSpec((None, 32, 48, 3), tf.float32)
         inference = tf.function(lambda images, backbone=backbone: backbone(images, training=False))
         assert "MatMul" not in [op.type for op in inference.get_concrete_function(spec).graph.get_operations()]
@@ -392,8 +392,8 @@ print(backbones.one_thread_per_op(), tf.config.list_physical_devices("GPU") == [
 
 @pytest.mark.parametrize("intra, expected", [("1", True), ("2", False), ("default", False)])
 def test_gemm_weight_gradients_follow_the_intra_op_pool_of_a_fresh_process(intra, expected):
-    """The GEMM form is chosen where it was measured faster: an intra-op pool of one thread (as
-    `configure_streams(2)` makes on 2 cores), not two threads per op nor TensorFlow's default."""
+    """One thread per op means an intra-op pool of one thread (as `configure_streams(2)` makes on
+    2 cores), not two threads per op nor TensorFlow's default."""
     import subprocess
     import sys
 
@@ -403,3 +403,26 @@ def test_gemm_weight_gradients_follow_the_intra_op_pool_of_a_fresh_process(intra
     if no_gpu != "True":
         pytest.skip("on a GPU the layer keeps the convolution's gradient")
     assert chosen == str(expected)
+
+
+# Excerpts of /proc/cpuinfo's first processor on the two hosts of benchmarks/RESULTS.md (flags cut
+# to those that matter here) and an ARM host's, which names its flags "Features".
+ZEN3 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n\nprocessor\t: 1\n"
+ZEN4 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: avx2 avx512f avx512dq avx512_bf16\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n"
+
+
+def test_cpu_flags_reads_the_first_processor():
+    assert backbones.cpu_flags(ZEN3) == {"fpu", "sse2", "avx", "fma", "avx2", "bmi2"}
+    assert "avx512f" in backbones.cpu_flags(ZEN4)
+    assert backbones.cpu_flags(ARM) == frozenset() and backbones.cpu_flags("") == frozenset()
+
+
+@pytest.mark.parametrize("cpuinfo, one_thread, expected", [(ZEN3, True, True), (ZEN3, False, False),
+                                                           (ZEN4, True, False), (ARM, True, False)])
+def test_gemm_weight_gradients_only_where_measured_faster(monkeypatch, cpuinfo, one_thread, expected):
+    """AVX2 without AVX-512 and one thread per op (the Zen 3 runs of benchmarks/RESULTS.md); not on
+    the AVX-512 CPU whose oneDNN gradients were already fast, nor on CPUs never measured."""
+    monkeypatch.setattr(backbones, "_this_cpu_flags", lambda: backbones.cpu_flags(cpuinfo))
+    monkeypatch.setattr(backbones, "one_thread_per_op", lambda: one_thread)
+    assert backbones.gemm_weight_grads_wanted() is expected

@@ -1,5 +1,6 @@
 """Backbones by name: images (preprocessed) -> local feature map (batch, h, w, D)."""
 
+import functools
 import os
 
 import keras
@@ -214,11 +215,44 @@ def _shifted_gemm_kernel_grad(x, upstream, kernel_shape):
 
 def one_thread_per_op():
     """True when TensorFlow runs each op on one thread (an intra-op pool of 1, as
-    `streams.configure_streams` sets up with one stream per core) and sees no GPU: where
-    `GemmGradConv2D`'s weight gradients as GEMMs were measured as fast as oneDNN's or faster.
-    Read when a training step is traced."""
+    `streams.configure_streams` sets up with one stream per core) and sees no GPU."""
     return (tf.config.threading.get_intra_op_parallelism_threads() == 1
             and not tf.config.list_physical_devices("GPU"))
+
+
+def cpu_flags(cpuinfo_text=None):
+    """The instruction-set flags of the first processor in `/proc/cpuinfo` (or in `cpuinfo_text`),
+    a frozenset; empty where there is no such file or line (not Linux, or an ARM CPU's
+    "Features")."""
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo_text.split("\n\n")[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.cache
+def _this_cpu_flags():
+    return cpu_flags()
+
+
+def gemm_weight_grads_wanted():
+    """Whether `GemmGradConv2D` computes its weight gradient as GEMMs: only where that was measured
+    as fast as oneDNN's backward-weights convolution or faster (benchmarks/RESULTS.md, "The weight
+    gradients as GEMMs"): one thread per op (`one_thread_per_op`: the CPU recipe's two streams on
+    2 cores), no GPU, and an x86 CPU with AVX2 but without AVX-512 (a Zen 3). On the Zen 4 with
+    AVX-512 oneDNN's weight gradients of these layers already ran at the speed of their input
+    gradients (the convolutions 1.15x their FLOP time in the step), faster than the GEMMs' 0.56-0.67
+    of the GEMM rate on the Zen 3; with two threads per op the GEMMs were slightly slower in every
+    pair timed; GPUs and other CPUs are unmeasured. Read when a training step is traced."""
+    flags = _this_cpu_flags()
+    return "avx2" in flags and "avx512f" not in flags and one_thread_per_op()
 
 
 @keras.saving.register_keras_serializable(package="tf_netvlad")
@@ -229,19 +263,16 @@ class GemmGradConv2D(keras.layers.Conv2D):
     plain convolution. Called with `training=True`, a stride-1, "same", undilated, ungrouped
     convolution with an odd kernel on NHWC maps keeps the forward convolution and its input
     gradient (oneDNN's kernels) but computes its weight gradient as kh·kw matrix products of
-    row-shifted slices of the zero-padded input (`_shifted_gemm_kernel_grad`), when TensorFlow runs
-    each op on one thread on a CPU (`one_thread_per_op`: the CPU recipe's two streams on 2 cores).
-    For the tiny backbones' narrow layers (16 to 64 channels) on an AVX2 CPU without AVX-512,
-    oneDNN's weight-gradient convolution ran at 0.43-0.48 of the GEMM rate inside the CPU recipe's
-    training step, the largest single cost of the step; on one thread per op the GEMMs ran as fast
-    or faster, with two threads per op slightly slower in every pair timed (their small outputs
-    split poorly), so there and on a GPU (unmeasured) the layer keeps `Conv2D`'s gradient
-    (benchmarks/RESULTS.md, "The weight gradients as GEMMs"). Gradients agree with `Conv2D`'s to float32 rounding. Any other configuration uses
-    `Conv2D`'s code.
+    row-shifted slices of the zero-padded input (`_shifted_gemm_kernel_grad`) where that was
+    measured faster (`gemm_weight_grads_wanted`: one thread per op on an AVX2 CPU without AVX-512,
+    as the CPU recipe's two streams run on a 2-core Zen 3). There, for the tiny backbones' narrow
+    layers (16 to 64 channels), oneDNN's weight-gradient convolution ran at 0.43-0.48 of the GEMM
+    rate inside the CPU recipe's training step, the largest single cost of the step. Gradients
+    agree with `Conv2D`'s to float32 rounding. Everywhere else the layer is `Conv2D`.
     """
 
     def _gemm_grad_applies(self, inputs):
-        return (keras.backend.backend() == "tensorflow" and one_thread_per_op() and len(inputs.shape) == 4
+        return (keras.backend.backend() == "tensorflow" and gemm_weight_grads_wanted() and len(inputs.shape) == 4
                 and self.data_format == "channels_last" and tuple(self.strides) == (1, 1)
                 and tuple(self.dilation_rate) == (1, 1) and self.groups == 1
                 and self.padding == "same" and all(k % 2 == 1 for k in self.kernel_size))
@@ -352,7 +383,7 @@ def _tiny(weights, first_stride=1, standardized=False):
     strides by 2 instead of being followed by the first max pooling, so no layer works at full
     resolution (conv1 has a quarter of the FLOPs; same stride 8, same weights' shapes). The
     convolutions are `GemmGradConv2D`s: `Conv2D`s whose stride-1 weight gradients are GEMMs in
-    training on one thread per op (the same function and weights; a `.keras` file saved with plain
+    training where that is faster (the same function and weights; a `.keras` file saved with plain
     `Conv2D`s loads and trains the same).
     `standardized=True` ("tiny_ws", with `first_stride=2`): every convolution is a
     `StandardizedConv2D` (gain `RELU_GAIN` before a ReLU, 1 for the linear conv4) and there is no
