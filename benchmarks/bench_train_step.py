@@ -696,6 +696,14 @@ def measure(args):
     return result
 
 
+def _print_same_function_variant(result, name, label, recipe_note):
+    """One line for a variant that computes the recipe's function another way: its step, its ratio to
+    the FLOP time, and the recipe's step as a multiple of it."""
+    ms = result["ms_median"][name]
+    print(f"{label}: step {ms:.1f} ms, ratio {ms / result['flop_ms_at_gemm_rate']:.2f}x; the recipe's step "
+          f"{recipe_note}takes {result['step_ms_median'] / ms:.2f}x its time")
+
+
 def print_report(result):
     r = result["recipe"]
     print(f"CPU recipe step: {r['backbone']} backbone, K = {r['num_clusters']}, {r['batch_size']} tuples x "
@@ -714,17 +722,14 @@ def print_report(result):
           + (f"; XLA step {result['step_xla_ms_median']:.1f} ms (ratio {result['ratio_xla']:.2f}x)"
              if "step_xla_ms_median" in result else ""))
     if "step_conv_biases" in result["ms_median"]:
-        biased = result["ms_median"]["step_conv_biases"]
-        print(f"the recipe with conv1..conv3's biases in the convolutions (same function, max |diff| "
-              f"{result['conv_biases_max_abs_diff']:.1e}): step {biased:.1f} ms, ratio "
-              f"{biased / result['flop_ms_at_gemm_rate']:.2f}x; the recipe's step takes "
-              f"{result['step_ms_median'] / biased:.2f}x its time")
+        _print_same_function_variant(
+            result, "step_conv_biases", f"the recipe with conv1..conv3's biases in the convolutions (same "
+            f"function, max |diff| {result['conv_biases_max_abs_diff']:.1e})", "")
     if "step_onednn_weight_grads" in result["ms_median"]:
-        onednn = result["ms_median"]["step_onednn_weight_grads"]
-        print(f"the recipe with oneDNN's weight-gradient convolutions (Keras' Conv2D, same function): step "
-              f"{onednn:.1f} ms, ratio {onednn / result['flop_ms_at_gemm_rate']:.2f}x; the recipe's step "
-              f"(weight gradients as GEMMs where backbones.gemm_weight_grads_wanted(), else the same) takes "
-              f"{result['step_ms_median'] / onednn:.2f}x its time")
+        _print_same_function_variant(
+            result, "step_onednn_weight_grads", "the recipe with oneDNN's weight-gradient convolutions (Keras' "
+            "Conv2D, same function)", "(weight gradients as GEMMs where backbones.gemm_weight_grads_wanted(), "
+            "else the same) ")
     prev = result["previous_recipe"]
     print(f"previous recipe (tiny, 4 positives): step {prev['step_ms_median']:.1f} ms; FLOPs at the GEMM rate "
           f"{prev['flop_ms_at_gemm_rate']:.1f} ms; ratio {prev['step_ms_median'] / prev['flop_ms_at_gemm_rate']:.2f}x; "
