@@ -273,6 +273,28 @@ def set_sparse(model, batch, fraction):
     return trained
 
 
+def _trace_with_gemm_weight_grads(step):
+    """Calls `step` (a training step not yet traced) once with GemmGradConv2D's GEMM form forced on,
+    so that its trace keeps that form; returns how many weight gradients were built as GEMMs."""
+    from unittest import mock
+
+    from tf_netvlad.models import backbones
+
+    built = []
+    gemm_grad = backbones._shifted_gemm_kernel_grad
+
+    def counted(*args):
+        built.append(1)
+        return gemm_grad(*args)
+
+    with mock.patch.object(backbones, "gemm_weight_grads_wanted", lambda: True), \
+            mock.patch.object(backbones, "_shifted_gemm_kernel_grad", counted):
+        step()
+    if not built:
+        raise RuntimeError("step_gemm_weight_grads was traced without the GEMM form")
+    return len(built)
+
+
 def make_variants(cfg, args):
     """name -> a zero-argument callable running one of the timed things to completion."""
     import dataclasses
@@ -321,6 +343,10 @@ def make_variants(cfg, args):
     # the recipe's network with Keras' Conv2D in place of GemmGradConv2D: the same function, the
     # weight gradients by oneDNN's backward-weights convolution (the step before the GEMMs)
     add_step("step_onednn_weight_grads", build_recipe_model(cfg, plain_convs=True), same_weights=True)
+    # ... and with GemmGradConv2D's GEMM form forced on, whatever backbones.gemm_weight_grads_wanted()
+    # says on this CPU: both forms of the weight gradients are timed on every CPU, `step` being one
+    add_step("step_gemm_weight_grads", build_recipe_model(cfg), same_weights=True)
+    checks["gemm_weight_grads_traced"] = _trace_with_gemm_weight_grads(variants["step_gemm_weight_grads"])
     # the step of the recipe before `tiny_s2` and 2 positives: `tiny` (conv1 and pool1 at full
     # resolution) with 4 positives per tuple
     previous_cfg = previous_recipe(cfg)
@@ -425,7 +451,8 @@ def make_variants(cfg, args):
         variants.update({f"layer:{k}": run(fn) for k, fn in _layer_variants(backbone, pre).items()})
     if args.only:
         keep = set(args.only.split(",")) | {"step", "step_previous_recipe", "step_tiny_ws", "gemm_2048",
-                                            "gemm_im2col", "step_onednn_weight_grads"}
+                                            "gemm_im2col", "step_onednn_weight_grads",
+                                            "step_gemm_weight_grads"}
         variants = {k: v for k, v in variants.items() if k in keep}
     return model, variants, dict(shapes, **checks)
 
@@ -625,6 +652,7 @@ def _median(values):
 def measure(args):
     import tensorflow as tf
 
+    from tf_netvlad.models import backbones
     from tf_netvlad.models.streams import configure_streams
 
     cpu_streams = configure_streams(args.cpu_streams)  # before any TensorFlow work
@@ -666,6 +694,8 @@ def measure(args):
         "gemm_im2col_shape": shapes["gemm_im2col_shape"],
         "keras_groupnorm_max_abs_diff": shapes["keras_groupnorm_max_abs_diff"],
         "conv_biases_max_abs_diff": shapes["conv_biases_max_abs_diff"],
+        "gemm_weight_grads_wanted": backbones.gemm_weight_grads_wanted(),
+        "gemm_weight_grads_traced": shapes.get("gemm_weight_grads_traced"),
         "step_ms_median": med["step"], "step_ms_best": best["step"],
         "previous_recipe": {"backbone": "tiny", "num_positives": 4, "step_ms_median": med["step_previous_recipe"],
                             "flop_ms_at_gemm_rate": ms_at_gemm_rate(shapes["previous_recipe_step_flops"])},
@@ -730,6 +760,11 @@ def print_report(result):
             result, "step_onednn_weight_grads", "the recipe with oneDNN's weight-gradient convolutions (Keras' "
             "Conv2D, same function)", "(weight gradients as GEMMs where backbones.gemm_weight_grads_wanted(), "
             "else the same) ")
+    if "step_gemm_weight_grads" in result["ms_median"]:
+        _print_same_function_variant(
+            result, "step_gemm_weight_grads", f"the recipe with its weight gradients as GEMMs, forced "
+            f"({result['gemm_weight_grads_traced']} built; same function)", "(GEMMs here "
+            f"{'wanted' if result['gemm_weight_grads_wanted'] else 'not wanted'}) ")
     prev = result["previous_recipe"]
     print(f"previous recipe (tiny, 4 positives): step {prev['step_ms_median']:.1f} ms; FLOPs at the GEMM rate "
           f"{prev['flop_ms_at_gemm_rate']:.1f} ms; ratio {prev['step_ms_median'] / prev['flop_ms_at_gemm_rate']:.2f}x; "

@@ -247,10 +247,10 @@ def gemm_weight_grads_wanted():
     as fast as oneDNN's backward-weights convolution or faster (benchmarks/RESULTS.md, "The weight
     gradients as GEMMs"): one thread per op (`one_thread_per_op`: the CPU recipe's two streams on
     2 cores), no GPU, and an x86 CPU with AVX2 but without AVX-512 (a Zen 3). On the Zen 4 with
-    AVX-512 oneDNN's weight gradients of these layers already ran at the speed of their input
-    gradients (the convolutions 1.15x their FLOP time in the step), faster than the GEMMs' 0.56-0.67
-    of the GEMM rate on the Zen 3; with two threads per op the GEMMs were slightly slower in every
-    pair timed; GPUs and other CPUs are unmeasured. Read when a training step is traced."""
+    AVX-512 oneDNN's weight gradients of these layers run at the speed of their input gradients and
+    the step with the GEMMs forced was 0-7 % slower in six pairs of runs; with two threads per op
+    the GEMMs were slightly slower in every pair timed; GPUs and other CPUs are unmeasured. Read
+    when a training step is traced."""
     flags = _this_cpu_flags()
     return "avx2" in flags and "avx512f" not in flags and one_thread_per_op()
 
