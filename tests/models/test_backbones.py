@@ -342,7 +342,8 @@ def test_gemm_grad_conv2d_trains_with_the_gradients_of_the_convolution(tmp_path,
                                              use_bias=use_bias, name="conv2"), x, tmp_path)
 
 
-def _training_step_ops(backbone):
+def _training_step_ops(backbone, names=False):
+    """The op types (or `(name, type)` pairs) of a traced gradient step of `backbone`."""
     import tensorflow as tf
 
     @tf.function
@@ -352,7 +353,8 @@ def _training_step_ops(backbone):
         return tape.gradient(loss, backbone.trainable_variables)
 
     spec = tf.TensorSpec((None, 32, 48, 3), tf.float32)
-    return [op.type for op in step.get_concrete_function(spec).graph.get_operations()]
+    ops = step.get_concrete_function(spec).graph.get_operations()
+    return [(op.name, op.type) if names else op.type for op in ops]
 
 
 def test_tiny_backbones_train_their_stride_1_convolutions_with_gemm_weight_gradients(monkeypatch):
@@ -378,6 +380,23 @@ def test_tiny_backbones_train_their_stride_1_convolutions_with_gemm_weight_gradi
         spec = tf.TensorSpec((None, 32, 48, 3), tf.float32)
         inference = tf.function(lambda images, backbone=backbone: backbone(images, training=False))
         assert "MatMul" not in [op.type for op in inference.get_concrete_function(spec).graph.get_operations()]
+
+
+def test_hand_written_gradients_name_their_layer(monkeypatch):
+    """benchmarks/profile_train_step.py counts an op as a layer's when the layer's name is in the
+    op's scope. The hand-written gradients (the normalisations', the GEMM convolutions') open
+    "<layer>/backward", so their ops count as that layer's backward pass, not as "other"."""
+    from tf_netvlad.models.backbones import ChannelGroupNormalization
+
+    monkeypatch.setattr(backbones, "gemm_weight_grads_wanted", lambda: True)
+    backbone = backbones.build_backbone("tiny_s2")
+    ops = _training_step_ops(backbone, names=True)
+    norms = [layer.name for layer in backbone.layers if isinstance(layer, ChannelGroupNormalization)]
+    assert len(norms) == 3
+    for name in norms:  # its two reductions of the upstream gradient among them
+        assert [t for n, t in ops if f"{name}/backward/" in n].count("Sum") >= 2, name
+    for name in ("conv2", "conv3", "conv4"):  # stride 1: the nine GEMMs of the weight gradient
+        assert [t for n, t in ops if f"{name}/backward/" in n].count("MatMul") == 9, name
 
 
 ONE_THREAD_CASE = """

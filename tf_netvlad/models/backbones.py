@@ -97,7 +97,7 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
         gamma = ops.cast(self.gamma, "float32") if self.scale else None
         beta = ops.cast(self.beta, "float32") if self.center else None
         shift = ops.cast(self.bias, "float32") if self.input_bias else None
-        groups, epsilon = self.groups, self.epsilon
+        groups, epsilon, name = self.groups, self.epsilon, self.name
 
         def group_sum(per_channel):  # (B, C) -> each channel's group sum, (B, C)
             grouped = ops.sum(ops.reshape(per_channel, (-1, groups, per_group)), axis=-1, keepdims=True)
@@ -122,6 +122,11 @@ class ChannelGroupNormalization(keras.layers.GroupNormalization):
             y = y + beta if beta is not None else y
 
             def grad(upstream):
+                # named "<layer>/backward/...", for benchmarks/profile_train_step.py
+                with tf.name_scope(name), tf.name_scope("backward"):
+                    return backward(upstream)
+
+            def backward(upstream):
                 # y = x̂ γ + β with x̂ = (x + b − μ) r per image and group: the input gradient is
                 # γ r dy − (r / M) (Σ_g γ Σ dy + x̂ Σ_g γ Σ dy x̂), M the group's size
                 sum_dy = ops.sum(upstream, axis=(1, 2))
