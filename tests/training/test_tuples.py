@@ -192,13 +192,16 @@ def _pipelines(root, paths, images, **kwargs):
     return TuplePipeline(*args, **kwargs), TuplePipeline(*args, images=images, **kwargs)
 
 
-def test_tuples_from_memory_equal_tuples_from_the_files(colour_images):
-    """Same rows, same batches (fillers, padding and augmentation included)."""
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_tuples_from_memory_equal_tuples_from_the_files(colour_images, dtype):
+    """Same rows, same batches (fillers, padding and augmentation included), from images held as
+    float32 or (files already at the size) as uint8."""
     from tf_netvlad.data.decoded import DecodedImages
     from tf_netvlad.training.augment import Augmentation
 
     root, paths = colour_images
-    images = DecodedImages.load(list(paths) + list(paths[:5]), root, (6, 8))
+    images = DecodedImages.load(list(paths) + list(paths[:5]), root, (6, 8), dtype=dtype)
+    assert images.pixels.dtype == dtype
     rows = [[0, 1, -1, 5, -2 - 6, 7], [4, 3, 2, 0, 1, 2], [2, 7, 6, -2 - 3, 4, 5]]
     for augmentation, all_slots in ((None, False), (Augmentation(), False), (Augmentation(), True)):
         files, memory = _pipelines(root, paths, images, num_rows=3, num_positives=2, num_negatives=3,
@@ -224,12 +227,13 @@ def test_tuples_from_memory_equal_tuples_from_the_files(colour_images):
         TuplePipeline(paths, paths, root, (12, 16), num_rows=2, images=images)
 
 
-def test_a_failed_image_in_memory_fails_its_tuple_as_a_failed_file_does(colour_images):
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_a_failed_image_in_memory_fails_its_tuple_as_a_failed_file_does(colour_images, dtype):
     from tf_netvlad.data.decoded import DecodedImages
 
     root, paths = colour_images
     _corrupt(root, paths[3])
-    images = DecodedImages.load(paths, root, (6, 8))
+    images = DecodedImages.load(paths, root, (6, 8), dtype=dtype)
     rows = [[0, 1, 2, 4], [1, 2, 3, 5], [2, 4, 5, 6]]  # row 1 uses img3
     skip = TuplePipeline(paths, paths, root, (6, 8), num_rows=3, num_positives=1, num_negatives=2,
                          batch_size=3, on_bad_image="skip", images=images)

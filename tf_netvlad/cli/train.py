@@ -67,8 +67,9 @@ TRAIN_HELP = {
     "checkpoint_every_steps": "also checkpoint every this many steps (0: epoch ends only)",
     "time_limit_s": "stop cleanly after this many seconds (set-up included; at least one step)",
     "on_bad_image": "stop | skip",
-    "image_cache_mb": "decode the training images once and hold them in memory (float32) if they fit "
-                      "in this many MiB (0: decode the files at every step)",
+    "image_cache_mb": "decode the training images once and hold them in memory (float32; uint8 for files "
+                      "already at the training size) if they fit in this many MiB (0: decode the files at "
+                      "every step)",
     "whiten": "fit PCA-whitening with this many dims on the best model at the end",
     "whiten_max_images": "database images used for the whitening fit", "seed": "random seed",
     "deterministic": "TensorFlow op determinism (slower)",

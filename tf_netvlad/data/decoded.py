@@ -10,11 +10,15 @@ pixels as one float32 `tf.Variable` `(n, H, W, 3)`: 144 KiB per image at 96×128
 `train --image-cache-mb`).
 
 The pixels are exactly the ones `data.images.load_image` returns, so training, validation and a
-later `tf_netvlad evaluate` from the files see the same images and report the same recalls. (uint8
-would take a quarter of the memory, but a resized image has fractional pixels: rounded, they moved
-the validation recall@1 of a k-means init by one query in 30 against the files'.) Images that fail
-to decode are kept as failed rows (`ok` False): readers skip them or raise `ImageReadError` naming
-the file, as `pipelines.ImageBatches` does.
+later `tf_netvlad evaluate` from the files see the same images and report the same recalls. A
+resized image has fractional pixels (rounded to uint8, they moved the validation recall@1 of a
+k-means init by one query in 30 against the files'), so they are held as float32. Files already at
+the training size decode to whole numbers 0..255: when float32 would not fit the budget but uint8
+would (a quarter of the memory: 36 KiB per image at 96×128), `decode_splits` holds them as uint8,
+which is exact, checking every batch; a split whose files are not all at that size is then read
+from its files. Readers get float32 either way (`DecodedImages.gather`). Images that fail to decode
+are kept as failed rows (`ok` False): readers skip them or raise `ImageReadError` naming the file,
+as `pipelines.ImageBatches` does.
 """
 
 import logging
@@ -31,10 +35,15 @@ from tf_netvlad.defaults import EXTRACT_BATCH_SIZE
 logger = logging.getLogger(__name__)
 
 
-def cache_nbytes(num_images, image_size):
-    """Bytes `DecodedImages` needs for `num_images` float32 RGB images of the fixed size `(H, W)`."""
+def cache_nbytes(num_images, image_size, dtype="float32"):
+    """Bytes `DecodedImages` needs for `num_images` RGB images of the fixed size `(H, W)` held as
+    `dtype` (float32, or uint8 for files already at that size)."""
     height, width = image_size
-    return int(num_images) * int(height) * int(width) * 3 * 4
+    return int(num_images) * int(height) * int(width) * 3 * np.dtype(dtype).itemsize
+
+
+class NotWholePixels(ValueError):
+    """An image decoded to fractional pixels (it was resized), so it cannot be held as uint8."""
 
 
 def decode_splits(splits, image_size, budget_mib, batch_size=EXTRACT_BATCH_SIZE, progress=False):
@@ -50,22 +59,36 @@ def decode_splits(splits, image_size, budget_mib, batch_size=EXTRACT_BATCH_SIZE,
                                split.root if root is None else root)
     paths = list(dict.fromkeys(paths))
     needed = cache_nbytes(len(paths), image_size)
-    if needed > budget_mib * 2**20:
-        logger.info("Reading the training images from their files: decoded they need %.0f MiB, more "
-                    "than image_cache_mb=%d (--image-cache-mb).", needed / 2**20, budget_mib)
+    if needed <= budget_mib * 2**20:
+        logger.info("Decoding the %d training and validation images into memory (%.0f MiB).",
+                    len(paths), needed / 2**20)
+        return DecodedImages.load(paths, None, image_size, batch_size, progress=progress)
+    compact = cache_nbytes(len(paths), image_size, "uint8")
+    if compact > budget_mib * 2**20:
+        logger.info("Reading the training images from their files: decoded they need %.0f MiB (%.0f as "
+                    "uint8), more than image_cache_mb=%d (--image-cache-mb).", needed / 2**20,
+                    compact / 2**20, budget_mib)
         return None
-    logger.info("Decoding the %d training and validation images into memory (%.0f MiB).",
-                len(paths), needed / 2**20)
-    return DecodedImages.load(paths, None, image_size, batch_size, progress=progress)
+    logger.info("Decoding the %d training and validation images into memory as uint8 (%.1f MiB; float32 "
+                "would need %.1f MiB, more than image_cache_mb=%d): exact for files already at %dx%d.",
+                len(paths), compact / 2**20, needed / 2**20, budget_mib, *image_size)
+    try:
+        return DecodedImages.load(paths, None, image_size, batch_size, progress=progress, dtype="uint8")
+    except NotWholePixels as error:
+        logger.info("Reading the training images from their files: %s Resize the files to %dx%d once "
+                    "to hold them in memory as uint8, or raise --image-cache-mb to %.0f for float32.",
+                    error, *image_size, np.ceil(needed / 2**20))
+        return None
 
 
 class DecodedImages:
-    """Decoded, resized float32 images of a list of files, addressed by path.
+    """Decoded, resized images of a list of files, addressed by path.
 
     Attributes:
         paths: the resolved paths, one per row (without duplicates).
         image_size: the fixed `(H, W)` every image was resized to.
-        pixels: float32 `tf.Variable` `(n, H, W, 3)`, 0..255; rows of failed images are zeros.
+        pixels: `tf.Variable` `(n, H, W, 3)`, 0..255, float32 (or uint8, exact, for files already
+            at `image_size`); rows of failed images are zeros. Read them with `gather`.
         ok: bool NumPy `(n,)`, False where the file could not be read or decoded.
 
     Example:
@@ -74,7 +97,7 @@ class DecodedImages:
     """
 
     def __init__(self, paths, pixels, ok):
-        """`pixels`: the float32 `tf.Variable` `load` fills (one row per path)."""
+        """`pixels`: the `tf.Variable` `load` fills (one row per path)."""
         self.paths = list(paths)
         self.ok = np.asarray(ok, bool)
         self.pixels = pixels
@@ -82,14 +105,21 @@ class DecodedImages:
         self._row = {path: i for i, path in enumerate(self.paths)}
 
     @classmethod
-    def load(cls, paths, root=None, image_size=None, batch_size=EXTRACT_BATCH_SIZE, progress=False):
-        """Decodes every (distinct) file of `paths` at the fixed `image_size` `(H, W)`."""
+    def load(cls, paths, root=None, image_size=None, batch_size=EXTRACT_BATCH_SIZE, progress=False,
+             dtype="float32"):
+        """Decodes every (distinct) file of `paths` at the fixed `image_size` `(H, W)`.
+
+        `dtype` "uint8" holds them in a quarter of the memory; it is exact only for files already at
+        `image_size`, and raises `NotWholePixels` naming the first file that is not.
+        """
         size = check_image_size(image_size)
         if not isinstance(size, tuple):
             raise ValueError(f"Decoded images need a fixed image size (H, W). Received: {image_size!r}")
+        if dtype not in ("float32", "uint8"):
+            raise ValueError(f"Decoded images are float32 or uint8. Received: dtype={dtype!r}")
         unique = list(dict.fromkeys(resolve_paths(paths, root)))
         with tf.init_scope():  # filled batch by batch: no second copy of the whole array
-            pixels = tf.Variable(tf.zeros((len(unique),) + size + (3,), tf.float32), trainable=False,
+            pixels = tf.Variable(tf.zeros((len(unique),) + size + (3,), dtype), trainable=False,
                                  name="decoded_images")
         ok = np.zeros(len(unique), bool)
         from tqdm.auto import tqdm
@@ -98,6 +128,8 @@ class DecodedImages:
         with tqdm(total=len(unique), desc="decoding images", unit="img", disable=not progress,
                   dynamic_ncols=True) as bar:
             for indices, images in batches:
+                if dtype == "uint8":
+                    images = _whole_pixels(images, indices, unique, size)
                 pixels.scatter_nd_update(indices[:, None], images)
                 ok[indices] = True
                 bar.update(len(indices))
@@ -108,7 +140,11 @@ class DecodedImages:
 
     @property
     def nbytes(self):
-        return cache_nbytes(len(self), self.image_size)
+        return cache_nbytes(len(self), self.image_size, self.pixels.dtype.name)
+
+    def gather(self, rows):
+        """float32 images `(len(rows), H, W, 3)`, 0..255, of int `rows` (a tensor; usable in graphs)."""
+        return tf.cast(tf.gather(self.pixels, rows), tf.float32)
 
     def rows(self, paths, root=None):
         """int64 rows of `paths` (resolved against `root`); `ValueError` naming a path not held."""
@@ -122,6 +158,16 @@ class DecodedImages:
     def batches(self, paths, root=None, batch_size=EXTRACT_BATCH_SIZE, on_error="raise"):
         """`(indices, float32 images)` batches of `paths` in order, like `pipelines.ImageBatches`."""
         return _MemoryBatches(self, paths, root, batch_size, on_error)
+
+
+def _whole_pixels(images, indices, paths, size):
+    """`images` (float32, 0..255) as uint8, or `NotWholePixels` naming the first that is resized."""
+    fractional = np.any(images != np.round(images), axis=(1, 2, 3))
+    if fractional.any():
+        path = paths[int(indices[np.argmax(fractional)])]
+        raise NotWholePixels(f"'{path}' is not {size[0]}x{size[1]} (its resized pixels are not whole "
+                             "numbers).")
+    return images.astype(np.uint8)
 
 
 class _MemoryBatches:
@@ -155,4 +201,4 @@ class _MemoryBatches:
         for start in range(0, len(good), self.batch_size):
             indices = good[start : start + self.batch_size]
             rows = tf.constant(self.rows[indices])
-            yield indices.astype(np.int64), tf.gather(self.images.pixels, rows).numpy()
+            yield indices.astype(np.int64), self.images.gather(rows).numpy()

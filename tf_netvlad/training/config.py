@@ -171,8 +171,9 @@ class TrainConfig:
     validation queries), `checkpoint_every_steps` (also checkpoint every k steps within an epoch;
     0 = epoch ends only), `on_bad_image` ("stop" | "skip"), `image_cache_mb` (both recipes 2048:
     the training images are decoded once and held in memory as float32, `data.decoded.DecodedImages`,
-    when they fit in this many MiB, instead of being decoded at every step and refresh; 0 = never;
-    a split too large for it reads the files, with a log line saying so), `whiten` (None or the number of
+    when they fit in this many MiB, instead of being decoded at every step and refresh, or as uint8
+    in a quarter of that when every file is already at `image_size` (exact); 0 = never; a split too
+    large for it reads the files, with a log line saying so), `whiten` (None or the number of
     PCA-whitening components fitted on the best model at the end), `whiten_max_images`, `seed`
     (MATLAB seeds with 43), `deterministic` (TF op determinism, slower).
     """

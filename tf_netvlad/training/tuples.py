@@ -200,7 +200,7 @@ class TuplePipeline:
             # a failed image fails the tuple, as a failed file does
             memory_row = tf.gather(self.memory_rows[part], image_id)
             with tf.control_dependencies([tf.debugging.Assert(tf.gather(self.memory_ok, memory_row), [image_id])]):
-                return tf.gather(self.images.pixels, memory_row)
+                return self.images.gather(memory_row)
 
         positive_ids = row[1 : 1 + self.num_positives]
         mask = positive_ids >= 0
